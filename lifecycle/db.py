@@ -1,0 +1,129 @@
+"""Engine, sessions, schema migration (Alembic) and the bulk upsert shared by importers and recompute."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, event, inspect
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, SQLModel, create_engine
+
+from lifecycle.errors import ConfigError
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+# SQLite allows at most 32,766 bound parameters per statement; PostgreSQL 65,535.
+_MAX_PARAMS = {"sqlite": 32_000, "postgresql": 60_000}
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine; SQLite gets WAL, foreign keys and a busy timeout so the bot and jobs can share it."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply Alembic migrations up to `revision` (idempotent)."""
+    from alembic import command
+
+    try:
+        command.upgrade(alembic_config(engine), revision)
+    except OperationalError as exc:
+        raise ConfigError(f"Cannot reach the database at {engine.url!r}: {exc.orig}") from exc
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Bring the schema to the latest revision; used on every start, so first start creates it."""
+    upgrade(engine)
+
+
+def has_table(engine: Engine, name: str) -> bool:
+    return inspect(engine).has_table(name)
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session that commits on success and rolls back on any error."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def chunks(rows: Sequence[dict[str, Any]], size: int) -> Iterable[Sequence[dict[str, Any]]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def upsert(
+    session: Session,
+    model: type[SQLModel],
+    rows: Sequence[dict[str, Any]],
+    *,
+    conflict: Sequence[str],
+    update: Sequence[str] | None = None,
+) -> int:
+    """Insert `rows` into `model`'s table; on a clash of the unique `conflict` columns update `update` columns.
+
+    `update=None` updates every column given in the rows except the conflict columns; `update=[]` ignores
+    clashes. Runs in chunks sized to the dialect's parameter limit. Returns the number of rows sent.
+    """
+    if not rows:
+        return 0
+    table = model.__table__  # type: ignore[attr-defined]
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    columns = list(rows[0].keys())
+    to_update = [c for c in columns if c not in conflict] if update is None else list(update)
+    per_chunk = max(1, _MAX_PARAMS.get(dialect, 30_000) // max(1, len(columns)))
+    for part in chunks(rows, per_chunk):
+        stmt = insert(table).values(list(part))
+        if to_update:
+            stmt = stmt.on_conflict_do_update(
+                index_elements=list(conflict), set_={c: stmt.excluded[c] for c in to_update}
+            )
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
+        session.execute(stmt)
+    return len(rows)
+
+
+def create_all_for_tests(engine: Engine) -> None:
+    """Create tables straight from the models (only for throwaway databases; production uses `upgrade`)."""
+    SQLModel.metadata.create_all(engine)
