@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
+from pydantic import NaiveDatetime
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -36,8 +37,8 @@ class User(SQLModel, table=True):
     manager_id: int | None = Field(default=None, foreign_key="user.id")
     lang: str | None = None
     active: bool = True
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
+    updated_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
 class Account(SQLModel, table=True):
@@ -60,15 +61,15 @@ class Account(SQLModel, table=True):
     churned_on: date | None = None
     churn_reason: str | None = None
     stage: str = Field(default="onboarding", index=True)
-    stage_since: datetime = Field(default_factory=utcnow)
+    stage_since: NaiveDatetime = Field(default_factory=utcnow)
     # Set when a person moved the stage by hand: automatic rules leave the stage alone until cleared.
     stage_pinned: bool = False
     health_score: float | None = None
     health_grade: str | None = Field(default=None, index=True)
     health_at: date | None = None
     last_usage_date: date | None = None
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
+    updated_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
 class Contact(SQLModel, table=True):
@@ -86,7 +87,7 @@ class Contact(SQLModel, table=True):
     telegram_user_id: str | None = Field(default=None, index=True)
     slack_channel_id: str | None = Field(default=None, index=True)
     telegram_chat_id: str | None = Field(default=None, index=True)
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
 class UsageDaily(SQLModel, table=True):
@@ -118,8 +119,8 @@ class Ticket(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     account_id: int = Field(foreign_key="account.id")
     ticket_id: str
-    opened_at: datetime
-    closed_at: datetime | None = None
+    opened_at: NaiveDatetime
+    closed_at: NaiveDatetime | None = None
     priority: str = "normal"
     status: str = "open"
 
@@ -138,10 +139,10 @@ class NpsSurvey(SQLModel, table=True):
     status: str = Field(default="pending", index=True)  # pending, sent, answered, expired
     token: str | None = Field(default=None, unique=True)
     message_ref: str | None = None
-    created_at: datetime = Field(default_factory=utcnow)
-    sent_at: datetime | None = None
-    expires_at: datetime | None = None
-    reminded_at: datetime | None = None
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
+    sent_at: NaiveDatetime | None = None
+    expires_at: NaiveDatetime | None = None
+    reminded_at: NaiveDatetime | None = None
 
 
 class NpsResponse(SQLModel, table=True):
@@ -160,7 +161,7 @@ class NpsResponse(SQLModel, table=True):
     contact_key: str = ""  # lower-cased email of the respondent ("" when unknown)
     score: int
     comment: str | None = None
-    responded_at: datetime
+    responded_at: NaiveDatetime
     source: str = "import"
 
 
@@ -174,7 +175,7 @@ class Note(SQLModel, table=True):
     author_id: int | None = Field(default=None, foreign_key="user.id")
     kind: str = "note"
     text: str
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
 class StageTransition(SQLModel, table=True):
@@ -187,7 +188,7 @@ class StageTransition(SQLModel, table=True):
     account_id: int = Field(foreign_key="account.id")
     from_stage: str | None = None
     to_stage: str
-    at: datetime = Field(default_factory=utcnow)
+    at: NaiveDatetime = Field(default_factory=utcnow)
     reason: str = ""
     source: str = "manual"  # manual, rule:<name>, import
     actor_id: int | None = Field(default=None, foreign_key="user.id")
@@ -206,7 +207,7 @@ class HealthSnapshot(SQLModel, table=True):
     grade: str
     measures: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     scorecard_version: str
-    computed_at: datetime = Field(default_factory=utcnow)
+    computed_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
 class Alert(SQLModel, table=True):
@@ -222,10 +223,10 @@ class Alert(SQLModel, table=True):
     feedback: str | None = None  # useful, not_useful
     title: str = ""
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    created_at: datetime = Field(default_factory=utcnow)
-    acknowledged_at: datetime | None = None
-    snoozed_until: datetime | None = None
-    resolved_at: datetime | None = None
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
+    acknowledged_at: NaiveDatetime | None = None
+    snoozed_until: NaiveDatetime | None = None
+    resolved_at: NaiveDatetime | None = None
 
 
 class Delivery(SQLModel, table=True):
@@ -241,11 +242,11 @@ class Delivery(SQLModel, table=True):
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     status: str = "pending"  # pending, sending, sent, failed
     attempts: int = 0
-    next_attempt_at: datetime = Field(default_factory=utcnow)
+    next_attempt_at: NaiveDatetime = Field(default_factory=utcnow)
     last_error: str | None = None
     message_ref: str | None = None
-    created_at: datetime = Field(default_factory=utcnow)
-    sent_at: datetime | None = None
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
+    sent_at: NaiveDatetime | None = None
 
 
 class AuditLog(SQLModel, table=True):
@@ -255,7 +256,7 @@ class AuditLog(SQLModel, table=True):
     __table_args__ = (Index("ix_audit_at", "at"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    at: datetime = Field(default_factory=utcnow)
+    at: NaiveDatetime = Field(default_factory=utcnow)
     actor_id: int | None = Field(default=None, foreign_key="user.id")
     actor: str = ""
     platform: str = ""

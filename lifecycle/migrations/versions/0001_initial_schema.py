@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 21:32:05.423088
+Create Date: 2026-11-23 21:44:05.639026
 """
 from alembic import op
 import sqlalchemy as sa
@@ -28,8 +28,8 @@ def upgrade() -> None:
     sa.Column('manager_id', sa.Integer(), nullable=True),
     sa.Column('lang', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('active', sa.Boolean(), nullable=False),
-    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
-    sa.Column('updated_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['manager_id'], ['user.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
@@ -56,14 +56,14 @@ def upgrade() -> None:
     sa.Column('churned_on', sa.Date(), nullable=True),
     sa.Column('churn_reason', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('stage', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('stage_since', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('stage_since', sa.DateTime(), nullable=False),
     sa.Column('stage_pinned', sa.Boolean(), nullable=False),
     sa.Column('health_score', sa.Float(), nullable=True),
     sa.Column('health_grade', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('health_at', sa.Date(), nullable=True),
     sa.Column('last_usage_date', sa.Date(), nullable=True),
-    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
-    sa.Column('updated_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['owner_id'], ['user.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
@@ -88,10 +88,10 @@ def upgrade() -> None:
     sa.Column('feedback', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('title', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('details', sa.JSON(), nullable=False),
-    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
-    sa.Column('acknowledged_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
-    sa.Column('snoozed_until', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
-    sa.Column('resolved_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('acknowledged_at', sa.DateTime(), nullable=True),
+    sa.Column('snoozed_until', sa.DateTime(), nullable=True),
+    sa.Column('resolved_at', sa.DateTime(), nullable=True),
     sa.ForeignKeyConstraint(['account_id'], ['account.id'], ),
     sa.ForeignKeyConstraint(['owner_id'], ['user.id'], ),
     sa.PrimaryKeyConstraint('id'),
@@ -105,7 +105,7 @@ def upgrade() -> None:
 
     op.create_table('audit_log',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('at', sa.DateTime(), nullable=False),
     sa.Column('actor_id', sa.Integer(), nullable=True),
     sa.Column('actor', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('platform', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -131,7 +131,7 @@ def upgrade() -> None:
     sa.Column('telegram_user_id', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('slack_channel_id', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('telegram_chat_id', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['account_id'], ['account.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('account_id', 'key', name='uq_contact_account_key')
@@ -151,7 +151,7 @@ def upgrade() -> None:
     sa.Column('grade', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('measures', sa.JSON(), nullable=False),
     sa.Column('scorecard_version', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('computed_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('computed_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['account_id'], ['account.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('account_id', 'day', name='uq_health_account_day')
@@ -166,7 +166,7 @@ def upgrade() -> None:
     sa.Column('author_id', sa.Integer(), nullable=True),
     sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('text', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['account_id'], ['account.id'], ),
     sa.ForeignKeyConstraint(['author_id'], ['user.id'], ),
     sa.PrimaryKeyConstraint('id')
@@ -179,7 +179,7 @@ def upgrade() -> None:
     sa.Column('account_id', sa.Integer(), nullable=False),
     sa.Column('from_stage', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('to_stage', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('at', sa.DateTime(), nullable=False),
     sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('source', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('actor_id', sa.Integer(), nullable=True),
@@ -194,8 +194,8 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('account_id', sa.Integer(), nullable=False),
     sa.Column('ticket_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('opened_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
-    sa.Column('closed_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('opened_at', sa.DateTime(), nullable=False),
+    sa.Column('closed_at', sa.DateTime(), nullable=True),
     sa.Column('priority', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.ForeignKeyConstraint(['account_id'], ['account.id'], ),
@@ -229,11 +229,11 @@ def upgrade() -> None:
     sa.Column('payload', sa.JSON(), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('next_attempt_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('next_attempt_at', sa.DateTime(), nullable=False),
     sa.Column('last_error', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('message_ref', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
-    sa.Column('sent_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('sent_at', sa.DateTime(), nullable=True),
     sa.ForeignKeyConstraint(['alert_id'], ['alert.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
@@ -251,10 +251,10 @@ def upgrade() -> None:
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('token', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('message_ref', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
-    sa.Column('sent_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
-    sa.Column('expires_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
-    sa.Column('reminded_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('sent_at', sa.DateTime(), nullable=True),
+    sa.Column('expires_at', sa.DateTime(), nullable=True),
+    sa.Column('reminded_at', sa.DateTime(), nullable=True),
     sa.ForeignKeyConstraint(['account_id'], ['account.id'], ),
     sa.ForeignKeyConstraint(['contact_id'], ['contact.id'], ),
     sa.PrimaryKeyConstraint('id'),
@@ -273,7 +273,7 @@ def upgrade() -> None:
     sa.Column('contact_key', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('score', sa.Integer(), nullable=False),
     sa.Column('comment', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-    sa.Column('responded_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('responded_at', sa.DateTime(), nullable=False),
     sa.Column('source', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.ForeignKeyConstraint(['account_id'], ['account.id'], ),
     sa.ForeignKeyConstraint(['contact_id'], ['contact.id'], ),

@@ -1,0 +1,250 @@
+"""The `csbot` command line (typer + rich): demo, chat, import, db, recompute, account.
+
+This is the composition root: it reads the settings, opens the database (migrating it on first start), and wires
+the core, the router and the console adapter together.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+from datetime import date
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import Engine, func
+from sqlmodel import Session, col, select
+
+from adapters.console import render_text, run_console
+from bot.messages import Incoming
+from bot.router import Router, Services
+from lifecycle.config import Settings, get_settings
+from lifecycle.db import ensure_schema, make_engine, session_scope, upgrade
+from lifecycle.errors import ConfigError, CsbotError, ImportFailed
+from lifecycle.models import Account, User
+
+app = typer.Typer(help="csbot — the chat-first customer-success assistant.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console()
+err = Console(stderr=True)
+
+
+class Kind(str, Enum):
+    users = "users"
+    accounts = "accounts"
+    contacts = "contacts"
+    usage = "usage"
+    tickets = "tickets"
+    nps = "nps"
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _engine(settings: Settings) -> Engine:
+    engine = make_engine(settings.database_url)
+    try:
+        ensure_schema(engine)
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    return engine
+
+
+def _default_actor(engine: Engine) -> str:
+    """The console speaks as the first admin or manager (the person running the terminal owns the data)."""
+    with Session(engine) as s:
+        for role in ("admin", "manager", "csm"):
+            user = s.exec(select(User).where(User.role == role, User.active == True).order_by(User.id)).first()  # noqa: E712
+            if user:
+                return user.email
+    return ""
+
+
+def _chat(engine: Engine, settings: Settings, as_email: str | None) -> int:
+    actor = as_email or _default_actor(engine)
+    if not actor:
+        err.print("[red]No users yet: import users first (`csbot import users FILE`) or run `csbot demo`.[/red]")
+        return 2
+    return run_console(Router(Services(engine=engine, settings=settings)), actor)
+
+
+def _recompute(engine: Engine, settings: Settings, as_of: date | None = None) -> None:
+    from lifecycle.health import load_scorecard
+    from lifecycle.recompute import recompute
+    from lifecycle.stages import load_stage_machine
+
+    scorecard = load_scorecard(settings.scorecard_file)
+    machine = load_stage_machine(settings.stages_file)
+    with session_scope(engine) as session:
+        summary = recompute(session, as_of=as_of or date.today(), scorecard=scorecard, machine=machine)
+    grades = ", ".join(f"{g} {n}" for g, n in sorted(summary.grades.items()))
+    steps = ", ".join(f"{k} {v:.2f} s" for k, v in summary.timings.items())
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    err.print(
+        f"Recomputed {summary.accounts:,} accounts as of {summary.as_of}: {grades}; "
+        f"{summary.stage_moves} stage move(s); {summary.seconds:.2f} s ({steps}); peak memory {peak_mb:,.0f} MB."
+    )
+
+
+@app.command()
+def demo(
+    accounts: int = typer.Option(60, help="How many accounts to generate."),
+    days: int | None = typer.Option(None, help="Days of usage history (default 365, or 90 above 5,000 accounts)."),
+    seed: int = typer.Option(7, help="Random seed: the same seed gives the same portfolio."),
+    as_email: str | None = typer.Option(None, "--as", help="Chat as this user (default: the demo manager)."),
+    chat: bool = typer.Option(True, help="Open the console chat after seeding."),
+) -> None:
+    """Seed the demo portfolio into the database when it is empty, then open the console chat."""
+    from lifecycle.demo import is_empty, seed_demo
+
+    settings = _settings()
+    engine = _engine(settings)
+    with Session(engine) as s:
+        empty = is_empty(s)
+    if empty:
+        started = time.perf_counter()
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err, transient=True, disable=not err.is_terminal) as bar:
+            tasks: dict[str, object] = {}
+
+            def progress(phase: str, done: int, total: int) -> None:
+                if phase not in tasks:
+                    tasks[phase] = bar.add_task(phase, total=total)
+                bar.update(tasks[phase], completed=done, total=total)  # type: ignore[arg-type]
+
+            with session_scope(engine) as session:
+                summary = seed_demo(session, accounts=accounts, days=days, seed=seed, progress=progress)
+        err.print(f"Seeded the demo portfolio in {time.perf_counter() - started:.1f} s: {summary}.")
+        _recompute(engine, settings)
+    else:
+        with Session(engine) as s:
+            count = s.exec(select(func.count()).select_from(Account)).one()
+        err.print(f"The database already holds {count:,} accounts; using them as they are.")
+    if chat:
+        raise typer.Exit(_chat(engine, settings, as_email))
+
+
+@app.command(name="chat")
+def chat_cmd(as_email: str | None = typer.Option(None, "--as", help="Chat as this user's email.")) -> None:
+    """Open the console chat on the current database."""
+    settings = _settings()
+    raise typer.Exit(_chat(_engine(settings), settings, as_email))
+
+
+@app.command(name="import")
+def import_cmd(
+    kind: Kind = typer.Argument(..., help="What the file holds."),
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate only; write nothing."),
+) -> None:
+    """Import a CSV file (all-or-nothing: any bad row leaves the database unchanged)."""
+    from lifecycle.importers import import_csv
+
+    settings = _settings()
+    engine = _engine(settings)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task(f"importing {kind.value}", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            with session_scope(engine) as session:
+                report = import_csv(session, kind.value, file, dry_run=dry_run, progress=progress)
+        except ImportFailed as exc:
+            bar.stop()
+            err.print(f"[red]{file}: {exc}[/red]")
+            for problem in exc.problems:
+                err.print(f"  {problem}")
+            raise typer.Exit(1) from None
+        except CsbotError as exc:
+            bar.stop()
+            err.print(f"[red]{file}: {exc}[/red]")
+            raise typer.Exit(1) from None
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}")
+    verb = "would import" if dry_run else "imported"
+    console.print(
+        f"{kind.value}: {verb} {report.rows:,} rows — {report.inserted:,} inserted, {report.updated:,} updated, "
+        f"{report.unchanged:,} unchanged."
+    )
+
+
+@db_app.command(name="upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Apply the schema migrations (also done automatically on every start)."""
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine, revision)
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"Database at revision {revision}.")
+
+
+@app.command(name="recompute")
+def recompute_cmd(
+    as_of: str | None = typer.Option(None, help="Day to compute for (YYYY-MM-DD, default today)."),
+) -> None:
+    """Recompute health and stages for all accounts; prints a summary and the time taken."""
+    settings = _settings()
+    day = date.fromisoformat(as_of) if as_of else None
+    _recompute(_engine(settings), settings, day)
+
+
+@app.command(name="account")
+def account_cmd(
+    name: list[str] = typer.Argument(..., help="Account name or external id."),
+    as_email: str | None = typer.Option(None, "--as", help="Look as this user's email."),
+) -> None:
+    """Print an account card."""
+    settings = _settings()
+    engine = _engine(settings)
+    actor = as_email or _default_actor(engine)
+    router = Router(Services(engine=engine, settings=settings))
+    reply = router.handle(Incoming(platform="console", sender_id=actor, text="account " + " ".join(name)))
+    console.print(render_text(reply), markup=False, highlight=False)
+    if not reply.cards:
+        raise typer.Exit(1)
+
+
+@app.command(name="accounts")
+def accounts_cmd(limit: int = typer.Option(20, help="How many to list.")) -> None:
+    """List accounts with their stage and health (largest ARR first)."""
+    settings = _settings()
+    engine = _engine(settings)
+    table = Table("external id", "name", "stage", "health", "ARR")
+    with Session(engine) as s:
+        for a in s.exec(select(Account).order_by(col(Account.arr).desc()).limit(limit)).all():
+            score = f"{a.health_score:.0f} {a.health_grade}" if a.health_score is not None else "—"
+            table.add_row(a.external_id, a.name, a.stage, score, f"{a.arr:,.0f} {a.currency}")
+    console.print(table)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

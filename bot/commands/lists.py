@@ -1,0 +1,79 @@
+"""Portfolio lists: `at-risk` and `renewals`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from bot.format import grade, money, signed
+from bot.i18n import t
+from bot.messages import Card, Reply, Section
+from bot.router import Context, Param, UserError, command
+from lifecycle.portfolio import PortfolioRow, Scope, at_risk, renewals
+
+SHOW = 15
+
+
+def _scope(ctx: Context, which: str | None, segment: str | None) -> tuple[Scope, str]:
+    if ctx.user.role == "csm" and ctx.services.settings.csm_read_scope == "own":
+        which = "mine"
+    if which == "mine":
+        return Scope(owner_id=ctx.user.id), t("scope_mine", ctx.lang)
+    if which == "segment":
+        if not segment:
+            raise UserError(ctx.t("missing_argument", command=ctx.spec.name, argument="segment",
+                                  usage=ctx.spec.usage()))
+        return Scope(segment=segment), t("scope_segment", ctx.lang, segment=segment)
+    return Scope(), t("scope_all", ctx.lang)
+
+
+def _line(row: PortfolioRow, ctx: Context, *, renewal: bool) -> str:
+    parts = [f"*{row.name}*", money(row.arr, row.currency)]
+    if row.score is not None:
+        trend = f" ({signed(row.delta_7)} 7 d)" if row.delta_7 is not None else ""
+        parts.append(f"{row.score:.0f} {grade(row.grade, ctx.lang)}{trend}")
+    if renewal and row.renewal_date:
+        parts.append(f"{row.renewal_date.isoformat()} ({(row.renewal_date - ctx.today).days} d)")
+    if row.top_drag:
+        label = ctx.services.scorecard().label(row.top_drag, ctx.lang)
+        parts.append(("主要拖累：" if ctx.lang == "zh" else "main drag: ") + label)
+    parts.append(row.owner or t("nobody", ctx.lang))
+    return " · ".join(parts)
+
+
+@command("at-risk", aliases=("风险", "atrisk"), zh="风险客户（红色或快速下滑），按涉及 ARR 从大到小。")
+def at_risk_cmd(
+    ctx: Context,
+    which: Annotated[str | None, Param("word", choices=("mine", "all", "segment"))] = None,
+    segment: Annotated[str | None, Param("word")] = None,
+) -> Reply:
+    """Accounts that are red or falling fast, largest ARR at stake first."""
+    scope, label = _scope(ctx, which, segment)
+    rows, count, arr = at_risk(ctx.session, scope, limit=SHOW)
+    if not count:
+        return Reply(text=ctx.t("at_risk_empty", scope=label))
+    lines = [_line(r, ctx, renewal=False) for r in rows]
+    if count > len(rows):
+        lines.append(ctx.t("more_rows", count=count - len(rows)))
+    currency = rows[0].currency if rows else "USD"
+    summary = ctx.t("at_risk_summary", count=count, arr=money(arr, currency))
+    return Reply(cards=[Card(title=ctx.t("at_risk_title", scope=label), subtitle=summary,
+                             sections=(Section("", tuple(lines)),))])
+
+
+@command("renewals", aliases=("续约",), zh="未来 N 天（默认 90）内续约的客户，最近的在前。")
+def renewals_cmd(
+    ctx: Context,
+    days: Annotated[int, Param("int", label="days")] = 90,
+    which: Annotated[str | None, Param("word", choices=("mine", "all"))] = None,
+) -> Reply:
+    """Accounts renewing in the next N days (default 90), soonest first, with their health."""
+    scope, label = _scope(ctx, which, None)
+    rows, count, arr, risky = renewals(ctx.session, scope, days=days, today=ctx.today, limit=SHOW)
+    if not count:
+        return Reply(text=ctx.t("renewals_empty", days=days, scope=label))
+    lines = [_line(r, ctx, renewal=True) for r in rows]
+    if count > len(rows):
+        lines.append(ctx.t("more_rows", count=count - len(rows)))
+    summary = ctx.t("renewals_summary", count=count, arr=money(arr, rows[0].currency), risky=risky)
+    return Reply(cards=[Card(title=ctx.t("renewals_title", days=days, scope=label), subtitle=summary,
+                             sections=(Section("", tuple(lines)),))])

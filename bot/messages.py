@@ -1,0 +1,82 @@
+"""The platform-neutral vocabulary of a conversation: who said what where, and what csbot answers.
+
+Adapters translate platform events into `Incoming` and render `Reply` (text, cards, buttons, images) in their own
+format; nothing here knows about Slack or Telegram.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Platform = Literal["console", "slack", "telegram"]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One message or command addressed to csbot."""
+
+    platform: Platform
+    sender_id: str
+    text: str
+    channel_id: str = ""
+    is_direct: bool = True
+    sender_name: str = ""
+    raw_ids: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CardField:
+    label: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Section:
+    """A titled block of lines inside a card (e.g. the health explanation)."""
+
+    title: str
+    lines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Button:
+    label: str
+    action_id: str
+    value: str
+    style: Literal["default", "primary", "danger"] = "default"
+
+
+@dataclass(frozen=True)
+class Image:
+    """A PNG chart to post with the reply."""
+
+    png: bytes
+    filename: str
+    title: str
+
+
+@dataclass(frozen=True)
+class Card:
+    title: str
+    subtitle: str = ""
+    fields: tuple[CardField, ...] = ()
+    sections: tuple[Section, ...] = ()
+    freshness: str = ""
+    buttons: tuple[Button, ...] = ()
+
+
+@dataclass
+class Reply:
+    """What csbot answers: some text, cards, buttons and images; `private` asks for an ephemeral/DM answer."""
+
+    text: str = ""
+    cards: list[Card] = field(default_factory=list)
+    images: list[Image] = field(default_factory=list)
+    buttons: list[Button] = field(default_factory=list)
+    private: bool = False
+    error_id: str | None = None
+
+    @classmethod
+    def of(cls, text: str, *, private: bool = False) -> Reply:
+        return cls(text=text, private=private)

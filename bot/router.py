@@ -1,0 +1,358 @@
+"""The command router: parse → identify → authorise → run the handler → audit, the same on every platform.
+
+Commands are declared once with `@command(...)`: the docstring is the help text, and the handler's annotated
+parameters (`Annotated[Account, Param("account", access="write")]`, `Annotated[int, Param("int")]`, …) say how the
+words after the command are parsed. Every permission check happens before a handler runs, and no error ever shows a
+stack trace in chat: unexpected ones are logged with an id the user can quote.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import shlex
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+
+from rapidfuzz import process
+from sqlalchemy import Engine, or_
+from sqlmodel import Session, select
+
+from bot.i18n import t
+from bot.messages import Incoming, Reply
+from lifecycle.accounts import find_account, find_account_prefix
+from lifecycle.config import Settings
+from lifecycle.errors import CsbotError, NotFoundError
+from lifecycle.models import Account, AuditLog, Contact, User, utcnow
+
+log = logging.getLogger("csbot.router")
+
+ROLE_RANK = {"viewer": 0, "csm": 1, "manager": 2, "admin": 3}
+Needs = Literal["read", "write", "manage", "admin"]
+_NEEDS_RANK = {"read": 0, "write": 1, "manage": 2, "admin": 3}
+
+
+class UserError(CsbotError):
+    """A problem with what the user asked; the message is shown to them as it is."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """How one handler parameter is read from the words after the command."""
+
+    kind: Literal["account", "word", "int", "rest"]
+    choices: tuple[str, ...] = ()
+    access: Literal["read", "write"] = "read"
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class _Arg:
+    name: str
+    param: Param
+    optional: bool
+    default: Any
+
+
+@dataclass
+class CommandSpec:
+    name: str
+    handler: Callable[..., Reply]
+    help_en: str
+    help_zh: str
+    needs: Needs
+    aliases: tuple[str, ...]
+    args: list[_Arg]
+
+    def usage(self) -> str:
+        parts = [self.name]
+        for a in self.args:
+            label = a.param.label or (
+                "|".join(a.param.choices) if a.param.choices else a.name.replace("_", "-")
+            )
+            parts.append(f"[{label}]" if a.optional else f"<{label}>")
+        return " ".join(parts)
+
+    def help(self, lang: str) -> str:
+        return self.help_zh if lang == "zh" and self.help_zh else self.help_en
+
+
+class Registry:
+    """Every command, declared once."""
+
+    def __init__(self) -> None:
+        self.commands: dict[str, CommandSpec] = {}
+        self.aliases: dict[str, str] = {}
+
+    def command(
+        self, name: str, *, needs: Needs = "read", aliases: tuple[str, ...] = (), zh: str = ""
+    ) -> Callable[[Callable[..., Reply]], Callable[..., Reply]]:
+        def register(fn: Callable[..., Reply]) -> Callable[..., Reply]:
+            hints = get_type_hints(fn, include_extras=True)
+            args: list[_Arg] = []
+            for pname, p in list(inspect.signature(fn).parameters.items())[1:]:
+                hint = hints.get(pname)
+                marker = next((m for m in get_args(hint)[1:] if isinstance(m, Param)), None) if (
+                    get_origin(hint) is Annotated
+                ) else None
+                if marker is None:
+                    raise TypeError(f"parameter {pname} of command {name} needs Annotated[..., Param(...)]")
+                optional = p.default is not inspect.Parameter.empty
+                args.append(_Arg(pname, marker, optional, None if not optional else p.default))
+            doc = inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0].replace("\n", " ")
+            spec = CommandSpec(name, fn, doc, zh, needs, aliases, args)
+            self.commands[name] = spec
+            for alias in aliases:
+                self.aliases[alias.casefold()] = name
+            return fn
+
+        return register
+
+    def lookup(self, word: str) -> CommandSpec | None:
+        key = word.casefold()
+        name = key if key in self.commands else self.aliases.get(key)
+        return self.commands.get(name) if name else None
+
+
+registry = Registry()
+command = registry.command
+
+
+@dataclass
+class Services:
+    """Long-lived things a handler may need: the database, settings, and the loaded configurations."""
+
+    engine: Engine
+    settings: Settings
+    today: Callable[[], date] = date.today
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def stage_machine(self) -> Any:
+        if "stages" not in self.extras:
+            from lifecycle.stages import load_stage_machine
+
+            self.extras["stages"] = load_stage_machine(self.settings.stages_file)
+        return self.extras["stages"]
+
+    def scorecard(self) -> Any:
+        if "scorecard" not in self.extras:
+            from lifecycle.health import load_scorecard
+
+            self.extras["scorecard"] = load_scorecard(self.settings.scorecard_file)
+        return self.extras["scorecard"]
+
+
+@dataclass
+class Context:
+    """What a handler gets: the session, who is asking, in which language, and the services."""
+
+    session: Session
+    services: Services
+    incoming: Incoming
+    user: User
+    lang: str
+    spec: CommandSpec
+    accounts: list[Account] = field(default_factory=list)
+
+    def t(self, key: str, **values: object) -> str:
+        return t(key, self.lang, **values)
+
+    @property
+    def today(self) -> date:
+        return self.services.today()
+
+    def can_read(self, account: Account) -> bool:
+        if self.user.role == "csm" and self.services.settings.csm_read_scope == "own":
+            return account.owner_id == self.user.id
+        return True
+
+    def can_write(self, account: Account) -> bool:
+        if ROLE_RANK.get(self.user.role, -1) >= ROLE_RANK["manager"]:
+            return True
+        return self.user.role == "csm" and account.owner_id == self.user.id
+
+
+def identify(session: Session, incoming: Incoming) -> tuple[User | None, Contact | None]:
+    """Map a platform identity to an internal user, or else to a customer contact."""
+    if incoming.platform == "console":
+        user = session.exec(select(User).where(User.email == incoming.sender_id)).first()
+        return (user if user and user.active else None), None
+    column = {"slack": User.slack_user_id, "telegram": User.telegram_user_id}[incoming.platform]
+    user = session.exec(select(User).where(column == incoming.sender_id, User.active == True)).first()  # noqa: E712
+    if user is not None:
+        return user, None
+    ccol = {"slack": Contact.slack_user_id, "telegram": Contact.telegram_user_id}[incoming.platform]
+    contact = session.exec(select(Contact).where(ccol == incoming.sender_id)).first()
+    return None, contact
+
+
+def _split(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError:  # an unbalanced quote: fall back to plain words
+        return text.split()
+
+
+class Router:
+    """Turns an `Incoming` into a `Reply`."""
+
+    def __init__(self, services: Services, reg: Registry | None = None) -> None:
+        import bot.commands  # noqa: F401  (registers every command)
+
+        self.services = services
+        self.registry = reg or registry
+
+    def handle(self, incoming: Incoming) -> Reply:
+        lang = self.services.settings.lang
+        try:
+            with Session(self.services.engine, expire_on_commit=False) as session:
+                try:
+                    reply = self._handle(session, incoming)
+                    session.commit()
+                    return reply
+                except BaseException:
+                    session.rollback()
+                    raise
+        except Exception:
+            error_id = uuid.uuid4().hex[:8]
+            log.exception("error %s handling %s message from %s", error_id, incoming.platform, incoming.sender_id)
+            return Reply(text=t("internal_error", lang, error_id=error_id), private=True, error_id=error_id)
+
+    def _handle(self, session: Session, incoming: Incoming) -> Reply:
+        user, contact = identify(session, incoming)
+        if user is None:
+            lang = self.services.settings.lang
+            key = "customer_refused" if contact is not None else "unknown_person"
+            _audit(session, None, incoming, "refused:unknown" if contact is None else "refused:contact", None)
+            return Reply(
+                text=t(key, lang, platform=incoming.platform.capitalize(), sender_id=incoming.sender_id),
+                private=True,
+            )
+        lang = user.lang or self.services.settings.lang
+        words = _split(incoming.text.strip())
+        if not words:
+            words = ["help"]
+        spec = self.registry.lookup(words[0].lstrip("/"))
+        if spec is None:
+            close = process.extract(words[0], list(self.registry.commands), limit=2, score_cutoff=60)
+            hint = t("did_you_mean", lang, options=", ".join(f"`{c[0]}`" for c in close)) if close else ""
+            return Reply(text=t("unknown_command", lang, command=words[0], hint=hint), private=True)
+        ctx = Context(session, self.services, incoming, user, lang, spec)
+        if ROLE_RANK.get(user.role, -1) < _NEEDS_RANK[spec.needs]:
+            _audit(session, user, incoming, f"denied:{spec.name}", None)
+            return Reply(text=ctx.t("no_permission", role=user.role, command=spec.name), private=True)
+        try:
+            kwargs = self._parse(ctx, spec, words[1:])
+        except NotFoundError as exc:
+            return _not_found_reply(ctx, exc)
+        except _Denied as denied:
+            _audit(session, user, incoming, f"denied:{spec.name}", denied.account.id)
+            what = ctx.t("what_write" if denied.access == "write" else "what_read")
+            return Reply(text=ctx.t("not_your_account", account=denied.account.name, what=what), private=True)
+        except CsbotError as exc:
+            return Reply(text=str(exc), private=True)
+        try:
+            reply = spec.handler(ctx, **kwargs)
+        except NotFoundError as exc:
+            session.rollback()
+            return _not_found_reply(ctx, exc)
+        except CsbotError as exc:
+            session.rollback()
+            return Reply(text=str(exc), private=True)
+        for account in ctx.accounts or [None]:  # type: ignore[list-item]
+            _audit(session, user, incoming, spec.name, account.id if account else None)
+        return reply
+
+    def _parse(self, ctx: Context, spec: CommandSpec, words: list[str]) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        rest = list(words)
+        for i, arg in enumerate(spec.args):
+            p = arg.param
+            if not rest:
+                if not arg.optional:
+                    raise UserError(
+                        ctx.t("missing_argument", command=spec.name, argument=arg.name, usage=spec.usage())
+                    )
+                kwargs[arg.name] = arg.default
+                continue
+            if p.kind == "account":
+                if i == len(spec.args) - 1:
+                    account, used = find_account(ctx.session, " ".join(rest)), len(rest)
+                else:
+                    account, used = find_account_prefix(ctx.session, rest)
+                allowed = ctx.can_write(account) if p.access == "write" else ctx.can_read(account)
+                if not allowed:
+                    raise _Denied(account, p.access)
+                ctx.accounts.append(account)
+                kwargs[arg.name] = account
+                rest = rest[used:]
+            elif p.kind == "rest":
+                kwargs[arg.name] = " ".join(rest)
+                rest = []
+            elif p.kind == "int":
+                token = rest[0].lower().removesuffix("d")
+                if token.isdigit():
+                    kwargs[arg.name] = int(token)
+                    rest = rest[1:]
+                elif arg.optional:
+                    kwargs[arg.name] = arg.default
+                else:
+                    raise UserError(
+                        ctx.t("bad_argument", value=rest[0], argument=arg.name, command=spec.name, usage=spec.usage())
+                    )
+            else:  # word
+                token = rest[0]
+                if p.choices and token.casefold() not in p.choices:
+                    if arg.optional:
+                        kwargs[arg.name] = arg.default
+                        continue
+                    raise UserError(
+                        ctx.t("bad_argument", value=token, argument=arg.name, command=spec.name, usage=spec.usage())
+                    )
+                kwargs[arg.name] = token.casefold() if p.choices else token
+                rest = rest[1:]
+        if rest:
+            raise UserError(
+                ctx.t("bad_argument", value=" ".join(rest), argument="…", command=spec.name, usage=spec.usage())
+            )
+        return kwargs
+
+
+class _Denied(Exception):
+    def __init__(self, account: Account, access: str) -> None:
+        self.account = account
+        self.access = access
+
+
+def _not_found_reply(ctx: Context, exc: NotFoundError) -> Reply:
+    text = ctx.t("no_account", name=exc.name)
+    if exc.suggestions:
+        text += ctx.t("suggestions", names=", ".join(exc.suggestions))
+    return Reply(text=text, private=True)
+
+
+def _audit(session: Session, user: User | None, incoming: Incoming, action: str, account_id: int | None) -> None:
+    session.add(
+        AuditLog(
+            at=utcnow(),
+            actor_id=user.id if user else None,
+            actor=user.email if user else f"{incoming.platform}:{incoming.sender_id}",
+            platform=incoming.platform,
+            action=action,
+            account_id=account_id,
+            detail=incoming.text[:500],
+        )
+    )
+
+
+def users_by_words(session: Session, text: str) -> User | None:
+    """A user named by email, name or chat id (used by commands that name a person)."""
+    key = text.strip().lstrip("@")
+    return session.exec(
+        select(User).where(
+            or_(User.email == key, User.name == key, User.slack_user_id == key, User.telegram_user_id == key)
+        )
+    ).first()

@@ -1,0 +1,144 @@
+"""Portfolio lists: accounts at risk and upcoming renewals, each one SQL query over the whole portfolio."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from sqlalchemy import and_, func, or_
+from sqlalchemy.orm import aliased
+from sqlmodel import Session, col, select
+
+from lifecycle.models import Account, HealthSnapshot, User
+
+FALLING_POINTS = 10.0  # a yellow account that lost this many points in 7 days counts as at risk
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which accounts a list covers: one owner's, one segment's, or all."""
+
+    owner_id: int | None = None
+    segment: str | None = None
+
+    def apply(self, stmt):  # type: ignore[no-untyped-def]
+        if self.owner_id is not None:
+            stmt = stmt.where(Account.owner_id == self.owner_id)
+        if self.segment is not None:
+            stmt = stmt.where(func.lower(Account.segment) == self.segment.casefold())
+        return stmt
+
+
+@dataclass(frozen=True)
+class PortfolioRow:
+    account_id: int
+    name: str
+    owner: str | None
+    arr: float
+    currency: str
+    score: float | None
+    grade: str | None
+    delta_7: float | None
+    renewal_date: date | None
+    stage: str
+    top_drag: str | None
+
+
+def _latest_day(session: Session) -> date | None:
+    return session.exec(select(func.max(HealthSnapshot.day))).one()
+
+
+def _top_drags(session: Session, account_ids: list[int], day: date | None) -> dict[int, str]:
+    """For each account, the measure that costs its score the most on `day` (from the stored contributions)."""
+    if not account_ids or day is None:
+        return {}
+    rows = session.exec(
+        select(HealthSnapshot.account_id, HealthSnapshot.measures).where(
+            col(HealthSnapshot.account_id).in_(account_ids), HealthSnapshot.day == day
+        )
+    ).all()
+    out: dict[int, str] = {}
+    for account_id, measures in rows:
+        costs = [
+            (float(m.get("weight") or 0) * (100 - float(m.get("points") or 0)), name)
+            for name, m in (measures or {}).items()
+            if isinstance(m, dict) and m.get("data")
+        ]
+        if costs:
+            cost, name = max(costs)
+            if cost > 0:
+                out[account_id] = name
+    return out
+
+
+def at_risk(session: Session, scope: Scope, *, limit: int | None = None) -> tuple[list[PortfolioRow], int, float]:
+    """Active accounts that are red, or yellow and falling fast; largest ARR first.
+
+    Returns (rows, total count, total ARR at stake) — the totals cover all matches even when `limit` cuts the rows.
+    """
+    day = _latest_day(session)
+    past = aliased(HealthSnapshot)
+    delta = Account.health_score - past.score
+    stmt = (
+        select(
+            Account.id, Account.name, User.name, Account.arr, Account.currency, Account.health_score,
+            Account.health_grade, delta, Account.renewal_date, Account.stage,
+        )
+        .outerjoin(User, col(User.id) == Account.owner_id)
+        .outerjoin(
+            past,
+            and_(past.account_id == Account.id, past.day == (day - timedelta(days=7) if day else None)),
+        )
+        .where(
+            Account.status == "active",
+            or_(Account.health_grade == "red", and_(Account.health_grade == "yellow", delta <= -FALLING_POINTS)),
+        )
+        .order_by(col(Account.arr).desc(), Account.name)
+    )
+    found = session.exec(scope.apply(stmt)).all()
+    total_arr = float(sum(r[3] or 0 for r in found))
+    shown = found[:limit] if limit else found
+    drags = _top_drags(session, [r[0] for r in shown], day)
+    rows = [
+        PortfolioRow(
+            account_id=r[0], name=r[1], owner=r[2], arr=float(r[3] or 0), currency=r[4], score=r[5], grade=r[6],
+            delta_7=float(r[7]) if r[7] is not None else None, renewal_date=r[8], stage=r[9], top_drag=drags.get(r[0]),
+        )
+        for r in shown
+    ]
+    return rows, len(found), total_arr
+
+
+def renewals(
+    session: Session, scope: Scope, *, days: int, today: date, limit: int | None = None
+) -> tuple[list[PortfolioRow], int, float, int]:
+    """Active accounts renewing within `days` of `today`, soonest first.
+
+    Returns (rows, count, ARR renewing, how many of them are yellow or red).
+    """
+    stmt = (
+        select(
+            Account.id, Account.name, User.name, Account.arr, Account.currency, Account.health_score,
+            Account.health_grade, Account.renewal_date, Account.stage,
+        )
+        .outerjoin(User, col(User.id) == Account.owner_id)
+        .where(
+            Account.status == "active",
+            col(Account.renewal_date) >= today,
+            col(Account.renewal_date) <= today + timedelta(days=days),
+        )
+        .order_by(col(Account.renewal_date), Account.name)
+    )
+    found = session.exec(scope.apply(stmt)).all()
+    total_arr = float(sum(r[3] or 0 for r in found))
+    risky = sum(1 for r in found if r[6] in ("yellow", "red"))
+    shown = found[:limit] if limit else found
+    drags = _top_drags(session, [r[0] for r in shown], _latest_day(session))
+    rows = [
+        PortfolioRow(
+            account_id=r[0], name=r[1], owner=r[2], arr=float(r[3] or 0), currency=r[4], score=r[5], grade=r[6],
+            delta_7=None, renewal_date=r[7], stage=r[8], top_drag=drags.get(r[0]),
+        )
+        for r in shown
+    ]
+    return rows, len(found), total_arr, risky
