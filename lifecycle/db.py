@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,10 +16,6 @@ from sqlmodel import Session, SQLModel, create_engine
 from lifecycle.errors import ConfigError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-
-# SQLite allows at most 32,766 bound parameters per statement; PostgreSQL 65,535.
-_MAX_PARAMS = {"sqlite": 32_000, "postgresql": 60_000}
-
 
 def make_engine(url: str) -> Engine:
     """Create an engine; SQLite gets WAL, foreign keys and a busy timeout so the bot and jobs can share it."""
@@ -86,11 +82,6 @@ def session_scope(engine: Engine) -> Iterator[Session]:
             raise
 
 
-def chunks(rows: Sequence[dict[str, Any]], size: int) -> Iterable[Sequence[dict[str, Any]]]:
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
-
-
 def upsert(
     session: Session,
     model: type[SQLModel],
@@ -99,28 +90,26 @@ def upsert(
     conflict: Sequence[str],
     update: Sequence[str] | None = None,
 ) -> int:
-    """Insert `rows` into `model`'s table; on a clash of the unique `conflict` columns update `update` columns.
+    """Insert `rows` into the table of `model`; on a clash of the unique `conflict` columns, update `update`.
 
     `update=None` updates every column given in the rows except the conflict columns; `update=[]` ignores
-    clashes. Runs in chunks sized to the dialect's parameter limit. Returns the number of rows sent.
+    clashes. One executemany statement: SQLAlchemy batches the rows within each driver's limits.
+    Returns the number of rows sent.
     """
     if not rows:
         return 0
     table = model.__table__  # type: ignore[attr-defined]
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     columns = list(rows[0].keys())
     to_update = [c for c in columns if c not in conflict] if update is None else list(update)
-    per_chunk = max(1, _MAX_PARAMS.get(dialect, 30_000) // max(1, len(columns)))
-    for part in chunks(rows, per_chunk):
-        stmt = insert(table).values(list(part))
-        if to_update:
-            stmt = stmt.on_conflict_do_update(
-                index_elements=list(conflict), set_={c: stmt.excluded[c] for c in to_update}
-            )
-        else:
-            stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
-        session.execute(stmt)
+    stmt = insert(table)
+    if to_update:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(conflict), set_={c: stmt.excluded[c] for c in to_update}
+        )
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
+    session.connection().execute(stmt, list(rows))
     return len(rows)
 
 

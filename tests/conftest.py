@@ -13,6 +13,8 @@ from sqlmodel import Session
 
 from lifecycle.db import ensure_schema, make_engine
 
+pytest_plugins = ["conftest_pg"]
+
 # No test may reach the internet or a proxy; Slack/Telegram settings come only from the tests themselves.
 for _var in (
     "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy",
