@@ -11,7 +11,7 @@ import resource
 import sys
 import time
 from datetime import date
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -29,15 +29,16 @@ from lifecycle.db import ensure_schema, make_engine, session_scope, upgrade
 from lifecycle.errors import ConfigError, CsbotError, ImportFailed
 from lifecycle.models import Account, User
 
-app = typer.Typer(help="csbot — the chat-first customer-success assistant.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="csbot — the chat-first customer-success assistant.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 console = Console()
 err = Console(stderr=True)
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     users = "users"
     accounts = "accounts"
     contacts = "contacts"
@@ -117,8 +118,15 @@ def demo(
         empty = is_empty(s)
     if empty:
         started = time.perf_counter()
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err, transient=True, disable=not err.is_terminal) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        ) as bar:
             tasks: dict[str, object] = {}
 
             def progress(phase: str, done: int, total: int) -> None:
@@ -156,8 +164,14 @@ def import_cmd(
 
     settings = _settings()
     engine = _engine(settings)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
         task = bar.add_task(f"importing {kind.value}", total=None)
 
         def progress(done: int, total: int) -> None:

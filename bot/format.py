@@ -37,8 +37,9 @@ def signed(value: float | None) -> str:
     return f"+{rounded}" if rounded > 0 else f"−{abs(rounded)}"
 
 
-def score_line(score: float | None, grade_name: str | None, delta_7: float | None, delta_30: float | None,
-               lang: str = "en") -> str:
+def score_line(
+    score: float | None, grade_name: str | None, delta_7: float | None, delta_30: float | None, lang: str = "en"
+) -> str:
     """`58 🟡 yellow · 7 d −14 · 30 d −20` — the score, what it means, and where it is heading."""
     if score is None or math.isnan(score):
         return "—"

@@ -53,8 +53,8 @@ MESSAGES: dict[str, dict[str, str]] = {
     "help_title": {"en": "What I can do", "zh": "我能做什么"},
     "help_footer": {
         "en": "Account names are case-insensitive; quote names with spaces when more words follow, e.g. "
-        "`stage \"Acme Corp\" adoption kickoff done`.",
-        "zh": "客户名称不区分大小写；名称含空格且后面还有参数时请加引号，例如 `stage \"Acme Corp\" adoption 启动完成`。",
+        '`stage "Acme Corp" adoption kickoff done`.',
+        "zh": '客户名称不区分大小写；名称含空格且后面还有参数时请加引号，例如 `stage "Acme Corp" adoption 启动完成`。',
     },
     # account card
     "f_owner": {"en": "Owner", "zh": "负责人"},
@@ -103,7 +103,10 @@ MESSAGES: dict[str, dict[str, str]] = {
     "scope_all": {"en": "all", "zh": "全部"},
     "scope_segment": {"en": "segment {segment}", "zh": "细分 {segment}"},
     "renewals_title": {"en": "Renewals in the next {days} days ({scope})", "zh": "未来 {days} 天续约（{scope}）"},
-    "renewals_empty": {"en": "No renewals in the next {days} days ({scope}).", "zh": "未来 {days} 天没有续约（{scope}）。"},
+    "renewals_empty": {
+        "en": "No renewals in the next {days} days ({scope}).",
+        "zh": "未来 {days} 天没有续约（{scope}）。",
+    },
     "renewals_summary": {
         "en": "{count} renewal(s), {arr} ARR; {risky} of them yellow or red.",
         "zh": "{count} 个续约，ARR {arr}；其中 {risky} 个为黄色或红色。",

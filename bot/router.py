@@ -70,9 +70,7 @@ class CommandSpec:
     def usage(self) -> str:
         parts = [self.name]
         for a in self.args:
-            label = a.param.label or (
-                "|".join(a.param.choices) if a.param.choices else a.name.replace("_", "-")
-            )
+            label = a.param.label or ("|".join(a.param.choices) if a.param.choices else a.name.replace("_", "-"))
             parts.append(f"[{label}]" if a.optional else f"<{label}>")
         return " ".join(parts)
 
@@ -95,9 +93,11 @@ class Registry:
             args: list[_Arg] = []
             for pname, p in list(inspect.signature(fn).parameters.items())[1:]:
                 hint = hints.get(pname)
-                marker = next((m for m in get_args(hint)[1:] if isinstance(m, Param)), None) if (
-                    get_origin(hint) is Annotated
-                ) else None
+                marker = (
+                    next((m for m in get_args(hint)[1:] if isinstance(m, Param)), None)
+                    if (get_origin(hint) is Annotated)
+                    else None
+                )
                 if marker is None:
                     raise TypeError(f"parameter {pname} of command {name} needs Annotated[..., Param(...)]")
                 optional = p.default is not inspect.Parameter.empty
@@ -273,9 +273,7 @@ class Router:
             p = arg.param
             if not rest:
                 if not arg.optional:
-                    raise UserError(
-                        ctx.t("missing_argument", command=spec.name, argument=arg.name, usage=spec.usage())
-                    )
+                    raise UserError(ctx.t("missing_argument", command=spec.name, argument=arg.name, usage=spec.usage()))
                 kwargs[arg.name] = arg.default
                 continue
             if p.kind == "account":

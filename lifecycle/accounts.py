@@ -124,9 +124,7 @@ def account_view(session: Session, account: Account, *, notes: int = 3) -> Accou
     open_filter = (Ticket.account_id == account.id) & col(Ticket.closed_at).is_(None) & (Ticket.status != "closed")
     open_tickets = session.exec(select(func.count()).select_from(Ticket).where(open_filter)).one()
     open_high = session.exec(
-        select(func.count())
-        .select_from(Ticket)
-        .where(open_filter & col(Ticket.priority).in_(("high", "urgent")))
+        select(func.count()).select_from(Ticket).where(open_filter & col(Ticket.priority).in_(("high", "urgent")))
     ).one()
     recent_notes = list(
         session.exec(

@@ -24,38 +24,24 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
-    database_url: str = Field(
-        default="sqlite:///csbot.db", validation_alias=AliasChoices("CSBOT_DATABASE_URL")
-    )
+    database_url: str = Field(default="sqlite:///csbot.db", validation_alias=AliasChoices("CSBOT_DATABASE_URL"))
     timezone: str = Field(default="UTC", validation_alias=AliasChoices("CSBOT_TIMEZONE"))
     host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("CSBOT_HOST"))
     port: int = Field(default=8000, ge=0, le=65535, validation_alias=AliasChoices("CSBOT_PORT"))
     lang: Literal["en", "zh"] = Field(default="en", validation_alias=AliasChoices("CSBOT_LANG"))
     stages_file: Path | None = Field(default=None, validation_alias=AliasChoices("CSBOT_STAGES_FILE"))
-    scorecard_file: Path | None = Field(
-        default=None, validation_alias=AliasChoices("CSBOT_SCORECARD_FILE")
-    )
-    csm_read_scope: Literal["own", "all"] = Field(
-        default="all", validation_alias=AliasChoices("CSBOT_CSM_READ_SCOPE")
-    )
+    scorecard_file: Path | None = Field(default=None, validation_alias=AliasChoices("CSBOT_SCORECARD_FILE"))
+    csm_read_scope: Literal["own", "all"] = Field(default="all", validation_alias=AliasChoices("CSBOT_CSM_READ_SCOPE"))
 
     slack_bot_token: str | None = Field(default=None, validation_alias=AliasChoices("SLACK_BOT_TOKEN"))
-    slack_signing_secret: str | None = Field(
-        default=None, validation_alias=AliasChoices("SLACK_SIGNING_SECRET")
-    )
+    slack_signing_secret: str | None = Field(default=None, validation_alias=AliasChoices("SLACK_SIGNING_SECRET"))
     slack_app_token: str | None = Field(default=None, validation_alias=AliasChoices("SLACK_APP_TOKEN"))
-    slack_api_url: str = Field(
-        default="https://slack.com/api/", validation_alias=AliasChoices("SLACK_API_URL")
-    )
-    telegram_bot_token: str | None = Field(
-        default=None, validation_alias=AliasChoices("TELEGRAM_BOT_TOKEN")
-    )
+    slack_api_url: str = Field(default="https://slack.com/api/", validation_alias=AliasChoices("SLACK_API_URL"))
+    telegram_bot_token: str | None = Field(default=None, validation_alias=AliasChoices("TELEGRAM_BOT_TOKEN"))
     telegram_api_url: str = Field(
         default="https://api.telegram.org/bot", validation_alias=AliasChoices("TELEGRAM_API_URL")
     )
-    telegram_webhook_secret: str | None = Field(
-        default=None, validation_alias=AliasChoices("TELEGRAM_WEBHOOK_SECRET")
-    )
+    telegram_webhook_secret: str | None = Field(default=None, validation_alias=AliasChoices("TELEGRAM_WEBHOOK_SECRET"))
     ingest_token: str | None = Field(default=None, validation_alias=AliasChoices("CSBOT_INGEST_TOKEN"))
 
     @field_validator("database_url")
@@ -86,16 +72,18 @@ class Settings(BaseSettings):
         return ZoneInfo(self.timezone)
 
 
-_ENV_NAMES = {
-    name: (field.validation_alias.choices[0] if isinstance(field.validation_alias, AliasChoices) else name)
+_ENV_NAMES: dict[str, str] = {
+    name: str(field.validation_alias.choices[0]) if isinstance(field.validation_alias, AliasChoices) else name
     for name, field in Settings.model_fields.items()
 }
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read settings; turn a validation failure into a `ConfigError` naming each bad variable."""
+    """Read settings (keyword overrides by field name win); a validation failure becomes a `ConfigError`
+    naming each bad variable."""
+    by_alias = {_ENV_NAMES.get(name, name): value for name, value in overrides.items()}
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**by_alias)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -81,8 +81,16 @@ def at_risk(session: Session, scope: Scope, *, limit: int | None = None) -> tupl
     delta = Account.health_score - past.score
     stmt = (
         select(
-            Account.id, Account.name, User.name, Account.arr, Account.currency, Account.health_score,
-            Account.health_grade, delta, Account.renewal_date, Account.stage,
+            Account.id,
+            Account.name,
+            User.name,
+            Account.arr,
+            Account.currency,
+            Account.health_score,
+            Account.health_grade,
+            delta,
+            Account.renewal_date,
+            Account.stage,
         )
         .outerjoin(User, col(User.id) == Account.owner_id)
         .outerjoin(
@@ -101,8 +109,17 @@ def at_risk(session: Session, scope: Scope, *, limit: int | None = None) -> tupl
     drags = _top_drags(session, [r[0] for r in shown], day)
     rows = [
         PortfolioRow(
-            account_id=r[0], name=r[1], owner=r[2], arr=float(r[3] or 0), currency=r[4], score=r[5], grade=r[6],
-            delta_7=float(r[7]) if r[7] is not None else None, renewal_date=r[8], stage=r[9], top_drag=drags.get(r[0]),
+            account_id=r[0],
+            name=r[1],
+            owner=r[2],
+            arr=float(r[3] or 0),
+            currency=r[4],
+            score=r[5],
+            grade=r[6],
+            delta_7=float(r[7]) if r[7] is not None else None,
+            renewal_date=r[8],
+            stage=r[9],
+            top_drag=drags.get(r[0]),
         )
         for r in shown
     ]
@@ -118,8 +135,15 @@ def renewals(
     """
     stmt = (
         select(
-            Account.id, Account.name, User.name, Account.arr, Account.currency, Account.health_score,
-            Account.health_grade, Account.renewal_date, Account.stage,
+            Account.id,
+            Account.name,
+            User.name,
+            Account.arr,
+            Account.currency,
+            Account.health_score,
+            Account.health_grade,
+            Account.renewal_date,
+            Account.stage,
         )
         .outerjoin(User, col(User.id) == Account.owner_id)
         .where(
@@ -136,8 +160,17 @@ def renewals(
     drags = _top_drags(session, [r[0] for r in shown], _latest_day(session))
     rows = [
         PortfolioRow(
-            account_id=r[0], name=r[1], owner=r[2], arr=float(r[3] or 0), currency=r[4], score=r[5], grade=r[6],
-            delta_7=None, renewal_date=r[7], stage=r[8], top_drag=drags.get(r[0]),
+            account_id=r[0],
+            name=r[1],
+            owner=r[2],
+            arr=float(r[3] or 0),
+            currency=r[4],
+            score=r[5],
+            grade=r[6],
+            delta_7=None,
+            renewal_date=r[7],
+            stage=r[8],
+            top_drag=drags.get(r[0]),
         )
         for r in shown
     ]

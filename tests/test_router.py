@@ -23,21 +23,40 @@ def router(engine: Engine) -> Router:
         boss = User(email="maya@example.com", name="Maya Chen", role="manager", slack_user_id="UMAYA")
         s.add(boss)
         s.flush()
-        s.add_all([
-            User(email="sam@example.com", name="Sam Ortiz", role="csm", slack_user_id="USAM", manager_id=boss.id),
-            User(email="vic@example.com", name="Vic Viewer", role="viewer", telegram_user_id="777"),
-            User(email="gone@example.com", name="Gone Person", role="csm", slack_user_id="UGONE", active=False),
-        ])
+        s.add_all(
+            [
+                User(email="sam@example.com", name="Sam Ortiz", role="csm", slack_user_id="USAM", manager_id=boss.id),
+                User(email="vic@example.com", name="Vic Viewer", role="viewer", telegram_user_id="777"),
+                User(email="gone@example.com", name="Gone Person", role="csm", slack_user_id="UGONE", active=False),
+            ]
+        )
         s.flush()
         sam = s.exec(select(User).where(User.email == "sam@example.com")).one()
-        acme = Account(external_id="ACC-1", name="Acme Corp", name_key="acme corp", owner_id=sam.id, arr=50_000,
-                       seats=20, stage="adoption")
-        globex = Account(external_id="ACC-2", name="Globex", name_key="globex", owner_id=boss.id, arr=90_000,
-                         seats=50, stage="adoption")
+        acme = Account(
+            external_id="ACC-1",
+            name="Acme Corp",
+            name_key="acme corp",
+            owner_id=sam.id,
+            arr=50_000,
+            seats=20,
+            stage="adoption",
+        )
+        globex = Account(
+            external_id="ACC-2",
+            name="Globex",
+            name_key="globex",
+            owner_id=boss.id,
+            arr=90_000,
+            seats=50,
+            stage="adoption",
+        )
         s.add_all([acme, globex])
         s.flush()
-        s.add(Contact(account_id=acme.id or 0, key="ann@acme.test", name="Ann", email="ann@acme.test",
-                      slack_user_id="UCUST"))
+        s.add(
+            Contact(
+                account_id=acme.id or 0, key="ann@acme.test", name="Ann", email="ann@acme.test", slack_user_id="UCUST"
+            )
+        )
         s.commit()
     settings = load_settings(database_url="sqlite://", csm_read_scope="all")
     return Router(Services(engine=engine, settings=settings, today=lambda: TODAY))

@@ -23,8 +23,14 @@ def _save_images(reply_images: list, folder: Path) -> list[str]:  # type: ignore
     return paths
 
 
-def run_console(router: Router, as_email: str, *, stdin: TextIO | None = None, stdout: TextIO | None = None,
-                chart_dir: Path | None = None) -> int:
+def run_console(
+    router: Router,
+    as_email: str,
+    *,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    chart_dir: Path | None = None,
+) -> int:
     """Chat as the user `as_email`. Returns the exit code (0: input ended or `quit`)."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout

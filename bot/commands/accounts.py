@@ -16,21 +16,31 @@ from lifecycle.stages import move_stage, stage_history, unpin
 @command("account", aliases=("客户", "acct"), zh="客户卡片：负责人、ARR、阶段、健康度及原因、续约、NPS、工单。")
 def account(ctx: Context, acct: Annotated[Account, Param("account", label="name")]) -> Reply:
     """The account card: owner, ARR, stage, health with its reasons, renewal, NPS and tickets."""
-    card = account_card(account_view(ctx.session, acct), today=ctx.today, lang=ctx.lang,
-                        machine=ctx.services.stage_machine())
+    card = account_card(
+        account_view(ctx.session, acct),
+        today=ctx.today,
+        lang=ctx.lang,
+        machine=ctx.services.stage_machine(),
+        scorecard=ctx.services.scorecard(),
+    )
     return Reply(cards=[card])
 
 
 @command("health", aliases=("健康", "健康度"), zh="健康度明细：每项指标的数值、得分和权重，以及变化原因。")
 def health(ctx: Context, acct: Annotated[Account, Param("account", label="name")]) -> Reply:
     """Health in detail: each measure's value, points and weight, and what moved the score."""
-    card = account_card(account_view(ctx.session, acct), today=ctx.today, lang=ctx.lang,
-                        machine=ctx.services.stage_machine(), detail=True)
+    card = account_card(
+        account_view(ctx.session, acct),
+        today=ctx.today,
+        lang=ctx.lang,
+        machine=ctx.services.stage_machine(),
+        scorecard=ctx.services.scorecard(),
+        detail=True,
+    )
     return Reply(cards=[card])
 
 
-@command("stage", needs="read", aliases=("阶段",),
-         zh="查看阶段历史；或手动移动阶段并说明原因（`auto` 交回自动规则）。")
+@command("stage", needs="read", aliases=("阶段",), zh="查看阶段历史；或手动移动阶段并说明原因（`auto` 交回自动规则）。")
 def stage(
     ctx: Context,
     acct: Annotated[Account, Param("account", label="name")],
@@ -47,8 +57,15 @@ def stage(
             f"({v.days_in_stage:.0f} d){' — ' + v.reason if v.reason else ''}"
             for v in visits
         )
-        return Reply(cards=[Card(title=acct.name, subtitle=acct.external_id,
-                                 sections=(Section(t("stage_history_title", ctx.lang), lines),))])
+        return Reply(
+            cards=[
+                Card(
+                    title=acct.name,
+                    subtitle=acct.external_id,
+                    sections=(Section(t("stage_history_title", ctx.lang), lines),),
+                )
+            ]
+        )
     if not ctx.can_write(acct) or ctx.user.role == "viewer":
         what = ctx.t("what_write")
         return Reply(text=ctx.t("not_your_account", account=acct.name, what=what), private=True)
@@ -59,8 +76,15 @@ def stage(
         raise UserError(ctx.t("stage_needs_reason", account=acct.name, stage=to_stage))
     before = acct.stage
     move = move_stage(ctx.session, acct, to_stage, reason=reason, actor_id=ctx.user.id, machine=machine)
-    return Reply(text=ctx.t("stage_moved", account=acct.name, from_stage=stage_label(machine, before, ctx.lang),
-                            to_stage=stage_label(machine, move.to_stage, ctx.lang), reason=reason))
+    return Reply(
+        text=ctx.t(
+            "stage_moved",
+            account=acct.name,
+            from_stage=stage_label(machine, before, ctx.lang),
+            to_stage=stage_label(machine, move.to_stage, ctx.lang),
+            reason=reason,
+        )
+    )
 
 
 @command("note", needs="write", aliases=("备注",), zh="给客户记一条备注/接触记录。")

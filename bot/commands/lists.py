@@ -20,8 +20,9 @@ def _scope(ctx: Context, which: str | None, segment: str | None) -> tuple[Scope,
         return Scope(owner_id=ctx.user.id), t("scope_mine", ctx.lang)
     if which == "segment":
         if not segment:
-            raise UserError(ctx.t("missing_argument", command=ctx.spec.name, argument="segment",
-                                  usage=ctx.spec.usage()))
+            raise UserError(
+                ctx.t("missing_argument", command=ctx.spec.name, argument="segment", usage=ctx.spec.usage())
+            )
         return Scope(segment=segment), t("scope_segment", ctx.lang, segment=segment)
     return Scope(), t("scope_all", ctx.lang)
 
@@ -56,8 +57,9 @@ def at_risk_cmd(
         lines.append(ctx.t("more_rows", count=count - len(rows)))
     currency = rows[0].currency if rows else "USD"
     summary = ctx.t("at_risk_summary", count=count, arr=money(arr, currency))
-    return Reply(cards=[Card(title=ctx.t("at_risk_title", scope=label), subtitle=summary,
-                             sections=(Section("", tuple(lines)),))])
+    return Reply(
+        cards=[Card(title=ctx.t("at_risk_title", scope=label), subtitle=summary, sections=(Section("", tuple(lines)),))]
+    )
 
 
 @command("renewals", aliases=("续约",), zh="未来 N 天（默认 90）内续约的客户，最近的在前。")
@@ -75,5 +77,12 @@ def renewals_cmd(
     if count > len(rows):
         lines.append(ctx.t("more_rows", count=count - len(rows)))
     summary = ctx.t("renewals_summary", count=count, arr=money(arr, rows[0].currency), risky=risky)
-    return Reply(cards=[Card(title=ctx.t("renewals_title", days=days, scope=label), subtitle=summary,
-                             sections=(Section("", tuple(lines)),))])
+    return Reply(
+        cards=[
+            Card(
+                title=ctx.t("renewals_title", days=days, scope=label),
+                subtitle=summary,
+                sections=(Section("", tuple(lines)),),
+            )
+        ]
+    )

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from bot.i18n import t
 from bot.messages import Reply
-from bot.router import ROLE_RANK, _NEEDS_RANK, Context, Param, command, registry
+from bot.router import _NEEDS_RANK, ROLE_RANK, Context, Param, command, registry
 
 
 @command("help", aliases=("帮助", "?"), zh="列出我能做的事，或某个命令的用法。")

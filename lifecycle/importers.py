@@ -1,0 +1,1062 @@
+"""CSV import of users, accounts, contacts, usage, tickets and NPS answers.
+
+Every import validates the whole file first (pydantic row models for the small kinds, pandas/NumPy masks
+for the potentially huge usage kind, both producing the same `row N, column C: reason` messages) and only
+then writes, inside the caller's transaction (this module never commits). Rows are matched on their natural
+key, compared with what is stored, and only new or changed rows are written, so re-importing a file changes
+nothing. An empty optional cell means "not given": it leaves the stored value alone, and a new row gets the
+column's default.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from sqlalchemy import String, Table, cast, func, insert, or_, select, update
+from sqlmodel import Session, SQLModel
+
+from lifecycle.db import upsert
+from lifecycle.errors import ImportFailed
+from lifecycle.models import (
+    ACCOUNT_STATUSES,
+    ROLES,
+    TICKET_PRIORITIES,
+    Account,
+    Contact,
+    NpsResponse,
+    StageTransition,
+    Ticket,
+    UsageDaily,
+    User,
+    utcnow,
+)
+
+Progress = Callable[[int, int], None]
+
+MAX_PROBLEMS = 200
+# Stage names used until `lifecycle.stages` provides the configured machine.
+DEFAULT_STAGES = ("onboarding", "adoption", "expansion", "renewal", "advocacy", "churned", "win-back")
+_IN_CHUNK = 5_000  # keys per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
+_WRITE_CHUNK = 50_000  # usage rows per executemany, so the progress bar moves during big writes
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """The columns of one importable kind; `key` is the natural key an import upserts on."""
+
+    name: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    key: tuple[str, ...]
+    description: str
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+
+KINDS: dict[str, KindSpec] = {
+    spec.name: spec
+    for spec in (
+        KindSpec(
+            "users",
+            required=("email", "name", "role"),
+            optional=("slack_user_id", "telegram_user_id", "timezone", "manager_email"),
+            key=("email",),
+            description="internal people; role is admin, manager, csm or viewer",
+        ),
+        KindSpec(
+            "accounts",
+            required=("external_id", "name"),
+            optional=(
+                "owner_email", "segment", "plan", "arr", "currency", "seats", "contract_start",
+                "renewal_date", "status", "stage",
+            ),
+            key=("external_id",),
+            description="customer accounts; status is active or churned, stage a lifecycle stage name",
+        ),
+        KindSpec(
+            "contacts",
+            required=("account_external_id", "name"),
+            optional=(
+                "email", "role", "slack_user_id", "telegram_user_id", "slack_channel_id", "telegram_chat_id",
+            ),
+            key=("account_external_id", "email"),
+            description="people at customers; keyed by e-mail, or by name when there is no e-mail",
+        ),
+        KindSpec(
+            "usage",
+            required=("account_external_id", "date"),
+            optional=("active_users", "logins", "feature", "events"),
+            key=("account_external_id", "feature", "date"),
+            description="daily usage; an empty feature is the account total, empty numbers are 0",
+        ),
+        KindSpec(
+            "tickets",
+            required=("account_external_id", "ticket_id", "opened_at"),
+            optional=("closed_at", "priority", "status"),
+            key=("account_external_id", "ticket_id"),
+            description="support tickets; priority is low, normal, high or urgent",
+        ),
+        KindSpec(
+            "nps",
+            required=("account_external_id", "score", "responded_at"),
+            optional=("contact_email", "comment"),
+            key=("account_external_id", "contact_email", "responded_at"),
+            description="NPS answers, score 0-10",
+        ),
+    )
+}
+
+
+@dataclass
+class ImportReport:
+    """What an import did (or, on a dry run, would do)."""
+
+    kind: str
+    rows: int
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+
+def import_csv(
+    session: Session,
+    kind: str,
+    path: Path,
+    *,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    column_map: dict[str, str] | None = None,
+) -> ImportReport:
+    """Validate the CSV file at `path` as `kind`, then upsert it in the caller's transaction (no commit).
+
+    Raises `ImportFailed` listing every bad row (nothing written) or a missing required column. `progress`
+    gets (done, total) where total is twice the data rows: each row counts once validated, once written or
+    found unchanged.
+    """
+    spec = KINDS.get(kind)
+    if spec is None:
+        raise ImportFailed([f"unknown kind {kind!r}; choose one of: {', '.join(KINDS)}"])
+    frame, rownums, display, warnings = _read_frame(Path(path), spec, column_map or {})
+    report = ImportReport(kind=kind, rows=len(frame), warnings=warnings, dry_run=dry_run)
+    meter = _Meter(progress, 2 * len(frame))
+    problems = _Problems(spec.columns, display)
+    importer = _IMPORTERS[kind]
+    counts = importer(session, frame, rownums, problems, meter, dry_run)
+    report.inserted, report.updated, report.unchanged = counts.inserted, counts.updated, counts.unchanged
+    meter.finish()
+    return report
+
+
+def stage_names() -> tuple[list[str], str]:
+    """The valid stage names and the initial stage: from the configured stage machine when it is available."""
+    try:
+        module = importlib.import_module("lifecycle.stages")
+    except ModuleNotFoundError as exc:
+        if exc.name != "lifecycle.stages":
+            raise
+        return list(DEFAULT_STAGES), DEFAULT_STAGES[0]
+    machine = module.load_stage_machine()
+    return list(machine.stage_names), str(machine.initial)
+
+
+# --- reading and reporting ---
+
+
+def _read_frame(
+    path: Path, spec: KindSpec, column_map: Mapping[str, str]
+) -> tuple[pd.DataFrame, np.ndarray, dict[str, str], list[str]]:
+    """Read every cell as text, map headers to our names, drop blank lines; number rows like a spreadsheet."""
+    try:
+        raw = pd.read_csv(
+            path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig",
+            skip_blank_lines=False,
+        )
+    except FileNotFoundError as exc:
+        raise ImportFailed([f"cannot read {path}: no such file"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ImportFailed([f"{path.name} is not UTF-8 text ({exc.reason} at byte {exc.start})"]) from exc
+    except pd.errors.EmptyDataError as exc:
+        raise ImportFailed([f"{path.name} is empty: the first row must name the columns"]) from exc
+    except pd.errors.ParserError as exc:
+        raise ImportFailed([f"{path.name} is not valid CSV: {exc}"]) from exc
+
+    known = set(spec.columns)
+    renames: dict[str, str] = {}
+    display: dict[str, str] = {}
+    warnings: list[str] = []
+    for header in raw.columns:
+        label = str(header).strip()
+        target = column_map.get(str(header), column_map.get(label, label.lower()))
+        if target not in known:
+            warnings.append(f"unknown column {label!r} ignored")
+            continue
+        if target in display:
+            raise ImportFailed([f"columns {display[target]!r} and {label!r} both give {target!r}"])
+        renames[str(header)] = target
+        display[target] = label
+    missing = [c for c in spec.required if c not in display]
+    if missing:
+        found = ", ".join(str(h) for h in raw.columns) or "none"
+        plural = "s" if len(missing) > 1 else ""
+        raise ImportFailed([f"missing required column{plural}: {', '.join(missing)} (found: {found})"])
+    frame = raw[list(renames)].rename(columns=renames)
+    rownums = np.arange(2, len(frame) + 2, dtype=np.int64)
+    blank = (raw == "").all(axis=1).to_numpy() if len(raw.columns) else np.ones(len(raw), dtype=bool)
+    if blank.any():
+        frame = frame.loc[~blank].reset_index(drop=True)
+        rownums = rownums[~blank]
+    return frame, rownums, display, warnings
+
+
+class _Problems:
+    """Collects bad cells; big batches stay as arrays and only the reported ones are formatted."""
+
+    def __init__(self, columns: Sequence[str], display: Mapping[str, str]) -> None:
+        self._order = {c: i for i, c in enumerate(columns)}
+        self._display = display
+        self._rows: list[np.ndarray] = []
+        self._cols: list[str] = []
+        self._values: list[np.ndarray] = []
+        self._reasons: list[Callable[[str], str]] = []
+        self._single: list[tuple[int, str, str]] = []
+
+    def add(self, row: int, column: str, reason: str) -> None:
+        self._single.append((row, column, reason))
+
+    def add_mask(
+        self, rows: np.ndarray, column: str, values: np.ndarray, reason: Callable[[str], str]
+    ) -> None:
+        if len(rows):
+            self._rows.append(rows)
+            self._cols.append(column)
+            self._values.append(values)
+            self._reasons.append(reason)
+
+    def __len__(self) -> int:
+        return len(self._single) + sum(len(r) for r in self._rows)
+
+    def raise_if_any(self) -> None:
+        if len(self):
+            raise ImportFailed(self.messages())
+
+    def messages(self, cap: int = MAX_PROBLEMS) -> list[str]:
+        """Problems in row, then column order; at most `cap` of them plus a count of the rest."""
+        rows = [np.array([p[0] for p in self._single], dtype=np.int64), *self._rows]
+        cols = [np.array([self._order[p[1]] for p in self._single], dtype=np.int64)]
+        cols += [
+            np.full(len(r), self._order[c], dtype=np.int64)
+            for r, c in zip(self._rows, self._cols, strict=True)
+        ]
+        groups = [np.full(len(r), g, dtype=np.int64) for g, r in enumerate(rows)]
+        positions = [np.arange(len(r), dtype=np.int64) for r in rows]
+        all_rows, all_cols = np.concatenate(rows), np.concatenate(cols)
+        all_groups, all_pos = np.concatenate(groups), np.concatenate(positions)
+        order = np.lexsort((all_pos, all_cols, all_rows))
+        out: list[str] = []
+        for i in order[:cap]:
+            group, pos = int(all_groups[i]), int(all_pos[i])
+            if group == 0:
+                row, column, reason = self._single[pos]
+            else:
+                row, column = int(all_rows[i]), self._cols[group - 1]
+                reason = self._reasons[group - 1](str(self._values[group - 1][pos]))
+            out.append(f"row {row}, column {self._display.get(column, column)}: {reason}")
+        if len(order) > cap:
+            out.append(f"… and {len(order) - cap} more")
+        return out
+
+
+class _Meter:
+    """Forwards monotonic progress to the caller's callback, if any."""
+
+    def __init__(self, callback: Progress | None, total: int) -> None:
+        self._callback = callback
+        self.total = total
+        self.done = 0
+
+    def advance(self, n: int) -> None:
+        self.done = min(self.total, self.done + n)
+        if self._callback is not None:
+            self._callback(self.done, self.total)
+
+    def finish(self) -> None:
+        self.advance(self.total - self.done)
+
+
+@dataclass
+class _Counts:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+# --- cell parsers shared by the row models and the vectorised usage path ---
+
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+")
+_CURRENCY_RE = re.compile(r"[A-Za-z]{3}")
+
+
+def _not_whole(text: str) -> str:
+    return f"not a whole number ({text!r})"
+
+
+def _negative(text: str) -> str:
+    return f"must not be negative ({text!r})"
+
+
+def _not_date(text: str) -> str:
+    return f"not a date (expected YYYY-MM-DD, got {text!r})"
+
+
+def _no_account(text: str) -> str:
+    return f"no account with external_id {text!r}"
+
+
+def _missing(_text: str = "") -> str:
+    return "missing value"
+
+
+def parse_date(text: str) -> date:
+    """An ISO 8601 calendar date, YYYY-MM-DD."""
+    try:
+        if _DATE_RE.fullmatch(text):
+            return date.fromisoformat(text)
+    except ValueError:
+        pass
+    raise ValueError(_not_date(text))
+
+
+def parse_datetime(text: str) -> datetime:
+    """An ISO 8601 date or date-time, with or without offset, as naive UTC; a bare date is midnight."""
+    try:
+        if _DATE_RE.match(text):
+            value = datetime.fromisoformat(text)
+            return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+    except ValueError:
+        pass
+    raise ValueError(f"not a date-time (expected e.g. 2026-03-01T10:00:00, got {text!r})")
+
+
+def parse_count(text: str) -> int:
+    """A whole number >= 0 ("12" or "12.0")."""
+    try:
+        # float() accepts "1_000" but pandas does not; refuse it so both validation paths agree.
+        value = float(text) if "_" not in text else math.nan
+    except ValueError:
+        value = math.nan
+    if not value.is_integer():
+        raise ValueError(_not_whole(text))
+    if value < 0:
+        raise ValueError(_negative(text))
+    return int(value)
+
+
+def parse_amount(text: str) -> float:
+    """A decimal amount >= 0 such as "12000.50"."""
+    try:
+        value = float(text) if "_" not in text else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"not a number ({text!r})")
+    if value < 0:
+        raise ValueError(_negative(text))
+    return value
+
+
+def _parse_score(text: str) -> int:
+    value = parse_count(text) if not text.startswith("-") else -1
+    if not 0 <= value <= 10:
+        raise ValueError(f"must be a whole number from 0 to 10 (got {text!r})")
+    return value
+
+
+def _parse_email(text: str) -> str:
+    if not _EMAIL_RE.fullmatch(text):
+        raise ValueError(f"not an e-mail address ({text!r})")
+    return text.lower()
+
+
+def _parse_timezone(text: str) -> str:
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone ({text!r}); use a name like Asia/Shanghai") from None
+    return text
+
+
+def _parse_currency(text: str) -> str:
+    if not _CURRENCY_RE.fullmatch(text):
+        raise ValueError(f"not a 3-letter currency code ({text!r})")
+    return text.upper()
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)} (got {text!r})")
+        return value
+
+    return parse
+
+
+def _text(text: str) -> str:
+    return text
+
+
+_T = TypeVar("_T")
+
+
+def _optional(parse: Callable[[str], _T]) -> Callable[[Any], _T | None]:
+    def run(value: Any) -> _T | None:
+        text = "" if value is None else str(value).strip()
+        return parse(text) if text else None
+
+    return run
+
+
+def _required(parse: Callable[[str], _T]) -> Callable[[Any], _T]:
+    def run(value: Any) -> _T:
+        text = "" if value is None else str(value).strip()
+        if not text:
+            raise ValueError(_missing())
+        return parse(text)
+
+    return run
+
+
+ReqText = Annotated[str, BeforeValidator(_required(_text))]
+OptText = Annotated[str | None, BeforeValidator(_optional(_text))]
+ReqEmail = Annotated[str, BeforeValidator(_required(_parse_email))]
+OptEmail = Annotated[str | None, BeforeValidator(_optional(_parse_email))]
+OptAmount = Annotated[float | None, BeforeValidator(_optional(parse_amount))]
+OptCount = Annotated[int | None, BeforeValidator(_optional(parse_count))]
+OptDate = Annotated[date | None, BeforeValidator(_optional(parse_date))]
+ReqMoment = Annotated[datetime, BeforeValidator(_required(parse_datetime))]
+OptMoment = Annotated[datetime | None, BeforeValidator(_optional(parse_datetime))]
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class UserRow(_Row):
+    email: ReqEmail
+    name: ReqText
+    role: Annotated[str, BeforeValidator(_required(_one_of(ROLES)))]
+    slack_user_id: OptText = None
+    telegram_user_id: OptText = None
+    timezone: Annotated[str | None, BeforeValidator(_optional(_parse_timezone))] = None
+    manager_email: OptEmail = None
+
+
+class AccountRow(_Row):
+    external_id: ReqText
+    name: ReqText
+    owner_email: OptEmail = None
+    segment: OptText = None
+    plan: OptText = None
+    arr: OptAmount = None
+    currency: Annotated[str | None, BeforeValidator(_optional(_parse_currency))] = None
+    seats: OptCount = None
+    contract_start: OptDate = None
+    renewal_date: OptDate = None
+    status: Annotated[str | None, BeforeValidator(_optional(_one_of(ACCOUNT_STATUSES)))] = None
+    stage: Annotated[str | None, BeforeValidator(_optional(str.lower))] = None
+
+
+class _AccountRowBase(_Row):
+    """A row that belongs to an account named by its external id."""
+
+    account_external_id: ReqText
+
+
+class ContactRow(_AccountRowBase):
+    name: ReqText
+    email: OptEmail = None
+    role: OptText = None
+    slack_user_id: OptText = None
+    telegram_user_id: OptText = None
+    slack_channel_id: OptText = None
+    telegram_chat_id: OptText = None
+
+
+class TicketRow(_AccountRowBase):
+    ticket_id: ReqText
+    opened_at: ReqMoment
+    closed_at: OptMoment = None
+    priority: Annotated[str | None, BeforeValidator(_optional(_one_of(TICKET_PRIORITIES)))] = None
+    status: Annotated[str | None, BeforeValidator(_optional(str.lower))] = None
+
+
+class NpsRow(_AccountRowBase):
+    score: Annotated[int, BeforeValidator(_required(_parse_score))]
+    responded_at: ReqMoment
+    contact_email: OptEmail = None
+    comment: OptText = None
+
+
+_RowT = TypeVar("_RowT", bound=_Row)
+_AccRowT = TypeVar("_AccRowT", bound=_AccountRowBase)
+
+
+def _validate(
+    frame: pd.DataFrame, rownums: np.ndarray, model: type[_RowT], problems: _Problems, meter: _Meter
+) -> list[tuple[int, _RowT]]:
+    """Run the pydantic row model over every row; collect all errors instead of stopping at the first."""
+    good: list[tuple[int, _RowT]] = []
+    step = 1_000
+    for i, (rownum, record) in enumerate(zip(rownums.tolist(), frame.to_dict("records"), strict=True)):
+        try:
+            good.append((rownum, model.model_validate(record)))
+        except ValidationError as exc:
+            for err in exc.errors():
+                column = str(err["loc"][0]) if err["loc"] else next(iter(record), "")
+                ctx = err.get("ctx") or {}
+                problems.add(rownum, column, str(ctx["error"]) if "error" in ctx else err["msg"])
+        if (i + 1) % step == 0:
+            meter.advance(step)
+    meter.advance(len(frame) % step)
+    return good
+
+
+def _first_seen(problems: _Problems, column: str, what: str) -> Callable[[Any, int], bool]:
+    """A checker that reports repeats of a natural key within the file (True when the row is a repeat)."""
+    seen: dict[Any, int] = {}
+
+    def check(key: Any, rownum: int) -> bool:
+        first = seen.setdefault(key, rownum)
+        if first != rownum:
+            problems.add(rownum, column, f"duplicate of row {first} (same {what})")
+            return True
+        return False
+
+    return check
+
+
+# --- database helpers ---
+
+
+def _table(model: type[SQLModel]) -> Table:
+    return model.__table__  # type: ignore[attr-defined]
+
+
+def _batches(values: Iterable[_T], size: int = _IN_CHUNK) -> Iterator[list[_T]]:
+    batch: list[_T] = []
+    for value in values:
+        batch.append(value)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _account_ids(session: Session, external_ids: Iterable[str]) -> dict[str, int]:
+    ids: dict[str, int] = {}
+    table = _table(Account)
+    for batch in _batches(sorted(set(external_ids))):
+        for ext, acc_id in session.execute(
+            select(table.c.external_id, table.c.id).where(table.c.external_id.in_(batch))
+        ):
+            ids[ext] = acc_id
+    return ids
+
+
+def _user_ids(session: Session) -> dict[str, int]:
+    table = _table(User)
+    return {email.lower(): uid for uid, email in session.execute(select(table.c.id, table.c.email))}
+
+
+def _existing(
+    session: Session, model: type[SQLModel], account_ids: Iterable[int], columns: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Stored rows of `model` for the given accounts, one query per batch of accounts."""
+    table = _table(model)
+    cols = [table.c.id, table.c.account_id, *(table.c[c] for c in columns)]
+    out: list[dict[str, Any]] = []
+    for batch in _batches(sorted(set(account_ids))):
+        for row in session.execute(select(*cols).where(table.c.account_id.in_(batch))).mappings():
+            out.append(dict(row))
+    return out
+
+
+def _resolve_accounts(
+    session: Session, rows: Sequence[tuple[int, _AccRowT]], problems: _Problems
+) -> list[tuple[int, _AccRowT, int]]:
+    """Attach account ids; rows naming an unknown account become problems."""
+    ids = _account_ids(session, (r.account_external_id for _, r in rows))
+    out = []
+    for rownum, row in rows:
+        if row.account_external_id in ids:
+            out.append((rownum, row, ids[row.account_external_id]))
+        else:
+            problems.add(rownum, "account_external_id", _no_account(row.account_external_id))
+    return out
+
+
+def _pick(value: Any, stored: Mapping[str, Any] | None, column: str, default: Any) -> Any:
+    """The value to store: the file's, else what is stored, else the default."""
+    if value is not None:
+        return value
+    if stored is not None:
+        return stored[column]
+    return default
+
+
+@dataclass
+class _Plan:
+    """What to write for one kind: full rows to insert and changed rows (with `id`) to update."""
+
+    inserts: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    unchanged: int = 0
+
+    def add(self, target: dict[str, Any], stored: Mapping[str, Any] | None, compare: Sequence[str]) -> str:
+        if stored is None:
+            self.inserts.append(target)
+            return "inserted"
+        if any(target[c] != stored[c] for c in compare):
+            self.updates.append({"id": stored["id"], **{c: target[c] for c in compare}})
+            return "updated"
+        self.unchanged += 1
+        return "unchanged"
+
+    def counts(self) -> _Counts:
+        return _Counts(len(self.inserts), len(self.updates), self.unchanged)
+
+
+def _write(
+    session: Session, model: type[SQLModel], plan: _Plan, conflict: Sequence[str], meter: _Meter
+) -> None:
+    if plan.inserts:
+        columns = [c for c in plan.inserts[0] if c not in conflict and c != "created_at"]
+        upsert(session, model, plan.inserts, conflict=conflict, update=columns)
+    if plan.updates:
+        # Bulk UPDATE by primary key (executemany); only changed rows are touched, so nothing else moves.
+        session.execute(update(model), plan.updates)
+    meter.advance(len(plan.inserts) + len(plan.updates) + plan.unchanged)
+
+
+# --- the kinds ---
+
+
+def _import_users(
+    session: Session, frame: pd.DataFrame, rownums: np.ndarray, problems: _Problems, meter: _Meter,
+    dry_run: bool,
+) -> _Counts:
+    rows = _validate(frame, rownums, UserRow, problems, meter)
+    table = _table(User)
+    columns = ("name", "role", "slack_user_id", "telegram_user_id", "timezone", "manager_id")
+    stored = {
+        r["email"].lower(): dict(r)
+        for r in session.execute(select(table.c.id, table.c.email, *(table.c[c] for c in columns))).mappings()
+    }
+    repeat = _first_seen(problems, "email", "email")
+    in_file = {r.email for _, r in rows}
+    for rownum, r in rows:
+        repeat(r.email, rownum)
+        if r.manager_email is not None:
+            if r.manager_email == r.email:
+                problems.add(rownum, "manager_email", "a user cannot be their own manager")
+            elif r.manager_email not in stored and r.manager_email not in in_file:
+                problems.add(rownum, "manager_email", f"no user with email {r.manager_email!r}")
+    problems.raise_if_any()
+
+    now = utcnow()
+    plan = _Plan()
+    pending: dict[str, str] = {}  # user email -> manager email, for managers that are new in this file
+    for _, r in rows:
+        old = stored.get(r.email)
+        manager_id = _pick(None, old, "manager_id", None)
+        if r.manager_email is not None:
+            manager = stored.get(r.manager_email)
+            if manager is None:
+                pending[r.email] = r.manager_email
+                manager_id = _UNSET  # differs from anything stored: the row counts as changed
+            else:
+                manager_id = manager["id"]
+        target = {
+            "email": old["email"] if old else r.email,
+            "name": r.name,
+            "role": r.role,
+            "slack_user_id": _pick(r.slack_user_id, old, "slack_user_id", None),
+            "telegram_user_id": _pick(r.telegram_user_id, old, "telegram_user_id", None),
+            "timezone": _pick(r.timezone, old, "timezone", "UTC"),
+            "manager_id": manager_id,
+        }
+        outcome = plan.add(target, old, columns)
+        written = {"inserted": plan.inserts, "updated": plan.updates}.get(outcome)
+        if written:
+            row = written[-1]
+            if row["manager_id"] is _UNSET:
+                row["manager_id"] = None
+            row["updated_at"] = now
+            if outcome == "inserted":
+                row.update(created_at=now, active=True)
+    if not dry_run:
+        _write(session, User, plan, ["email"], meter)
+        if pending:
+            ids = _user_ids(session)
+            session.execute(
+                update(User),
+                [{"id": ids[email], "manager_id": ids[manager]} for email, manager in pending.items()],
+            )
+    return plan.counts()
+
+
+def _import_accounts(
+    session: Session, frame: pd.DataFrame, rownums: np.ndarray, problems: _Problems, meter: _Meter,
+    dry_run: bool,
+) -> _Counts:
+    rows = _validate(frame, rownums, AccountRow, problems, meter)
+    names, initial = stage_names()
+    users = _user_ids(session)
+    repeat = _first_seen(problems, "external_id", "external_id")
+    for rownum, r in rows:
+        repeat(r.external_id, rownum)
+        if r.owner_email is not None and r.owner_email not in users:
+            problems.add(rownum, "owner_email", f"no user with email {r.owner_email!r}")
+        if r.stage is not None and r.stage not in names:
+            problems.add(rownum, "stage", f"unknown stage {r.stage!r} (known: {', '.join(names)})")
+        if r.contract_start and r.renewal_date and r.renewal_date < r.contract_start:
+            problems.add(rownum, "renewal_date", f"before contract_start ({r.contract_start.isoformat()})")
+    problems.raise_if_any()
+
+    table = _table(Account)
+    columns = (
+        "name", "name_key", "owner_id", "segment", "plan", "arr", "currency", "seats", "contract_start",
+        "renewal_date", "status", "stage",
+    )
+    stored: dict[str, dict[str, Any]] = {}
+    for batch in _batches(r.external_id for _, r in rows):
+        query = select(table.c.id, table.c.external_id, *(table.c[c] for c in columns))
+        for rec in session.execute(query.where(table.c.external_id.in_(batch))).mappings():
+            stored[rec["external_id"]] = dict(rec)
+
+    now = utcnow()
+    plan = _Plan()
+    moves: list[tuple[str, str | None, str]] = []
+    for _, r in rows:
+        old = stored.get(r.external_id)
+        target = {
+            "external_id": r.external_id,
+            "name": r.name,
+            "name_key": r.name.casefold().strip(),
+            "owner_id": users[r.owner_email] if r.owner_email else _pick(None, old, "owner_id", None),
+            "segment": _pick(r.segment, old, "segment", None),
+            "plan": _pick(r.plan, old, "plan", None),
+            "arr": _pick(r.arr, old, "arr", 0.0),
+            "currency": _pick(r.currency, old, "currency", "USD"),
+            "seats": _pick(r.seats, old, "seats", 0),
+            "contract_start": _pick(r.contract_start, old, "contract_start", None),
+            "renewal_date": _pick(r.renewal_date, old, "renewal_date", None),
+            "status": _pick(r.status, old, "status", "active"),
+            "stage": _pick(r.stage, old, "stage", initial),
+        }
+        outcome = plan.add(target, old, columns)
+        moved = r.stage is not None and (old is None or old["stage"] != r.stage)
+        if moved:
+            moves.append((r.external_id, old["stage"] if old else None, target["stage"]))
+        if outcome == "inserted":
+            plan.inserts[-1].update(created_at=now, updated_at=now, stage_since=now, stage_pinned=False)
+        elif outcome == "updated":
+            plan.updates[-1]["updated_at"] = now
+            if moved:
+                plan.updates[-1]["stage_since"] = now
+    if not dry_run:
+        _write(session, Account, plan, ["external_id"], meter)
+        if moves:
+            ids = _account_ids(session, (ext for ext, _, _ in moves))
+            transitions = [
+                {
+                    "account_id": ids[ext], "from_stage": old_stage, "to_stage": new_stage, "at": now,
+                    "reason": "imported from CSV", "source": "import", "actor_id": None,
+                }
+                for ext, old_stage, new_stage in moves
+            ]
+            session.execute(insert(_table(StageTransition)), transitions)
+    return plan.counts()
+
+
+def _import_contacts(
+    session: Session, frame: pd.DataFrame, rownums: np.ndarray, problems: _Problems, meter: _Meter,
+    dry_run: bool,
+) -> _Counts:
+    rows = _resolve_accounts(session, _validate(frame, rownums, ContactRow, problems, meter), problems)
+    seen: dict[tuple[int, str], int] = {}
+    for rownum, r, acc in rows:
+        key = (acc, r.email or r.name)
+        first = seen.setdefault(key, rownum)
+        if first != rownum:
+            column, what = ("email", "account and email") if r.email else ("name", "account and name")
+            problems.add(rownum, column, f"duplicate of row {first} (same {what})")
+    problems.raise_if_any()
+
+    columns = (
+        "name", "email", "role", "slack_user_id", "telegram_user_id", "slack_channel_id", "telegram_chat_id",
+    )
+    stored = {
+        (s["account_id"], s["key"]): s
+        for s in _existing(session, Contact, (acc for _, _, acc in rows), ("key", *columns))
+    }
+    now = utcnow()
+    plan = _Plan()
+    for _, r, acc in rows:
+        contact_key = r.email or r.name
+        old = stored.get((acc, contact_key))
+        target: dict[str, Any] = {"account_id": acc, "key": contact_key, "name": r.name}
+        target.update({c: _pick(getattr(r, c), old, c, None) for c in columns if c != "name"})
+        if plan.add(target, old, columns) == "inserted":
+            plan.inserts[-1]["created_at"] = now
+    if not dry_run:
+        _write(session, Contact, plan, ["account_id", "key"], meter)
+    return plan.counts()
+
+
+def _import_tickets(
+    session: Session, frame: pd.DataFrame, rownums: np.ndarray, problems: _Problems, meter: _Meter,
+    dry_run: bool,
+) -> _Counts:
+    rows = _resolve_accounts(session, _validate(frame, rownums, TicketRow, problems, meter), problems)
+    seen: dict[tuple[int, str], int] = {}
+    for rownum, r, acc in rows:
+        first = seen.setdefault((acc, r.ticket_id), rownum)
+        if first != rownum:
+            problems.add(rownum, "ticket_id", f"duplicate of row {first} (same account and ticket_id)")
+        if r.closed_at is not None and r.closed_at < r.opened_at:
+            problems.add(rownum, "closed_at", f"before opened_at ({r.opened_at.isoformat(sep=' ')})")
+    problems.raise_if_any()
+
+    columns = ("opened_at", "closed_at", "priority", "status")
+    stored = {
+        (s["account_id"], s["ticket_id"]): s
+        for s in _existing(session, Ticket, (acc for _, _, acc in rows), ("ticket_id", *columns))
+    }
+    plan = _Plan()
+    for _, r, acc in rows:
+        old = stored.get((acc, r.ticket_id))
+        closed_at = _pick(r.closed_at, old, "closed_at", None)
+        target = {
+            "account_id": acc,
+            "ticket_id": r.ticket_id,
+            "opened_at": r.opened_at,
+            "closed_at": closed_at,
+            "priority": _pick(r.priority, old, "priority", "normal"),
+            "status": _pick(r.status, old, "status", "closed" if closed_at else "open"),
+        }
+        plan.add(target, old, columns)
+    if not dry_run:
+        _write(session, Ticket, plan, ["account_id", "ticket_id"], meter)
+    return plan.counts()
+
+
+def _import_nps(
+    session: Session, frame: pd.DataFrame, rownums: np.ndarray, problems: _Problems, meter: _Meter,
+    dry_run: bool,
+) -> _Counts:
+    rows = _resolve_accounts(session, _validate(frame, rownums, NpsRow, problems, meter), problems)
+    seen: dict[tuple[int, str, datetime], int] = {}
+    for rownum, r, acc in rows:
+        first = seen.setdefault((acc, r.contact_email or "", r.responded_at), rownum)
+        if first != rownum:
+            what = "account, contact_email and responded_at"
+            problems.add(rownum, "responded_at", f"duplicate of row {first} (same {what})")
+    problems.raise_if_any()
+
+    accounts = {acc for _, _, acc in rows}
+    contacts = {
+        (c["account_id"], c["key"]): c["id"] for c in _existing(session, Contact, accounts, ("key",))
+    }
+    columns = ("contact_id", "score", "comment")
+    stored = {
+        (s["account_id"], s["contact_key"], s["responded_at"]): s
+        for s in _existing(session, NpsResponse, accounts, ("contact_key", "responded_at", *columns))
+    }
+    plan = _Plan()
+    for _, r, acc in rows:
+        contact_key = r.contact_email or ""
+        old = stored.get((acc, contact_key, r.responded_at))
+        target = {
+            "account_id": acc,
+            "contact_key": contact_key,
+            "responded_at": r.responded_at,
+            "contact_id": contacts.get((acc, contact_key), _pick(None, old, "contact_id", None)),
+            "score": r.score,
+            "comment": _pick(r.comment, old, "comment", None),
+        }
+        if plan.add(target, old, columns) == "inserted":
+            plan.inserts[-1]["source"] = "import"
+    if not dry_run:
+        _write(session, NpsResponse, plan, ["account_id", "contact_key", "responded_at"], meter)
+    return plan.counts()
+
+
+def _distinct(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A column as codes into its distinct stripped values, so each distinct cell is parsed only once."""
+    if name not in frame.columns:
+        return np.zeros(len(frame), dtype=np.int64), np.array([""], dtype=object)
+    codes, uniques = pd.factorize(frame[name], use_na_sentinel=False)
+    stripped = np.array([str(u).strip() for u in uniques], dtype=object)
+    canon, distinct = pd.factorize(stripped, use_na_sentinel=False)
+    return canon[codes].astype(np.int64), np.asarray(distinct, dtype=object)
+
+
+def _import_usage(
+    session: Session, frame: pd.DataFrame, rownums: np.ndarray, problems: _Problems, meter: _Meter,
+    dry_run: bool,
+) -> _Counts:
+    """Usage files can hold millions of rows: validate with column masks, compare and write in bulk."""
+    n = len(frame)
+    ext_code, ext_values = _distinct(frame, "account_external_id")
+    ids = _account_ids(session, [v for v in ext_values.tolist() if v])
+    ext_ids = np.array([ids.get(v, -1) for v in ext_values.tolist()], dtype=np.int64)
+    ext_missing = (ext_values == "")[ext_code]
+    unknown = (ext_ids == -1)[ext_code] & ~ext_missing
+    ext_text = ext_values[ext_code]
+    problems.add_mask(rownums[ext_missing], "account_external_id", ext_text[ext_missing], _missing)
+    problems.add_mask(rownums[unknown], "account_external_id", ext_text[unknown], _no_account)
+    account_id = ext_ids[ext_code]
+
+    day_code, day_values = _distinct(frame, "date")
+    day_objects: list[date | None] = []
+    for text in day_values.tolist():
+        try:
+            day_objects.append(parse_date(text))
+        except ValueError:
+            day_objects.append(None)
+    day_missing = (day_values == "")[day_code]
+    bad_day = np.array([d is None for d in day_objects], dtype=bool)[day_code] & ~day_missing
+    day_text = day_values[day_code]
+    problems.add_mask(rownums[day_missing], "date", day_text[day_missing], _missing)
+    problems.add_mask(rownums[bad_day], "date", day_text[bad_day], _not_date)
+    meter.advance(n // 2)
+
+    counts: dict[str, np.ndarray] = {}
+    for name in ("active_users", "logins", "events"):
+        code, values = _distinct(frame, name)
+        numbers = pd.to_numeric(pd.Series(np.where(values == "", "0", values), dtype=object), errors="coerce")
+        parsed = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+        not_whole = (~np.isfinite(parsed) | (parsed != np.floor(parsed)))[code]
+        negative = (parsed < 0)[code] & ~not_whole
+        raw = values[code]
+        problems.add_mask(rownums[not_whole], name, raw[not_whole], _not_whole)
+        problems.add_mask(rownums[negative], name, raw[negative], _negative)
+        counts[name] = np.where(not_whole | negative, 0, parsed[code]).astype(np.int64)
+    feature_code, feature_values = _distinct(frame, "feature")
+
+    keys = pd.DataFrame({"account": ext_code, "feature": feature_code, "day": day_code})
+    repeated = keys.duplicated(keep="first").to_numpy()
+    if repeated.any():
+        groups = [keys["account"], keys["feature"], keys["day"]]
+        first_row = pd.Series(rownums).groupby(groups).transform("min")
+        problems.add_mask(
+            rownums[repeated], "date", first_row.to_numpy()[repeated].astype(str),
+            lambda first: f"duplicate of row {first} (same account_external_id, feature and date)",
+        )
+    meter.advance(n - n // 2)
+    problems.raise_if_any()
+
+    incoming = pd.DataFrame({"account_id": account_id, "feature": feature_code, "day": day_code, **counts})
+    stored = _stored_usage(session, incoming, feature_values, day_values, day_objects)
+    merged = incoming.merge(stored, on=["account_id", "feature", "day"], how="left", suffixes=("", "_old"))
+    is_new = merged["active_users_old"].isna().to_numpy()
+    changed = ~is_new & np.logical_or.reduce(
+        [merged[c].to_numpy() != merged[f"{c}_old"].to_numpy() for c in counts]
+    )
+    result = _Counts(int(is_new.sum()), int(changed.sum()), int(n - is_new.sum() - changed.sum()))
+    if dry_run:
+        return result
+
+    todo = merged.loc[is_new | changed]
+    meter.advance(n - len(todo))
+    records = [
+        {
+            "account_id": a, "feature": feature_values[f], "day": day_objects[d],
+            "active_users": u, "logins": lg, "events": e,
+        }
+        for a, f, d, u, lg, e in zip(
+            todo["account_id"].tolist(), todo["feature"].tolist(), todo["day"].tolist(),
+            todo["active_users"].tolist(), todo["logins"].tolist(), todo["events"].tolist(), strict=True,
+        )
+    ]
+    for start in range(0, len(records), _WRITE_CHUNK):
+        part = records[start : start + _WRITE_CHUNK]
+        upsert(session, UsageDaily, part, conflict=["account_id", "feature", "day"], update=list(counts))
+        meter.advance(len(part))
+    _refresh_last_usage(session, sorted(set(ids.values())))
+    return result
+
+
+def _stored_usage(
+    session: Session, incoming: pd.DataFrame, features: np.ndarray, day_texts: np.ndarray,
+    day_objects: Sequence[date | None],
+) -> pd.DataFrame:
+    """Stored usage rows that could clash with the file (its accounts, within its date range), keyed by the
+    file's feature and date codes."""
+    columns = ["account_id", "feature", "day", "active_users_old", "logins_old", "events_old"]
+    valid_days = [d for d in day_objects if d is not None]
+    parts: list[Any] = []
+    if len(incoming) and valid_days:
+        table = _table(UsageDaily)
+        query = select(
+            table.c.account_id, table.c.feature, cast(table.c.day, String),
+            table.c.active_users, table.c.logins, table.c.events,
+        ).where(table.c.day >= min(valid_days), table.c.day <= max(valid_days))
+        for batch in _batches(sorted(set(incoming["account_id"].tolist()))):
+            parts.extend(session.execute(query.where(table.c.account_id.in_(batch))).all())
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype=np.int64) for c in columns})
+    acc, feature, day, users, logins, events = (np.asarray(col) for col in zip(*parts, strict=True))
+    frame = pd.DataFrame({
+        "account_id": acc.astype(np.int64),
+        # Codes of the file's distinct values; stored rows with a feature or day absent from the file get -1.
+        "feature": pd.Index(features).get_indexer(feature),
+        "day": pd.Index(day_texts).get_indexer(day),
+        "active_users_old": users.astype(np.int64),
+        "logins_old": logins.astype(np.int64),
+        "events_old": events.astype(np.int64),
+    })
+    return frame.loc[(frame["feature"] >= 0) & (frame["day"] >= 0)]
+
+
+def _refresh_last_usage(session: Session, account_ids: Sequence[int]) -> None:
+    """Move `Account.last_usage_date` up to the newest stored usage day: one set-based UPDATE per batch."""
+    accounts, usage = _table(Account), _table(UsageDaily)
+    newest = select(func.max(usage.c.day)).where(usage.c.account_id == accounts.c.id).scalar_subquery()
+    for batch in _batches(account_ids):
+        session.execute(
+            update(accounts)
+            .where(accounts.c.id.in_(batch))
+            .where(or_(accounts.c.last_usage_date.is_(None), accounts.c.last_usage_date < newest))
+            .values(last_usage_date=newest)
+        )
+
+
+_Importer = Callable[[Session, pd.DataFrame, np.ndarray, _Problems, _Meter, bool], _Counts]
+_IMPORTERS: dict[str, _Importer] = {
+    "users": _import_users,
+    "accounts": _import_accounts,
+    "contacts": _import_contacts,
+    "usage": _import_usage,
+    "tickets": _import_tickets,
+    "nps": _import_nps,
+}
