@@ -15,7 +15,9 @@ def usage_age(last_usage: date | None, today: date, lang: str) -> str:
     if last_usage is None:
         return t("age_none", lang)
     days = (today - last_usage).days
-    return t("age_today", lang) if days <= 0 else t("age_days", lang, days=days)
+    if days <= 0:
+        return t("age_today", lang)
+    return t("age_day" if days == 1 else "age_days", lang, days=days)
 
 
 def stage_label(machine: object, stage: str, lang: str) -> str:
@@ -24,6 +26,8 @@ def stage_label(machine: object, stage: str, lang: str) -> str:
 
 
 def _measure_line(label: str, value: str, points: float | None, contribution: float | None, lang: str) -> str:
+    if value.casefold().startswith(label.casefold()):
+        value = value[len(label) :].strip()
     if points is None:
         return f"{label}: {value}"
     pts = "分" if lang == "zh" else "pts"

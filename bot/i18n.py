@@ -88,7 +88,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "Health as of {health_day}; usage data {usage_age}",
         "zh": "健康度计算于 {health_day}；使用数据{usage_age}",
     },
-    "age_days": {"en": "{days} day(s) old", "zh": "已有 {days} 天"},
+    "age_day": {"en": "1 day old", "zh": "已有 1 天"},
+    "age_days": {"en": "{days} days old", "zh": "已有 {days} 天"},
     "age_today": {"en": "from today", "zh": "为今日数据"},
     "age_none": {"en": "missing", "zh": "缺失"},
     "not_scored": {"en": "not computed yet — run `csbot recompute`", "zh": "尚未计算 — 请运行 `csbot recompute`"},
@@ -96,7 +97,7 @@ MESSAGES: dict[str, dict[str, str]] = {
     "at_risk_title": {"en": "At-risk accounts ({scope})", "zh": "风险客户（{scope}）"},
     "at_risk_empty": {"en": "No accounts at risk ({scope}). 🎉", "zh": "没有风险客户（{scope}）。🎉"},
     "at_risk_summary": {
-        "en": "{count} account(s) red or falling, {arr} ARR at stake, largest first.",
+        "en": "{count} red or falling, {arr} ARR at stake, largest first.",
         "zh": "{count} 个客户为红色或在下滑，涉及 ARR {arr}，按金额从大到小排列。",
     },
     "scope_mine": {"en": "mine", "zh": "我的"},
@@ -108,7 +109,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "未来 {days} 天没有续约（{scope}）。",
     },
     "renewals_summary": {
-        "en": "{count} renewal(s), {arr} ARR; {risky} of them yellow or red.",
+        "en": "{count} renewing, {arr} ARR; {risky} of them yellow or red.",
         "zh": "{count} 个续约，ARR {arr}；其中 {risky} 个为黄色或红色。",
     },
     "more_rows": {"en": "… and {count} more.", "zh": "……还有 {count} 个。"},

@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 
 from lifecycle.models import Account, HealthSnapshot, User
 
-FALLING_POINTS = 10.0  # a yellow account that lost this many points in 7 days counts as at risk
+FALLING_POINTS = 10.0  # a yellow account that lost this many points in 7 or in 30 days counts as at risk
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,14 @@ def _top_drags(session: Session, account_ids: list[int], day: date | None) -> di
 
 
 def at_risk(session: Session, scope: Scope, *, limit: int | None = None) -> tuple[list[PortfolioRow], int, float]:
-    """Active accounts that are red, or yellow and falling fast; largest ARR first.
+    """Active accounts that are red, or yellow and down 10+ points in 7 or 30 days; largest ARR first.
 
     Returns (rows, total count, total ARR at stake) — the totals cover all matches even when `limit` cuts the rows.
     """
     day = _latest_day(session)
-    past = aliased(HealthSnapshot)
+    past, month = aliased(HealthSnapshot), aliased(HealthSnapshot)
     delta = Account.health_score - past.score
+    delta_30 = Account.health_score - month.score
     stmt = (
         select(
             Account.id,
@@ -97,9 +98,19 @@ def at_risk(session: Session, scope: Scope, *, limit: int | None = None) -> tupl
             past,
             and_(past.account_id == Account.id, past.day == (day - timedelta(days=7) if day else None)),
         )
+        .outerjoin(
+            month,
+            and_(month.account_id == Account.id, month.day == (day - timedelta(days=30) if day else None)),
+        )
         .where(
             Account.status == "active",
-            or_(Account.health_grade == "red", and_(Account.health_grade == "yellow", delta <= -FALLING_POINTS)),
+            or_(
+                Account.health_grade == "red",
+                and_(
+                    Account.health_grade == "yellow",
+                    or_(delta <= -FALLING_POINTS, delta_30 <= -FALLING_POINTS),
+                ),
+            ),
         )
         .order_by(col(Account.arr).desc(), Account.name)
     )

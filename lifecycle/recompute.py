@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from sqlmodel import Session
 
-from lifecycle.health import Scorecard, save_snapshots, score_frame, snapshot_rows
+from lifecycle.health import Scorecard, recompute_health
 from lifecycle.signals import build_signals
 from lifecycle.stages import StageMachine, apply_automatic_rules
 
@@ -44,14 +44,11 @@ def recompute(session: Session, *, as_of: date, scorecard: Scorecard, machine: S
         session, as_of, activation_ratio=machine.activation.ratio, activation_window=machine.activation.window_days
     )
     lap("signals")
-    scored = score_frame(frame, scorecard)
-    lap("score")
-    save_snapshots(session, snapshot_rows(scored, as_of, scorecard, frame))
-    lap("save")
-    frame["health_score"] = scored["score"]
-    frame["health_grade"] = scored["grade"]
-    moves = apply_automatic_rules(session, frame, as_of, machine)
+    run = recompute_health(session, as_of, scorecard, signals=frame)
+    lap("health")
+    moves = apply_automatic_rules(session, run.signals, as_of, machine)
     lap("stages")
+    scored = run.scored
     grades: dict[str, Any] = scored["grade"].value_counts().to_dict()
     return RecomputeSummary(
         as_of=as_of,
@@ -61,3 +58,21 @@ def recompute(session: Session, *, as_of: date, scorecard: Scorecard, machine: S
         seconds=round(time.perf_counter() - started, 3),
         timings=timings,
     )
+
+
+def backfill_health(
+    session: Session, *, today: date, offsets: tuple[int, ...], scorecard: Scorecard, machine: StageMachine
+) -> int:
+    """Score past days (today − each offset) so that trends have something to compare with.
+
+    Signals only read data up to each day, so a backfilled snapshot is what a nightly run would have stored then.
+    Stages are not replayed (their history is kept as it is). Returns the number of snapshots written.
+    """
+    written = 0
+    for offset in sorted(offsets, reverse=True):
+        day = today - timedelta(days=offset)
+        frame = build_signals(
+            session, day, activation_ratio=machine.activation.ratio, activation_window=machine.activation.window_days
+        )
+        written += recompute_health(session, day, scorecard, signals=frame).snapshots
+    return written

@@ -14,8 +14,11 @@ def _plain(text: str) -> str:
 
 
 def render_card(card: Card) -> str:
-    title = f"{card.title}  ({card.subtitle})" if card.subtitle else card.title
+    short = card.subtitle and len(card.subtitle) <= 24
+    title = f"{card.title}  ({card.subtitle})" if short else card.title
     out = [f"━━ {_plain(title)} ━━"]
+    if card.subtitle and not short:
+        out.append(f"  {_plain(card.subtitle)}")
     width = max((len(f.label) for f in card.fields), default=0)
     out += [f"  {f.label.ljust(width)}  {_plain(f.value)}" for f in card.fields]
     for section in card.sections:

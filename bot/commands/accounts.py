@@ -10,7 +10,7 @@ from bot.messages import Card, Reply, Section
 from bot.router import Context, Param, UserError, command
 from lifecycle.accounts import account_view, add_note
 from lifecycle.models import Account
-from lifecycle.stages import move_stage, stage_history, unpin
+from lifecycle.stages import StageVisit, move_stage, stage_history, unpin
 
 
 @command("account", aliases=("客户", "acct"), zh="客户卡片：负责人、ARR、阶段、健康度及原因、续约、NPS、工单。")
@@ -51,12 +51,7 @@ def stage(
     machine = ctx.services.stage_machine()
     if to_stage is None:
         visits = stage_history(ctx.session, acct.id or 0)
-        lines = tuple(
-            f"{stage_label(machine, v.stage, ctx.lang)}: {v.entered:%Y-%m-%d} → "
-            f"{f'{v.left:%Y-%m-%d}' if v.left else ('至今' if ctx.lang == 'zh' else 'now')} "
-            f"({v.days_in_stage:.0f} d){' — ' + v.reason if v.reason else ''}"
-            for v in visits
-        )
+        lines = tuple(_visit_line(v, machine, ctx.lang) for v in visits)
         return Reply(
             cards=[
                 Card(
@@ -85,6 +80,15 @@ def stage(
             reason=reason,
         )
     )
+
+
+def _visit_line(v: StageVisit, machine: object, lang: str) -> str:
+    """`adoption: 2026-01-04 → 2026-03-02 (57 d) — onboarding complete`; unknown dates show as `?`."""
+    entered = f"{v.entered:%Y-%m-%d}" if v.entered else "?"
+    left = f"{v.left:%Y-%m-%d}" if v.left else ("至今" if lang == "zh" else "now")
+    days = f" ({v.days_in_stage:.0f} d)" if v.days_in_stage is not None else ""
+    why = f" — {v.reason}" if v.reason else ""
+    return f"{stage_label(machine, v.stage, lang)}: {entered} → {left}{days}{why}"
 
 
 @command("note", needs="write", aliases=("备注",), zh="给客户记一条备注/接触记录。")

@@ -1,0 +1,144 @@
+"""`csbot serve`: one ASGI app (Starlette under uvicorn) for Slack, Telegram, health checks and metrics.
+
+Starts whichever platforms are configured; a half-configured platform (a token without its secret, or the other
+way round) stops start-up with a message naming the missing variable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from sqlalchemy import Engine, text
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bot.router import Router, Services
+from lifecycle.config import Settings
+from lifecycle.errors import ConfigError
+
+log = logging.getLogger("csbot.server")
+
+
+@dataclass
+class Platforms:
+    """Which platforms `csbot serve` runs, decided from the settings."""
+
+    slack_http: bool = False
+    slack_socket: bool = False
+    telegram: bool = False
+    telegram_polling: bool = False
+    problems: list[str] = field(default_factory=list)
+
+
+def platforms_from(settings: Settings, *, telegram_polling: bool = False) -> Platforms:
+    """Decide what to start; collect every half-configured platform as a problem naming the missing variable."""
+    p = Platforms()
+    if settings.slack_bot_token or settings.slack_signing_secret or settings.slack_app_token:
+        if not settings.slack_bot_token:
+            p.problems.append("SLACK_BOT_TOKEN is missing (Slack is half-configured)")
+        elif settings.slack_app_token:
+            p.slack_socket = True
+        elif not settings.slack_signing_secret:
+            p.problems.append("SLACK_SIGNING_SECRET is missing (needed for HTTP mode; or set SLACK_APP_TOKEN)")
+        else:
+            p.slack_http = True
+    if settings.telegram_bot_token or settings.telegram_webhook_secret:
+        if not settings.telegram_bot_token:
+            p.problems.append("TELEGRAM_BOT_TOKEN is missing (Telegram is half-configured)")
+        elif telegram_polling:
+            p.telegram = p.telegram_polling = True
+        elif not settings.telegram_webhook_secret:
+            p.problems.append(
+                "TELEGRAM_WEBHOOK_SECRET is missing (needed for the webhook; or run with --telegram-polling)"
+            )
+        else:
+            p.telegram = True
+    if telegram_polling and not settings.telegram_bot_token:
+        p.problems.append("--telegram-polling needs TELEGRAM_BOT_TOKEN")
+    return p
+
+
+def build_app(engine: Engine, settings: Settings, *, telegram_polling: bool = False) -> Starlette:
+    """The whole HTTP surface of csbot; raises `ConfigError` when a platform is half-configured."""
+    platforms = platforms_from(settings, telegram_polling=telegram_polling)
+    if platforms.problems:
+        raise ConfigError("Cannot start: " + "; ".join(platforms.problems))
+    router = Router(Services(engine=engine, settings=settings))
+    metrics = CollectorRegistry()
+    requests = Counter("csbot_http_requests", "HTTP requests served", ["path", "status"], registry=metrics)
+    routes: list[Any] = []
+    slack_app = telegram_app = socket_handler = None
+
+    if platforms.slack_http or platforms.slack_socket:
+        from adapters.slack.app import build_slack_app, slack_routes
+
+        slack_app = build_slack_app(router, settings)
+        if platforms.slack_http:
+            routes += slack_routes(slack_app)
+    if platforms.telegram:
+        from adapters.telegram.app import build_telegram_app, telegram_routes
+
+        telegram_app = build_telegram_app(router, settings, polling=platforms.telegram_polling)
+        if not platforms.telegram_polling:
+            routes += telegram_routes(telegram_app, settings.telegram_webhook_secret or "")
+
+    async def healthz(_: Request) -> Response:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # the probe must answer, whatever the database says
+            log.warning("health check: database unavailable: %s", exc)
+            return JSONResponse({"status": "error", "database": "unavailable"}, status_code=503)
+        return JSONResponse(
+            {
+                "status": "ok",
+                "database": "ok",
+                "slack": "socket" if platforms.slack_socket else ("http" if platforms.slack_http else "off"),
+                "telegram": ("polling" if platforms.telegram_polling else "webhook") if platforms.telegram else "off",
+            }
+        )
+
+    async def metrics_endpoint(_: Request) -> Response:
+        return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
+
+    routes += [Route("/healthz", healthz, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        nonlocal socket_handler
+        if telegram_app is not None:
+            from adapters.telegram.app import start_telegram
+
+            await start_telegram(telegram_app, platforms.telegram_polling)
+        if platforms.slack_socket and slack_app is not None:
+            from adapters.slack.app import start_socket_mode
+
+            socket_handler = await start_socket_mode(slack_app, settings.slack_app_token or "")
+        log.info("csbot serving: %s", platforms)
+        try:
+            yield
+        finally:
+            if socket_handler is not None:
+                await socket_handler.close_async()
+            if telegram_app is not None:
+                from adapters.telegram.app import stop_telegram
+
+                await stop_telegram(telegram_app)
+
+    async def count_requests(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        requests.labels(request.url.path, str(response.status_code)).inc()
+        return response
+
+    return Starlette(
+        routes=routes, lifespan=lifespan, middleware=[Middleware(BaseHTTPMiddleware, dispatch=count_requests)]
+    )
