@@ -18,7 +18,7 @@ from datetime import date
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 from rapidfuzz import process
-from sqlalchemy import Engine, or_
+from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from bot.i18n import t
@@ -224,7 +224,7 @@ class Router:
     def _handle(self, session: Session, incoming: Incoming) -> Reply:
         user, contact = identify(session, incoming)
         if user is None:
-            lang = self.services.settings.lang
+            lang: str = self.services.settings.lang
             key = "customer_refused" if contact is not None else "unknown_person"
             _audit(session, None, incoming, "refused:unknown" if contact is None else "refused:contact", None)
             return Reply(
@@ -344,13 +344,3 @@ def _audit(session: Session, user: User | None, incoming: Incoming, action: str,
             detail=incoming.text[:500],
         )
     )
-
-
-def users_by_words(session: Session, text: str) -> User | None:
-    """A user named by email, name or chat id (used by commands that name a person)."""
-    key = text.strip().lstrip("@")
-    return session.exec(
-        select(User).where(
-            or_(User.email == key, User.name == key, User.slack_user_id == key, User.telegram_user_id == key)
-        )
-    ).first()

@@ -32,7 +32,7 @@ def suggest_names(session: Session, name: str, limit: int = 3) -> list[str]:
 def _exact(session: Session, text: str) -> Account | None:
     key = _key(text)
     return session.exec(
-        select(Account).where((Account.name_key == key) | (func.lower(Account.external_id) == key))
+        select(Account).where((col(Account.name_key) == key) | (func.lower(col(Account.external_id)) == key))
     ).first()
 
 
@@ -121,7 +121,9 @@ def account_view(session: Session, account: Account, *, notes: int = 3) -> Accou
         .order_by(col(NpsResponse.responded_at).desc())
         .limit(1)
     ).first()
-    open_filter = (Ticket.account_id == account.id) & col(Ticket.closed_at).is_(None) & (Ticket.status != "closed")
+    open_filter = (
+        (col(Ticket.account_id) == account.id) & col(Ticket.closed_at).is_(None) & (col(Ticket.status) != "closed")
+    )
     open_tickets = session.exec(select(func.count()).select_from(Ticket).where(open_filter)).one()
     open_high = session.exec(
         select(func.count()).select_from(Ticket).where(open_filter & col(Ticket.priority).in_(("high", "urgent")))

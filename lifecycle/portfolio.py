@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import TypeVar
 
-from sqlalchemy import and_, func, or_
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import aliased
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
 from lifecycle.models import Account, HealthSnapshot, User
+
+_S = TypeVar("_S", bound=Select)
 
 FALLING_POINTS = 10.0  # a yellow account that lost this many points in 7 or in 30 days counts as at risk
 
@@ -21,11 +24,11 @@ class Scope:
     owner_id: int | None = None
     segment: str | None = None
 
-    def apply(self, stmt):  # type: ignore[no-untyped-def]
+    def apply(self, stmt: _S) -> _S:
         if self.owner_id is not None:
-            stmt = stmt.where(Account.owner_id == self.owner_id)
+            stmt = stmt.where(col(Account.owner_id) == self.owner_id)
         if self.segment is not None:
-            stmt = stmt.where(func.lower(Account.segment) == self.segment.casefold())
+            stmt = stmt.where(func.lower(col(Account.segment)) == self.segment.casefold())
         return stmt
 
 
@@ -45,16 +48,16 @@ class PortfolioRow:
 
 
 def _latest_day(session: Session) -> date | None:
-    return session.exec(select(func.max(HealthSnapshot.day))).one()
+    return session.execute(select(func.max(col(HealthSnapshot.day)))).scalar_one()
 
 
 def _top_drags(session: Session, account_ids: list[int], day: date | None) -> dict[int, str]:
     """For each account, the measure that costs its score the most on `day` (from the stored contributions)."""
     if not account_ids or day is None:
         return {}
-    rows = session.exec(
-        select(HealthSnapshot.account_id, HealthSnapshot.measures).where(
-            col(HealthSnapshot.account_id).in_(account_ids), HealthSnapshot.day == day
+    rows = session.execute(
+        select(col(HealthSnapshot.account_id), col(HealthSnapshot.measures)).where(
+            col(HealthSnapshot.account_id).in_(account_ids), col(HealthSnapshot.day) == day
         )
     ).all()
     out: dict[int, str] = {}
@@ -78,43 +81,45 @@ def at_risk(session: Session, scope: Scope, *, limit: int | None = None) -> tupl
     """
     day = _latest_day(session)
     past, month = aliased(HealthSnapshot), aliased(HealthSnapshot)
-    delta = Account.health_score - past.score
-    delta_30 = Account.health_score - month.score
+    delta = col(Account.health_score) - col(past.score)
+    delta_30 = col(Account.health_score) - col(month.score)
     stmt = (
         select(
-            Account.id,
-            Account.name,
-            User.name,
-            Account.arr,
-            Account.currency,
-            Account.health_score,
-            Account.health_grade,
+            col(Account.id),
+            col(Account.name),
+            col(User.name),
+            col(Account.arr),
+            col(Account.currency),
+            col(Account.health_score),
+            col(Account.health_grade),
             delta,
-            Account.renewal_date,
-            Account.stage,
+            col(Account.renewal_date),
+            col(Account.stage),
         )
-        .outerjoin(User, col(User.id) == Account.owner_id)
+        .outerjoin(User, col(User.id) == col(Account.owner_id))
         .outerjoin(
             past,
-            and_(past.account_id == Account.id, past.day == (day - timedelta(days=7) if day else None)),
+            and_(col(past.account_id) == col(Account.id), col(past.day) == (day - timedelta(days=7) if day else None)),
         )
         .outerjoin(
             month,
-            and_(month.account_id == Account.id, month.day == (day - timedelta(days=30) if day else None)),
+            and_(
+                col(month.account_id) == col(Account.id), col(month.day) == (day - timedelta(days=30) if day else None)
+            ),
         )
         .where(
-            Account.status == "active",
+            col(Account.status) == "active",
             or_(
-                Account.health_grade == "red",
+                col(Account.health_grade) == "red",
                 and_(
-                    Account.health_grade == "yellow",
+                    col(Account.health_grade) == "yellow",
                     or_(delta <= -FALLING_POINTS, delta_30 <= -FALLING_POINTS),
                 ),
             ),
         )
-        .order_by(col(Account.arr).desc(), Account.name)
+        .order_by(col(Account.arr).desc(), col(Account.name))
     )
-    found = session.exec(scope.apply(stmt)).all()
+    found = session.execute(scope.apply(stmt)).all()
     total_arr = float(sum(r[3] or 0 for r in found))
     shown = found[:limit] if limit else found
     drags = _top_drags(session, [r[0] for r in shown], day)
@@ -146,25 +151,25 @@ def renewals(
     """
     stmt = (
         select(
-            Account.id,
-            Account.name,
-            User.name,
-            Account.arr,
-            Account.currency,
-            Account.health_score,
-            Account.health_grade,
-            Account.renewal_date,
-            Account.stage,
+            col(Account.id),
+            col(Account.name),
+            col(User.name),
+            col(Account.arr),
+            col(Account.currency),
+            col(Account.health_score),
+            col(Account.health_grade),
+            col(Account.renewal_date),
+            col(Account.stage),
         )
-        .outerjoin(User, col(User.id) == Account.owner_id)
+        .outerjoin(User, col(User.id) == col(Account.owner_id))
         .where(
-            Account.status == "active",
+            col(Account.status) == "active",
             col(Account.renewal_date) >= today,
             col(Account.renewal_date) <= today + timedelta(days=days),
         )
-        .order_by(col(Account.renewal_date), Account.name)
+        .order_by(col(Account.renewal_date), col(Account.name))
     )
-    found = session.exec(scope.apply(stmt)).all()
+    found = session.execute(scope.apply(stmt)).all()
     total_arr = float(sum(r[3] or 0 for r in found))
     risky = sum(1 for r in found if r[6] in ("yellow", "red"))
     shown = found[:limit] if limit else found

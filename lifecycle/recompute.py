@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any
 
 from sqlmodel import Session
 
@@ -49,7 +48,7 @@ def recompute(session: Session, *, as_of: date, scorecard: Scorecard, machine: S
     moves = apply_automatic_rules(session, run.signals, as_of, machine)
     lap("stages")
     scored = run.scored
-    grades: dict[str, Any] = scored["grade"].value_counts().to_dict()
+    grades = scored["grade"].value_counts().to_dict()
     return RecomputeSummary(
         as_of=as_of,
         accounts=len(frame),

@@ -24,6 +24,7 @@ for _var in (
     os.environ.pop(_var, None)
 os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("PTB_TIMEDELTA", "1")
 
 
 @pytest.fixture(scope="session")

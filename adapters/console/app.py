@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import TextIO
 
 from adapters.console.render import render_text
-from bot.messages import Incoming
+from bot.messages import Image, Incoming
 from bot.router import Router
 
 PROMPT = "csbot> "
 
 
-def _save_images(reply_images: list, folder: Path) -> list[str]:  # type: ignore[type-arg]
+def _save_images(reply_images: list[Image], folder: Path) -> list[str]:
     paths = []
     for image in reply_images:
         path = folder / image.filename

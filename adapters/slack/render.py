@@ -1,0 +1,155 @@
+"""Renders a neutral `Reply` as Slack Block Kit blocks, plus the fallback text Slack shows in notifications.
+
+Block Kit rejects a whole message when one block breaks a limit, so every text is cut to the limit here
+rather than trusting the size of what the bot produced. Button action ids must be unique within a message:
+each button gets `"<action_id>:<n>"` and the app routes by the part before the colon.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.messages import Button, Card, Reply, Section
+
+HEADER_MAX = 150
+SECTION_MAX = 3000
+FIELD_MAX = 2000
+FIELDS_PER_SECTION = 10
+CONTEXT_MAX = 2000
+BUTTON_LABEL_MAX = 75
+BUTTON_VALUE_MAX = 2000
+BUTTONS_PER_ACTIONS = 25
+MESSAGE_BLOCKS_MAX = 50
+VIEW_BLOCKS_MAX = 100
+FALLBACK_MAX = 3000
+
+Block = dict[str, Any]
+
+
+def escape(text: str) -> str:
+    """Slack reads `&`, `<` and `>` as control characters in mrkdwn (links, mentions)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def cut(text: str, limit: int) -> str:
+    """Shorten to at most `limit` characters, marking the cut; never splits an escape like `&amp;`."""
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 1]
+    amp = head.rfind("&")
+    if amp != -1 and ";" not in head[amp:]:
+        head = head[:amp]
+    return head + "…"
+
+
+def _mrkdwn(text: str, limit: int) -> dict[str, str]:
+    return {"type": "mrkdwn", "text": cut(escape(text), limit)}
+
+
+def _section(text: str) -> Block:
+    return {"type": "section", "text": _mrkdwn(text, SECTION_MAX)}
+
+
+def _context(text: str) -> Block:
+    return {"type": "context", "elements": [_mrkdwn(text, CONTEXT_MAX)]}
+
+
+def _section_block(section: Section) -> Block:
+    lines = list(section.lines)
+    title = f"*{section.title}*" if section.title else ""
+    return _section("\n".join([title, *lines] if title else lines) or " ")
+
+
+def _fields(card: Card) -> list[Block]:
+    items = [
+        {"type": "mrkdwn", "text": cut(f"*{escape(f.label)}*\n{escape(f.value) or '—'}", FIELD_MAX)}
+        for f in card.fields
+    ]
+    return [
+        {"type": "section", "fields": items[i : i + FIELDS_PER_SECTION]}
+        for i in range(0, len(items), FIELDS_PER_SECTION)
+    ]
+
+
+class _ButtonNumbers:
+    """Hands out the running number that makes each button's action id unique within one message."""
+
+    def __init__(self) -> None:
+        self.next = 0
+
+    def actions(self, buttons: tuple[Button, ...] | list[Button]) -> list[Block]:
+        elements: list[Block] = []
+        for button in buttons:
+            element: Block = {
+                "type": "button",
+                "text": {"type": "plain_text", "text": cut(button.label, BUTTON_LABEL_MAX), "emoji": True},
+                "action_id": f"{button.action_id}:{self.next}",
+                "value": button.value[:BUTTON_VALUE_MAX],
+            }
+            if button.style != "default":
+                element["style"] = button.style
+            elements.append(element)
+            self.next += 1
+        return [
+            {"type": "actions", "elements": elements[i : i + BUTTONS_PER_ACTIONS]}
+            for i in range(0, len(elements), BUTTONS_PER_ACTIONS)
+        ]
+
+
+def card_blocks(card: Card, numbers: _ButtonNumbers | None = None) -> list[Block]:
+    """One card: header (title), context (subtitle), fields, sections, freshness line, buttons."""
+    numbers = numbers or _ButtonNumbers()
+    title = cut(card.title, HEADER_MAX) or " "
+    blocks: list[Block] = [{"type": "header", "text": {"type": "plain_text", "text": title, "emoji": True}}]
+    if card.subtitle:
+        blocks.append(_context(card.subtitle))
+    blocks += _fields(card)
+    blocks += [_section_block(s) for s in card.sections if s.title or s.lines]
+    if card.freshness:
+        blocks.append(_context(card.freshness))
+    blocks += numbers.actions(card.buttons)
+    return blocks
+
+
+def _reply_blocks(reply: Reply, numbers: _ButtonNumbers) -> list[Block]:
+    blocks: list[Block] = []
+    if reply.text:
+        blocks.append(_section(reply.text))
+    for i, card in enumerate(reply.cards):
+        if i or reply.text:
+            blocks.append({"type": "divider"})
+        blocks += card_blocks(card, numbers)
+    blocks += numbers.actions(reply.buttons)
+    return blocks
+
+
+def _capped(blocks: list[Block], max_blocks: int) -> list[Block]:
+    if len(blocks) <= max_blocks:
+        return blocks
+    return [*blocks[: max_blocks - 1], _context("…")]
+
+
+def to_blocks(reply: Reply, *, max_blocks: int = MESSAGE_BLOCKS_MAX) -> list[Block]:
+    """The whole reply as Block Kit: text, then each card (divided), then the reply's own buttons."""
+    return _capped(_reply_blocks(reply, _ButtonNumbers()), max_blocks)
+
+
+def view_blocks(replies: list[Reply], *, max_blocks: int = VIEW_BLOCKS_MAX) -> list[Block]:
+    """Several replies stacked in one view (the App Home), with action ids unique across all of them."""
+    numbers = _ButtonNumbers()
+    blocks: list[Block] = []
+    for i, reply in enumerate(replies):
+        if i:
+            blocks.append({"type": "divider"})
+        blocks += _reply_blocks(reply, numbers)
+    return _capped(blocks, max_blocks)
+
+
+def to_text(reply: Reply) -> str:
+    """Plain fallback text: what a notification or a client without Block Kit shows."""
+    parts = [reply.text] if reply.text else []
+    for card in reply.cards:
+        parts.append(f"{card.title} — {card.subtitle}" if card.subtitle else card.title)
+    if not parts and reply.images:
+        parts = [image.title for image in reply.images]
+    return cut(escape("\n".join(parts)), FALLBACK_MAX)
