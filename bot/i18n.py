@@ -133,6 +133,16 @@ MESSAGES: dict[str, dict[str, str]] = {
 }
 
 
+def add_messages(entries: dict[str, dict[str, str]]) -> None:
+    """Register a module's own strings (each with "en" and "zh"); a key may be declared only once."""
+    for key, texts in entries.items():
+        if key in MESSAGES and MESSAGES[key] != texts:
+            raise ValueError(f"message key {key!r} is declared twice")
+        if not {"en", "zh"} <= texts.keys():
+            raise ValueError(f"message key {key!r} needs both en and zh")
+        MESSAGES[key] = texts
+
+
 def t(key: str, lang: str = "en", **values: object) -> str:
     """The message `key` in `lang` (English when a translation is missing), filled with `values`."""
     entry = MESSAGES[key]

@@ -1,5 +1,7 @@
-"""Every chat command; importing this package registers them all with the router."""
+"""Every chat command; importing this package imports each module in it, which registers its commands."""
 
-from bot.commands import accounts, lists, meta
+import importlib
+import pkgutil
 
-__all__ = ["accounts", "lists", "meta"]
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
