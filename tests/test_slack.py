@@ -33,7 +33,7 @@ from bot.messages import Button, Card, CardField, Image, Reply, Section
 from bot.router import Context, Registry, Router, Services
 from lifecycle.config import Settings, load_settings
 from lifecycle.errors import ConfigError
-from lifecycle.models import Account, Contact, User
+from lifecycle.models import Account, Contact, UsageDaily, User
 from tests.fakes.slack_api import BOT_USER_ID, RESPONSE_URL, FakeCall, FakeSlackAPI
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -56,6 +56,8 @@ def portfolio(engine: Engine) -> None:
         s.flush()
         s.add(Contact(account_id=acme.id or 0, key="ann@acme.test", name="Ann Customer",
                       email="ann@acme.test", slack_user_id="UCUST"))
+        s.add_all([UsageDaily(account_id=acme.id or 0, day=TODAY - timedelta(days=d), active_users=30, logins=40,
+                              events=500) for d in range(1, 61)])
         s.commit()
     from lifecycle.health import load_scorecard
     from lifecycle.recompute import recompute
