@@ -66,6 +66,19 @@ def _engine(settings: Settings) -> Engine:
     return engine
 
 
+def _progress_bar() -> Progress:
+    """A progress bar on stderr, drawn only on a terminal and cleared when done."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
 def _default_actor(engine: Engine) -> str:
     """The console speaks as the first admin or manager (the person running the terminal owns the data)."""
     with Session(engine) as s:
@@ -122,15 +135,7 @@ def demo(
         empty = is_empty(s)
     if empty:
         started = time.perf_counter()
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-            disable=not err.is_terminal,
-        ) as bar:
+        with _progress_bar() as bar:
             tasks: dict[str, object] = {}
 
             def progress(phase: str, done: int, total: int) -> None:
@@ -173,14 +178,7 @@ def import_cmd(
 
     settings = _settings()
     engine = _engine(settings)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
+    with _progress_bar() as bar:
         task = bar.add_task(f"importing {kind.value}", total=None)
 
         def progress(done: int, total: int) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import aliased
@@ -74,72 +75,84 @@ def _top_drags(session: Session, account_ids: list[int], day: date | None) -> di
     return out
 
 
-def at_risk(session: Session, scope: Scope, *, limit: int | None = None) -> tuple[list[PortfolioRow], int, float]:
-    """Active accounts that are red, or yellow and down 10+ points in 7 or 30 days; largest ARR first.
-
-    Returns (rows, total count, total ARR at stake) — the totals cover all matches even when `limit` cuts the rows.
-    """
-    day = _latest_day(session)
-    past, month = aliased(HealthSnapshot), aliased(HealthSnapshot)
-    delta = col(Account.health_score) - col(past.score)
-    delta_30 = col(Account.health_score) - col(month.score)
-    stmt = (
+def _listing(day: date | None) -> tuple[Any, Any]:
+    """The columns every portfolio list shows, for active accounts, with the change in score over 7 days."""
+    past = aliased(HealthSnapshot)
+    delta_7 = col(Account.health_score) - col(past.score)
+    stmt: Any = (
         select(
-            col(Account.id),
-            col(Account.name),
-            col(User.name),
-            col(Account.arr),
-            col(Account.currency),
-            col(Account.health_score),
-            col(Account.health_grade),
-            delta,
-            col(Account.renewal_date),
-            col(Account.stage),
+            col(Account.id).label("account_id"),
+            col(Account.name).label("name"),
+            col(User.name).label("owner"),
+            col(Account.arr).label("arr"),
+            col(Account.currency).label("currency"),
+            col(Account.health_score).label("score"),
+            col(Account.health_grade).label("grade"),
+            delta_7.label("delta_7"),
+            col(Account.renewal_date).label("renewal_date"),
+            col(Account.stage).label("stage"),
         )
         .outerjoin(User, col(User.id) == col(Account.owner_id))
         .outerjoin(
             past,
             and_(col(past.account_id) == col(Account.id), col(past.day) == (day - timedelta(days=7) if day else None)),
         )
-        .outerjoin(
+        .where(col(Account.status) == "active")
+    )
+    return stmt, delta_7
+
+
+def _collect(session: Session, found: Sequence[Any], day: date | None, limit: int | None) -> list[PortfolioRow]:
+    """`PortfolioRow`s for the first `limit` matches, each with the measure that drags it most."""
+    shown = found[:limit] if limit else found
+    drags = _top_drags(session, [r.account_id for r in shown], day)
+    return [
+        PortfolioRow(
+            account_id=r.account_id,
+            name=r.name,
+            owner=r.owner,
+            arr=float(r.arr or 0),
+            currency=r.currency,
+            score=r.score,
+            grade=r.grade,
+            delta_7=float(r.delta_7) if r.delta_7 is not None else None,
+            renewal_date=r.renewal_date,
+            stage=r.stage,
+            top_drag=drags.get(r.account_id),
+        )
+        for r in shown
+    ]
+
+
+def at_risk(session: Session, scope: Scope, *, limit: int | None = None) -> tuple[list[PortfolioRow], int, float]:
+    """Active accounts that are red, or yellow and down 10+ points in 7 or 30 days; largest ARR first.
+
+    Returns (rows, total count, total ARR at stake) — the totals cover all matches even when `limit` cuts the rows.
+    """
+    day = _latest_day(session)
+    stmt, delta_7 = _listing(day)
+    month = aliased(HealthSnapshot)
+    delta_30 = col(Account.health_score) - col(month.score)
+    stmt = (
+        stmt.outerjoin(
             month,
             and_(
                 col(month.account_id) == col(Account.id), col(month.day) == (day - timedelta(days=30) if day else None)
             ),
         )
         .where(
-            col(Account.status) == "active",
             or_(
                 col(Account.health_grade) == "red",
                 and_(
                     col(Account.health_grade) == "yellow",
-                    or_(delta <= -FALLING_POINTS, delta_30 <= -FALLING_POINTS),
+                    or_(delta_7 <= -FALLING_POINTS, delta_30 <= -FALLING_POINTS),
                 ),
             ),
         )
         .order_by(col(Account.arr).desc(), col(Account.name))
     )
     found = session.execute(scope.apply(stmt)).all()
-    total_arr = float(sum(r[3] or 0 for r in found))
-    shown = found[:limit] if limit else found
-    drags = _top_drags(session, [r[0] for r in shown], day)
-    rows = [
-        PortfolioRow(
-            account_id=r[0],
-            name=r[1],
-            owner=r[2],
-            arr=float(r[3] or 0),
-            currency=r[4],
-            score=r[5],
-            grade=r[6],
-            delta_7=float(r[7]) if r[7] is not None else None,
-            renewal_date=r[8],
-            stage=r[9],
-            top_drag=drags.get(r[0]),
-        )
-        for r in shown
-    ]
-    return rows, len(found), total_arr
+    return _collect(session, found, day, limit), len(found), float(sum(r.arr or 0 for r in found))
 
 
 def renewals(
@@ -149,45 +162,11 @@ def renewals(
 
     Returns (rows, count, ARR renewing, how many of them are yellow or red).
     """
-    stmt = (
-        select(
-            col(Account.id),
-            col(Account.name),
-            col(User.name),
-            col(Account.arr),
-            col(Account.currency),
-            col(Account.health_score),
-            col(Account.health_grade),
-            col(Account.renewal_date),
-            col(Account.stage),
-        )
-        .outerjoin(User, col(User.id) == col(Account.owner_id))
-        .where(
-            col(Account.status) == "active",
-            col(Account.renewal_date) >= today,
-            col(Account.renewal_date) <= today + timedelta(days=days),
-        )
-        .order_by(col(Account.renewal_date), col(Account.name))
-    )
+    day = _latest_day(session)
+    stmt, _ = _listing(day)
+    stmt = stmt.where(
+        col(Account.renewal_date) >= today, col(Account.renewal_date) <= today + timedelta(days=days)
+    ).order_by(col(Account.renewal_date), col(Account.name))
     found = session.execute(scope.apply(stmt)).all()
-    total_arr = float(sum(r[3] or 0 for r in found))
-    risky = sum(1 for r in found if r[6] in ("yellow", "red"))
-    shown = found[:limit] if limit else found
-    drags = _top_drags(session, [r[0] for r in shown], _latest_day(session))
-    rows = [
-        PortfolioRow(
-            account_id=r[0],
-            name=r[1],
-            owner=r[2],
-            arr=float(r[3] or 0),
-            currency=r[4],
-            score=r[5],
-            grade=r[6],
-            delta_7=None,
-            renewal_date=r[7],
-            stage=r[8],
-            top_drag=drags.get(r[0]),
-        )
-        for r in shown
-    ]
-    return rows, len(found), total_arr, risky
+    risky = sum(1 for r in found if r.grade in ("yellow", "red"))
+    return _collect(session, found, day, limit), len(found), float(sum(r.arr or 0 for r in found)), risky
