@@ -19,20 +19,21 @@ from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 from rapidfuzz import process
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session
 
+from bot import permissions
 from bot.i18n import t
 from bot.messages import Incoming, Reply
+from bot.permissions import NEEDS_RANK, Needs, identify
+from bot.permissions import ROLE_RANK as ROLE_RANK  # re-exported: `help` and older callers import it from here
 from lifecycle.accounts import find_account, find_account_prefix
 from lifecycle.config import Settings
 from lifecycle.errors import CsbotError, NotFoundError
-from lifecycle.models import Account, AuditLog, Contact, User, utcnow
+from lifecycle.models import Account, AuditLog, User, utcnow
 
 log = logging.getLogger("csbot.router")
 
-ROLE_RANK = {"viewer": 0, "csm": 1, "manager": 2, "admin": 3}
-Needs = Literal["read", "write", "manage", "admin"]
-_NEEDS_RANK = {"read": 0, "write": 1, "manage": 2, "admin": 3}
+_NEEDS_RANK = NEEDS_RANK  # the name `help` reads
 
 
 class UserError(CsbotError):
@@ -156,6 +157,7 @@ class Context:
     lang: str
     spec: CommandSpec
     accounts: list[Account] = field(default_factory=list)
+    customer_channel: bool = False
 
     def t(self, key: str, **values: object) -> str:
         return t(key, self.lang, **values)
@@ -165,28 +167,22 @@ class Context:
         return self.services.today()
 
     def can_read(self, account: Account) -> bool:
-        if self.user.role == "csm" and self.services.settings.csm_read_scope == "own":
-            return account.owner_id == self.user.id
-        return True
+        return permissions.can_read(self.user, account, self.services.settings.csm_read_scope)
 
     def can_write(self, account: Account) -> bool:
-        if ROLE_RANK.get(self.user.role, -1) >= ROLE_RANK["manager"]:
-            return True
-        return self.user.role == "csm" and account.owner_id == self.user.id
+        return permissions.can_write(self.user, account)
 
+    def require_read(self, account: Account) -> None:
+        """Stop the handler with the polite refusal (audited as `denied:<command>`) unless the user may see
+        `account`; for accounts a handler finds itself rather than through an `account` parameter."""
+        if not self.can_read(account):
+            raise _Denied(account, "read")
 
-def identify(session: Session, incoming: Incoming) -> tuple[User | None, Contact | None]:
-    """Map a platform identity to an internal user, or else to a customer contact."""
-    if incoming.platform == "console":
-        user = session.exec(select(User).where(User.email == incoming.sender_id)).first()
-        return (user if user and user.active else None), None
-    column = {"slack": User.slack_user_id, "telegram": User.telegram_user_id}[incoming.platform]
-    user = session.exec(select(User).where(column == incoming.sender_id, User.active == True)).first()  # noqa: E712
-    if user is not None:
-        return user, None
-    ccol = {"slack": Contact.slack_user_id, "telegram": Contact.telegram_user_id}[incoming.platform]
-    contact = session.exec(select(Contact).where(ccol == incoming.sender_id)).first()
-    return None, contact
+    def require_write(self, account: Account) -> None:
+        """Like `require_read`, for changes: for commands that only turn out to be writes once their arguments
+        are read (e.g. `stage <name> <stage> <reason>`)."""
+        if not self.can_write(account):
+            raise _Denied(account, "write")
 
 
 def _split(text: str) -> list[str]:
@@ -240,8 +236,9 @@ class Router:
             close = process.extract(words[0], list(self.registry.commands), limit=2, score_cutoff=60)
             hint = t("did_you_mean", lang, options=", ".join(f"`{c[0]}`" for c in close)) if close else ""
             return Reply(text=t("unknown_command", lang, command=words[0], hint=hint), private=True)
-        ctx = Context(session, self.services, incoming, user, lang, spec)
-        if ROLE_RANK.get(user.role, -1) < _NEEDS_RANK[spec.needs]:
+        customer = permissions.is_customer_channel(session, incoming)
+        ctx = Context(session, self.services, incoming, user, lang, spec, customer_channel=customer)
+        if not permissions.role_allows(user.role, spec.needs):
             _audit(session, user, incoming, f"denied:{spec.name}", None)
             return Reply(text=ctx.t("no_permission", role=user.role, command=spec.name), private=True)
         try:
@@ -249,21 +246,32 @@ class Router:
         except NotFoundError as exc:
             return _not_found_reply(ctx, exc)
         except _Denied as denied:
-            _audit(session, user, incoming, f"denied:{spec.name}", denied.account.id)
-            what = ctx.t("what_write" if denied.access == "write" else "what_read")
-            return Reply(text=ctx.t("not_your_account", account=denied.account.name, what=what), private=True)
+            return _denied_reply(ctx, denied)
         except CsbotError as exc:
             return Reply(text=str(exc), private=True)
         try:
             reply = spec.handler(ctx, **kwargs)
+        except _Denied as denied:
+            session.rollback()
+            return _denied_reply(ctx, denied)
         except NotFoundError as exc:
             session.rollback()
             return _not_found_reply(ctx, exc)
         except CsbotError as exc:
+            tried = [a.id for a in ctx.accounts] or [None]
             session.rollback()
+            # A refusal or a failed change from inside the handler is still an attempt worth auditing.
+            for account_id in tried:
+                _audit(session, user, incoming, f"failed:{spec.name}", account_id, detail=f"{incoming.text} → {exc}")
             return Reply(text=str(exc), private=True)
-        for account in ctx.accounts or [None]:  # type: ignore[list-item]
-            _audit(session, user, incoming, spec.name, account.id if account else None)
+        account_ids = [a.id for a in ctx.accounts] or [None]
+        for account_id in account_ids:
+            _audit(session, user, incoming, spec.name, account_id)
+        if customer and not reply.private and permissions.carries_account_data(spec.name):
+            # Customers read this channel: the answer goes to the asker alone (ephemeral, or a direct message).
+            reply.private = True
+            detail = f"customer channel {incoming.channel_id}: {incoming.text}"
+            _audit(session, user, incoming, f"private:{spec.name}", account_ids[0], detail=detail)
         return reply
 
     def _parse(self, ctx: Context, spec: CommandSpec, words: list[str]) -> dict[str, Any]:
@@ -325,6 +333,12 @@ class _Denied(Exception):
         self.access = access
 
 
+def _denied_reply(ctx: Context, denied: _Denied) -> Reply:
+    _audit(ctx.session, ctx.user, ctx.incoming, f"denied:{ctx.spec.name}", denied.account.id)
+    what = ctx.t("what_write" if denied.access == "write" else "what_read")
+    return Reply(text=ctx.t("not_your_account", account=denied.account.name, what=what), private=True)
+
+
 def _not_found_reply(ctx: Context, exc: NotFoundError) -> Reply:
     text = ctx.t("no_account", name=exc.name)
     if exc.suggestions:
@@ -332,7 +346,9 @@ def _not_found_reply(ctx: Context, exc: NotFoundError) -> Reply:
     return Reply(text=text, private=True)
 
 
-def _audit(session: Session, user: User | None, incoming: Incoming, action: str, account_id: int | None) -> None:
+def _audit(
+    session: Session, user: User | None, incoming: Incoming, action: str, account_id: int | None, *, detail: str = ""
+) -> None:
     session.add(
         AuditLog(
             at=utcnow(),
@@ -341,6 +357,6 @@ def _audit(session: Session, user: User | None, incoming: Incoming, action: str,
             platform=incoming.platform,
             action=action,
             account_id=account_id,
-            detail=incoming.text[:500],
+            detail=(detail or incoming.text)[:500],
         )
     )

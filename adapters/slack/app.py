@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from adapters.slack.render import to_blocks, to_text, view_blocks
 from bot.messages import Image, Incoming, Reply
+from bot.permissions import CUSTOMER_CHANNEL_FLAG
 from bot.router import Router
 from lifecycle.config import Settings
 from lifecycle.errors import ConfigError
@@ -98,6 +99,23 @@ def _ids(**values: object) -> dict[str, str]:
     return {k: str(v) for k, v in values.items() if v}
 
 
+def is_shared(*payloads: dict[str, Any] | None) -> bool:
+    """Whether Slack says the channel is shared with another organisation (Slack Connect): a customer channel.
+
+    Slash commands send `is_ext_shared_channel` as a form string, the Events API as a boolean on the envelope,
+    channel objects as `is_ext_shared`."""
+    for payload in payloads:
+        for key in ("is_ext_shared_channel", "is_ext_shared"):
+            value = (payload or {}).get(key)
+            if value is True or str(value).casefold() in ("true", "1"):
+                return True
+    return False
+
+
+def _customer_flag(shared: bool) -> str | None:
+    return "1" if shared else None
+
+
 def incoming_from_command(command: dict[str, Any]) -> tuple[Incoming, bool]:
     """`/cs …` as an `Incoming`, and whether the user asked for a public answer (trailing `public`)."""
     words = from_slack_text(command.get("text", "")).split()
@@ -115,15 +133,17 @@ def incoming_from_command(command: dict[str, Any]) -> tuple[Incoming, bool]:
         raw_ids=_ids(
             team_id=command.get("team_id"), channel_id=channel, user_id=command.get("user_id"),
             trigger_id=command.get("trigger_id"), response_url=command.get("response_url"),
+            **{CUSTOMER_CHANNEL_FLAG: _customer_flag(is_shared(command))},
         ),
     )
     return incoming, public
 
 
 def incoming_from_event(
-    event: dict[str, Any], *, text: str, team_id: str | None, is_direct: bool
+    event: dict[str, Any], *, text: str, team_id: str | None, is_direct: bool, shared: bool = False
 ) -> Incoming:
-    """A message or mention event as an `Incoming` (the caller has already cut the mention out of `text`)."""
+    """A message or mention event as an `Incoming` (the caller has already cut the mention out of `text`);
+    `shared` is the envelope's Slack Connect flag."""
     return Incoming(
         platform="slack",
         sender_id=event.get("user", ""),
@@ -133,6 +153,7 @@ def incoming_from_event(
         raw_ids=_ids(
             team_id=team_id or event.get("team"), channel_id=event.get("channel"), user_id=event.get("user"),
             ts=event.get("ts"), thread_ts=event.get("thread_ts"),
+            **{CUSTOMER_CHANNEL_FLAG: _customer_flag(shared)},
         ),
     )
 
@@ -152,6 +173,7 @@ def incoming_from_action(body: dict[str, Any], action: dict[str, Any]) -> Incomi
         raw_ids=_ids(
             team_id=(body.get("team") or {}).get("id"), channel_id=channel, user_id=user.get("id"),
             trigger_id=body.get("trigger_id"), response_url=body.get("response_url"),
+            **{CUSTOMER_CHANNEL_FLAG: _customer_flag(is_shared(body, body.get("channel")))},
         ),
     )
 
@@ -250,9 +272,13 @@ def build_slack_app(router: Router, settings: Settings) -> AsyncApp:
             await respond_privately(respond, client, incoming.sender_id, reply)
 
     @app.event("app_mention")
-    async def mention(event: dict[str, Any], client: AsyncWebClient, context: AsyncBoltContext) -> None:
+    async def mention(
+        event: dict[str, Any], body: dict[str, Any], client: AsyncWebClient, context: AsyncBoltContext
+    ) -> None:
         text = strip_mention(event.get("text", ""), context.bot_user_id)
-        incoming = incoming_from_event(event, text=text, team_id=context.team_id, is_direct=False)
+        incoming = incoming_from_event(
+            event, text=text, team_id=context.team_id, is_direct=False, shared=is_shared(body)
+        )
         reply = await answer(incoming)
         thread = event.get("thread_ts") or event.get("ts")
         if reply.private:

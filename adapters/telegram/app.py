@@ -1,9 +1,11 @@
 """The Telegram adapter: a python-telegram-bot `Application` that turns updates into `Incoming` and replies.
 
 It only translates. Commands (`/account Acme`), private-chat text, and group text that mentions or answers the
-bot go to the router; inline-keyboard presses run the button's command for the presser. Updates arrive by long
-polling or through `telegram_routes` (POST /telegram/webhook, guarded by the secret token Telegram echoes
-back). Each update_id is handled at most once, so webhook retries and duplicate deliveries have one effect.
+bot go to the router; inline-keyboard presses run the button's command for the presser. Telegram has no
+ephemeral messages, so a private answer asked for in a group goes to the asker's private chat with the bot, and
+the group sees only a short note without data. Updates arrive by long polling or through `telegram_routes`
+(POST /telegram/webhook, guarded by the secret token Telegram echoes back). Each update_id is handled at most
+once, so webhook retries and duplicate deliveries have one effect.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from telegram import (
     Update,
 )
 from telegram.constants import ChatType, ParseMode
-from telegram.error import TelegramError
+from telegram.error import BadRequest, Forbidden, TelegramError
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -42,6 +44,7 @@ from telegram.ext import (
 )
 
 from adapters.telegram.render import CallbackKeys, split_html, to_html, to_keyboard
+from bot.i18n import t
 from bot.messages import Incoming, Reply
 from bot.router import Router, registry
 from lifecycle.config import Settings
@@ -213,6 +216,28 @@ async def send_reply(
     return sent
 
 
+def _lang(language_code: str | None) -> str:
+    return "zh" if (language_code or "").startswith("zh") else "en"
+
+
+async def deliver(
+    app: AnyApplication, reply: Reply, *, chat_id: int, chat_type: str, user_id: int, lang: str,
+    reply_to: int | None = None,
+) -> None:
+    """Send `reply` to the chat it was asked in; a private reply asked in a group goes to the asker's private
+    chat (whose id is the user id), and the group gets a data-free note saying where the answer went."""
+    if not reply.private or chat_type == ChatType.PRIVATE:
+        await send_reply(app, chat_id, reply, reply_to=reply_to)
+        return
+    try:
+        await send_reply(app, user_id, reply)
+        note = t("sent_privately", lang)
+    except (Forbidden, BadRequest) as exc:  # the user never started the bot, or blocked it
+        log.info("could not answer user %s privately: %s", user_id, exc)
+        note = t("open_private_chat", lang, bot=app.bot.username)
+    await send_reply(app, chat_id, Reply(text=note), reply_to=reply_to)
+
+
 async def _on_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     message = update.message
     if message is None or message.from_user is None or message.from_user.is_bot:
@@ -227,8 +252,11 @@ async def _on_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     bridge = bridge_of(context.application)
     reply = await asyncio.to_thread(bridge.router.handle, incoming)
     in_group = message.chat.type != ChatType.PRIVATE
-    reply_to = message.message_id if in_group else None
-    await send_reply(context.application, message.chat_id, reply, reply_to=reply_to)
+    await deliver(
+        context.application, reply, chat_id=message.chat_id, chat_type=message.chat.type,
+        user_id=message.from_user.id, lang=_lang(message.from_user.language_code),
+        reply_to=message.message_id if in_group else None,
+    )
 
 
 async def _answer(query: CallbackQuery, text: str | None = None) -> None:
@@ -246,9 +274,8 @@ async def _on_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     try:
         value = bridge_of(context.application).keys.decode(query.data)
         if value is None:
-            lang = "zh" if (query.from_user.language_code or "").startswith("zh") else "en"
             answered = True
-            await _answer(query, _EXPIRED[lang])
+            await _answer(query, _EXPIRED[_lang(query.from_user.language_code)])
             return
         answered = True  # answer first: the presser's spinner stops while the command runs
         await _answer(query)
@@ -260,7 +287,10 @@ async def _on_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
             chat_type=chat_type, message_id=message.message_id if message is not None else 0,
         )
         reply = await asyncio.to_thread(bridge_of(context.application).router.handle, incoming)
-        await send_reply(context.application, chat_id, reply)
+        await deliver(
+            context.application, reply, chat_id=chat_id, chat_type=chat_type, user_id=query.from_user.id,
+            lang=_lang(query.from_user.language_code),
+        )
     finally:
         if not answered:
             await _answer(query)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from bot.cards import account_card, stage_label
+from bot.charts import health_trend_image
 from bot.i18n import t
 from bot.messages import Card, Reply, Section
 from bot.router import Context, Param, UserError, command
@@ -16,28 +17,26 @@ from lifecycle.stages import StageVisit, move_stage, stage_history, unpin
 @command("account", aliases=("客户", "acct"), zh="客户卡片：负责人、ARR、阶段、健康度及原因、续约、NPS、工单。")
 def account(ctx: Context, acct: Annotated[Account, Param("account", label="name")]) -> Reply:
     """The account card: owner, ARR, stage, health with its reasons, renewal, NPS and tickets."""
-    card = account_card(
+    return Reply(cards=[_card(ctx, acct, detail=False)])
+
+
+def _card(ctx: Context, acct: Account, *, detail: bool) -> Card:
+    return account_card(
         account_view(ctx.session, acct),
         today=ctx.today,
         lang=ctx.lang,
         machine=ctx.services.stage_machine(),
         scorecard=ctx.services.scorecard(),
+        detail=detail,
     )
-    return Reply(cards=[card])
 
 
 @command("health", aliases=("健康", "健康度"), zh="健康度明细：每项指标的数值、得分和权重，以及变化原因。")
 def health(ctx: Context, acct: Annotated[Account, Param("account", label="name")]) -> Reply:
     """Health in detail: each measure's value, points and weight, and what moved the score."""
-    card = account_card(
-        account_view(ctx.session, acct),
-        today=ctx.today,
-        lang=ctx.lang,
-        machine=ctx.services.stage_machine(),
-        scorecard=ctx.services.scorecard(),
-        detail=True,
-    )
-    return Reply(cards=[card])
+    card = _card(ctx, acct, detail=True)
+    chart = health_trend_image(ctx.session, acct, lang=ctx.lang, scorecard=ctx.services.scorecard())
+    return Reply(cards=[card], images=[chart] if chart else [])
 
 
 @command("stage", needs="read", aliases=("阶段",), zh="查看阶段历史；或手动移动阶段并说明原因（`auto` 交回自动规则）。")
@@ -61,9 +60,7 @@ def stage(
                 )
             ]
         )
-    if not ctx.can_write(acct) or ctx.user.role == "viewer":
-        what = ctx.t("what_write")
-        return Reply(text=ctx.t("not_your_account", account=acct.name, what=what), private=True)
+    ctx.require_write(acct)
     if to_stage.casefold() == "auto":
         unpin(ctx.session, acct, actor_id=ctx.user.id)
         return Reply(text=ctx.t("stage_unpinned", account=acct.name))

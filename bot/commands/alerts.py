@@ -1,0 +1,191 @@
+"""Alerts in chat: `alerts` lists my open ones (most severe, then newest first); `ack` and `snooze` handle one."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy.orm import aliased
+from sqlmodel import col
+
+from bot.i18n import add_messages, t
+from bot.messages import Button, Card, Reply
+from bot.router import ROLE_RANK, Context, Param, UserError, command
+from lifecycle.models import Account, Alert, User, utcnow
+
+SHOW = 10
+SNOOZE_DAYS = 7
+MAX_SNOOZE_DAYS = 90
+SEVERITY_ICON = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
+_SEVERITY_RANK = case(
+    (col(Alert.severity) == "critical", 3), (col(Alert.severity) == "warning", 2), (col(Alert.severity) == "info", 1),
+    else_=0,
+)
+
+add_messages(
+    {
+        "alerts_mine": {"en": "Your open alerts: {count}", "zh": "你的未处理告警：{count} 条"},
+        "alerts_all": {"en": "All open alerts: {count}", "zh": "全部未处理告警：{count} 条"},
+        "alerts_empty": {"en": "No open alerts. 🎉", "zh": "没有未处理的告警。🎉"},
+        "alerts_all_refused": {
+            "en": "Only managers and admins can see everyone's alerts; `alerts` shows yours.",
+            "zh": "只有经理和管理员可以查看所有人的告警；`alerts` 显示你自己的。",
+        },
+        "alert_subtitle": {"en": "#{id} · {rule} · {severity} · {age}", "zh": "#{id} · {rule} · {severity} · {age}"},
+        "alert_for": {"en": " · for {owner}", "zh": " · 负责人 {owner}"},
+        "alert_snooze_over": {"en": " · snooze ended", "zh": " · 暂缓已到期"},
+        "alert_sev_critical": {"en": "critical", "zh": "严重"},
+        "alert_sev_warning": {"en": "warning", "zh": "警告"},
+        "alert_sev_info": {"en": "info", "zh": "提示"},
+        "alert_age_now": {"en": "just now", "zh": "刚刚"},
+        "alert_age_minutes": {"en": "{n} min ago", "zh": "{n} 分钟前"},
+        "alert_age_hours": {"en": "{n} h ago", "zh": "{n} 小时前"},
+        "alert_age_days": {"en": "{n} d ago", "zh": "{n} 天前"},
+        "alert_btn_ack": {"en": "Acknowledge", "zh": "确认"},
+        "alert_btn_snooze": {"en": "Snooze 7 days", "zh": "暂缓 7 天"},
+        "alert_unknown": {"en": "There is no alert #{id}.", "zh": "没有编号为 #{id} 的告警。"},
+        "alert_not_yours": {
+            "en": "Alert #{id} belongs to someone else; only its owner or a manager can handle it.",
+            "zh": "告警 #{id} 属于其他人；只有其负责人或经理可以处理。",
+        },
+        "alert_resolved": {"en": "Alert #{id} is already resolved.", "zh": "告警 #{id} 已经解决。"},
+        "alert_already_acked": {"en": "Alert #{id} was already acknowledged.", "zh": "告警 #{id} 之前已确认。"},
+        "alert_acked": {
+            "en": "Acknowledged alert #{id} on {account}: {title}",
+            "zh": "已确认 {account} 的告警 #{id}：{title}",
+        },
+        "alert_snoozed": {
+            "en": "Snoozed alert #{id} on {account} for {days} days (until {until}); it comes back if still open.",
+            "zh": "已将 {account} 的告警 #{id} 暂缓 {days} 天（至 {until}）；届时仍未处理会再次出现。",
+        },
+        "alert_bad_days": {
+            "en": "Snooze for 1 to {max} days, e.g. `snooze {id} 7`.",
+            "zh": "暂缓天数须为 1 到 {max} 天，例如 `snooze {id} 7`。",
+        },
+    }
+)
+
+
+def age(created_at: datetime, now: datetime, lang: str) -> str:
+    """`just now`, `15 min ago`, `5 h ago`, `2 d ago` (whole units, rounded down)."""
+    seconds = max(0.0, (now - created_at).total_seconds())
+    if seconds < 60:
+        return t("alert_age_now", lang)
+    if seconds < 3600:
+        return t("alert_age_minutes", lang, n=int(seconds // 60))
+    if seconds < 86400:
+        return t("alert_age_hours", lang, n=int(seconds // 3600))
+    return t("alert_age_days", lang, n=int(seconds // 86400))
+
+
+def _is_manager(ctx: Context) -> bool:
+    return ROLE_RANK.get(ctx.user.role, -1) >= ROLE_RANK["manager"]
+
+
+@command(
+    "alerts",
+    aliases=("告警", "提醒"),
+    zh="我的未处理告警（最严重、最新的在前）；经理/管理员可用 `alerts all` 查看全部。",
+)
+def alerts(
+    ctx: Context, which: Annotated[str | None, Param("word", choices=("all", "mine"))] = None
+) -> Reply:
+    """My open alerts, most severe and newest first, with buttons to acknowledge or snooze; `all` for managers."""
+    everyone = which == "all"
+    if everyone and not _is_manager(ctx):
+        raise UserError(ctx.t("alerts_all_refused"))
+    now = utcnow()
+    owner = aliased(User)
+    due = or_(
+        col(Alert.status) == "open",
+        and_(col(Alert.status) == "snoozed", col(Alert.snoozed_until).is_not(None), col(Alert.snoozed_until) <= now),
+    )
+    stmt = (
+        select(Alert, col(Account.name), col(owner.name), func.count().over())
+        .join(Account, col(Account.id) == col(Alert.account_id))
+        .outerjoin(owner, col(owner.id) == col(Alert.owner_id))
+        .where(due)
+        .order_by(_SEVERITY_RANK.desc(), col(Alert.created_at).desc(), col(Alert.id).desc())
+        .limit(SHOW)
+    )
+    if not everyone:
+        stmt = stmt.where(col(Alert.owner_id) == ctx.user.id)
+    found = ctx.session.execute(stmt).all()
+    if not found:
+        return Reply(text=ctx.t("alerts_empty"))
+    total = int(found[0][3])
+    cards = []
+    for alert, account_name, owner_name, _total in found:
+        subtitle = ctx.t(
+            "alert_subtitle",
+            id=alert.id,
+            rule=alert.rule,
+            severity=ctx.t(f"alert_sev_{alert.severity}") if alert.severity in SEVERITY_ICON else alert.severity,
+            age=age(alert.created_at, now, ctx.lang),
+        )
+        if alert.status == "snoozed":
+            subtitle += ctx.t("alert_snooze_over")
+        if everyone:
+            subtitle += ctx.t("alert_for", owner=owner_name or ctx.t("nobody"))
+        cards.append(
+            Card(
+                title=f"{SEVERITY_ICON.get(alert.severity, '⚪')} {account_name} — {alert.title or alert.rule}",
+                subtitle=subtitle,
+                buttons=(
+                    Button(ctx.t("alert_btn_ack"), "cmd", f"ack {alert.id}", style="primary"),
+                    Button(ctx.t("alert_btn_snooze"), "cmd", f"snooze {alert.id}"),
+                ),
+            )
+        )
+    text = ctx.t("alerts_all" if everyone else "alerts_mine", count=total)
+    if total > len(found):
+        text += "\n" + ctx.t("more_rows", count=total - len(found))
+    return Reply(text=text, cards=cards)
+
+
+def _own_alert(ctx: Context, alert_id: int) -> tuple[Alert, Account]:
+    """The alert with this id, if the asker may handle it (its owner, or a manager/admin)."""
+    alert = ctx.session.get(Alert, alert_id)
+    if alert is None:
+        raise UserError(ctx.t("alert_unknown", id=alert_id))
+    if alert.owner_id != ctx.user.id and not _is_manager(ctx):
+        raise UserError(ctx.t("alert_not_yours", id=alert_id))
+    if alert.status == "resolved":
+        raise UserError(ctx.t("alert_resolved", id=alert_id))
+    account = ctx.session.get(Account, alert.account_id)
+    assert account is not None  # a foreign key guarantees it
+    ctx.accounts.append(account)  # so the router's audit row names the account
+    return alert, account
+
+
+@command("ack", needs="write", aliases=("确认",), zh="确认一条告警（负责人或经理）。")
+def ack(ctx: Context, alert_id: Annotated[int, Param("int", label="id")]) -> Reply:
+    """Acknowledge an alert: it leaves the open list (its owner, or a manager)."""
+    alert, account = _own_alert(ctx, alert_id)
+    if alert.status == "acknowledged":
+        return Reply(text=ctx.t("alert_already_acked", id=alert_id))
+    alert.status = "acknowledged"
+    alert.acknowledged_at = utcnow()
+    alert.snoozed_until = None
+    ctx.session.add(alert)
+    return Reply(text=ctx.t("alert_acked", id=alert_id, account=account.name, title=alert.title or alert.rule))
+
+
+@command("snooze", needs="write", aliases=("暂缓",), zh="把一条告警暂缓 N 天（默认 7 天），到期仍未处理会再次出现。")
+def snooze(
+    ctx: Context,
+    alert_id: Annotated[int, Param("int", label="id")],
+    days: Annotated[int, Param("int", label="days")] = SNOOZE_DAYS,
+) -> Reply:
+    """Snooze an alert for N days (default 7); it comes back if still open then."""
+    if not 1 <= days <= MAX_SNOOZE_DAYS:
+        raise UserError(ctx.t("alert_bad_days", max=MAX_SNOOZE_DAYS, id=alert_id))
+    alert, account = _own_alert(ctx, alert_id)
+    until = utcnow() + timedelta(days=days)
+    alert.status = "snoozed"
+    alert.snoozed_until = until
+    ctx.session.add(alert)
+    return Reply(
+        text=ctx.t("alert_snoozed", id=alert_id, account=account.name, days=days, until=f"{until:%Y-%m-%d}")
+    )

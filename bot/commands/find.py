@@ -1,0 +1,232 @@
+"""`find`: accounts matching filters such as `stage=renewal grade=red renewal<60d owner=me`, largest ARR first."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from bot.cards import stage_label
+from bot.format import grade, money
+from bot.i18n import add_messages, t
+from bot.messages import Card, Reply, Section
+from bot.router import Context, Param, UserError, command
+from lifecycle.search import FIELDS, Filter, FilterError, FoundAccount, InDays, parse_filters, search
+
+SHOW = 20
+
+add_messages(
+    {
+        "find_title": {"en": "Accounts — {filters}", "zh": "客户筛选 — {filters}"},
+        "find_summary": {"en": "{count} accounts, {arr} ARR", "zh": "{count} 个客户，ARR {arr}"},
+        "find_summary_one": {"en": "1 account, {arr} ARR", "zh": "1 个客户，ARR {arr}"},
+        "find_mixed": {"en": "{amount} (mixed currencies, summed as is)", "zh": "{amount}（多种货币，按原值相加）"},
+        "find_own_only": {"en": " (your accounts only)", "zh": "（仅限你负责的客户）"},
+        "find_empty": {"en": "No accounts match {filters}.", "zh": "没有符合条件的客户：{filters}。"},
+        "find_help": {
+            "en": "Filters are `field<op>value` words, all of which must hold. Fields: {fields}. Operators: = != < <= "
+            "> >=; several values with commas (`stage=renewal,expansion`); `arr>=50k`, `arr<1.2m`; `renewal<60d` "
+            "(renewing within 60 days), `renewal<2027-01-01`; `owner=me`; `name=acme`; `churned`, `active`, `mine`. "
+            "Churned accounts are left out unless you ask about status or stage. "
+            "Example: `find stage=renewal grade=red renewal<60d owner=me`.",
+            "zh": "筛选条件写成 `字段<运算符>值`，所有条件同时满足。字段：{fields}"
+            "（也可用中文：阶段、等级、健康度、续约、负责人、细分、套餐、状态、席位、名称）。"
+            "运算符：= != < <= > >=；多个值用逗号（`stage=renewal,expansion`）；"
+            "`arr>=50k`、`arr<1.2m`；`renewal<60d`（60 天内续约）、`renewal<2027-01-01`；"
+            "`owner=me`；`name=acme`；"
+            "`churned`、`active`、`mine`。除非条件涉及状态或阶段，已流失客户不会列出。"
+            "例如：`查找 阶段=续约 等级=红 续约<60d 负责人=me`。",
+        },
+        "find_unknown_field": {
+            "en": "I don't know the filter field “{token}”. Known fields: {fields}.",
+            "zh": "不认识筛选字段“{token}”。可用字段：{fields}。",
+        },
+        "find_bad_value": {
+            "en": "“{token}” isn't a valid value for {field}: expected {expected}.",
+            "zh": "“{token}”不是 {field} 的有效值：应为{expected}。",
+        },
+        "find_expect_grade": {
+            "en": "red, yellow, green or unknown",
+            "zh": "red、yellow、green 或 unknown（红/黄/绿/未知）",
+        },
+        "find_expect_number": {"en": "a number such as 50000, 50k or 1.2m", "zh": "数字，例如 50000、50k 或 1.2m"},
+        "find_expect_whole": {"en": "a whole number such as 25 or 1k", "zh": "整数，例如 25 或 1k"},
+        "find_expect_score": {"en": "a score from 0 to 100", "zh": "0 到 100 之间的分数"},
+        "find_expect_renewal": {
+            "en": "days such as 60d, or a date such as 2027-01-01",
+            "zh": "天数（如 60d）或日期（如 2027-01-01）",
+        },
+        "find_expect_any": {"en": "a value after the operator", "zh": "运算符后面的值"},
+        "find_bad_operator": {
+            "en": "{field} only takes = or !=, not {token}.",
+            "zh": "{field} 只能用 = 或 !=，不能用 {token}。",
+        },
+        "find_no_list": {
+            "en": "A list of values only works with = or != (`{token}`).",
+            "zh": "多个值只能和 = 或 != 一起用（`{token}`）。",
+        },
+        "find_bad_token": {
+            "en": "I can't read “{token}” as a filter; filters look like `field=value`, e.g. `grade=red`.",
+            "zh": "无法把“{token}”理解为筛选条件；条件的写法是 `字段=值`，例如 `grade=red`。",
+        },
+        "find_unknown_stage": {"en": "There is no stage “{token}”.", "zh": "没有名为“{token}”的阶段。"},
+        "find_unknown_owner": {"en": "I don't know a user “{token}”.", "zh": "找不到用户“{token}”。"},
+        "find_renews_in": {"en": "renews in {days} d", "zh": "{days} 天后续约"},
+        "find_renewal_past": {"en": "renewal {days} d ago", "zh": "续约已过 {days} 天"},
+        "find_not_scored": {"en": "not scored", "zh": "未评分"},
+        "find_churned": {"en": "churned", "zh": "已流失"},
+        "find_within": {"en": "renewing within {days} d", "zh": "{days} 天内续约"},
+        "find_beyond": {"en": "renewing after {days} d", "zh": "{days} 天后才续约"},
+        "find_exactly": {"en": "renewing in {days} d", "zh": "恰好 {days} 天后续约"},
+        "find_before": {"en": "renewal before {date}", "zh": "续约早于 {date}"},
+        "find_after": {"en": "renewal after {date}", "zh": "续约晚于 {date}"},
+        "find_name_has": {"en": "name contains “{text}”", "zh": "名称包含“{text}”"},
+        "find_name_lacks": {"en": "name without “{text}”", "zh": "名称不含“{text}”"},
+        "find_me": {"en": "me", "zh": "我"},
+        "find_or": {"en": " or ", "zh": " 或 "},
+    }
+)
+
+_FIELD_LABELS = {
+    "stage": ("stage", "阶段"),
+    "grade": ("grade", "等级"),
+    "health": ("health", "健康度"),
+    "renewal": ("renewal", "续约"),
+    "owner": ("owner", "负责人"),
+    "arr": ("ARR", "ARR"),
+    "seats": ("seats", "席位"),
+    "segment": ("segment", "细分"),
+    "plan": ("plan", "套餐"),
+    "tier": ("tier", "层级"),
+    "status": ("status", "状态"),
+    "name": ("name", "名称"),
+}
+_EXPECT = {"grade": "find_expect_grade", "arr": "find_expect_number", "seats": "find_expect_whole",
+           "health": "find_expect_score", "renewal": "find_expect_renewal"}
+_OP_WORDS = {"=": ": ", "!=": " ≠ ", "<": " < ", "<=": " ≤ ", ">": " > ", ">=": " ≥ "}
+_OP_WORDS_ZH = {**_OP_WORDS, "=": "：", "!=": " 不是 "}
+
+
+def _op(op: str, lang: str) -> str:
+    return (_OP_WORDS_ZH if lang == "zh" else _OP_WORDS)[op]
+
+
+def _field_label(name: str, lang: str) -> str:
+    en, zh = _FIELD_LABELS[name]
+    return zh if lang == "zh" else en
+
+
+def _renewal_words(f: Filter, lang: str) -> str:
+    parts = []
+    for v in f.values:
+        if isinstance(v, InDays):
+            key = {"<": "find_within", "<=": "find_within", ">": "find_beyond", ">=": "find_beyond"}.get(
+                f.op, "find_exactly"
+            )
+            parts.append(t(key, lang, days=v.days))
+        elif f.op in ("<", "<="):
+            parts.append(t("find_before", lang, date=v))
+        elif f.op in (">", ">="):
+            parts.append(t("find_after", lang, date=v))
+        else:
+            parts.append(f"{_field_label('renewal', lang)}{_op(f.op, lang)}{v}")
+    return t("find_or", lang).join(parts)
+
+
+def describe(f: Filter, lang: str, machine: object) -> str:
+    """One filter in words: `stage: Renewal or Expansion`, `ARR ≥ $50,000`, `renewing within 60 d`."""
+    if f.field == "renewal":
+        return _renewal_words(f, lang)
+    if f.field == "name":
+        return t("find_name_has" if f.op == "=" else "find_name_lacks", lang, text=" / ".join(map(str, f.values)))
+    if f.field == "status" and f.op == "=" and f.values == ("churned",):
+        return t("find_churned", lang)
+    words: list[str] = []
+    for v in f.values:
+        if f.field == "stage":
+            words.append(stage_label(machine, str(v), lang))
+        elif f.field == "grade":
+            words.append(grade(str(v), lang) if v != "unknown" else t("find_not_scored", lang))
+        elif f.field == "arr":
+            words.append(money(float(v)))  # type: ignore[arg-type]
+        elif f.field in ("seats", "health"):
+            words.append(f"{float(v):g}")  # type: ignore[arg-type]
+        elif f.field == "owner" and str(v).casefold() in ("me", "我"):
+            words.append(t("find_me", lang))
+        else:
+            words.append(str(v))
+    return f"{_field_label(f.field, lang)}{_op(f.op, lang)}{t('find_or', lang).join(words)}"
+
+
+def filter_error_text(exc: FilterError, lang: str) -> str:
+    """A FilterError worded in `lang`, with its suggestions."""
+    field = _field_label(exc.field, lang) if exc.field in _FIELD_LABELS else exc.field
+    if exc.problem == "unknown_field":
+        text = t("find_unknown_field", lang, token=exc.token, fields=", ".join(FIELDS))
+    elif exc.problem == "bad_value":
+        expected = t(_EXPECT.get(exc.field, "find_expect_any"), lang)
+        text = t("find_bad_value", lang, token=exc.token, field=field, expected=expected)
+    elif exc.problem == "empty":
+        return t("find_help", lang, fields=", ".join(FIELDS))
+    else:
+        text = t(f"find_{exc.problem}", lang, token=exc.token, field=field)
+    if exc.suggestions:
+        text += t("suggestions", lang, names=", ".join(f"`{s}`" for s in exc.suggestions))
+    return text
+
+
+def _line(row: FoundAccount, ctx: Context) -> str:
+    parts = [f"*{row.name}*", money(row.arr, row.currency)]
+    parts.append(f"{row.score:.0f} {grade(row.grade, ctx.lang)}" if row.score is not None else t("find_not_scored",
+                                                                                                    ctx.lang))
+    parts.append(stage_label(ctx.services.stage_machine(), row.stage, ctx.lang))
+    if row.status == "churned":
+        parts.append(t("find_churned", ctx.lang))
+    elif row.renewal_date is not None:
+        days = (row.renewal_date - ctx.today).days
+        parts.append(t("find_renews_in" if days >= 0 else "find_renewal_past", ctx.lang, days=abs(days)))
+    parts.append(row.owner or t("nobody", ctx.lang))
+    return " · ".join(parts)
+
+
+@command(
+    "find",
+    aliases=("查找", "筛选", "search"),
+    zh="按条件查找客户，例如 `find stage=renewal grade=red renewal<60d owner=me`（只输入 `find` 查看说明）。",
+)
+def find(ctx: Context, filters: Annotated[str, Param("rest", label="filters…")] = "") -> Reply:
+    """Find accounts by filters, e.g. `find stage=renewal grade=red renewal<60d owner=me` (`find` alone explains)."""
+    if not filters.strip():
+        return Reply(text=t("find_help", ctx.lang, fields=", ".join(FIELDS)), private=True)
+    machine = ctx.services.stage_machine()
+    own_only = ctx.user.role == "csm" and ctx.services.settings.csm_read_scope == "own"
+    try:
+        parsed = parse_filters(filters, machine)
+        result = search(
+            ctx.session,
+            parsed,
+            today=ctx.today,
+            me_id=ctx.user.id,
+            only_owner_id=ctx.user.id if own_only else None,
+            limit=SHOW,
+        )
+    except FilterError as exc:
+        raise UserError(filter_error_text(exc, ctx.lang)) from None
+    words = " · ".join(describe(f, ctx.lang, machine) for f in parsed)
+    if not result.count:
+        return Reply(text=ctx.t("find_empty", filters=words) + (ctx.t("find_own_only") if own_only else ""))
+    if result.currency is None:
+        total = ctx.t("find_mixed", amount=money(result.arr, "").strip())
+    else:
+        total = money(result.arr, result.currency)
+    summary = (
+        ctx.t("find_summary_one", arr=total)
+        if result.count == 1
+        else ctx.t("find_summary", count=result.count, arr=total)
+    )
+    if own_only:
+        summary += ctx.t("find_own_only")
+    lines = [_line(r, ctx) for r in result.rows]
+    if result.count > len(result.rows):
+        lines.append(ctx.t("more_rows", count=result.count - len(result.rows)))
+    return Reply(
+        cards=[Card(title=ctx.t("find_title", filters=words), subtitle=summary, sections=(Section("", tuple(lines)),))]
+    )

@@ -1,0 +1,215 @@
+"""`nps`: the Net Promoter Score of the portfolio, one account or one segment, with what it means and a trend chart."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Literal
+
+import pandas as pd
+
+from bot.cards import stage_label
+from bot.charts import chart_lang, has_cjk, nps_trend_png
+from bot.format import signed
+from bot.i18n import add_messages, t
+from bot.messages import Card, CardField, Image, Reply, Section
+from bot.router import Context, Param, UserError, command
+from lifecycle.accounts import find_account, nps_category
+from lifecycle.models import Account
+from lifecycle.nps import NpsComment, NpsSummary, latest_comments, month_start, nps_by, nps_summary, nps_trend
+
+MONTHS = 12  # the headline NPS and the trend cover the same window
+BREAKDOWN_ROWS = 8
+COMMENTS = 5
+Category = Literal["promoter", "passive", "detractor"]
+_CATEGORY_ICON = {"promoter": "🟢", "passive": "🟡", "detractor": "🔴"}
+
+add_messages(
+    {
+        "nps_title": {"en": "NPS — {scope}", "zh": "NPS — {scope}"},
+        "nps_scope_all": {"en": "all accounts", "zh": "全部客户"},
+        "nps_scope_mine": {"en": "my accounts", "zh": "我的客户"},
+        "nps_scope_segment": {"en": "segment {segment}", "zh": "细分 {segment}"},
+        "nps_period": {
+            "en": "Last {months} months ({since} – {until})",
+            "zh": "最近 {months} 个月（{since} – {until}）",
+        },
+        "nps_empty": {
+            "en": "No NPS responses yet for {scope} in the last {months} months.",
+            "zh": "{scope}最近 {months} 个月还没有 NPS 回复。",
+        },
+        "nps_empty_sent": {
+            "en": " {sent} surveys were sent; none answered yet.",
+            "zh": "已发出 {sent} 份问卷，尚无人回答。",
+        },
+        "nps_f_score": {"en": "NPS", "zh": "NPS"},
+        "nps_f_responses": {"en": "Responses", "zh": "回复数"},
+        "nps_f_promoters": {"en": "Promoters (9–10)", "zh": "推荐者（9–10）"},
+        "nps_f_passives": {"en": "Passives (7–8)", "zh": "被动者（7–8）"},
+        "nps_f_detractors": {"en": "Detractors (0–6)", "zh": "贬损者（0–6）"},
+        "nps_f_rate": {"en": "Response rate", "zh": "回复率"},
+        "nps_count_pct": {"en": "{count} ({pct} %)", "zh": "{count}（{pct}%）"},
+        "nps_rate_value": {
+            "en": "{pct} % ({answered} of {sent} surveys)",
+            "zh": "{pct}%（{sent} 份问卷中 {answered} 份）",
+        },
+        "nps_rate_none": {
+            "en": "— (no surveys sent by csbot in this period)",
+            "zh": "—（此期间 csbot 未发出问卷）",
+        },
+        "nps_meaning_excellent": {
+            "en": "excellent: promoters far outnumber detractors",
+            "zh": "优秀：推荐者远多于贬损者",
+        },
+        "nps_meaning_positive": {"en": "more promoters than detractors", "zh": "推荐者多于贬损者"},
+        "nps_meaning_zero": {"en": "as many promoters as detractors", "zh": "推荐者与贬损者一样多"},
+        "nps_meaning_negative": {"en": "more detractors than promoters", "zh": "贬损者多于推荐者"},
+        "nps_by_segment": {"en": "By segment", "zh": "按细分"},
+        "nps_by_stage": {"en": "By stage (current)", "zh": "按阶段（当前）"},
+        "nps_by_line_one": {"en": "{group}: {nps} (1 response)", "zh": "{group}：{nps}（1 条回复）"},
+        "nps_by_line": {"en": "{group}: {nps} ({responses} responses)", "zh": "{group}：{nps}（{responses} 条回复）"},
+        "nps_comments": {"en": "Latest comments", "zh": "最新评论"},
+        "nps_chart_title": {"en": "NPS by month — {scope}", "zh": "每月 NPS — {scope}"},
+    }
+)
+
+
+def nps_meaning(value: float, lang: str) -> str:
+    """What an NPS says in words (on the rounded value, so `±0` never reads as "more promoters")."""
+    rounded = round(value)
+    if rounded >= 50:
+        key = "nps_meaning_excellent"
+    elif rounded > 0:
+        key = "nps_meaning_positive"
+    elif rounded == 0:
+        key = "nps_meaning_zero"
+    else:
+        key = "nps_meaning_negative"
+    return t(key, lang)
+
+
+def _count(ctx: Context, count: int, summary: NpsSummary, category: Category) -> str:
+    return ctx.t("nps_count_pct", count=count, pct=f"{summary.share(category):.0f}")
+
+
+def _fields(ctx: Context, summary: NpsSummary) -> tuple[CardField, ...]:
+    value = summary.nps or 0.0
+    if summary.response_rate is not None:
+        rate = ctx.t(
+            "nps_rate_value",
+            pct=f"{100 * summary.response_rate:.0f}",
+            answered=summary.surveys_answered,
+            sent=summary.surveys_sent,
+        )
+    else:
+        rate = ctx.t("nps_rate_none")
+    return (
+        CardField(ctx.t("nps_f_score"), f"*{signed(value)}* — {nps_meaning(value, ctx.lang)}"),
+        CardField(ctx.t("nps_f_responses"), str(summary.responses)),
+        CardField(ctx.t("nps_f_promoters"), _count(ctx, summary.promoters, summary, "promoter")),
+        CardField(ctx.t("nps_f_passives"), _count(ctx, summary.passives, summary, "passive")),
+        CardField(ctx.t("nps_f_detractors"), _count(ctx, summary.detractors, summary, "detractor")),
+        CardField(ctx.t("nps_f_rate"), rate),
+    )
+
+
+def _breakdown(ctx: Context, title: str, frame: pd.DataFrame, *, stages: bool) -> Section | None:
+    """A by-segment or by-stage section; none when everything falls in one group (it would repeat the headline)."""
+    if len(frame) < 2:
+        return None
+    machine = ctx.services.stage_machine()
+    lines = [
+        ctx.t(
+            "nps_by_line_one" if int(row["responses"]) == 1 else "nps_by_line",
+            group=stage_label(machine, str(key), ctx.lang) if stages else str(key),
+            nps=signed(float(row["nps"])),
+            responses=int(row["responses"]),
+        )
+        for key, row in frame.head(BREAKDOWN_ROWS).iterrows()
+    ]
+    if len(frame) > BREAKDOWN_ROWS:
+        lines.append(ctx.t("more_rows", count=len(frame) - BREAKDOWN_ROWS))
+    return Section(title, tuple(lines))
+
+
+def _comment_line(c: NpsComment, *, with_account: bool) -> str:
+    category = nps_category(c.score)
+    who = f" · {c.account_name}" if with_account else ""
+    return f"{_CATEGORY_ICON[category]} {c.score}{who} · {c.day.isoformat()} — “{c.comment[:200]}”"
+
+
+@command(
+    "nps",
+    aliases=("净推荐值",),
+    zh="NPS：全部、某个客户（`nps <客户>`）或某个细分（`nps segment <细分>`），含趋势图和最新评论。",
+)
+def nps(
+    ctx: Context,
+    target: Annotated[str, Param("rest", label="account|mine|segment <s>")] = "",
+) -> Reply:
+    """NPS overall, for one account (`nps <account>`) or a segment (`nps segment <s>`): counts, trend and comments."""
+    words = target.split()
+    own_only = ctx.user.role == "csm" and ctx.services.settings.csm_read_scope == "own"
+    owner_id = ctx.user.id if own_only else None
+    account: Account | None = None
+    segment: str | None = None
+    if words and words[0].casefold() in ("segment", "细分"):
+        segment = " ".join(words[1:]).strip()
+        if not segment:
+            raise UserError(
+                ctx.t("missing_argument", command=ctx.spec.name, argument="segment", usage=ctx.spec.usage())
+            )
+        scope = ctx.t("nps_scope_segment", segment=segment)
+    elif words and words[0].casefold() in ("mine", "我的") and len(words) == 1:
+        owner_id = ctx.user.id
+        scope = ctx.t("nps_scope_mine")
+    elif words:
+        account = find_account(ctx.session, target)
+        ctx.require_read(account)
+        ctx.accounts.append(account)
+        owner_id = None  # the account itself is the whole scope, and reading it was allowed above
+        scope = account.name
+    else:
+        scope = ctx.t("nps_scope_mine" if owner_id is not None else "nps_scope_all")
+
+    today: date = ctx.today
+    since = month_start(today, MONTHS - 1)
+    account_id = account.id if account else None
+    summary = nps_summary(
+        ctx.session, account_id=account_id, owner_id=owner_id, segment=segment, since=since, until=today
+    )
+    if not summary.responses:
+        text = ctx.t("nps_empty", scope=scope, months=MONTHS)
+        if summary.surveys_sent:
+            text += ctx.t("nps_empty_sent", sent=summary.surveys_sent)
+        return Reply(text=text)
+
+    sections: list[Section] = []
+    if account is None:
+        if segment is None:
+            seg = nps_by(ctx.session, "segment", owner_id=owner_id, since=since, until=today)
+            sections += [s for s in (_breakdown(ctx, ctx.t("nps_by_segment"), seg, stages=False),) if s]
+        by_stage = nps_by(ctx.session, "stage", owner_id=owner_id, segment=segment, since=since, until=today)
+        sections += [s for s in (_breakdown(ctx, ctx.t("nps_by_stage"), by_stage, stages=True),) if s]
+    comments = latest_comments(
+        ctx.session, account_id=account_id, owner_id=owner_id, segment=segment, since=since, until=today, limit=COMMENTS
+    )
+    if comments:
+        lines = tuple(_comment_line(c, with_account=account is None) for c in comments)
+        sections.append(Section(ctx.t("nps_comments"), lines))
+
+    card = Card(
+        title=ctx.t("nps_title", scope=scope),
+        subtitle=ctx.t("nps_period", months=MONTHS, since=since.isoformat(), until=today.isoformat()),
+        fields=_fields(ctx, summary),
+        sections=tuple(sections),
+    )
+    trend = nps_trend(
+        ctx.session, account_id=account_id, owner_id=owner_id, segment=segment, months=MONTHS, today=today
+    )
+    shown = chart_lang(ctx.lang)
+    chart_scope = scope if (shown == "zh" or not has_cjk(scope)) else (account.external_id if account else scope)
+    if account is None and segment is None:
+        chart_scope = t("nps_scope_mine" if owner_id is not None else "nps_scope_all", shown)
+    png = nps_trend_png(trend, t("nps_chart_title", shown, scope=chart_scope), lang=shown)
+    image = Image(png=png, filename="nps-trend.png", title=ctx.t("nps_chart_title", scope=scope))
+    return Reply(cards=[card], images=[image])

@@ -1,0 +1,150 @@
+"""`portfolio`: the portfolio at a glance — accounts, ARR by grade, average health, stages, and the stage chart."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from bot.cards import stage_label
+from bot.charts import chart_lang, stage_distribution_png
+from bot.format import grade, money
+from bot.i18n import add_messages, t
+from bot.messages import Card, CardField, Image, Reply, Section
+from bot.router import Context, Param, command
+from lifecycle.overview import PortfolioTotals, portfolio_totals, stage_distribution
+
+add_messages(
+    {
+        "portfolio_title": {"en": "Portfolio ({scope})", "zh": "客户组合（{scope}）"},
+        "portfolio_empty": {"en": "No accounts yet ({scope}).", "zh": "还没有客户（{scope}）。"},
+        "pf_accounts": {"en": "Accounts", "zh": "客户数"},
+        "pf_accounts_value": {
+            "en": "{active} active · {churned} churned",
+            "zh": "{active} 个活跃 · {churned} 个已流失",
+        },
+        "pf_arr": {"en": "ARR (active)", "zh": "ARR（活跃客户）"},
+        "pf_arr_grade": {"en": "ARR {grade}", "zh": "ARR {grade}"},
+        "pf_arr_grade_value": {"en": "{arr} ({pct} %, {count} accounts)", "zh": "{arr}（{pct}%，{count} 个客户）"},
+        "pf_arr_grade_value_one": {"en": "{arr} ({pct} %, 1 account)", "zh": "{arr}（{pct}%，1 个客户）"},
+        "pf_avg_health": {"en": "Average health", "zh": "平均健康度"},
+        "pf_stages": {"en": "Active accounts by stage", "zh": "各阶段活跃客户"},
+        "pf_stage_line": {
+            "en": "{stage}: {count} · {arr} · 🔴 {red} 🟡 {yellow} 🟢 {green}",
+            "zh": "{stage}：{count} 个 · {arr} · 🔴 {red} 🟡 {yellow} 🟢 {green}",
+        },
+        "pf_reading_green": {"en": "{pct} % of ARR is green", "zh": "{pct}% 的 ARR 为绿色"},
+        "pf_reading_red_stage": {
+            "en": "{count} accounts in {stage} are red",
+            "zh": "{stage}阶段有 {count} 个红色客户",
+        },
+        "pf_reading_red_stage_one": {"en": "1 account in {stage} is red", "zh": "{stage}阶段有 1 个红色客户"},
+        "pf_reading_no_red": {"en": "no account is red", "zh": "没有红色客户"},
+        "pf_reading_unscored_one": {
+            "en": "1 active account has no health score yet",
+            "zh": "1 个活跃客户尚无健康度",
+        },
+        "pf_reading_unscored": {
+            "en": "{count} active accounts have no health score yet",
+            "zh": "{count} 个活跃客户尚无健康度",
+        },
+        "pf_chart_title": {"en": "Active accounts by stage and health", "zh": "各阶段活跃客户及健康度"},
+        "pf_not_scored": {"en": "not scored yet", "zh": "尚未评分"},
+    }
+)
+
+# The stage whose red accounts matter most to read out first: money is about to be decided there.
+URGENT_STAGE = "renewal"
+
+
+def _reading(ctx: Context, totals: PortfolioTotals, red_by_stage: dict[str, int]) -> str:
+    """One plain sentence: how much ARR is green, and where the red accounts are."""
+    machine = ctx.services.stage_machine()
+    parts = []
+    if totals.arr:
+        parts.append(ctx.t("pf_reading_green", pct=f"{totals.arr_share('green'):.0f}"))
+    reds = {s: n for s, n in red_by_stage.items() if n}
+    if not reds:
+        parts.append(ctx.t("pf_reading_no_red"))
+    else:
+        # Red in the urgent stage first; otherwise the stage with the most red accounts.
+        stage = URGENT_STAGE if URGENT_STAGE in reds else max(reds, key=lambda s: (reds[s], s))
+        label = stage_label(machine, stage, ctx.lang)
+        key = "pf_reading_red_stage_one" if reds[stage] == 1 else "pf_reading_red_stage"
+        parts.append(ctx.t(key, count=reds[stage], stage=label))
+    unscored = totals.accounts_by_grade.get("unknown", 0)
+    if unscored:
+        parts.append(ctx.t("pf_reading_unscored_one" if unscored == 1 else "pf_reading_unscored", count=unscored))
+    text = ("；" if ctx.lang == "zh" else "; ").join(parts)
+    return text[:1].upper() + text[1:] + ("。" if ctx.lang == "zh" else ".")
+
+
+@command(
+    "portfolio",
+    aliases=("组合", "概览", "overview"),
+    zh="客户组合概览：ARR 按健康度分布、平均健康度、各阶段客户（附图）。",
+)
+def portfolio(
+    ctx: Context,
+    which: Annotated[str | None, Param("word", choices=("mine", "all"))] = None,
+) -> Reply:
+    """The portfolio at a glance: ARR by health grade, average health and accounts per stage, with a chart."""
+    own_only = ctx.user.role == "csm" and ctx.services.settings.csm_read_scope == "own"
+    owner_id = ctx.user.id if (which == "mine" or own_only) else None
+    scope = t("scope_mine" if owner_id is not None else "scope_all", ctx.lang)
+    totals = portfolio_totals(ctx.session, owner_id=owner_id)
+    if not totals.active and not totals.churned:
+        return Reply(text=ctx.t("portfolio_empty", scope=scope))
+    machine = ctx.services.stage_machine()
+    dist = stage_distribution(ctx.session, owner_id=owner_id, order=machine.stage_names)
+    scorecard = ctx.services.scorecard()
+
+    fields = [
+        CardField(ctx.t("pf_accounts"), ctx.t("pf_accounts_value", active=totals.active, churned=totals.churned)),
+        CardField(ctx.t("pf_arr"), money(totals.arr, totals.currency)),
+    ]
+    for g in ("green", "yellow", "red", "unknown"):
+        count = totals.accounts_by_grade.get(g, 0)
+        if g == "unknown" and not count:
+            continue
+        label = grade(g, ctx.lang) if g != "unknown" else f"⚪ {ctx.t('grade_unknown')}"
+        value = ctx.t(
+            "pf_arr_grade_value_one" if count == 1 else "pf_arr_grade_value",
+            arr=money(totals.arr_by_grade.get(g, 0.0), totals.currency),
+            pct=f"{totals.arr_share(g):.0f}",
+            count=count,
+        )
+        fields.append(CardField(ctx.t("pf_arr_grade", grade=label), value))
+    avg = totals.average_health
+    avg_text = f"{avg:.0f} {grade(scorecard.grade(avg), ctx.lang)}" if avg is not None else ctx.t("pf_not_scored")
+    fields.append(CardField(ctx.t("pf_avg_health"), avg_text))
+
+    stage_lines = tuple(
+        ctx.t(
+            "pf_stage_line",
+            stage=stage_label(machine, str(stage), ctx.lang),
+            count=int(row["accounts"]),
+            arr=money(float(row["arr"]), totals.currency),
+            red=int(row["red"]),
+            yellow=int(row["yellow"]),
+            green=int(row["green"]),
+        )
+        for stage, row in dist.iterrows()
+    )
+    red_by_stage = {str(s): int(n) for s, n in dist["red"].items()}
+    card = Card(
+        title=ctx.t("portfolio_title", scope=scope),
+        subtitle=_reading(ctx, totals, red_by_stage),
+        fields=tuple(fields),
+        sections=(Section(ctx.t("pf_stages"), stage_lines),) if stage_lines else (),
+    )
+    images = []
+    if not dist.empty:
+        shown = chart_lang(ctx.lang)
+        png = stage_distribution_png(
+            dist,
+            f"{t('pf_chart_title', shown)} ({t('scope_mine' if owner_id is not None else 'scope_all', shown)})",
+            lang=shown,
+            stage_labels={str(s): stage_label(machine, str(s), shown) for s in dist.index},
+            currency=totals.currency,
+        )
+        images.append(Image(png=png, filename="portfolio-stages.png", title=ctx.t("pf_chart_title")))
+    return Reply(cards=[card], images=images)

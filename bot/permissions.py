@@ -1,0 +1,91 @@
+"""Who may do what, and where account data may be shown: roles, CSM scope, identities and customer channels.
+
+The router asks these questions before any handler runs; nothing here knows a chat platform's API. The privacy
+rule is one sentence: in a customer channel every answer except the data-free commands (`DATA_FREE_COMMANDS`) is
+private (ephemeral, or a direct message), so account data is never posted where customers can read it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from sqlmodel import Session, select
+
+from bot.i18n import add_messages
+from bot.messages import Incoming
+from lifecycle.models import Account, Contact, User
+
+Needs = Literal["read", "write", "manage", "admin"]
+ROLE_RANK: dict[str, int] = {"viewer": 0, "csm": 1, "manager": 2, "admin": 3}
+NEEDS_RANK: dict[str, int] = {"read": 0, "write": 1, "manage": 2, "admin": 3}
+
+# Commands whose answers never carry account data; every other command's answer is treated as account data.
+DATA_FREE_COMMANDS: frozenset[str] = frozenset({"help", "lang"})
+
+# Set by an adapter that knows the channel is shared with another organisation (Slack Connect).
+CUSTOMER_CHANNEL_FLAG = "customer_channel"
+
+add_messages(
+    {
+        "sent_privately": {
+            "en": "I've sent you the answer in a private chat.",
+            "zh": "我已通过私聊把答案发给你。",
+        },
+        "open_private_chat": {
+            "en": "I can only answer this privately, and I can't message you yet: open a chat with @{bot}, press "
+            "Start, then ask again.",
+            "zh": "这个问题我只能私下回答，但我还不能给你发消息：请先打开与 @{bot} 的私聊并点击“开始”，然后再问一次。",
+        },
+    }
+)
+
+
+def role_allows(role: str, needs: Needs) -> bool:
+    """Whether a role is high enough for a command's `needs`."""
+    return ROLE_RANK.get(role, -1) >= NEEDS_RANK[needs]
+
+
+def can_read(user: User, account: Account, csm_read_scope: str) -> bool:
+    """Everyone internal reads every account, except a CSM whose read scope is `own`."""
+    if user.role == "csm" and csm_read_scope == "own":
+        return account.owner_id == user.id
+    return ROLE_RANK.get(user.role, -1) >= 0
+
+
+def can_write(user: User, account: Account) -> bool:
+    """Managers and admins change any account; a CSM only the accounts they own; viewers none."""
+    if ROLE_RANK.get(user.role, -1) >= ROLE_RANK["manager"]:
+        return True
+    return user.role == "csm" and account.owner_id == user.id
+
+
+def carries_account_data(command: str) -> bool:
+    """The single rule for what must stay out of customer channels: every command not declared data-free."""
+    return command not in DATA_FREE_COMMANDS
+
+
+def identify(session: Session, incoming: Incoming) -> tuple[User | None, Contact | None]:
+    """Map a platform identity to an active internal user, or else to a customer contact."""
+    if incoming.platform == "console":
+        user = session.exec(select(User).where(User.email == incoming.sender_id)).first()
+        return (user if user and user.active else None), None
+    column = {"slack": User.slack_user_id, "telegram": User.telegram_user_id}[incoming.platform]
+    user = session.exec(select(User).where(column == incoming.sender_id, User.active == True)).first()  # noqa: E712
+    if user is not None:
+        return user, None
+    ccol = {"slack": Contact.slack_user_id, "telegram": Contact.telegram_user_id}[incoming.platform]
+    contact = session.exec(select(Contact).where(ccol == incoming.sender_id)).first()
+    return None, contact
+
+
+def is_customer_channel(session: Session, incoming: Incoming) -> bool:
+    """A channel customers can read: flagged by the adapter (Slack Connect), or where a contact's surveys go."""
+    if incoming.platform == "console":
+        return False
+    if incoming.raw_ids.get(CUSTOMER_CHANNEL_FLAG) == "1":
+        return True
+    if not incoming.channel_id:
+        return False
+    column = Contact.slack_channel_id if incoming.platform == "slack" else Contact.telegram_chat_id
+    found = session.exec(select(Contact.id).where(column == incoming.channel_id).limit(1)).first()
+    return found is not None
