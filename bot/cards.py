@@ -30,7 +30,7 @@ def _measure_line(label: str, value: str, points: float | None, contribution: fl
         value = value[len(label) :].strip()
     if points is None:
         return f"{label}: {value}"
-    pts = "分" if lang == "zh" else "pts"
+    pts = t("points", lang)
     return f"{label}: {value} — {points:.0f} {pts}, +{(contribution or 0):.1f}"
 
 
@@ -118,8 +118,8 @@ def account_card(
         usage_age=usage_age(a.last_usage_date, today, lang),
     )
     buttons = (
-        Button("Health" if lang == "en" else "健康度", "cmd", f"health {a.external_id}"),
-        Button("Stage history" if lang == "en" else "阶段历史", "cmd", f"stage {a.external_id}"),
+        Button(t("b_health", lang), "cmd", f"health {a.external_id}"),
+        Button(t("b_stage_history", lang), "cmd", f"stage {a.external_id}"),
     )
     return Card(
         title=a.name,

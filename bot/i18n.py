@@ -125,6 +125,11 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "{account} is back under the automatic stage rules.",
         "zh": "{account} 已交回自动阶段规则管理。",
     },
+    "b_health": {"en": "Health", "zh": "健康度"},
+    "b_stage_history": {"en": "Stage history", "zh": "阶段历史"},
+    "points": {"en": "pts", "zh": "分"},
+    "main_drag": {"en": "main drag: {measure}", "zh": "主要拖累：{measure}"},
+    "until_now": {"en": "now", "zh": "至今"},
     "stage_history_title": {"en": "Stage history", "zh": "阶段历史"},
     "stage_needs_reason": {
         "en": "Please give a reason for the move, e.g. `stage {account} {stage} kickoff done`.",

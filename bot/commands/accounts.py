@@ -82,7 +82,7 @@ def stage(
 def _visit_line(v: StageVisit, machine: object, lang: str) -> str:
     """`adoption: 2026-01-04 → 2026-03-02 (57 d) — onboarding complete`; unknown dates show as `?`."""
     entered = f"{v.entered:%Y-%m-%d}" if v.entered else "?"
-    left = f"{v.left:%Y-%m-%d}" if v.left else ("至今" if lang == "zh" else "now")
+    left = f"{v.left:%Y-%m-%d}" if v.left else t("until_now", lang)
     days = f" ({v.days_in_stage:.0f} d)" if v.days_in_stage is not None else ""
     why = f" — {v.reason}" if v.reason else ""
     return f"{stage_label(machine, v.stage, lang)}: {entered} → {left}{days}{why}"

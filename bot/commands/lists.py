@@ -36,7 +36,7 @@ def _line(row: PortfolioRow, ctx: Context, *, renewal: bool) -> str:
         parts.append(f"{row.renewal_date.isoformat()} ({(row.renewal_date - ctx.today).days} d)")
     if row.top_drag:
         label = ctx.services.scorecard().label(row.top_drag, ctx.lang)
-        parts.append(("主要拖累：" if ctx.lang == "zh" else "main drag: ") + label)
+        parts.append(ctx.t("main_drag", measure=label))
     parts.append(row.owner or t("nobody", ctx.lang))
     return " · ".join(parts)
 
