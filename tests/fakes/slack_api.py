@@ -57,6 +57,7 @@ class FakeSlackAPI:
     _port: int = 0
     _ts: int = 0
     _files: int = 0
+    _history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     # lifecycle ---------------------------------------------------------------------------------------------
 
@@ -207,6 +208,7 @@ class FakeSlackAPI:
             "files.getUploadURLExternal": self._upload_url,
             "files.completeUploadExternal": self._complete_upload,
             "conversations.open": self._conversations_open,
+            "conversations.history": self._conversations_history,
         }
 
     def _next_ts(self) -> str:
@@ -226,6 +228,10 @@ class FakeSlackAPI:
                    "text": params.get("text", ""), "blocks": params.get("blocks", [])}
         if params.get("thread_ts"):
             message["thread_ts"] = params["thread_ts"]
+        if params.get("metadata"):
+            message["metadata"] = params["metadata"]
+        with self._lock:
+            self._history.setdefault(str(params.get("channel")), []).append(message)
         return {"ok": True, "channel": params.get("channel"), "ts": ts, "message": message}
 
     def _post_ephemeral(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -245,6 +251,15 @@ class FakeSlackAPI:
     def _complete_upload(self, params: dict[str, Any]) -> dict[str, Any]:
         files = params.get("files") or []
         return {"ok": True, "files": [{"id": f.get("id"), "title": f.get("title")} for f in files]}
+
+    def _conversations_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Messages posted to the channel, newest first; metadata only with `include_all_metadata` (as Slack)."""
+        limit = int(params.get("limit") or 100)
+        with_metadata = str(params.get("include_all_metadata", "")).lower() in ("1", "true")
+        with self._lock:
+            posted = list(reversed(self._history.get(str(params.get("channel")), [])))[:limit]
+        messages = [m if with_metadata else {k: v for k, v in m.items() if k != "metadata"} for m in posted]
+        return {"ok": True, "messages": messages, "has_more": False}
 
     def _conversations_open(self, params: dict[str, Any]) -> dict[str, Any]:
         users = str(params.get("users", ""))
