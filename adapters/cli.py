@@ -1,4 +1,4 @@
-"""The `csbot` command line (typer + rich): demo, chat, import, db, recompute, account.
+"""The `csbot` command line (typer + rich): demo, chat, import, db, recompute, account, serve, jobs, deliveries.
 
 This is the composition root: it reads the settings, opens the database (migrating it on first start), and wires
 the core, the router and the console adapter together.
@@ -10,7 +10,7 @@ import logging
 import resource
 import sys
 import time
-from datetime import date
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from bot.messages import Incoming
 from bot.router import Router, Services
 from lifecycle.config import Settings, get_settings
 from lifecycle.db import ensure_schema, make_engine, session_scope, upgrade
-from lifecycle.errors import ConfigError, CsbotError, ImportFailed
+from lifecycle.errors import ConfigError, CsbotError, ImportFailed, NotFoundError
 from lifecycle.models import Account, User
 
 app = typer.Typer(
@@ -34,6 +34,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+jobs_app = typer.Typer(help="Scheduled jobs: list them, or run one now (cron users, checks).", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
 console = Console()
 DEMO_HISTORY = (30, 21, 14, 7)
 err = Console(stderr=True)
@@ -250,8 +252,12 @@ def serve(
     host: str | None = typer.Option(None, help="Address to listen on (default CSBOT_HOST)."),
     port: int | None = typer.Option(None, help="Port to listen on (default CSBOT_PORT)."),
     telegram_polling: bool = typer.Option(False, "--telegram-polling", help="Long-poll Telegram (no webhook)."),
+    no_scheduler: bool = typer.Option(
+        False, "--no-scheduler", help="Serve chat only: no scheduled jobs and no outbox worker in this process."
+    ),
 ) -> None:
-    """Serve Slack (/slack/events or Socket Mode), Telegram (/telegram/webhook or polling), /healthz and /metrics."""
+    """Serve Slack (/slack/events or Socket Mode), Telegram (/telegram/webhook or polling), /healthz and /metrics;
+    run the scheduled jobs and the delivery worker."""
     import uvicorn
 
     from adapters.server import build_app
@@ -259,7 +265,7 @@ def serve(
     settings = _settings()
     engine = _engine(settings)
     try:
-        asgi = build_app(engine, settings, telegram_polling=telegram_polling)
+        asgi = build_app(engine, settings, telegram_polling=telegram_polling, scheduler=not no_scheduler)
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -283,6 +289,105 @@ def accounts_cmd(limit: int = typer.Option(20, help="How many to list.")) -> Non
             score = f"{a.health_score:.0f} {a.health_grade}" if a.health_score is not None else "—"
             table.add_row(a.external_id, a.name, a.stage, score, f"{a.arr:,.0f} {a.currency}")
     console.print(table)
+
+
+def _local_time(moment: datetime | None, settings: Settings) -> str:
+    if moment is None:
+        return "—"
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return aware.astimezone(settings.tz).strftime("%Y-%m-%d %H:%M %Z")
+
+
+@jobs_app.command(name="list")
+def jobs_list() -> None:
+    """Every scheduled job: its crontab, next run (in CSBOT_TIMEZONE) and what it does."""
+    from bot.jobs import list_jobs
+
+    settings = _settings()
+    table = Table("job", "schedule", f"next run ({settings.timezone})", "what it does")
+    for info in list_jobs(settings):
+        table.add_row(info.name, info.schedule, _local_time(info.next_run, settings), info.help)
+    console.print(table)
+
+
+@jobs_app.command(name="run")
+def jobs_run(
+    name: str = typer.Argument(..., help="The job (see `csbot jobs list`)."),
+    as_of: str | None = typer.Option(None, help="Day to process (YYYY-MM-DD, default today in CSBOT_TIMEZONE)."),
+) -> None:
+    """Run one job now, exactly as the scheduler would (with its lock on PostgreSQL); exit 1 when it fails."""
+    from adapters.ports import open_ports
+    from bot.jobs import run_job
+
+    settings = _settings()
+    try:
+        day = date.fromisoformat(as_of) if as_of else None
+    except ValueError:
+        err.print(f"[red]--as-of: not a date (YYYY-MM-DD): {as_of}[/red]")
+        raise typer.Exit(1) from None
+    engine = _engine(settings)
+    try:
+        result = run_job(name, engine, settings, today=day, ports=open_ports)
+    except NotFoundError:
+        from bot.jobs import JOBS
+
+        err.print(f"[red]No job called {name!r}; the jobs are: {', '.join(JOBS)}.[/red]")
+        raise typer.Exit(1) from None
+    console.print(result.describe(), markup=False, highlight=False)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+class DeliveryStatus(StrEnum):
+    pending = "pending"
+    sending = "sending"
+    sent = "sent"
+    failed = "failed"
+
+
+@app.command(name="deliveries")
+def deliveries_cmd(
+    ids: list[int] | None = typer.Argument(None, help="With --retry: the failed deliveries to requeue."),
+    status: DeliveryStatus | None = typer.Option(None, help="Only deliveries in this state."),
+    limit: int = typer.Option(50, min=1, help="How many to list (newest first)."),
+    retry: bool = typer.Option(False, "--retry", help="Requeue failed deliveries (the given ids, or all)."),
+) -> None:
+    """The delivery outbox: list messages and their state, or requeue failed ones with --retry."""
+    from lifecycle import outbox
+    from lifecycle.models import Delivery
+
+    settings = _settings()
+    engine = _engine(settings)
+    if ids and not retry:
+        err.print("[red]Delivery ids are only taken with --retry.[/red]")
+        raise typer.Exit(2)
+    if retry:
+        with Session(engine) as s:
+            if ids:
+                found = {d.id: d.status for d in s.exec(select(Delivery).where(col(Delivery.id).in_(ids))).all()}
+                missing = [i for i in ids if i not in found]
+                if missing:
+                    err.print(f"[red]No delivery with id {', '.join(map(str, missing))}.[/red]")
+                    raise typer.Exit(1)
+                for i in ids:
+                    if found[i] != outbox.FAILED:
+                        err.print(f"[yellow]Delivery {i} is {found[i]}, not failed: left as it is.[/yellow]")
+            requeued = outbox.retry_failed(s, ids or None)
+        noun = "delivery" if requeued == 1 else "deliveries"
+        console.print(f"Requeued {requeued} failed {noun}; they go out on the next run.")
+        return
+    with Session(engine) as s:
+        rows = outbox.list_deliveries(s, status.value if status else None, limit=limit)
+    table = Table("id", "platform", "target", "kind", "status", "attempts", "next attempt", "last error")
+    for d in rows:
+        waiting = d.status in (outbox.PENDING, outbox.SENDING)
+        table.add_row(
+            str(d.id), d.platform, d.target, d.kind, d.status, str(d.attempts),
+            _local_time(d.next_attempt_at, settings) if waiting else "—", d.last_error or "",
+        )
+    console.print(table)
+    if not rows:
+        console.print("No deliveries" + (f" {status.value}." if status else "."))
 
 
 def main() -> None:

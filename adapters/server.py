@@ -1,11 +1,14 @@
 """`csbot serve`: one ASGI app (Starlette under uvicorn) for Slack, Telegram, health checks and metrics.
 
 Starts whichever platforms are configured; a half-configured platform (a token without its secret, or the other
-way round) stops start-up with a message naming the missing variable.
+way round) stops start-up with a message naming the missing variable. With `scheduler=True` (what `csbot serve`
+does unless `--no-scheduler`) the lifespan also runs the scheduled jobs of `bot.jobs` and the outbox worker,
+and stops both on shutdown: the worker finishes the message in hand, a running job finishes in its thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -67,8 +70,13 @@ def platforms_from(settings: Settings, *, telegram_polling: bool = False) -> Pla
     return p
 
 
-def build_app(engine: Engine, settings: Settings, *, telegram_polling: bool = False) -> Starlette:
-    """The whole HTTP surface of csbot; raises `ConfigError` when a platform is half-configured."""
+def build_app(
+    engine: Engine, settings: Settings, *, telegram_polling: bool = False, scheduler: bool = False
+) -> Starlette:
+    """The whole HTTP surface of csbot; raises `ConfigError` when a platform is half-configured.
+
+    `scheduler` also runs the scheduled jobs and the outbox worker (`app.state.scheduler` is the scheduler while
+    the app runs). The worker replaces the per-minute `deliver` job here: it drains continuously."""
     platforms = platforms_from(settings, telegram_polling=telegram_polling)
     if platforms.problems:
         raise ConfigError("Cannot start: " + "; ".join(platforms.problems))
@@ -113,7 +121,7 @@ def build_app(engine: Engine, settings: Settings, *, telegram_polling: bool = Fa
     routes += [Route("/healthz", healthz, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         nonlocal socket_handler
         if telegram_app is not None:
             from adapters.telegram.app import start_telegram
@@ -124,15 +132,19 @@ def build_app(engine: Engine, settings: Settings, *, telegram_polling: bool = Fa
 
             socket_handler = await start_socket_mode(slack_app, settings.slack_app_token or "")
         log.info("csbot serving: %s", platforms)
-        try:
-            yield
-        finally:
-            if socket_handler is not None:
-                await socket_handler.close_async()
-            if telegram_app is not None:
-                from adapters.telegram.app import stop_telegram
+        async with contextlib.AsyncExitStack() as background:
+            if scheduler:
+                await _start_background(app, background, engine, settings, telegram_app)
+            try:
+                yield
+            finally:
+                await background.aclose()
+                if socket_handler is not None:
+                    await socket_handler.close_async()
+                if telegram_app is not None:
+                    from adapters.telegram.app import stop_telegram
 
-                await stop_telegram(telegram_app)
+                    await stop_telegram(telegram_app)
 
     async def count_requests(request: Request, call_next: Any) -> Response:
         response: Response = await call_next(request)
@@ -142,3 +154,41 @@ def build_app(engine: Engine, settings: Settings, *, telegram_polling: bool = Fa
     return Starlette(
         routes=routes, lifespan=lifespan, middleware=[Middleware(BaseHTTPMiddleware, dispatch=count_requests)]
     )
+
+
+async def _start_background(
+    app: Starlette, stack: contextlib.AsyncExitStack, engine: Engine, settings: Settings, telegram_app: Any
+) -> None:
+    """Start the outbox worker and the scheduler; `stack` stops them (scheduler first, then the worker)."""
+    from adapters.ports import open_ports
+    from bot.jobs import build_scheduler
+    from bot.notifier import run_worker
+
+    keys = None
+    if telegram_app is not None:
+        from adapters.telegram.app import bridge_of
+
+        keys = bridge_of(telegram_app).keys
+    ports = await stack.enter_async_context(open_ports(settings, telegram_keys=keys))
+    if ports:
+        stop = asyncio.Event()
+        worker = asyncio.create_task(run_worker(engine, ports, stop), name="csbot-outbox-worker")
+
+        async def stop_worker() -> None:
+            stop.set()
+            await worker
+
+        stack.push_async_callback(stop_worker)
+    else:
+        log.warning("no chat platform configured: deliveries stay in the outbox (see `csbot deliveries`)")
+    sched = build_scheduler(engine, settings, ports=open_ports, exclude={"deliver"} if ports else set())
+    sched.start()
+    app.state.scheduler = sched
+
+    async def stop_scheduler() -> None:
+        # Stop firing; a job already running finishes in its worker thread (the loop's executor waits for it).
+        sched.shutdown(wait=False)
+        app.state.scheduler = None
+
+    stack.push_async_callback(stop_scheduler)
+    log.info("scheduler started: %s", ", ".join(job.id for job in sched.get_jobs()))

@@ -20,10 +20,11 @@ import string
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -180,10 +181,64 @@ class Rules(_Strict):
     renewal_risk: RenewalRiskRule
 
 
+class RoutingConfig(_Strict):
+    """Where alerts go and when (`[routing]`): team channel, quiet hours, daily budget, escalation, digests.
+
+    Times are local to the recipient: the owner's `User.timezone`, or `team_timezone` for the team channel.
+    """
+
+    team_slack_channel: str | None = None
+    team_telegram_chat: str | None = None
+    team_timezone: str = "UTC"
+    lang: Lang = "en"
+    quiet_start: time = time(20, 0)
+    quiet_end: time = time(8, 0)
+    daily_budget: int = Field(default=5, ge=0)
+    escalate_after_hours: float = Field(default=24, gt=0)
+    digest_at: time = time(9, 0)
+    weekly_day: int = Field(default=0, ge=0, le=6)  # Monday = 0, as date.weekday()
+
+    @field_validator("team_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
+class RenewalPromptConfig(_Strict):
+    """Renewal prompts (`[renewal_prompts]`): days before `renewal_date` at which the owner is prompted, once each."""
+
+    enabled: bool = True
+    windows: tuple[int, ...] = Field(default=(120, 90, 60, 30), min_length=1)
+    severity: Severity = "info"
+    next_steps: str = Field(
+        default="Book the renewal call: recap what was achieved, agree the goals for the next term and "
+        "settle every open risk first.",
+        min_length=1,
+    )
+    next_steps_zh: str = Field(
+        default="预约续约沟通：回顾已取得的成果，商定下一期目标，并先解决所有未决风险。", min_length=1
+    )
+
+    @field_validator("windows")
+    @classmethod
+    def _valid_windows(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(w <= 0 for w in value):
+            raise ValueError("windows must be positive numbers of days")
+        if len(set(value)) != len(value):
+            raise ValueError("windows must not repeat")
+        return tuple(sorted(value, reverse=True))
+
+
 class AlertConfig(_Strict):
     """A validated alert-rules file."""
 
     rules: Rules
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    renewal_prompts: RenewalPromptConfig = Field(default_factory=RenewalPromptConfig)
 
     def rule(self, name: str) -> RuleConfig:
         config: RuleConfig = getattr(self.rules, name)

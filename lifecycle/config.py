@@ -6,11 +6,13 @@ message naming the variable (see `load_settings`).
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from apscheduler.triggers.cron import CronTrigger
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -32,6 +34,7 @@ class Settings(BaseSettings):
     stages_file: Path | None = Field(default=None, validation_alias=AliasChoices("CSBOT_STAGES_FILE"))
     scorecard_file: Path | None = Field(default=None, validation_alias=AliasChoices("CSBOT_SCORECARD_FILE"))
     csm_read_scope: Literal["own", "all"] = Field(default="all", validation_alias=AliasChoices("CSBOT_CSM_READ_SCOPE"))
+    nightly_cron: str = Field(default="0 2 * * *", validation_alias=AliasChoices("CSBOT_NIGHTLY_CRON"))
 
     slack_bot_token: str | None = Field(default=None, validation_alias=AliasChoices("SLACK_BOT_TOKEN"))
     slack_signing_secret: str | None = Field(default=None, validation_alias=AliasChoices("SLACK_SIGNING_SECRET"))
@@ -60,6 +63,15 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Berlin)") from exc
         return value
 
+    @field_validator("nightly_cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        try:
+            cron_trigger(value, ZoneInfo("UTC"))
+        except ValueError as exc:
+            raise ValueError(f"not a crontab expression {value!r} (minute hour day month weekday): {exc}") from None
+        return value
+
     @field_validator("stages_file", "scorecard_file")
     @classmethod
     def _file_exists(cls, value: Path | None) -> Path | None:
@@ -70,6 +82,37 @@ class Settings(BaseSettings):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_WEEKDAY_RANGE = re.compile(r"^([0-7])-([0-7])(?:/(\d+))?$")
+
+
+def _crontab_weekdays(field: str) -> str:
+    """Crontab weekday numbers (0 or 7 = Sunday, 1 = Monday) as names: APScheduler 3 reads numbers as
+    0 = Monday, so "1-5" would silently mean Tuesday to Saturday."""
+    parts = []
+    for part in field.split(","):
+        if part.isdigit() and int(part) <= 7:
+            parts.append(_WEEKDAYS[int(part) % 7])
+            continue
+        found = _WEEKDAY_RANGE.match(part)
+        if found is None:
+            parts.append(part)  # "*", "*/2", names: the same in both
+            continue
+        first, last, step = int(found[1]), int(found[2]), int(found[3] or 1)
+        if first > last:
+            raise ValueError(f"weekday range {part!r} runs backwards")
+        parts.extend(dict.fromkeys(_WEEKDAYS[day % 7] for day in range(first, last + 1, step)))
+    return ",".join(dict.fromkeys(parts))
+
+
+def cron_trigger(expression: str, tz: ZoneInfo) -> CronTrigger:
+    """A trigger from a standard five-field crontab line (minute hour day month weekday), read as cron does."""
+    fields = expression.split()
+    if len(fields) == 5:
+        fields[4] = _crontab_weekdays(fields[4])
+    return CronTrigger.from_crontab(" ".join(fields), timezone=tz)
 
 
 _ENV_NAMES: dict[str, str] = {

@@ -67,6 +67,8 @@ SAMPLES: dict[str, tuple[Sample, ...]] = {
     "alerts": (Sample("alerts", "read"),),
     "ack": (Sample("ack {alert}", "write"),),
     "snooze": (Sample("snooze {alert} 7", "write"),),
+    "useful": (Sample("useful {alert} no", "write"),),
+    "reassign": (Sample("reassign {alert} {owner}", "write"),),
     "find": (Sample("find grade=green", "read"),),
     "at-risk": (Sample("at-risk", "read"),),
     "renewals": (Sample("renewals 90", "read"),),

@@ -10,11 +10,19 @@ import lifecycle.models  # noqa: F401  (registers the tables on SQLModel.metadat
 
 config = context.config
 target_metadata = SQLModel.metadata
+# Tables that live in the database but not in the models: autogenerate must never emit a DROP for them.
+FOREIGN_TABLES = frozenset({"apscheduler_jobs"})  # APScheduler's persistent job store (bot/jobs.py)
+
+
+def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Leave alone what other software keeps in our database: its tables and their indexes and columns."""
+    table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
+    return table not in FOREIGN_TABLES
 
 
 def run_migrations_offline() -> None:
     context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata,
-                      literal_binds=True, render_as_batch=True)
+                      literal_binds=True, render_as_batch=True, include_object=include_object)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -25,7 +33,8 @@ def run_migrations_online() -> None:
         engine = engine_from_config(config.get_section(config.config_ini_section) or {},
                                     prefix="sqlalchemy.", poolclass=pool.NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
+                          include_object=include_object)
         with context.begin_transaction():
             context.run_migrations()
         connection.commit()

@@ -1,0 +1,218 @@
+"""The alert message pushed to an owner: a risk alert or a renewal prompt as one neutral card with its buttons.
+
+Everything shown comes from the alert row itself (`Alert.details`, filled when the alert was raised), so the
+message reads the same whenever the outbox delivers it, and one `Reply` renders on Slack and Telegram alike.
+The buttons run ordinary commands: `ack`, `snooze`, `useful` and `reassign`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bot.format import grade, money, score_line, signed
+from bot.i18n import add_messages, t
+from bot.messages import Button, Card, CardField, Reply, Section
+from lifecycle.models import Account, Alert
+
+SEVERITY_ICON = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
+RENEWAL_PROMPT = "renewal_prompt"
+RENEWAL_ICON = "📅"
+MAX_RISKS = 5
+MAX_QUOTES = 2
+
+add_messages(
+    {
+        "ac_subtitle": {"en": "#{id} · {rule} · {severity}", "zh": "#{id} · {rule} · {severity}"},
+        "ac_sev_critical": {"en": "critical", "zh": "严重"},
+        "ac_sev_warning": {"en": "warning", "zh": "警告"},
+        "ac_sev_info": {"en": "info", "zh": "提示"},
+        "ac_arr_at_stake": {"en": "ARR at stake", "zh": "涉及 ARR"},
+        "ac_health": {"en": "Health", "zh": "健康度"},
+        "ac_stage": {"en": "Stage", "zh": "阶段"},
+        "ac_renewal": {"en": "Renewal", "zh": "续约"},
+        "ac_renewal_value": {"en": "{date} (in {days} d)", "zh": "{date}（{days} 天后）"},
+        "ac_drivers": {"en": "Top drivers", "zh": "主要拖累因素"},
+        "ac_next_steps": {"en": "Suggested next steps", "zh": "建议的下一步"},
+        "ac_btn_ack": {"en": "Acknowledge", "zh": "确认"},
+        "ac_btn_snooze": {"en": "Snooze 7 days", "zh": "暂缓 7 天"},
+        "ac_btn_not_useful": {"en": "Not useful", "zh": "没有帮助"},
+        "ac_btn_reassign": {"en": "Reassign", "zh": "转交"},
+        "ac_text": {"en": "{icon} {account}: {title}", "zh": "{icon} {account}：{title}"},
+        # renewal prompts
+        "rp_title": {"en": "Renewal in {days} days ({date})", "zh": "{days} 天后续约（{date}）"},
+        "rp_nps": {"en": "NPS (latest)", "zh": "NPS（最近）"},
+        "rp_nps_value": {"en": "{score} ({date})", "zh": "{score}（{date}）"},
+        "rp_none": {"en": "none", "zh": "无"},
+        "rp_risks": {"en": "Open risks", "zh": "未决风险"},
+        "rp_no_risks": {"en": "No open alerts.", "zh": "没有未处理的告警。"},
+        "rp_achievements": {"en": "Achievements since {since}", "zh": "自 {since} 以来的成果"},
+        "rp_usage_growth": {
+            "en": "Usage: {first:.0f} → {last:.0f} average daily active users (first month vs last 30 days, {pct})",
+            "zh": "使用：日均活跃用户 {first:.0f} → {last:.0f}（首月对比近 30 天，{pct}）",
+        },
+        "rp_usage_unknown": {"en": "Usage growth: not enough usage data", "zh": "使用增长：使用数据不足"},
+        "rp_features": {"en": "Features adopted: {count} ({names})", "zh": "已采用功能：{count} 个（{names}）"},
+        "rp_no_features": {"en": "Features adopted: none recorded", "zh": "已采用功能：暂无记录"},
+        "rp_tickets": {"en": "Support tickets resolved: {count}", "zh": "已解决工单：{count} 个"},
+        "rp_quote": {"en": "“{comment}” — NPS {score}", "zh": "“{comment}” — NPS {score}"},
+        "rp_no_quotes": {"en": "No promoter quotes yet.", "zh": "暂无推荐者评价。"},
+        "rp_looking_ahead": {"en": "Looking ahead", "zh": "展望"},
+    }
+)
+
+
+def _lang(lang: str) -> str:
+    return "zh" if lang == "zh" else "en"
+
+
+def _localised(details: Mapping[str, Any], key: str, lang: str, fallback: str = "") -> str:
+    """`details[key]`, or its `_zh` variant in Chinese when there is one."""
+    if lang == "zh" and details.get(f"{key}_zh"):
+        return str(details[f"{key}_zh"])
+    value = details.get(key)
+    return str(value) if value else fallback
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def severity_label(severity: str, lang: str) -> str:
+    return t(f"ac_sev_{severity}", lang) if severity in SEVERITY_ICON else severity
+
+
+def alert_title(alert: Alert, lang: str) -> str:
+    """The alert's headline in `lang` (the Chinese one is kept in the details)."""
+    headline = alert.title or alert.rule
+    return _localised(alert.details or {}, "title", lang, headline) if lang == "zh" else headline
+
+
+def alert_buttons(alert: Alert, lang: str) -> tuple[Button, ...]:
+    """Acknowledge / Snooze 7 days / Not useful / Reassign: each runs a command, so it works on every platform."""
+    return (
+        Button(t("ac_btn_ack", lang), "cmd", f"ack {alert.id}", style="primary"),
+        Button(t("ac_btn_snooze", lang), "cmd", f"snooze {alert.id} 7"),
+        Button(t("ac_btn_not_useful", lang), "cmd", f"useful {alert.id} no"),
+        Button(t("ac_btn_reassign", lang), "cmd", f"reassign {alert.id}"),
+    )
+
+
+def _health_field(details: Mapping[str, Any], lang: str) -> CardField | None:
+    score = _number(details.get("health_score"))
+    if score is None:
+        return None
+    line = score_line(score, details.get("health_grade"), _number(details.get("delta_7")),
+                      _number(details.get("delta_30")), lang)
+    return CardField(t("ac_health", lang), line)
+
+
+def _driver_lines(drivers: Sequence[Mapping[str, Any]], lang: str) -> tuple[str, ...]:
+    lines = []
+    for d in drivers:
+        label = _localised(d, "label", lang, str(d.get("measure", "")))
+        text = _localised(d, "text", lang)
+        lines.append(f"{label}: {text}" if text else label)
+    return tuple(lines)
+
+
+def _risk_card(alert: Alert, account: Account, lang: str) -> Card:
+    details = alert.details or {}
+    fields = [CardField(t("ac_arr_at_stake", lang),
+                        money(_number(details.get("arr")) or account.arr, details.get("currency") or account.currency))]
+    health = _health_field(details, lang)
+    if health is not None:
+        fields.append(health)
+    stage = details.get("stage") or account.stage
+    if stage:
+        fields.append(CardField(t("ac_stage", lang), str(stage)))
+    sections = []
+    drivers = _driver_lines(details.get("drivers") or (), lang)
+    if drivers:
+        sections.append(Section(t("ac_drivers", lang), drivers))
+    steps = _localised(details, "next_steps", lang)
+    if steps:
+        sections.append(Section(t("ac_next_steps", lang), (steps,)))
+    return Card(
+        title=f"{SEVERITY_ICON.get(alert.severity, '⚪')} {account.name} — {alert_title(alert, lang)}",
+        subtitle=t("ac_subtitle", lang, id=alert.id, rule=alert.rule, severity=severity_label(alert.severity, lang)),
+        fields=tuple(fields),
+        sections=tuple(sections),
+        buttons=alert_buttons(alert, lang),
+    )
+
+
+def achievement_lines(achievements: Mapping[str, Any], lang: str) -> tuple[str, ...]:
+    """Usage growth, features adopted, tickets resolved and promoter quotes, in words."""
+    lines: list[str] = []
+    first, last = _number(achievements.get("usage_first")), _number(achievements.get("usage_last"))
+    if first is not None and last is not None:
+        pct = _number(achievements.get("usage_growth_pct"))
+        pct_text = f"{signed(pct)} %" if pct is not None else "n/a"
+        lines.append(t("rp_usage_growth", lang, first=first, last=last, pct=pct_text))
+    else:
+        lines.append(t("rp_usage_unknown", lang))
+    features = list(achievements.get("features") or [])
+    if features:
+        lines.append(t("rp_features", lang, count=len(features), names=", ".join(features)))
+    else:
+        lines.append(t("rp_no_features", lang))
+    lines.append(t("rp_tickets", lang, count=int(achievements.get("tickets_resolved") or 0)))
+    quotes = list(achievements.get("quotes") or [])[:MAX_QUOTES]
+    if quotes:
+        lines += [t("rp_quote", lang, comment=q.get("comment", ""), score=q.get("score", "?")) for q in quotes]
+    else:
+        lines.append(t("rp_no_quotes", lang))
+    return tuple(lines)
+
+
+def _renewal_card(alert: Alert, account: Account, lang: str) -> Card:
+    details = alert.details or {}
+    fields = [
+        CardField(t("ac_renewal", lang), t("ac_renewal_value", lang, date=details.get("renewal_date", "?"),
+                                           days=details.get("days_left", "?"))),
+        CardField(t("ac_arr_at_stake", lang),
+                  money(_number(details.get("arr")) or account.arr, details.get("currency") or account.currency)),
+    ]
+    health = _health_field(details, lang)
+    fields.append(health if health is not None else CardField(t("ac_health", lang), grade(None, lang)))
+    nps = details.get("nps_score")
+    fields.append(CardField(t("rp_nps", lang), t("rp_nps_value", lang, score=nps, date=details.get("nps_at", "?"))
+                            if nps is not None else t("rp_none", lang)))
+    risks = [
+        f"{SEVERITY_ICON.get(r.get('severity', ''), '⚪')} #{r.get('id')} "
+        + _localised(r, "title", lang, r.get("rule", ""))
+        for r in (details.get("risks") or [])[:MAX_RISKS]
+    ]
+    sections = [
+        Section(t("rp_risks", lang), tuple(risks) or (t("rp_no_risks", lang),)),
+        Section(t("rp_achievements", lang, since=details.get("since") or "?"),
+                achievement_lines(details.get("achievements") or {}, lang)),
+    ]
+    steps = _localised(details, "next_steps", lang)
+    if steps:
+        sections.append(Section(t("rp_looking_ahead", lang), (steps,)))
+    return Card(
+        title=f"{RENEWAL_ICON} {account.name} — {alert_title(alert, lang)}",
+        subtitle=t("ac_subtitle", lang, id=alert.id, rule=alert.rule, severity=severity_label(alert.severity, lang)),
+        fields=tuple(fields),
+        sections=tuple(sections),
+        buttons=alert_buttons(alert, lang),
+    )
+
+
+def alert_reply(alert: Alert, account: Account, lang: str) -> Reply:
+    """The message for one alert: account, rule, severity, drivers, ARR at stake, next steps and the buttons;
+    a renewal prompt shows health, NPS, open risks and the contract's achievements instead of drivers."""
+    lang = _lang(lang)
+    card = _renewal_card(alert, account, lang) if alert.rule == RENEWAL_PROMPT else _risk_card(alert, account, lang)
+    icon = RENEWAL_ICON if alert.rule == RENEWAL_PROMPT else SEVERITY_ICON.get(alert.severity, "⚪")
+    text = t("ac_text", lang, icon=icon, account=account.name, title=alert_title(alert, lang))
+    return Reply(text=text, cards=[card])

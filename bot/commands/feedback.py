@@ -1,0 +1,80 @@
+"""Alert feedback from the alert buttons: `useful <id> yes|no` rates an alert, `reassign <id> <user>` hands its
+account to another owner (the `owner` command, reached from the alert)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from bot.commands.alerts import _is_manager
+from bot.commands.people import owner
+from bot.i18n import add_messages
+from bot.messages import Reply
+from bot.router import Context, Param, UserError, command
+from lifecycle.models import Account, Alert
+
+USEFUL = {"yes": "useful", "no": "not_useful", "是": "useful", "否": "not_useful"}
+
+add_messages(
+    {
+        "fb_useful": {
+            "en": "Thanks: alert #{id} on {account} marked useful.",
+            "zh": "谢谢：已将 {account} 的告警 #{id} 标记为有帮助。",
+        },
+        "fb_not_useful": {
+            "en": "Thanks: alert #{id} on {account} marked not useful; this helps tune the rule “{rule}”.",
+            "zh": "谢谢：已将 {account} 的告警 #{id} 标记为没有帮助；这有助于调整规则“{rule}”。",
+        },
+        "fb_reassign_how": {
+            "en": "To hand alert #{id} ({account}) to someone else, type `reassign {id} <user>` (an email, a name, "
+            "a Slack or Telegram id, or @name). The account and its open alerts move to them.",
+            "zh": "要把告警 #{id}（{account}）转交给他人，请输入 `reassign {id} <用户>`（邮箱、姓名、Slack 或 Telegram "
+            "ID，或 @名字）。该客户及其未处理告警都会转给对方。",
+        },
+    }
+)
+
+
+def _alert(ctx: Context, alert_id: int) -> tuple[Alert, Account]:
+    """The alert, if the asker may handle it (its owner, or a manager/admin); resolved alerts may be rated too."""
+    alert = ctx.session.get(Alert, alert_id)
+    if alert is None:
+        raise UserError(ctx.t("alert_unknown", id=alert_id))
+    if alert.owner_id != ctx.user.id and not _is_manager(ctx):
+        raise UserError(ctx.t("alert_not_yours", id=alert_id))
+    account = ctx.session.get(Account, alert.account_id)
+    assert account is not None  # a foreign key guarantees it
+    ctx.accounts.append(account)  # so the router's audit row names the account
+    return alert, account
+
+
+@command("useful", needs="write", aliases=("有用",), zh="评价一条告警是否有帮助：`useful <编号> yes|no`。")
+def useful(
+    ctx: Context,
+    alert_id: Annotated[int, Param("int", label="id")],
+    verdict: Annotated[str, Param("word", choices=tuple(USEFUL), label="yes|no")],
+) -> Reply:
+    """Rate an alert: `useful <id> yes` or `no` (its owner, or a manager); feeds the rules' precision."""
+    alert, account = _alert(ctx, alert_id)
+    alert.feedback = USEFUL[verdict]
+    ctx.session.add(alert)
+    key = "fb_useful" if alert.feedback == "useful" else "fb_not_useful"
+    return Reply(text=ctx.t(key, id=alert_id, account=account.name, rule=alert.rule))
+
+
+@command(
+    "reassign",
+    needs="manage",
+    aliases=("转交告警",),
+    zh="把告警所属客户转交给他人（经理/管理员）：`reassign <编号> <用户>`。",
+)
+def reassign(
+    ctx: Context,
+    alert_id: Annotated[int, Param("int", label="id")],
+    who: Annotated[str | None, Param("rest", label="user")] = None,
+) -> Reply:
+    """Hand an alert's account, with its open alerts, to another owner (managers and admins): `reassign <id> <user>`."""
+    _alert_row, account = _alert(ctx, alert_id)
+    if not who:
+        return Reply(text=ctx.t("fb_reassign_how", id=alert_id, account=account.name))
+    ctx.require_write(account)
+    return owner(ctx, account, who)

@@ -1,0 +1,349 @@
+"""Digests: each owner's daily digest and the managers' weekly portfolio summary, as outbox deliveries.
+
+- `owner_digests`: every active owner (a user with active accounts and a chat identity) whose local time is past
+  `[routing].digest_at` gets one message a local day: the alerts raised since their last digest (those the daily
+  budget held back are marked as not sent on their own), the renewals left this month, and the biggest 7-day
+  health movers of their accounts, up and down.
+- `manager_weekly`: on `[routing].weekly_day` (Monday) after `digest_at` local, every manager gets the portfolio
+  summary of their team (their direct reports and themselves), every admin that of the whole portfolio, with the
+  stage-distribution chart.
+
+"Once" is decided from the outbox itself: the delivery rows of kind `digest` / `weekly` to the person's chat. The
+latest one per chat (one GROUP BY) tells both whether today's (this week's) went out and where "since the last
+digest" starts. An `Alert` row would need an account (the column is a required foreign key) and would show up in
+the alert lists and the rules' precision; scheduled jobs run under a PostgreSQL advisory lock, so two replicas
+do not race here. The payload also carries a `digest:{user}:{local date}` dedupe key for operators.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import func, select
+from sqlmodel import Session, col
+
+from bot.alert_cards import RENEWAL_PROMPT, SEVERITY_ICON, alert_title
+from bot.charts import stage_distribution_png
+from bot.format import grade, money, signed
+from bot.i18n import add_messages, t
+from bot.messages import Card, CardField, Image, Reply, Section
+from bot.notifier import reply_to_payload
+from bot.routing import Target, to_local, user_target
+from lifecycle.alerts import AlertConfig
+from lifecycle.errors import ConfigError
+from lifecycle.health import trends
+from lifecycle.models import Account, Alert, Delivery, User
+from lifecycle.outbox import enqueue
+from lifecycle.overview import GRADE_COLUMNS
+
+DIGEST_KIND = "digest"
+WEEKLY_KIND = "weekly"
+MOVERS = 5
+MAX_ALERT_LINES = 15
+FIRST_LOOKBACK = timedelta(days=1)  # the first digest covers the day before
+MAX_LOOKBACK = timedelta(days=31)  # after a month without digests, start afresh from the day before
+SEVERITY_RANK = {"critical": 3, "warning": 2, "info": 1}
+
+add_messages(
+    {
+        "dg_text": {"en": "☀️ Your daily digest for {date}", "zh": "☀️ 你的每日摘要（{date}）"},
+        "dg_title": {"en": "Daily digest — {name}", "zh": "每日摘要 — {name}"},
+        "dg_new_alerts": {"en": "New alerts ({count})", "zh": "新告警（{count} 条）"},
+        "dg_no_alerts": {"en": "No new alerts.", "zh": "没有新告警。"},
+        "dg_alert_line": {"en": "{icon} #{id} {account}: {title}{held}", "zh": "{icon} #{id} {account}：{title}{held}"},
+        "dg_held": {"en": " (not sent separately: daily limit)", "zh": "（已达每日上限，未单独发送）"},
+        "dg_more": {"en": "… and {count} more: type `alerts`.", "zh": "……还有 {count} 条：输入 `alerts` 查看。"},
+        "dg_renewals": {"en": "Renewals this month ({count})", "zh": "本月续约（{count} 个）"},
+        "dg_no_renewals": {"en": "No renewals left this month.", "zh": "本月没有待续约客户。"},
+        "dg_renewal_line": {
+            "en": "{date} {account} · {arr} · {grade}",
+            "zh": "{date} {account} · {arr} · {grade}",
+        },
+        "dg_up": {"en": "Biggest health gains (7 days)", "zh": "健康度上升最多（7 天）"},
+        "dg_down": {"en": "Biggest health drops (7 days)", "zh": "健康度下降最多（7 天）"},
+        "dg_no_movers": {"en": "No changes.", "zh": "没有变化。"},
+        "dg_mover_line": {"en": "{account}: {score} ({delta})", "zh": "{account}：{score}（{delta}）"},
+        "wk_text": {"en": "📊 Weekly portfolio summary ({scope})", "zh": "📊 每周客户组合摘要（{scope}）"},
+        "wk_scope_team": {"en": "your team", "zh": "你的团队"},
+        "wk_scope_all": {"en": "all accounts", "zh": "全部客户"},
+        "wk_title": {"en": "Week of {date}", "zh": "{date} 这一周"},
+        "wk_accounts": {"en": "Active accounts", "zh": "活跃客户"},
+        "wk_arr": {"en": "ARR", "zh": "ARR"},
+        "wk_arr_grade": {"en": "ARR {grade}", "zh": "ARR {grade}"},
+        "wk_avg": {"en": "Average health", "zh": "平均健康度"},
+        "wk_stages": {"en": "By stage", "zh": "各阶段"},
+        "wk_stage_line": {
+            "en": "{stage}: {count} · {arr} · 🔴 {red} 🟡 {yellow} 🟢 {green}",
+            "zh": "{stage}：{count} 个 · {arr} · 🔴 {red} 🟡 {yellow} 🟢 {green}",
+        },
+        "wk_chart": {"en": "Accounts by stage and health", "zh": "各阶段客户及健康度"},
+        "wk_empty": {"en": "No active accounts in this portfolio.", "zh": "该组合中没有活跃客户。"},
+    }
+)
+
+
+# ------------------------------------------------------------------------------------------------------ shared
+
+
+def _last_sent(session: Session, kind: str, since: datetime) -> dict[tuple[str, str], datetime]:
+    """The newest delivery of `kind` per (platform, target) created after `since`."""
+    rows = session.execute(
+        select(col(Delivery.platform), col(Delivery.target), func.max(col(Delivery.created_at)))
+        .where(col(Delivery.kind) == kind, col(Delivery.created_at) > since)
+        .group_by(col(Delivery.platform), col(Delivery.target))
+    ).all()
+    return {(p, x): at for p, x, at in rows if at is not None}
+
+
+def _stamp(delivery: Delivery, now: datetime) -> None:
+    """Date the row on the job's clock: "already sent today" and "since the last digest" read it back."""
+    delivery.created_at = now
+    delivery.next_attempt_at = now
+
+
+def _due_people(
+    users: Sequence[User], last: dict[tuple[str, str], datetime], now: datetime, config: AlertConfig,
+    *, weekly: bool = False,
+) -> list[tuple[User, Target, datetime, datetime | None]]:
+    """(user, target, local now, previous send) for the users whose local time is past `digest_at` (on the weekly
+    day, for `weekly`) and who have had nothing of this kind yet on their local day."""
+    routing = config.routing
+    out = []
+    for user in users:
+        target = user_target(user, routing)
+        if target is None:
+            continue
+        local = to_local(now, target.tz)
+        if local.time() < routing.digest_at or (weekly and local.weekday() != routing.weekly_day):
+            continue
+        previous = last.get((target.platform, target.target))
+        if previous is not None and to_local(previous, target.tz).date() == local.date():
+            continue
+        out.append((user, target, local, previous))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ owner digest
+
+
+def _owners(session: Session) -> list[User]:
+    """Active users who own at least one active account."""
+    owns = select(col(Account.owner_id)).where(col(Account.status) == "active", col(Account.owner_id).is_not(None))
+    return list(
+        session.execute(select(User).where(col(User.active), col(User.id).in_(owns)).order_by(col(User.id)))
+        .scalars().all()
+    )
+
+
+def _new_alerts(session: Session, owner_ids: list[int], since: datetime) -> pd.DataFrame:
+    stmt = (
+        select(col(Alert.id), col(Alert.owner_id), col(Alert.created_at), col(Account.name), Alert)
+        .join(Account, col(Account.id) == col(Alert.account_id))
+        .where(col(Alert.owner_id).in_(owner_ids), col(Alert.created_at) > since, col(Alert.status) != "resolved")
+    )
+    rows = session.execute(stmt).all()
+    return pd.DataFrame.from_records(rows, columns=["id", "owner_id", "created_at", "account", "alert"])
+
+
+def _owner_accounts(session: Session, owner_ids: list[int]) -> pd.DataFrame:
+    stmt = select(
+        col(Account.id), col(Account.owner_id), col(Account.name), col(Account.arr), col(Account.currency),
+        col(Account.renewal_date), col(Account.health_grade),
+    ).where(col(Account.status) == "active", col(Account.owner_id).in_(owner_ids))
+    columns = ["account_id", "owner_id", "name", "arr", "currency", "renewal_date", "health_grade"]
+    return pd.DataFrame.from_records(session.execute(stmt).all(), columns=columns)
+
+
+def _alert_lines(found: pd.DataFrame, lang: str) -> tuple[str, ...]:
+    records: list[Any] = list(found.itertuples(index=False))
+    ranked = sorted(
+        records,
+        key=lambda r: (-SEVERITY_RANK.get(r.alert.severity, 0), -r.created_at.timestamp(), -r.id),
+    )
+    lines = []
+    for r in ranked[:MAX_ALERT_LINES]:
+        alert: Alert = r.alert
+        icon = "📅" if alert.rule == RENEWAL_PROMPT else SEVERITY_ICON.get(alert.severity, "⚪")
+        held = t("dg_held", lang) if (alert.details or {}).get("digest") else ""
+        lines.append(t("dg_alert_line", lang, icon=icon, id=alert.id, account=r.account,
+                       title=alert_title(alert, lang), held=held))
+    if len(ranked) > MAX_ALERT_LINES:
+        lines.append(t("dg_more", lang, count=len(ranked) - MAX_ALERT_LINES))
+    return tuple(lines)
+
+
+def _renewal_lines(accounts: pd.DataFrame, today: date, lang: str) -> tuple[str, ...]:
+    month_end = today.replace(day=calendar.monthrange(today.year, today.month)[1])
+    due = accounts[accounts["renewal_date"].map(lambda d: d is not None and not pd.isna(d) and today <= d <= month_end)]
+    rows: list[Any] = list(due.sort_values(["renewal_date", "name"]).itertuples(index=False))
+    return tuple(
+        t("dg_renewal_line", lang, date=r.renewal_date.isoformat(), account=r.name, arr=money(r.arr, r.currency),
+          grade=grade(r.health_grade, lang))
+        for r in rows
+    )
+
+
+def _mover_lines(movers: pd.DataFrame, lang: str) -> tuple[str, ...]:
+    rows: list[Any] = list(movers.itertuples(index=False))
+    return tuple(
+        t("dg_mover_line", lang, account=r.name, score=f"{r.score:.0f}", delta=signed(r.delta_7)) for r in rows
+    )
+
+
+def owner_digest_reply(user: User, lang: str, local_day: date, alerts: pd.DataFrame, accounts: pd.DataFrame) -> Reply:
+    """One owner's digest: new alerts, renewals this month, biggest health movers (7-day delta) up and down.
+
+    `accounts` are the owner's active accounts with their `score` and `delta_7`."""
+    alert_lines = _alert_lines(alerts, lang)
+    renewal_lines = _renewal_lines(accounts, local_day, lang)
+    moved = accounts.dropna(subset=["delta_7"])
+    up = moved[moved["delta_7"] > 0].sort_values(["delta_7", "name"], ascending=[False, True]).head(MOVERS)
+    down = moved[moved["delta_7"] < 0].sort_values(["delta_7", "name"]).head(MOVERS)
+    sections = (
+        Section(t("dg_new_alerts", lang, count=len(alerts)), alert_lines or (t("dg_no_alerts", lang),)),
+        Section(t("dg_renewals", lang, count=len(renewal_lines)), renewal_lines or (t("dg_no_renewals", lang),)),
+        Section(t("dg_down", lang), _mover_lines(down, lang) or (t("dg_no_movers", lang),)),
+        Section(t("dg_up", lang), _mover_lines(up, lang) or (t("dg_no_movers", lang),)),
+    )
+    card = Card(title=t("dg_title", lang, name=user.name), subtitle=local_day.isoformat(), sections=sections)
+    return Reply(text=t("dg_text", lang, date=local_day.isoformat()), cards=[card])
+
+
+def owner_digests(session: Session, *, now: datetime, config: AlertConfig) -> int:
+    """Enqueue today's digest for every owner past `digest_at` local who has not had it; returns how many.
+    Flushes, does not commit."""
+    due = _due_people(_owners(session), _last_sent(session, DIGEST_KIND, now - MAX_LOOKBACK), now, config)
+    if not due:
+        return 0
+    owner_ids = [int(u.id) for u, *_rest in due if u.id is not None]
+    since = {u.id: previous or now - FIRST_LOOKBACK for u, _target, _local, previous in due}
+    alerts = _new_alerts(session, owner_ids, min(since.values()))
+    accounts = _owner_accounts(session, owner_ids)
+    trend = trends(session, accounts["account_id"].astype(int).tolist(), now.date()) if len(accounts) else None
+    if trend is not None:
+        accounts = accounts.join(trend, on="account_id")
+    else:
+        accounts = accounts.assign(score=pd.Series(dtype=float), delta_7=pd.Series(dtype=float))
+    sent = 0
+    for user, target, local, _previous in due:
+        mine = alerts[(alerts["owner_id"] == user.id) & (alerts["created_at"] > since[user.id])]
+        owned = accounts[accounts["owner_id"] == user.id]
+        reply = owner_digest_reply(user, target.lang, local.date(), mine, owned)
+        payload = {**reply_to_payload(reply), "dedupe": f"digest:{user.id}:{local.date().isoformat()}"}
+        _stamp(enqueue(session, platform=target.platform, target=target.target, payload=payload, kind=DIGEST_KIND),
+               now)
+        sent += 1
+    return sent
+
+
+# ------------------------------------------------------------------------------------------------ weekly summary
+
+
+def _portfolio_frame(session: Session) -> pd.DataFrame:
+    """Active accounts per owner × stage × grade: count, ARR, score sum and scored count (one GROUP BY)."""
+    graded = func.coalesce(col(Account.health_grade), "unknown")
+    stmt = (
+        select(col(Account.owner_id), col(Account.stage), graded, col(Account.currency), func.count(col(Account.id)),
+               func.coalesce(func.sum(col(Account.arr)), 0.0), func.coalesce(func.sum(col(Account.health_score)), 0.0),
+               func.count(col(Account.health_score)))
+        .where(col(Account.status) == "active")
+        .group_by(col(Account.owner_id), col(Account.stage), graded, col(Account.currency))
+    )
+    columns = ["owner_id", "stage", "grade", "currency", "accounts", "arr", "score_sum", "scored"]
+    frame = pd.DataFrame.from_records(session.execute(stmt).all(), columns=columns)
+    frame.loc[~frame["grade"].isin(GRADE_COLUMNS), "grade"] = "unknown"
+    return frame
+
+
+def stage_table(part: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
+    """The shape of `lifecycle.overview.stage_distribution` (accounts, arr, a count per grade, by stage) for a
+    slice of `_portfolio_frame`."""
+    counts = part.pivot_table(index="stage", columns="grade", values="accounts", aggfunc="sum", fill_value=0)
+    counts = counts.reindex(columns=list(GRADE_COLUMNS), fill_value=0).astype(int)
+    totals = part.groupby("stage").agg(accounts=("accounts", "sum"), arr=("arr", "sum"))
+    out = totals.join(counts)
+    out["accounts"] = out["accounts"].astype(int)
+    out["arr"] = out["arr"].astype(float)
+    known = [s for s in order if s in out.index]
+    rest = sorted(s for s in out.index if s not in set(order))
+    return out.reindex(pd.Index(known + rest, name="stage"))[["accounts", "arr", *GRADE_COLUMNS]]
+
+
+def _stage_machine() -> Any:
+    from lifecycle.stages import load_stage_machine
+
+    try:
+        return load_stage_machine()
+    except ConfigError:
+        return None
+
+
+def weekly_reply(part: pd.DataFrame, *, lang: str, team: bool, local_day: date, machine: Any = None) -> Reply:
+    """A portfolio summary (accounts, ARR by grade, average health, stages) with the stage chart."""
+    scope = t("wk_scope_team" if team else "wk_scope_all", lang)
+    text = t("wk_text", lang, scope=scope)
+    if part.empty or not int(part["accounts"].sum()):
+        return Reply(text=text + "\n" + t("wk_empty", lang))
+    by_currency = part.groupby("currency")["arr"].sum()
+    currency = str(by_currency.idxmax())
+    total_arr = float(part["arr"].sum())
+    fields = [CardField(t("wk_accounts", lang), str(int(part["accounts"].sum()))),
+              CardField(t("wk_arr", lang), money(total_arr, currency))]
+    arr_by_grade = part.groupby("grade")["arr"].sum()
+    for g in ("green", "yellow", "red"):
+        if g in arr_by_grade.index:
+            arr = float(arr_by_grade[g])
+            share = 100.0 * arr / total_arr if total_arr else 0.0
+            fields.append(CardField(t("wk_arr_grade", lang, grade=grade(g, lang)),
+                                    f"{money(arr, currency)} ({share:.0f} %)"))
+    scored = int(part["scored"].sum())
+    if scored:
+        fields.append(CardField(t("wk_avg", lang), f"{float(part['score_sum'].sum()) / scored:.0f}"))
+    order = list(machine.stage_names) if machine is not None else []
+    dist = stage_table(part, order)
+    labels = {str(s): (machine.label(str(s), lang) if machine is not None else str(s)) for s in dist.index}
+    lines = tuple(
+        t("wk_stage_line", lang, stage=labels[str(stage)], count=int(r["accounts"]), arr=money(r["arr"], currency),
+          red=int(r["red"]), yellow=int(r["yellow"]), green=int(r["green"]))
+        for stage, r in dist.iterrows()
+    )
+    png = stage_distribution_png(dist, t("wk_chart", lang), lang=lang, stage_labels=labels, currency=currency)
+    card = Card(title=t("wk_title", lang, date=local_day.isoformat()), subtitle=scope, fields=tuple(fields),
+                sections=(Section(t("wk_stages", lang), lines),))
+    return Reply(text=text, cards=[card], images=[Image(png=png, filename="stages.png", title=t("wk_chart", lang))])
+
+
+def manager_weekly(session: Session, *, now: datetime, config: AlertConfig, machine: Any = None) -> int:
+    """Enqueue the weekly summary for every manager (their team) and admin (everything) on the weekly day after
+    `digest_at` local, once that day; returns how many. `machine` (the stage machine) orders and labels the
+    stages, by default the configured one. Flushes, does not commit."""
+    leads = list(session.execute(
+        select(User).where(col(User.active), col(User.role).in_(("manager", "admin"))).order_by(col(User.id))
+    ).scalars().all())
+    due = _due_people(leads, _last_sent(session, WEEKLY_KIND, now - timedelta(days=8)), now, config, weekly=True)
+    if not due:
+        return 0
+    machine = machine if machine is not None else _stage_machine()
+    frame = _portfolio_frame(session)
+    reports = pd.DataFrame.from_records(
+        session.execute(select(col(User.id), col(User.manager_id)).where(col(User.manager_id).is_not(None))).all(),
+        columns=["id", "manager_id"],
+    )
+    sent = 0
+    for user, target, local, _previous in due:
+        everyone = user.role == "admin"
+        if everyone:
+            part = frame
+        else:
+            team = {user.id, *reports.loc[reports["manager_id"] == user.id, "id"].tolist()}
+            part = frame[frame["owner_id"].isin(team)]
+        reply = weekly_reply(part, lang=target.lang, team=not everyone, local_day=local.date(), machine=machine)
+        payload = {**reply_to_payload(reply), "dedupe": f"weekly:{user.id}:{local.date().isoformat()}"}
+        _stamp(enqueue(session, platform=target.platform, target=target.target, payload=payload, kind=WEEKLY_KIND),
+               now)
+        sent += 1
+    return sent
