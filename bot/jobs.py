@@ -156,9 +156,9 @@ class JobContext:
 
     @cached_property
     def alert_config(self) -> AlertConfig:
-        from lifecycle.alerts import default_alert_config
+        from lifecycle.alerts import load_alert_config
 
-        return default_alert_config()
+        return load_alert_config(self.settings.alerts_file)
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[StepResult]:

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from sqlalchemy import Date, and_, bindparam, func, select, text, update
+from sqlalchemy import Date, and_, bindparam, case, func, select, text, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
@@ -783,3 +783,48 @@ def run_alert_rules(
         frame = build_signals(session, as_of)
     fired = evaluate(frame, previous_health(session, as_of), config, as_of)
     return raise_alerts(session, fired, as_of, config, frame, now=now, scorecard=scorecard)
+
+
+# Alert rows that are prompts rather than rule findings; they stay out of the rule statistics.
+NON_RULE_KINDS = ("renewal_prompt",)
+
+
+@dataclass(frozen=True)
+class RuleStats:
+    """How one rule did over a period: how often it fired and how its alerts were rated."""
+
+    rule: str
+    raised: int
+    acknowledged: int
+    useful: int
+    not_useful: int
+
+    @property
+    def rated(self) -> int:
+        return self.useful + self.not_useful
+
+    @property
+    def precision(self) -> float | None:
+        """Useful ÷ rated; None while nobody has rated an alert of this rule."""
+        return self.useful / self.rated if self.rated else None
+
+
+def alert_stats(session: Session, *, since: datetime, owner_id: int | None = None) -> list[RuleStats]:
+    """Per-rule counts and precision for alerts raised since `since` (one GROUP BY), most raised first."""
+    table = Alert.__table__  # type: ignore[attr-defined]
+    c = table.c
+    stmt = (
+        select(
+            c.rule,
+            func.count(),
+            func.sum(case((c.acknowledged_at.is_not(None), 1), else_=0)),
+            func.sum(case((c.feedback == "useful", 1), else_=0)),
+            func.sum(case((c.feedback == "not_useful", 1), else_=0)),
+        )
+        .where(c.created_at >= since, c.rule.not_in(NON_RULE_KINDS))
+        .group_by(c.rule)
+    )
+    if owner_id is not None:
+        stmt = stmt.where(c.owner_id == owner_id)
+    rows = [RuleStats(r, int(n), int(a or 0), int(u or 0), int(nu or 0)) for r, n, a, u, nu in session.execute(stmt)]
+    return sorted(rows, key=lambda s: (-s.raised, s.rule))

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     lang: Literal["en", "zh"] = Field(default="en", validation_alias=AliasChoices("CSBOT_LANG"))
     stages_file: Path | None = Field(default=None, validation_alias=AliasChoices("CSBOT_STAGES_FILE"))
     scorecard_file: Path | None = Field(default=None, validation_alias=AliasChoices("CSBOT_SCORECARD_FILE"))
+    alerts_file: Path | None = Field(default=None, validation_alias=AliasChoices("CSBOT_ALERTS_FILE"))
     csm_read_scope: Literal["own", "all"] = Field(default="all", validation_alias=AliasChoices("CSBOT_CSM_READ_SCOPE"))
     nightly_cron: str = Field(default="0 2 * * *", validation_alias=AliasChoices("CSBOT_NIGHTLY_CRON"))
 
@@ -72,7 +73,7 @@ class Settings(BaseSettings):
             raise ValueError(f"not a crontab expression {value!r} (minute hour day month weekday): {exc}") from None
         return value
 
-    @field_validator("stages_file", "scorecard_file")
+    @field_validator("stages_file", "scorecard_file", "alerts_file")
     @classmethod
     def _file_exists(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():

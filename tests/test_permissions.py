@@ -69,6 +69,7 @@ SAMPLES: dict[str, tuple[Sample, ...]] = {
     "snooze": (Sample("snooze {alert} 7", "write"),),
     "useful": (Sample("useful {alert} no", "write"),),
     "reassign": (Sample("reassign {alert} {owner}", "write"),),
+    "alert-stats": (Sample("alert-stats", "read"),),
     "find": (Sample("find grade=green", "read"),),
     "at-risk": (Sample("at-risk", "read"),),
     "renewals": (Sample("renewals 90", "read"),),
