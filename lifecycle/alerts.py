@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import string
-import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -33,7 +32,7 @@ from sqlalchemy import Date, and_, bindparam, case, func, select, text, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
-from lifecycle.config import CONFIG_DIR
+from lifecycle.config import CONFIG_DIR, read_toml
 from lifecycle.db import upsert
 from lifecycle.errors import ConfigError
 from lifecycle.health import Scorecard, default_scorecard, split_measures, value_text
@@ -263,14 +262,7 @@ def parse_alert_config(raw: Mapping[str, Any], source: str = "alert rules") -> A
 def load_alert_config(path: Path | None = None) -> AlertConfig:
     """Read and validate an alert-rules TOML file (the bundled one by default)."""
     path = Path(path) if path is not None else DEFAULT_ALERTS_FILE
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: alert rules file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the alert rules: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, "alert rules")
     return parse_alert_config(raw, str(path))
 
 

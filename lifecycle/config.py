@@ -7,9 +7,10 @@ message naming the variable (see `load_settings`).
 from __future__ import annotations
 
 import re
+import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
@@ -134,6 +135,18 @@ def load_settings(**overrides: object) -> Settings:
             loc = str(err["loc"][0]) if err["loc"] else "?"
             problems.append(f"{_ENV_NAMES.get(loc, loc)}: {err['msg']}")
         raise ConfigError("Invalid configuration — " + "; ".join(problems)) from None
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML configuration file as a dict; any problem reading it is a `ConfigError` naming the file and `what`."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the {what}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
 @lru_cache(maxsize=1)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -31,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import Date, bindparam, text
 from sqlmodel import Session
 
+from lifecycle.config import read_toml
 from lifecycle.db import upsert
 from lifecycle.errors import ConfigError
 from lifecycle.models import HealthSnapshot, utcnow
@@ -191,12 +191,7 @@ def parse_scorecard(raw: Mapping[str, Any], source: str = "scorecard") -> Scorec
 def load_scorecard(path: Path | None = None) -> Scorecard:
     """Read and validate a scorecard TOML file (the bundled one by default)."""
     path = path or DEFAULT_SCORECARD
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the scorecard: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, "scorecard")
     return parse_scorecard(raw, str(path))
 
 

@@ -17,7 +17,6 @@ import math
 import operator
 import re
 import string
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -39,7 +38,7 @@ from rapidfuzz import fuzz, process
 from sqlalchemy import bindparam, insert, select, update
 from sqlmodel import Session
 
-from lifecycle.config import CONFIG_DIR
+from lifecycle.config import CONFIG_DIR, read_toml
 from lifecycle.errors import ConfigError, InvalidTransition, NotFoundError
 from lifecycle.models import Account, AuditLog, StageTransition, utcnow
 
@@ -358,14 +357,7 @@ def load_stage_machine(path: Path | None = None) -> StageMachine:
 
         path = get_settings().stages_file or DEFAULT_STAGES_FILE
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: stage configuration file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the stage configuration: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, "stage configuration")
     if "source" in raw:
         raise ConfigError(f"{path}: source: unknown key")
     try:
