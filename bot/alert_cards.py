@@ -140,13 +140,7 @@ def _risk_card(alert: Alert, account: Account, lang: str) -> Card:
     steps = _localised(details, "next_steps", lang)
     if steps:
         sections.append(Section(t("ac_next_steps", lang), (steps,)))
-    return Card(
-        title=f"{SEVERITY_ICON.get(alert.severity, '⚪')} {account.name} — {alert_title(alert, lang)}",
-        subtitle=t("ac_subtitle", lang, id=alert.id, rule=alert.rule, severity=severity_label(alert.severity, lang)),
-        fields=tuple(fields),
-        sections=tuple(sections),
-        buttons=alert_buttons(alert, lang),
-    )
+    return _card(alert, account, SEVERITY_ICON.get(alert.severity, "⚪"), fields, sections, lang)
 
 
 def achievement_lines(achievements: Mapping[str, Any], lang: str) -> tuple[str, ...]:
@@ -199,8 +193,15 @@ def _renewal_card(alert: Alert, account: Account, lang: str) -> Card:
     steps = _localised(details, "next_steps", lang)
     if steps:
         sections.append(Section(t("rp_looking_ahead", lang), (steps,)))
+    return _card(alert, account, RENEWAL_ICON, fields, sections, lang)
+
+
+def _card(
+    alert: Alert, account: Account, icon: str, fields: list[CardField], sections: list[Section], lang: str
+) -> Card:
+    """The frame every alert message shares: icon, account and title; id, rule and severity; the four buttons."""
     return Card(
-        title=f"{RENEWAL_ICON} {account.name} — {alert_title(alert, lang)}",
+        title=f"{icon} {account.name} — {alert_title(alert, lang)}",
         subtitle=t("ac_subtitle", lang, id=alert.id, rule=alert.rule, severity=severity_label(alert.severity, lang)),
         fields=tuple(fields),
         sections=tuple(sections),

@@ -103,9 +103,11 @@ def chart_lang(lang: str) -> str:
     return "zh" if lang == "zh" and cjk_font() is not None else "en"
 
 
-def _figure() -> tuple[Figure, Axes]:
+def _figure(title: str) -> tuple[Figure, Axes]:
+    """A chat-sized figure with its title at the top left."""
     fig = Figure(figsize=SIZE_INCHES, dpi=DPI)
     ax = fig.add_subplot()
+    ax.set_title(title, fontsize=14, loc="left")
     return fig, ax
 
 
@@ -133,8 +135,7 @@ def health_trend_png(
 ) -> bytes:
     """Daily health score (`day`, `score`, `grade` columns) as a line over red/yellow/green grade bands."""
     lang = chart_lang(lang)
-    fig, ax = _figure()
-    ax.set_title(title, fontsize=14, loc="left")
+    fig, ax = _figure(title)
     if history.empty:
         _empty(ax, t("chart_no_history", lang))
         return _png(fig)
@@ -187,8 +188,7 @@ def stage_distribution_png(
     `dist` is `lifecycle.overview.stage_distribution`: indexed by stage, with `accounts`, `arr` and grade columns.
     """
     lang = chart_lang(lang)
-    fig, ax = _figure()
-    ax.set_title(title, fontsize=14, loc="left")
+    fig, ax = _figure(title)
     if dist.empty:
         _empty(ax, t("chart_no_accounts", lang))
         return _png(fig)
@@ -221,8 +221,7 @@ def nps_trend_png(trend: pd.DataFrame, title: str, *, lang: str = "en") -> bytes
     The background reads like the NPS meaning in chat: below 0 red (more detractors), 0–50 yellow, 50+ green.
     """
     lang = chart_lang(lang)
-    fig, ax = _figure()
-    ax.set_title(title, fontsize=14, loc="left")
+    fig, ax = _figure(title)
     if trend.empty:
         _empty(ax, t("chart_no_history", lang))
         return _png(fig)
