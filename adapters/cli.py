@@ -1,4 +1,5 @@
-"""The `csbot` command line (typer + rich): demo, chat, import, db, recompute, account, serve, jobs, deliveries.
+"""The `csbot` command line (typer + rich): demo, chat, import, db, recompute, account, serve, jobs, deliveries,
+ingest.
 
 This is the composition root: it reads the settings, opens the database (migrating it on first start), and wires
 the core, the router and the console adapter together.
@@ -22,6 +23,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from adapters.console import render_text, run_console
+from adapters.model_cli import app as model_app
 from bot.messages import Incoming
 from bot.router import Router, Services
 from lifecycle.config import Settings, get_settings
@@ -36,8 +38,12 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 jobs_app = typer.Typer(help="Scheduled jobs: list them, or run one now (cron users, checks).", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(model_app, name="model")
+ingest_app = typer.Typer(help="Usage ingest (POST /api/usage): data freshness and upkeep.", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
 console = Console()
 DEMO_HISTORY = (30, 21, 14, 7)
+SHOWN_ROWS = 50  # skipped row numbers listed after an import
 err = Console(stderr=True)
 
 
@@ -174,11 +180,29 @@ def import_cmd(
     kind: Kind = typer.Argument(..., help="What the file holds."),
     file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate only; write nothing."),
+    preset: str | None = typer.Option(
+        None, "--preset", help="CRM export headers (accounts, contacts): hubspot or salesforce."
+    ),
+    column_map: list[str] | None = typer.Option(
+        None, "--map", help="'Their Column=our_column' (repeatable; wins over --preset; 'Col=' ignores Col)."
+    ),
+    account: str | None = typer.Option(
+        None, "--account", help="Every row belongs to this account (external id or name), for files without one."
+    ),
+    date_format: str | None = typer.Option(
+        None, "--date-format", help="auto (default: detect 31/01 vs 01/31), iso, day-first, month-first or a "
+        "strptime pattern such as '%d.%m.%Y %H:%M'."
+    ),
 ) -> None:
     """Import a CSV file (all-or-nothing: any bad row leaves the database unchanged)."""
-    from lifecycle.importers import import_csv
+    from lifecycle.importers import MissingColumns, import_csv, parse_column_map
 
     settings = _settings()
+    try:
+        mapping = parse_column_map(column_map or [])
+    except ImportFailed as exc:
+        err.print(f"[red]--map: {exc.problems[0]}[/red]")
+        raise typer.Exit(2) from None
     engine = _engine(settings)
     with _progress_bar() as bar:
         task = bar.add_task(f"importing {kind.value}", total=None)
@@ -188,28 +212,120 @@ def import_cmd(
 
         try:
             with session_scope(engine) as session:
-                report = import_csv(session, kind.value, file, dry_run=dry_run, progress=progress)
+                report = import_csv(
+                    session, kind.value, file, dry_run=dry_run, progress=progress, column_map=mapping,
+                    preset=preset, account=account, date_format=date_format,
+                )
         except ImportFailed as exc:
             bar.stop()
-            err.print(f"[red]{file}: {exc}[/red]")
+            err.print(f"[red]{file}: {exc}[/red]", markup=True, highlight=False)
             for problem in exc.problems:
-                err.print(f"  {problem}")
+                err.print(f"  {problem}", markup=False, highlight=False)
+            if isinstance(exc, MissingColumns):
+                example = exc.missing[0]
+                err.print(f"  Map one of your columns onto it: --map 'Their Column={example}'.", markup=False)
             raise typer.Exit(1) from None
         except CsbotError as exc:
             bar.stop()
             err.print(f"[red]{file}: {exc}[/red]")
             raise typer.Exit(1) from None
     for warning in report.warnings:
-        err.print(f"[yellow]warning:[/yellow] {warning}")
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     verb = "would import" if dry_run else "imported"
+    skipped = f"; {len(report.skipped):,} skipped" if report.skipped else ""
     console.print(
         f"{kind.value}: {verb} {report.rows:,} rows — {report.inserted:,} inserted, {report.updated:,} updated, "
-        f"{report.unchanged:,} unchanged."
+        f"{report.unchanged:,} unchanged{skipped}.",
+        highlight=False,
     )
+    if report.skipped:
+        shown = ", ".join(str(n) for n in report.skipped[:SHOWN_ROWS])
+        more = f" … and {len(report.skipped) - SHOWN_ROWS} more" if len(report.skipped) > SHOWN_ROWS else ""
+        console.print(f"Skipped, {report.skipped_reason}: rows {shown}{more}.", highlight=False)
+    if report.nps is not None and report.nps.nps is not None:
+        n = report.nps
+        console.print(
+            f"NPS {_signed(n.nps or 0.0)} over {n.responses:,} responses: {n.promoters:,} promoters, "
+            f"{n.passives:,} passives, {n.detractors:,} detractors.",
+            highlight=False,
+        )
+
+
+def _signed(value: float) -> str:
+    """`−24.7`, `+12.0`, `0.0` (a real minus sign, as chat replies write it)."""
+    if value < 0:
+        return f"\u2212{abs(value):.1f}"
+    return f"+{value:.1f}" if value > 0 else f"{value:.1f}"
+
+
+@ingest_app.command(name="status")
+def ingest_status(
+    days: int | None = typer.Option(
+        None, min=1, help="Accounts with no usage for this many days (default: the stale_data alert rule's days)."
+    ),
+    limit: int = typer.Option(50, min=1, help="How many stale accounts to list (oldest usage first)."),
+) -> None:
+    """Accounts without fresh usage, and the last ingest from each source."""
+    from lifecycle.alerts import load_alert_config
+    from lifecycle.ingest import source_status, stale_accounts
+
+    settings = _settings()
+    engine = _engine(settings)
+    if days is None:
+        try:
+            days = load_alert_config(settings.alerts_file).rules.stale_data.days
+        except ConfigError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+    today = datetime.now(settings.tz).date()
+    with Session(engine) as s:
+        stale = stale_accounts(s, days=days, today=today)
+        sources = source_status(s)
+    table = Table("external id", "account", "owner", "last usage", "days", title=f"No usage for {days}+ days")
+    for a in stale[:limit]:
+        table.add_row(
+            a.external_id, a.name, a.owner or "—", _local_time(a.last_usage_at, settings) if a.last_usage_at
+            else (a.last_usage_date.isoformat() if a.last_usage_date else "never"),
+            str(a.days) if a.days is not None else "—",
+        )
+    if stale:
+        console.print(table)
+        if len(stale) > limit:
+            console.print(f"… and {len(stale) - limit:,} more.")
+    else:
+        console.print(f"Every active account has usage from the last {days} days.")
+    feeds = Table(
+        "source", f"last ingest ({settings.timezone})", "newest event", "requests", "accepted", "duplicates",
+        "unknown account", title="Ingest by source",
+    )
+    for src in sources:
+        feeds.add_row(
+            src.source, _local_time(src.last_received_at, settings), _local_time(src.last_event_at, settings),
+            f"{src.requests:,}", f"{src.accepted:,}", f"{src.duplicates:,}", f"{src.unknown:,}",
+        )
+    if sources:
+        console.print(feeds)
+    else:
+        console.print("Nothing received on POST /api/usage yet.")
+
+
+@ingest_app.command(name="prune")
+def ingest_prune(
+    keep_days: int = typer.Option(90, min=1, help="Keep message ids and per-day user sets this many days."),
+) -> None:
+    """Forget old message ids and per-day active-user sets (resends and late events older than this count
+    again)."""
+    from lifecycle.ingest import prune
+
+    settings = _settings()
+    engine = _engine(settings)
+    with session_scope(engine) as s:
+        done = prune(s, keep_days=keep_days)
+    console.print(f"Pruned {done.messages:,} message ids and {done.user_days:,} user-day rows.")
 
 
 @db_app.command(name="upgrade")
-def db_upgrade(revision: str = typer.Argument("head")) -> None:
+def db_upgrade(revision: str = typer.Argument("heads")) -> None:
     """Apply the schema migrations (also done automatically on every start)."""
     settings = _settings()
     engine = make_engine(settings.database_url)
@@ -256,13 +372,14 @@ def serve(
         False, "--no-scheduler", help="Serve chat only: no scheduled jobs and no outbox worker in this process."
     ),
 ) -> None:
-    """Serve Slack (/slack/events or Socket Mode), Telegram (/telegram/webhook or polling), /healthz and /metrics;
-    run the scheduled jobs and the delivery worker."""
+    """Serve Slack (/slack/events or Socket Mode), Telegram (/telegram/webhook or polling), usage ingest
+    (/api/usage), /healthz and /metrics; run the scheduled jobs and the delivery worker."""
     import uvicorn
 
     from adapters.server import build_app
 
     settings = _settings()
+    logging.getLogger().setLevel(settings.log_level)
     engine = _engine(settings)
     try:
         asgi = build_app(engine, settings, telegram_polling=telegram_polling, scheduler=not no_scheduler)

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from adapters.ingest_api import usage_routes
 from bot.router import Router, Services
 from lifecycle.config import Settings
 from lifecycle.errors import ConfigError
@@ -119,6 +120,7 @@ def build_app(
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
     routes += [Route("/healthz", healthz, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
+    routes += usage_routes(engine, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

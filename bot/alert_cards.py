@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bot.cards import churn_reason_line
 from bot.format import grade, money, score_line, signed
 from bot.i18n import add_messages, t
 from bot.messages import Button, Card, CardField, Reply, Section
@@ -34,6 +35,8 @@ add_messages(
         "ac_renewal": {"en": "Renewal", "zh": "续约"},
         "ac_renewal_value": {"en": "{date} (in {days} d)", "zh": "{date}（{days} 天后）"},
         "ac_drivers": {"en": "Top drivers", "zh": "主要拖累因素"},
+        "ac_churn": {"en": "Churn probability", "zh": "流失概率"},
+        "ac_churn_reasons": {"en": "Why the churn model flags it", "zh": "流失模型的判断依据"},
         "ac_next_steps": {"en": "Suggested next steps", "zh": "建议的下一步"},
         "ac_btn_ack": {"en": "Acknowledge", "zh": "确认"},
         "ac_btn_snooze": {"en": "Snooze 7 days", "zh": "暂缓 7 天"},
@@ -134,6 +137,13 @@ def _risk_card(alert: Alert, account: Account, lang: str) -> Card:
     if stage:
         fields.append(CardField(t("ac_stage", lang), str(stage)))
     sections = []
+    reasons = details.get("churn_reasons") or ()
+    probability = _number(details.get("churn_probability"))
+    if probability is not None:
+        fields.append(CardField(t("ac_churn", lang), f"{100 * probability:.0f} %"))
+    if reasons:
+        lines = tuple(churn_reason_line(r, lang, None, details.get("currency") or account.currency) for r in reasons)
+        sections.append(Section(t("ac_churn_reasons", lang), lines))
     drivers = _driver_lines(details.get("drivers") or (), lang)
     if drivers:
         sections.append(Section(t("ac_drivers", lang), drivers))

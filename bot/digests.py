@@ -6,7 +6,8 @@
   health movers of their accounts, up and down.
 - `manager_weekly`: on `[routing].weekly_day` (Monday) after `digest_at` local, every manager gets the portfolio
   summary of their team (their direct reports and themselves), every admin that of the whole portfolio, with the
-  stage-distribution chart.
+  stage-distribution chart, and the lifecycle readings: retention over 12 months and the 90-day funnel, with the
+  monthly retention chart.
 
 "Once" is decided from the outbox itself: the delivery rows of kind `digest` / `weekly` to the person's chat. The
 latest one per chat (one GROUP BY) tells both whether today's (this week's) went out and where "since the last
@@ -28,12 +29,14 @@ from sqlmodel import Session, col
 
 from bot.alert_cards import RENEWAL_PROMPT, SEVERITY_ICON, alert_title
 from bot.charts import stage_distribution_png
+from bot.commands.analytics import lifecycle_summary
 from bot.format import grade, money, signed
 from bot.i18n import add_messages, t
 from bot.messages import Card, CardField, Image, Reply, Section
 from bot.notifier import reply_to_payload
 from bot.routing import Target, to_local, user_target
 from lifecycle.alerts import AlertConfig
+from lifecycle.analytics import Slice
 from lifecycle.errors import ConfigError
 from lifecycle.health import trends
 from lifecycle.models import Account, Alert, Delivery, User
@@ -282,8 +285,12 @@ def _stage_machine() -> Any:
         return None
 
 
-def weekly_reply(part: pd.DataFrame, *, lang: str, team: bool, local_day: date, machine: Any = None) -> Reply:
-    """A portfolio summary (accounts, ARR by grade, average health, stages) with the stage chart."""
+def weekly_reply(
+    part: pd.DataFrame, *, lang: str, team: bool, local_day: date, machine: Any = None,
+    lifecycle: tuple[Section, Image] | None = None,
+) -> Reply:
+    """A portfolio summary (accounts, ARR by grade, average health, stages) with the stage chart; `lifecycle`
+    (a section and a chart, `bot.commands.analytics.lifecycle_summary`) joins it when given."""
     scope = t("wk_scope_team" if team else "wk_scope_all", lang)
     text = t("wk_text", lang, scope=scope)
     if part.empty or not int(part["accounts"].sum()):
@@ -312,9 +319,14 @@ def weekly_reply(part: pd.DataFrame, *, lang: str, team: bool, local_day: date, 
         for stage, r in dist.iterrows()
     )
     png = stage_distribution_png(dist, t("wk_chart", lang), lang=lang, stage_labels=labels, currency=currency)
+    sections = [Section(t("wk_stages", lang), lines)]
+    images = [Image(png=png, filename="stages.png", title=t("wk_chart", lang))]
+    if lifecycle is not None:
+        sections.append(lifecycle[0])
+        images.append(lifecycle[1])
     card = Card(title=t("wk_title", lang, date=local_day.isoformat()), subtitle=scope, fields=tuple(fields),
-                sections=(Section(t("wk_stages", lang), lines),))
-    return Reply(text=text, cards=[card], images=[Image(png=png, filename="stages.png", title=t("wk_chart", lang))])
+                sections=tuple(sections))
+    return Reply(text=text, cards=[card], images=images)
 
 
 def manager_weekly(session: Session, *, now: datetime, config: AlertConfig, machine: Any = None) -> int:
@@ -338,10 +350,18 @@ def manager_weekly(session: Session, *, now: datetime, config: AlertConfig, mach
         everyone = user.role == "admin"
         if everyone:
             part = frame
+            owners: tuple[int, ...] | None = None
         else:
             team = {user.id, *reports.loc[reports["manager_id"] == user.id, "id"].tolist()}
             part = frame[frame["owner_id"].isin(team)]
-        reply = weekly_reply(part, lang=target.lang, team=not everyone, local_day=local.date(), machine=machine)
+            owners = tuple(sorted(int(i) for i in team if i is not None))
+        lifecycle = None
+        if machine is not None and not part.empty:
+            currency = str(part.groupby("currency")["arr"].sum().idxmax())
+            lifecycle = lifecycle_summary(session, machine, today=local.date(), scope=Slice(owner_ids=owners),
+                                          lang=target.lang, currency=currency)
+        reply = weekly_reply(part, lang=target.lang, team=not everyone, local_day=local.date(), machine=machine,
+                             lifecycle=lifecycle)
         payload = {**reply_to_payload(reply), "dedupe": f"weekly:{user.id}:{local.date().isoformat()}"}
         _stamp(enqueue(session, platform=target.platform, target=target.target, payload=payload, kind=WEEKLY_KIND),
                now)

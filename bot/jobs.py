@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -32,12 +34,12 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Engine, func, select, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from lifecycle.config import Settings, cron_trigger
 from lifecycle.db import has_table, session_scope
 from lifecycle.errors import NotFoundError
-from lifecycle.models import Delivery, utcnow
+from lifecycle.models import Delivery, JobRun, utcnow
 
 if TYPE_CHECKING:
     from bot.notifier import DeliveryPort
@@ -310,6 +312,44 @@ def _local_today(now: datetime, settings: Settings) -> date:
     return now.replace(tzinfo=UTC).astimezone(settings.tz).date()
 
 
+def occurrence(name: str, settings: Settings, now: datetime) -> datetime | None:
+    """The scheduled occurrence that a run starting at `now` (naive UTC) belongs to: the job's latest fire
+    time at or before `now`, within its misfire grace (naive UTC); None when there is none."""
+    spec = JOBS[name]
+    trigger = spec.trigger(settings)
+    aware = now.replace(tzinfo=UTC)
+    fire = trigger.get_next_fire_time(None, aware - spec.misfire_grace)
+    latest: datetime | None = None
+    while fire is not None and fire <= aware:
+        latest = fire
+        fire = trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+    return None if latest is None else latest.astimezone(UTC).replace(tzinfo=None)
+
+
+_HOST = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _claim(engine: Engine, name: str, fire_time: datetime, trigger: str) -> int | None:
+    """Record that this process runs `name`'s `fire_time` occurrence; None when another replica already did."""
+    try:
+        with session_scope(engine) as session:
+            run = JobRun(job=name, fire_time=fire_time, trigger=trigger, host=_HOST)
+            session.add(run)
+            session.flush()
+            return run.id
+    except IntegrityError:
+        return None
+
+
+def _finish(engine: Engine, run_id: int, result: JobResult) -> None:
+    with session_scope(engine) as session:
+        run = session.get(JobRun, run_id)
+        if run is not None:
+            run.finished_at = utcnow()
+            run.status = result.status
+            run.summary = result.describe()[:4000]
+
+
 def run_job(
     name: str,
     engine: Engine,
@@ -318,9 +358,12 @@ def run_job(
     *,
     today: date | None = None,
     ports: PortsFactory | None = None,
+    fire_time: datetime | None = None,
 ) -> JobResult:
     """Run one job once, under its lock. `now` (naive UTC) pins the clock; `today` the day processed (default:
     `now`'s date in `CSBOT_TIMEZONE`). `ports` builds the delivery ports (needed by `deliver` only).
+    `fire_time` is the scheduled occurrence being run (the scheduler passes it): each occurrence runs on one
+    replica only, whoever claims it first in the `job_run` table; without it the run is a one-off.
 
     Raises `NotFoundError` for an unknown job; every other failure is in the result (status `failed`).
     Call it from a thread without a running event loop: `deliver` runs its own.
@@ -335,6 +378,10 @@ def run_job(
         if not held:
             log.info("job %s: skipped, another replica is running it", name)
             return JobResult(name, "skipped", now, today, error="another replica holds its lock")
+        run_id = _claim(engine, name, fire_time or now, "schedule" if fire_time else "manual")
+        if run_id is None:
+            log.info("job %s: skipped, another replica already ran the %s run", name, fire_time)
+            return JobResult(name, "skipped", now, today, error=f"another replica already ran the {fire_time} run")
         ctx = JobContext(engine=engine, settings=settings, now=now, today=today, ports=ports)
         error: str | None = None
         try:
@@ -344,6 +391,10 @@ def run_job(
             log.exception("job %s failed", name)
     status: JobStatus = "failed" if error is not None or ctx.failed else "ok"
     result = JobResult(name, status, now, today, round(time.perf_counter() - started, 3), ctx.steps, error)
+    try:
+        _finish(engine, run_id, result)
+    except SQLAlchemyError:  # the run itself is over; its record staying "running" must not hide the result
+        log.warning("job %s: could not record the end of run %s", name, run_id)
     log.log(logging.WARNING if status == "failed" else logging.INFO, "%s", result.describe())
     return result
 
@@ -358,7 +409,8 @@ def _nightly_cron(settings: Settings) -> str:
 @job(
     "nightly",
     cron=_nightly_cron,
-    help="Recompute health and stages, evaluate the alert rules and route new alerts, renewal prompts, digests.",
+    help="Recompute health and stages, evaluate the alert rules and route new alerts, renewal prompts, NPS surveys, "
+    "digests.",
     misfire_grace=timedelta(hours=6),
 )
 def nightly(ctx: JobContext) -> None:
@@ -394,6 +446,15 @@ def nightly(ctx: JobContext) -> None:
         from bot.renewals import renewal_prompts
 
         step.add(prompts=renewal_prompts(session, today=ctx.today, now=ctx.now, config=ctx.alert_config))
+
+    with ctx.step("surveys") as step, session_scope(ctx.engine) as session:
+        from bot.surveys import dispatch_surveys, survey_config
+        from lifecycle.surveys import survey_secret
+
+        sent = dispatch_surveys(session, today=ctx.today, now=ctx.now, config=survey_config(ctx.settings),
+                                secret=survey_secret(ctx.settings))
+        step.add(sent=sent.sent, held=sent.held, reminders=sent.reminders, expired=sent.expired)
+        step.note = ", ".join(f"{trigger} {n}" for trigger, n in sorted(sent.by_trigger.items()))
 
     with ctx.step("digests") as step, session_scope(ctx.engine) as session:
         from bot.digests import owner_digests
@@ -472,7 +533,9 @@ def scheduled_run(name: str) -> None:
     if _runtime is None:
         log.error("job %s fired before the scheduler was built; skipped", name)
         return
-    run_job(name, _runtime.engine, _runtime.settings, ports=_runtime.ports)
+    now = utcnow()
+    run_job(name, _runtime.engine, _runtime.settings, now, ports=_runtime.ports,
+            fire_time=occurrence(name, _runtime.settings, now))
 
 
 def _forget_other_jobs(engine: Engine, keep: set[str]) -> None:

@@ -41,10 +41,35 @@ class Section:
 
 @dataclass(frozen=True)
 class Button:
+    """A button: `action_id` says what pressing it does (`cmd` runs `value` as a command; `nps` answers a survey
+    with `value` = `<token>:<score>`); buttons with a higher `row` start a new row of the keyboard."""
+
     label: str
     action_id: str
     value: str
     style: Literal["default", "primary", "danger"] = "default"
+    row: int = 0
+
+
+@dataclass(frozen=True)
+class Mention:
+    """The person a message is addressed to (a mention in a shared channel or group): their platform user id."""
+
+    user_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class TextPrompt:
+    """Ask one person for a free-text answer: a modal in Slack, a ForceReply message in Telegram.
+
+    `ref` travels with the answer (the survey token) so the answer can be matched to its question."""
+
+    title: str
+    question: str
+    placeholder: str
+    submit: str
+    ref: str
 
 
 @dataclass(frozen=True)
@@ -76,6 +101,7 @@ class Reply:
     buttons: list[Button] = field(default_factory=list)
     private: bool = False
     error_id: str | None = None
+    mention: Mention | None = None
 
     @classmethod
     def of(cls, text: str, *, private: bool = False) -> Reply:

@@ -8,7 +8,8 @@ metadata carrying the delivery id) turns a would-be duplicate into a recorded se
 (Telegram) answers None, and the message may be sent again: there delivery is at least once, the window being
 the time between the platform accepting the message and the commit that follows.
 
-Also here: the JSON form of a neutral `Reply` stored in `Delivery.payload`.
+Also here: the JSON form of a neutral `Reply` stored in `Delivery.payload`. A survey question's row (kind `survey`)
+also marks its survey sent once the platform has it.
 """
 
 from __future__ import annotations
@@ -26,21 +27,24 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
-from bot.messages import Button, Card, CardField, Image, Reply, Section
+from bot.messages import Button, Card, CardField, Image, Mention, Reply, Section
 from lifecycle import outbox
 from lifecycle.db import session_scope
 from lifecycle.models import Delivery, utcnow
+from lifecycle.surveys import mark_sent as mark_survey_sent
 
 log = logging.getLogger("csbot.notifier")
 
 PAYLOAD_VERSION = 1
+SURVEY_KIND = "survey"  # a survey question; its payload names the survey, marked sent when the question is out
+SURVEY_ID_KEY = "survey_id"
 
 
 # --- the payload -------------------------------------------------------------------------------------------
 
 
 def _button_json(b: Button) -> dict[str, Any]:
-    return {"label": b.label, "action_id": b.action_id, "value": b.value, "style": b.style}
+    return {"label": b.label, "action_id": b.action_id, "value": b.value, "style": b.style, "row": b.row}
 
 
 def reply_to_payload(reply: Reply) -> dict[str, Any]:
@@ -66,12 +70,13 @@ def reply_to_payload(reply: Reply) -> dict[str, Any]:
         "buttons": [_button_json(b) for b in reply.buttons],
         "private": reply.private,
         "error_id": reply.error_id,
+        "mention": {"user_id": reply.mention.user_id, "name": reply.mention.name} if reply.mention else None,
     }
 
 
 def _button(data: Mapping[str, Any]) -> Button:
     return Button(label=data["label"], action_id=data["action_id"], value=data["value"],
-                  style=data.get("style", "default"))
+                  style=data.get("style", "default"), row=int(data.get("row", 0)))
 
 
 def payload_to_reply(payload: Mapping[str, Any]) -> Reply:
@@ -80,6 +85,7 @@ def payload_to_reply(payload: Mapping[str, Any]) -> Reply:
     Raises KeyError, TypeError or ValueError when the payload is not one."""
     if payload.get("v") != PAYLOAD_VERSION:
         raise ValueError(f"unknown delivery payload version {payload.get('v')!r}")
+    mention = payload.get("mention")
     return Reply(
         text=payload.get("text", ""),
         cards=[
@@ -100,6 +106,7 @@ def payload_to_reply(payload: Mapping[str, Any]) -> Reply:
         buttons=[_button(b) for b in payload.get("buttons", [])],
         private=bool(payload.get("private", False)),
         error_id=payload.get("error_id"),
+        mention=Mention(str(mention["user_id"]), str(mention.get("name", ""))) if mention else None,
     )
 
 
@@ -167,9 +174,13 @@ def _claim(
         return outbox.claim(session, limit=limit, now=now, lease=lease, worker=worker, platforms=platforms)
 
 
-def _sent(engine: Engine, delivery_id: int, ref: str | None, now: datetime) -> None:
+def _sent(engine: Engine, row: Delivery, ref: str | None, now: datetime) -> None:
+    assert row.id is not None
     with session_scope(engine) as session:
-        outbox.mark_sent(session, delivery_id, ref, now=now)
+        outbox.mark_sent(session, row.id, ref, now=now)
+        survey_id = row.payload.get(SURVEY_ID_KEY) if row.kind == SURVEY_KIND else None
+        if survey_id is not None:  # the question is out: the survey counts as sent from now
+            mark_survey_sent(session, int(survey_id), ref, now)
 
 
 def _retry(
@@ -211,7 +222,7 @@ async def _deliver(
         if _tried_before(row):
             ref = await port.find_sent(row.target, row.id)
             if ref is not None:
-                await asyncio.to_thread(_sent, engine, row.id, ref, clock())
+                await asyncio.to_thread(_sent, engine, row, ref, clock())
                 tally.sent += 1
                 tally.reconciled += 1
                 return
@@ -227,7 +238,7 @@ async def _deliver(
         log.warning("delivery %s to %s:%s failed: %s", row.id, row.platform, row.target, _describe(exc))
         status = await asyncio.to_thread(_retry, engine, row, _describe(exc), None, clock(), max_attempts)
     else:
-        await asyncio.to_thread(_sent, engine, row.id, ref, clock())
+        await asyncio.to_thread(_sent, engine, row, ref, clock())
         tally.sent += 1
         return
     if status == outbox.FAILED:

@@ -192,9 +192,13 @@ def _ordered(alerts: Sequence[Alert]) -> list[Alert]:
     return sorted(alerts, key=lambda a: (-SEVERITY_RANK.get(a.severity, 0), a.created_at, a.id or 0))
 
 
-def route_alerts(session: Session, alerts: list[Alert], *, now: datetime, config: AlertConfig) -> RouteStats:
+def route_alerts(
+    session: Session, alerts: list[Alert], *, now: datetime, config: AlertConfig, budget: bool = True
+) -> RouteStats:
     """Enqueue one delivery per alert to its owner (or the team channel), honouring quiet hours and the daily
-    budget; over-budget alerts are flagged for the digest instead. Flushes, does not commit."""
+    budget; over-budget alerts are flagged for the digest instead. `budget=False` is for alerts a person just
+    caused (a detractor's answer): they count against the budget but are never held back by it. Flushes, does
+    not commit."""
     routing = config.routing
     owners = _users(session, (a.owner_id for a in alerts))
     accounts = _accounts(session, (a.account_id for a in alerts))
@@ -217,7 +221,7 @@ def route_alerts(session: Session, alerts: list[Alert], *, now: datetime, config
         arrives = release or now
         if target.owner_id is not None:
             key = (target.platform, target.target, to_local(arrives, target.tz).date())
-            if not critical and used[key] >= routing.daily_budget:
+            if budget and not critical and used[key] >= routing.daily_budget:
                 alert.details = {**(alert.details or {}), "digest": True}
                 session.add(alert)
                 to_digest += 1

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
+from typing import Any
 
 from rapidfuzz import fuzz, process, utils
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from lifecycle.errors import NotFoundError
-from lifecycle.models import Account, HealthSnapshot, Note, NpsResponse, Ticket, User, utcnow
+from lifecycle.models import Account, Cohort, HealthSnapshot, Note, NpsResponse, Ticket, User, utcnow
 
 
 def _key(text: str) -> str:
@@ -90,6 +91,7 @@ class AccountView:
     open_tickets: int
     open_high_tickets: int
     notes: list[Note] = field(default_factory=list)
+    insight: AccountInsight | None = None
 
 
 def _snapshot_on_or_before(session: Session, account_id: int, day: date) -> HealthSnapshot | None:
@@ -145,6 +147,7 @@ def account_view(session: Session, account: Account, *, notes: int = 3) -> Accou
         open_tickets=int(open_tickets),
         open_high_tickets=int(open_high),
         notes=recent_notes,
+        insight=account_insight(session, account),
     )
 
 
@@ -166,3 +169,62 @@ def nps_category(score: int) -> str:
     if score >= 7:
         return "passive"
     return "detractor"
+
+
+@dataclass(frozen=True)
+class AccountInsight:
+    """What the churn model, the cohorts, the tiers and CLV say about one account.
+
+    `model` is "scored" (a probability is stored), "no_model" (none trained yet: `churned_accounts` of the
+    `needed_accounts` churned accounts with a date exist) or "not_scored" (a model exists but this account has no
+    score, e.g. it churned or was added since the last recompute).
+    """
+
+    model: str
+    probability: float | None = None
+    reasons: tuple[Mapping[str, Any], ...] = ()
+    horizon_days: int = 90
+    standing: str | None = None  # low / typical / high for this portfolio
+    percentile: float | None = None
+    scored_at: datetime | None = None
+    churned_accounts: int = 0
+    needed_accounts: int = 0
+    cohort: int | None = None
+    cohort_size: int | None = None
+    cohort_traits: tuple[Mapping[str, Any], ...] = ()
+    tier: str | None = None
+    lifetime_value: float | None = None
+    lifetime_years: float | None = None
+    gross_margin: float = 0.8
+
+
+def account_insight(session: Session, account: Account) -> AccountInsight:
+    """Churn probability with its reasons and standing, cohort with its traits, tier and CLV of one account."""
+    from lifecycle.churn import churn_label_counts, default_insight_config, latest_model_info, standing
+    from lifecycle.clv import expected_lifetime_years
+
+    config = default_insight_config()
+    cohort = session.get(Cohort, account.cohort) if account.cohort is not None else None
+    common: dict[str, Any] = {
+        "cohort": account.cohort,
+        "cohort_size": cohort.size if cohort else None,
+        "cohort_traits": tuple(cohort.traits) if cohort else (),
+        "tier": account.tier,
+        "gross_margin": config.value.gross_margin,
+    }
+    info = latest_model_info(session)
+    if info is None:
+        churned, _total = churn_label_counts(session)
+        return AccountInsight(model="no_model", churned_accounts=churned,
+                              needed_accounts=config.churn.min_churned_accounts,
+                              horizon_days=config.churn.horizon_days, **common)
+    if account.churn_probability is None:
+        return AccountInsight(model="not_scored", horizon_days=info.horizon_days, **common)
+    p = float(account.churn_probability)
+    place = standing(session, p)
+    years = float(expected_lifetime_years([p], info.horizon_days, config.value.max_lifetime_years)[0])
+    return AccountInsight(
+        model="scored", probability=p, reasons=tuple(account.churn_reasons or ()), horizon_days=info.horizon_days,
+        standing=place.level, percentile=place.percentile, scored_at=account.churn_scored_at,
+        lifetime_value=account.arr * config.value.gross_margin * years, lifetime_years=years, **common,
+    )

@@ -45,12 +45,15 @@ RULE_NAMES = (
     "health_drop", "grade_red", "usage_drop", "low_utilisation", "urgent_tickets", "nps_detractor",
     "no_touchpoint", "stale_data", "churn_risk", "renewal_risk",
 )
+# Rules that may be left out of an alerts file; they default to disabled.
+OPTIONAL_RULE_NAMES = ("stuck_in_stage",)
 FIRED_COLUMNS = ["account_id", "rule", "severity", "title", "title_zh", "value", "threshold"]
 PREVIOUS_COLUMNS = ["score_7", "prev_grade"]
 # Statuses under which an alert still stands for its condition (resolved ones are history).
 LIVE_STATUSES = ("open", "acknowledged", "snoozed")
 TOP_DRIVERS = 3
-_PLACEHOLDERS = frozenset({"value", "threshold", "churn_probability", *PREVIOUS_COLUMNS, *SIGNAL_COLUMNS})
+_PLACEHOLDERS = frozenset({"value", "threshold", "churn_probability", "days_in_stage", "stage_p90_days",
+                           *PREVIOUS_COLUMNS, *SIGNAL_COLUMNS})
 # Scores are stored with one decimal and ratios come from integer counts: rounding away float noise lets a value
 # that is exactly at its threshold compare as such (80 − 65.1 must be 14.9, not 14.900000000000006).
 _DECIMALS = 6
@@ -165,8 +168,25 @@ class RenewalRiskRule(RuleConfig):
     grades: tuple[Literal["red", "yellow", "green"], ...] = Field(default=("yellow", "red"), min_length=1)
 
 
+class StuckInStageRule(RuleConfig):
+    """Accounts in their stage for longer than the stage's 90th-percentile stay (of stays ended in the last
+    `lookback_days`) and at least `min_days`, outside `skip_stages`."""
+
+    enabled: bool = False
+    severity: Severity = "info"
+    title: str = "Stuck in {stage} for {value:.0f} days (90 % of stays end within {threshold:.0f})"
+    title_zh: str = "已在{stage}阶段停留 {value:.0f} 天（90% 的停留在 {threshold:.0f} 天内结束）"
+    playbook: dict[str, str] = Field(default_factory=lambda: {
+        "default": "Find what blocks the next step with the champion and agree a date for it.",
+        "default_zh": "与内部支持者一起找出阻碍下一步的原因，并商定完成日期。",
+    })
+    min_days: float = Field(default=30, ge=0)
+    lookback_days: int = Field(default=365, ge=30)
+    skip_stages: tuple[str, ...] = ("churned",)
+
+
 class Rules(_Strict):
-    """Every rule must be declared (set `enabled = false` to switch one off)."""
+    """Every rule must be declared (set `enabled = false` to switch one off), except the optional ones."""
 
     health_drop: HealthDropRule
     grade_red: GradeRedRule
@@ -178,6 +198,7 @@ class Rules(_Strict):
     stale_data: StaleDataRule
     churn_risk: ChurnRiskRule
     renewal_risk: RenewalRiskRule
+    stuck_in_stage: StuckInStageRule = Field(default_factory=StuckInStageRule)
 
 
 class RoutingConfig(_Strict):
@@ -244,7 +265,7 @@ class AlertConfig(_Strict):
         return config
 
     def enabled_rules(self) -> list[str]:
-        return [name for name in RULE_NAMES if self.rule(name).enabled]
+        return [name for name in (*RULE_NAMES, *OPTIONAL_RULE_NAMES) if self.rule(name).enabled]
 
 
 def parse_alert_config(raw: Mapping[str, Any], source: str = "alert rules") -> AlertConfig:
@@ -391,6 +412,14 @@ def _stale_data(x: _Inputs, rule: StaleDataRule) -> _Check:
     return _Check(np.nan_to_num(days, nan=-np.inf) >= rule.days, days, _full(x.n, rule.days))
 
 
+def _with_churn_probability(session: Session, frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with each account's stored churn probability (NaN without a model), for the churn_risk rule."""
+    rows = session.execute(select(col(Account.id), col(Account.churn_probability))).all()
+    stored = pd.Series({int(a): (np.nan if p is None else float(p)) for a, p in rows}, dtype=float)
+    ids = frame["account_id"] if "account_id" in frame.columns else frame.index.to_series()
+    return frame.assign(churn_probability=stored.reindex(ids.astype("int64").to_numpy()).to_numpy())
+
+
 def _churn_risk(x: _Inputs, rule: ChurnRiskRule) -> _Check:
     # Until the churn model fills `churn_probability`, the column is absent and the rule stays quiet.
     probability = x.num("churn_probability")
@@ -405,11 +434,20 @@ def _renewal_risk(x: _Inputs, rule: RenewalRiskRule) -> _Check:
     return _Check(inside & _isin(x.text("health_grade"), rule.grades), days, _full(x.n, rule.within_days))
 
 
+def _stuck_in_stage(x: _Inputs, rule: StuckInStageRule) -> _Check:
+    # Quiet until the frame carries the stage statistics (run_alert_rules adds them when the rule is on).
+    days, p90 = x.num("days_in_stage"), x.num("stage_p90_days")
+    threshold = np.maximum(p90, rule.min_days)
+    mask = (np.nan_to_num(days, nan=-np.inf) > np.nan_to_num(threshold, nan=np.inf)) & ~_isin(
+        x.text("stage"), rule.skip_stages)
+    return _Check(mask, days, threshold)
+
+
 _CHECKS: dict[str, Callable[[_Inputs, Any], _Check]] = {
     "health_drop": _health_drop, "grade_red": _grade_red, "usage_drop": _usage_drop,
     "low_utilisation": _low_utilisation, "urgent_tickets": _urgent_tickets, "nps_detractor": _nps_detractor,
     "no_touchpoint": _no_touchpoint, "stale_data": _stale_data, "churn_risk": _churn_risk,
-    "renewal_risk": _renewal_risk,
+    "renewal_risk": _renewal_risk, "stuck_in_stage": _stuck_in_stage,
 }
 
 
@@ -486,7 +524,7 @@ def evaluate(frame: pd.DataFrame, previous: pd.DataFrame, config: AlertConfig, a
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype="float64" if c in ("value", "threshold") else "object")
                              for c in FIRED_COLUMNS}).astype({"account_id": "int64"})
-    order = {name: i for i, name in enumerate(RULE_NAMES)}
+    order = {name: i for i, name in enumerate((*RULE_NAMES, *OPTIONAL_RULE_NAMES))}
     fired = pd.concat(parts, ignore_index=True)
     fired["account_id"] = fired["account_id"].astype("int64")
     fired["value"] = fired["value"].astype(float)
@@ -595,14 +633,18 @@ def _account_context(session: Session, account_ids: Sequence[int], as_of: date) 
     for ids in _chunks(sorted(set(account_ids))):
         stmt = (
             select(col(Account.id), col(Account.owner_id), col(Account.arr), col(Account.currency),
-                   col(Account.stage), col(snap.measures), col(snap.score), col(snap.grade))
+                   col(Account.stage), col(snap.measures), col(snap.score), col(snap.grade),
+                   col(Account.churn_probability), col(Account.churn_reasons))
             .outerjoin(snap, and_(col(snap.account_id) == col(Account.id), col(snap.day) == latest_day))
             .where(col(Account.id).in_(ids))
         )
-        for account_id, owner_id, arr, currency, stage, measures, score, grade in session.execute(stmt).all():
+        for account_id, owner_id, arr, currency, stage, measures, score, grade, p_churn, reasons in session.execute(
+            stmt
+        ).all():
             out[int(account_id)] = {
                 "owner_id": owner_id, "arr": float(arr or 0.0), "currency": currency, "stage": stage,
-                "measures": measures, "score": score, "grade": grade,
+                "measures": measures, "score": score, "grade": grade, "churn_probability": p_churn,
+                "churn_reasons": reasons,
             }
     return out
 
@@ -612,7 +654,13 @@ def _details(
 ) -> dict[str, Any]:
     rule = config.rule(row.rule)
     stage = context.get("stage")
+    churn: dict[str, Any] = {}
+    if row.rule == "churn_risk":
+        # The model's own reasons travel with the alert, so the card shows why whenever it is delivered.
+        churn = {"churn_probability": _rounded(context.get("churn_probability")),
+                 "churn_reasons": list(context.get("churn_reasons") or [])}
     return {
+        **churn,
         "title": row.title,
         "title_zh": row.title_zh,
         "value": _rounded(row.value),
@@ -773,6 +821,15 @@ def run_alert_rules(
     config = config or default_alert_config()
     if frame is None:
         frame = build_signals(session, as_of)
+    if "churn_probability" not in frame.columns:
+        frame = _with_churn_probability(session, frame)
+    stuck = config.rules.stuck_in_stage
+    if stuck.enabled:
+        from lifecycle.analytics import stage_p90_days
+        from lifecycle.stages import load_stage_machine
+
+        stats = stage_p90_days(session, load_stage_machine(), today=as_of, lookback_days=stuck.lookback_days)
+        frame = _indexed(frame).drop(columns=list(stats.columns), errors="ignore").join(stats)
     fired = evaluate(frame, previous_health(session, as_of), config, as_of)
     return raise_alerts(session, fired, as_of, config, frame, now=now, scorecard=scorecard)
 
@@ -820,3 +877,56 @@ def alert_stats(session: Session, *, since: datetime, owner_id: int | None = Non
         stmt = stmt.where(c.owner_id == owner_id)
     rows = [RuleStats(r, int(n), int(a or 0), int(u or 0), int(nu or 0)) for r, n, a, u, nu in session.execute(stmt)]
     return sorted(rows, key=lambda s: (-s.raised, s.rule))
+
+
+@dataclass(frozen=True)
+class _EventRow:
+    """What `_details` reads from an evaluated row, for an alert raised by an event rather than the nightly run."""
+
+    rule: str
+    title: str
+    title_zh: str
+    value: float | None
+    threshold: float | None
+
+
+def raise_event_alert(
+    session: Session,
+    *,
+    account_id: int,
+    rule: str,
+    value: float | None,
+    threshold: float | None,
+    dedupe_key: str,
+    now: datetime,
+    config: AlertConfig | None = None,
+    scorecard: Scorecard | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> tuple[Alert, bool]:
+    """Raise one alert for something that just happened (e.g. a detractor's NPS answer) with the rule's severity,
+    headline and playbook and the account's context, as the nightly run would word it; `extra` joins the details.
+
+    The insert is ON CONFLICT DO NOTHING on `dedupe_key`, so the same event raises one alert however often it is
+    reported. Returns the alert and whether this call created it. Flushes, does not commit.
+    """
+    config = config or default_alert_config()
+    rule_config = config.rule(rule)
+    values = pd.DataFrame({"value": [value], "threshold": [threshold]})
+    row = _EventRow(rule, str(_render(rule_config.title, values, "en")[0]),
+                    str(_render(rule_config.title_zh, values, "zh")[0]), value, threshold)
+    context = _account_context(session, [account_id], now.date()).get(account_id, {})
+    record = {
+        "account_id": account_id, "owner_id": context.get("owner_id"), "rule": rule,
+        "severity": rule_config.severity, "dedupe_key": dedupe_key, "status": "open", "feedback": None,
+        "title": row.title, "details": {**_details(row, context, config, scorecard), **(extra or {})},
+        "created_at": now, "acknowledged_at": None, "snoozed_until": None, "resolved_at": None,
+    }
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    table = Alert.__table__  # type: ignore[attr-defined]
+    stmt = insert(table).values(**record).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    created = bool(getattr(session.connection().execute(stmt), "rowcount", 0))
+    found = _load(session, keys=[dedupe_key])
+    return found[0], created

@@ -35,8 +35,17 @@ class Settings(BaseSettings):
     stages_file: Path | None = Field(default=None, validation_alias=AliasChoices("CSBOT_STAGES_FILE"))
     scorecard_file: Path | None = Field(default=None, validation_alias=AliasChoices("CSBOT_SCORECARD_FILE"))
     alerts_file: Path | None = Field(default=None, validation_alias=AliasChoices("CSBOT_ALERTS_FILE"))
+    surveys_file: Path | None = Field(default=None, validation_alias=AliasChoices("CSBOT_SURVEYS_FILE"))
+    insight_file: Path | None = Field(default=None, validation_alias=AliasChoices("CSBOT_INSIGHT_FILE"))
+    survey_secret: str | None = Field(
+        default=None, min_length=16, validation_alias=AliasChoices("CSBOT_SURVEY_SECRET")
+    )
     csm_read_scope: Literal["own", "all"] = Field(default="all", validation_alias=AliasChoices("CSBOT_CSM_READ_SCOPE"))
     nightly_cron: str = Field(default="0 2 * * *", validation_alias=AliasChoices("CSBOT_NIGHTLY_CRON"))
+    # What `csbot serve` logs: INFO records every job run (and every run a replica skipped) and outbox retries.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", validation_alias=AliasChoices("CSBOT_LOG_LEVEL")
+    )
 
     slack_bot_token: str | None = Field(default=None, validation_alias=AliasChoices("SLACK_BOT_TOKEN"))
     slack_signing_secret: str | None = Field(default=None, validation_alias=AliasChoices("SLACK_SIGNING_SECRET"))
@@ -48,6 +57,15 @@ class Settings(BaseSettings):
     )
     telegram_webhook_secret: str | None = Field(default=None, validation_alias=AliasChoices("TELEGRAM_WEBHOOK_SECRET"))
     ingest_token: str | None = Field(default=None, validation_alias=AliasChoices("CSBOT_INGEST_TOKEN"))
+    ingest_login_event: str = Field(
+        default="Logged In", min_length=1, validation_alias=AliasChoices("CSBOT_INGEST_LOGIN_EVENT")
+    )
+    ingest_account_trait: str = Field(
+        default="account_id", min_length=1, validation_alias=AliasChoices("CSBOT_INGEST_ACCOUNT_TRAIT")
+    )
+    ingest_max_bytes: int = Field(
+        default=1_048_576, ge=1_024, le=104_857_600, validation_alias=AliasChoices("CSBOT_INGEST_MAX_BYTES")
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -71,10 +89,12 @@ class Settings(BaseSettings):
         try:
             cron_trigger(value, ZoneInfo("UTC"))
         except ValueError as exc:
-            raise ValueError(f"not a crontab expression {value!r} (minute hour day month weekday): {exc}") from None
+            raise ValueError(
+                f"not a crontab expression {value!r} ([second] minute hour day month weekday): {exc}"
+            ) from None
         return value
 
-    @field_validator("stages_file", "scorecard_file", "alerts_file")
+    @field_validator("stages_file", "scorecard_file", "alerts_file", "surveys_file", "insight_file")
     @classmethod
     def _file_exists(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
@@ -110,8 +130,13 @@ def _crontab_weekdays(field: str) -> str:
 
 
 def cron_trigger(expression: str, tz: ZoneInfo) -> CronTrigger:
-    """A trigger from a standard five-field crontab line (minute hour day month weekday), read as cron does."""
+    """A trigger from a standard five-field crontab line (minute hour day month weekday), read as cron does,
+    with an optional leading sixth field for seconds (as Quartz and Spring read it: "*/10 * * * * *")."""
     fields = expression.split()
+    if len(fields) == 6:
+        second, minute, hour, day, month, weekday = fields
+        return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
+                           day_of_week=_crontab_weekdays(weekday), timezone=tz)
     if len(fields) == 5:
         fields[4] = _crontab_weekdays(fields[4])
     return CronTrigger.from_crontab(" ".join(fields), timezone=tz)

@@ -1,7 +1,9 @@
 """Demo portfolio: a deterministic generator of a realistic customer-success book of business.
 
 `seed_demo` writes CS users, accounts (a few with Chinese names), contacts, a matching stage history, daily
-usage with weekly seasonality (healthy, slipping and churning shapes), tickets, NPS history and CSM notes. The
+usage with weekly seasonality (healthy, slipping and churning shapes), tickets, NPS history, CSM notes (advocates'
+references among them) and the revenue history: every contract start, expansions, a few downgrades at renewal,
+churns with their reasons, and customers who churned and came back on a new contract (win-back). The
 same seed and the same `today` always give the same rows. Everything is drawn as NumPy arrays and written with
 DB-API executemany in chunks, so 100,000 accounts × 90 days (9M usage rows) stays within a couple of minutes
 and a bounded amount of memory. Rows are written as plain driver values (dates and naive-UTC timestamps in
@@ -27,6 +29,7 @@ from sqlmodel import Session
 from lifecycle.errors import CsbotError
 from lifecycle.models import (
     Account,
+    ArrChange,
     Contact,
     Note,
     NpsResponse,
@@ -49,6 +52,10 @@ CHURNED_SHARE = 0.08
 SLIPPING_SHARE = 0.15
 NEGLECTED_SHARE = 0.12
 RENEWAL_WINDOW_DAYS = 120
+EXPANDED_SHARE = 0.35  # of the active accounts at least 180 days into their contract
+DOWNGRADED = 3  # accounts that renewed with fewer seats at their last anniversary
+WON_BACK = 2  # accounts that churned on an earlier contract and came back
+_FIRST_REVENUE_POSITION = 10  # the first, best-known demo accounts keep a plain history
 
 # name, email, role, timezone, lang — the manager comes first so the CSMs can point at her.
 DEMO_USERS: tuple[tuple[str, str, str, str, str | None], ...] = (
@@ -197,6 +204,8 @@ _RISK_NOTE_TEXTS = (
     "Champion {c} may be leaving; need a new sponsor.", "{c} asked about cancellation terms.",
 )
 _NOTE_KINDS = ("call", "meeting", "email", "note")
+_REFERENCE_TEXTS = ("{c} took a reference call with a prospect.", "{c} agreed to be quoted in a case study.",
+                    "{c} wrote a review for us.")
 
 
 @dataclass(frozen=True)
@@ -216,6 +225,8 @@ class DemoSummary:
     last_day: date
     churned: int
     slipping: int
+    arr_changes: int = 0
+    won_back: int = 0
 
 
 def _table(model: type[Any]) -> Table:
@@ -444,6 +455,119 @@ def _build_book(rng: np.random.Generator, n: int, today: int) -> _Book:
 
 
 @dataclass
+class _Revenue:
+    """The revenue history: ARR change rows (parallel lists) and the won-back accounts' first contracts."""
+
+    account: list[int]
+    day: list[int]
+    kind: list[str]
+    arr_before: list[float]
+    arr_after: list[float]
+    seats_before: list[int]
+    seats_after: list[int]
+    reason: list[str | None]
+    first_start: Arr  # day number of each account's first contract (earlier than `start` when won back)
+    returned: dict[int, tuple[int, int, str, int]]  # position → (first start, churn day, reason, years)
+
+
+def _revenue_plan(book: _Book, rng: np.random.Generator, today: int) -> _Revenue:
+    """ARR history consistent with the book: today's ARR and seats are the outcome of every account's changes.
+
+    Drawn from its own random stream, so the rest of the demo is the same with or without it.
+    """
+    n = book.n
+    age = today - book.start
+    pos = np.arange(n)
+    plain = pos >= _FIRST_REVENUE_POSITION
+    active = ~book.churned
+    returned_pool = np.flatnonzero(active & ~book.slipping & plain & (age >= 150) & (age <= 330))
+    returned_pos = _pick(rng, returned_pool, WON_BACK)
+    is_returned = np.zeros(n, dtype=bool)
+    is_returned[returned_pos] = True
+    expand_pool = np.flatnonzero(active & (age >= 180) & ~is_returned)
+    expand_p = np.where(np.array(book.stage, dtype=object)[expand_pool] == "expansion", 0.7, EXPANDED_SHARE)
+    expanded = expand_pool[rng.random(len(expand_pool)) < expand_p]
+    down_pool = np.flatnonzero(active & (book.k_next >= 2) & ~is_returned & plain)
+    down_pool = np.setdiff1d(down_pool, expanded)
+    downgraded = _pick(rng, down_pool, DOWNGRADED)
+
+    factor = np.ones(n)
+    change_day = np.full(n, -1, dtype=np.int64)
+    factor[expanded] = rng.uniform(1.1, 1.45, size=len(expanded))
+    change_day[expanded] = book.start[expanded] + 90 + (
+        rng.random(len(expanded)) * (age[expanded] - 91)).astype(np.int64)
+    factor[downgraded] = 1.0 / rng.uniform(1.15, 1.5, size=len(downgraded))
+    change_day[downgraded] = book.anniversaries[downgraded, book.k_next[downgraded] - 1]
+    seats0 = np.maximum(1, np.rint(book.seats / factor)).astype(np.int64)
+    arr0 = np.maximum(100.0, np.round(book.arr / factor, -2))
+
+    first_start = book.start.copy()
+    returned: dict[int, tuple[int, int, str, int]] = {}
+    gap = rng.integers(60, 151, size=len(returned_pos))
+    years = rng.integers(1, 3, size=len(returned_pos))
+    reason_idx = rng.integers(0, len(CHURN_REASONS), size=len(returned_pos))
+    first_share = rng.uniform(0.7, 1.0, size=len(returned_pos))
+    r = _Revenue([], [], [], [], [], [], [], [], first_start, returned)
+
+    def add(i: int, day: int, kind: str, before: float, after: float, s_before: int, s_after: int,
+            reason: str | None = None) -> None:
+        r.account.append(i)
+        r.day.append(day)
+        r.kind.append(kind)
+        r.arr_before.append(before)
+        r.arr_after.append(after)
+        r.seats_before.append(s_before)
+        r.seats_after.append(s_after)
+        r.reason.append(reason)
+
+    old = {int(i): k for k, i in enumerate(returned_pos.tolist())}
+    for i in range(n):
+        arr, seats = float(book.arr[i]), int(book.seats[i])
+        if i in old:
+            k = old[i]
+            churn_day = int(book.start[i] - gap[k])
+            begin = int(_shift_years(churn_day, -int(years[k])))
+            first_start[i] = begin
+            reason = CHURN_REASONS[int(reason_idx[k])]
+            returned[i] = (begin, churn_day, reason, int(years[k]))
+            arr_first = float(max(100.0, np.round(arr * first_share[k], -2)))
+            seats_first = max(1, round(seats * float(first_share[k])))
+            add(i, begin, "new", 0.0, arr_first, 0, seats_first)
+            add(i, churn_day, "churn", arr_first, 0.0, seats_first, 0, reason)
+            add(i, int(book.start[i]), "reactivation", 0.0, arr, 0, seats)
+            continue
+        add(i, int(book.start[i]), "new", 0.0, float(arr0[i]), 0, int(seats0[i]))
+        if change_day[i] >= 0:
+            kind = "expansion" if factor[i] > 1 else "contraction"
+            add(i, int(change_day[i]), kind, float(arr0[i]), arr, int(seats0[i]), seats)
+        if book.churned[i]:
+            add(i, int(book.churned_on[i]), "churn", arr, 0.0, seats, 0, book.churn_reason[i])
+    return r
+
+
+def _shift_years(day: int, years: int) -> int:
+    """The same calendar day `years` years later (earlier when negative); 29 February becomes the 28th."""
+    d = date.fromordinal(day + _EPOCH_ORDINAL)
+    target = d.year + years
+    try:
+        moved = d.replace(year=target)
+    except ValueError:
+        moved = d.replace(year=target, day=28)
+    return moved.toordinal() - _EPOCH_ORDINAL
+
+
+def _write_revenue(w: _Writer, revenue: _Revenue, account_ids: Arr) -> int:
+    ids = account_ids[np.asarray(revenue.account, dtype=np.int64)].tolist()
+    days = w.dates(np.asarray(revenue.day, dtype=np.int64))
+    created = w.timestamps(np.asarray(revenue.day, dtype=np.int64) * 86_400 + 9 * 3600)
+    rows = zip(ids, days, revenue.kind, revenue.arr_before, revenue.arr_after, revenue.seats_before,
+               revenue.seats_after, revenue.reason, ["import"] * len(ids), created, strict=True)
+    cols = ("account_id", "day", "kind", "arr_before", "arr_after", "seats_before", "seats_after", "reason",
+            "source", "created_at")
+    return w.insert(_table(ArrChange), cols, rows)
+
+
+@dataclass
 class _History:
     account: list[int]
     from_stage: list[str | None]
@@ -453,8 +577,10 @@ class _History:
     source: list[str]
 
 
-def _stage_history(book: _Book, rng: np.random.Generator, today: int) -> _History:
-    """Transitions that lead each account to its current stage through the default journey."""
+def _stage_history(book: _Book, rng: np.random.Generator, today: int,
+                   returned: dict[int, tuple[int, int, str, int]] | None = None) -> _History:
+    """Transitions that lead each account to its current stage through the default journey; a won-back
+    account first lives through its earlier contract, its churn and its return."""
     h = _History([], [], [], [], [], [])
 
     def add(i: int, frm: str | None, to: str, day: int, reason: str, source: str) -> None:
@@ -474,14 +600,34 @@ def _stage_history(book: _Book, rng: np.random.Generator, today: int) -> _Histor
     churned = book.churned.tolist()
     util = book.util.tolist()
     # Sources and reasons follow the rule names and reason texts of the default stage configuration.
+    back = returned or {}
     for i in range(book.n):
         final = book.stage[i]
-        add(i, None, "onboarding", start[i], "Contract signed", "import")
-        if final == "onboarding":
-            continue
-        add(i, "onboarding", "adoption", start[i] + ob[i],
-            f"Onboarding complete: 14 activated days, {ob[i]} days since contract start",
-            "rule:onboarding-complete")
+        if i in back:
+            begin, churn_day, why, years = back[i]
+            add(i, None, "onboarding", begin, "Contract signed", "import")
+            add(i, "onboarding", "adoption", begin + ob[i],
+                f"Onboarding complete: 14 activated days, {ob[i]} days since contract start",
+                "rule:onboarding-complete")
+            prev = "adoption"
+            for k in range(1, years + 1):
+                anniversary = _shift_years(begin, k)
+                add(i, prev, "renewal", anniversary - RENEWAL_WINDOW_DAYS,
+                    f"Renewal on {_iso(anniversary)} is {RENEWAL_WINDOW_DAYS} days away", "rule:renewal-window")
+                if k < years:
+                    add(i, "renewal", "adoption", anniversary,
+                        f"Renewed; next renewal on {_iso(_shift_years(begin, k + 1))}", "rule:renewed")
+            add(i, "renewal", "churned", churn_day, f"Account status is churned ({why})", "rule:churned")
+            add(i, "churned", "win-back", start[i], "Account is active again after churning", "rule:win-back")
+            add(i, "win-back", "adoption", start[i] + ob[i], "Won back: 14 activated days",
+                "rule:win-back-activated")
+        else:
+            add(i, None, "onboarding", start[i], "Contract signed", "import")
+            if final == "onboarding":
+                continue
+            add(i, "onboarding", "adoption", start[i] + ob[i],
+                f"Onboarding complete: 14 activated days, {ob[i]} days since contract start",
+                "rule:onboarding-complete")
         cur = "adoption"
         for k in range(1, k_next[i]):
             a = ann[i][k]
@@ -547,13 +693,16 @@ def seed_demo(
     csm_ids = [user_ids[email] for _name, email, role, _tz, _lang in DEMO_USERS if role == "csm"]
 
     book = _build_book(streams[0], accounts, t)
-    history = _stage_history(book, streams[1], t)
+    revenue = _revenue_plan(book, streams[7], t)
+    history = _stage_history(book, streams[1], t, revenue.returned)
     report("accounts", 0, accounts)
-    account_ids = _write_accounts(w, book, history, csm_ids, t)
+    account_ids = _write_accounts(w, book, history, csm_ids, t, revenue.first_start)
     report("accounts", accounts, accounts)
 
     n_trans = _write_transitions(w, history, account_ids)
     report("stages", n_trans, n_trans)
+    n_revenue = _write_revenue(w, revenue, account_ids)
+    report("revenue", n_revenue, n_revenue)
 
     contacts = _write_contacts(session, w, book, account_ids, streams[2], t)
     report("contacts", len(contacts.account), len(contacts.account))
@@ -577,7 +726,8 @@ def seed_demo(
         usage_rows=usage_rows, tickets=n_tickets, nps_responses=n_nps, notes=n_notes, days=n_days,
         first_day=today_d.fromordinal(today_d.toordinal() - n_days),
         last_day=today_d.fromordinal(today_d.toordinal() - 1),
-        churned=int(book.churned.sum()), slipping=int(book.slipping.sum()),
+        churned=int(book.churned.sum()), slipping=int(book.slipping.sum()), arr_changes=n_revenue,
+        won_back=len(revenue.returned),
     )
 
 
@@ -605,15 +755,16 @@ def _write_users(session: Session, w: _Writer, today: int) -> dict[str, int]:
     return ids
 
 
-def _write_accounts(w: _Writer, book: _Book, history: _History, csm_ids: list[int], today: int) -> Arr:
-    """Insert the accounts; returns their ids in book order."""
+def _write_accounts(w: _Writer, book: _Book, history: _History, csm_ids: list[int], today: int,
+                    first_start: Arr) -> Arr:
+    """Insert the accounts (created on their first contract's start); returns their ids in book order."""
     n = book.n
     last_change = np.full(n, -1, dtype=np.int64)
     hist_acc = np.asarray(history.account, dtype=np.int64)
     hist_sec = _transition_seconds(history)
     np.maximum.at(last_change, hist_acc, hist_sec)
     stage_since = w.timestamps(last_change)
-    created = w.timestamps(book.start * 86_400 + 9 * 3600)
+    created = w.timestamps(first_start * 86_400 + 9 * 3600)
     starts = w.dates(book.start)
     renewals = w.dates(book.renewal)
     churned_on = w.dates(book.churned_on)
@@ -879,7 +1030,8 @@ def _write_nps(w: _Writer, book: _Book, account_ids: Arr, contacts: _Contacts, r
 
 def _write_notes(w: _Writer, book: _Book, account_ids: Arr, contacts: _Contacts, csm_ids: list[int],
                  rng: np.random.Generator, today: int, n_days: int) -> int:
-    """CSM touchpoints over the window; neglected accounts have none in their last 60+ days."""
+    """CSM touchpoints over the window; neglected accounts have none in their last 60+ days. An advocate's
+    plain notes record the references it gave (kind `reference`)."""
     start, end = _window(book, today)
     lo = np.maximum(start, today - n_days)
     hi = np.where(book.neglect_gap > 0, end - book.neglect_gap, end)
@@ -899,11 +1051,15 @@ def _write_notes(w: _Writer, book: _Book, account_ids: Arr, contacts: _Contacts,
         champion_name[int(contacts.account[ci])] = contacts.names[ci]
     when_v = w.timestamps(when)
     authors = np.asarray(csm_ids)[book.owner[acc]].tolist()
+    advocate = np.array([s == "advocacy" for s in book.stage], dtype=bool)[acc].tolist()
     rows: list[tuple[Any, ...]] = []
     for k, (ai, kd, p, r) in enumerate(zip(acc.tolist(), kind.tolist(), pick.tolist(), risky.tolist(),
                                            strict=True)):
         kind_name = "note" if r else _NOTE_KINDS[kd]
-        pool = _RISK_NOTE_TEXTS if r else _NOTE_TEXTS[kind_name]
+        if kind_name == "note" and not r and advocate[k]:
+            kind_name = "reference"
+        pool = (_RISK_NOTE_TEXTS if r else _REFERENCE_TEXTS if kind_name == "reference"
+                else _NOTE_TEXTS[kind_name])
         text = pool[p % len(pool)].format(c=champion_name[ai])
         rows.append((int(account_ids[ai]), authors[k], kind_name, text, when_v[k]))
     cols = ("account_id", "author_id", "kind", "text", "created_at")

@@ -16,6 +16,7 @@ latest values. Everything that touches many accounts is done on whole columns (N
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -366,6 +367,104 @@ def snapshot_rows(scored: pd.DataFrame, as_of: date, scorecard: Scorecard) -> li
     ]
 
 
+def _json_literals(frame: pd.DataFrame, column: str) -> list[str]:
+    """A numeric column as JSON number literals, rounded as `_json_column` rounds (`null` for NaN).
+
+    Each distinct value is formatted once: most measure columns (points, weights, day counts) hold a few dozen
+    distinct values over the whole portfolio, and formatting floats one by one is what made snapshots slow.
+    """
+    if column not in frame.columns:
+        return ["null"] * len(frame)
+    values = np.round(pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan), 4)
+    uniques, inverse = np.unique(values, return_inverse=True)
+    # repr is what json.dumps writes for a finite float; it alone is three times cheaper.
+    literals = np.array(
+        ["null" if math.isnan(u) else repr(u) if math.isfinite(u) else json.dumps(u) for u in uniques.tolist()],
+        dtype=object,
+    )
+    return list(literals[inverse.reshape(-1)].tolist())
+
+
+def snapshot_json(scored: pd.DataFrame, scorecard: Scorecard) -> list[str]:
+    """The `measures` JSON of `snapshot_rows`, as text, for each row of `scored` (the caller picks the rows).
+
+    Same keys, order and numbers as `json.dumps` of the dicts `snapshot_rows` builds, assembled column by
+    column from literals instead of dict by dict: a nightly run writes one such document per account.
+    """
+    per_measure: list[list[str]] = []
+    for name in scorecard.measures:
+        value, points, weight, contribution = (
+            _json_literals(scored, f"{name}_{field}") for field in ("value", "points", "weight", "contribution")
+        )
+        key = json.dumps(name)
+        entries = [
+            f'{key}: {{"value": {v}, "points": {p}, "weight": {w}, "contribution": {c}, "data": '
+            + ("false" if v == "null" else "true")
+            for v, p, w, c in zip(value, points, weight, contribution, strict=True)
+        ]
+        extra = [(json.dumps(k), _json_literals(scored, signal)) for k, signal in _DETAIL_SIGNALS.get(name, {}).items()]
+        if f"{name}_rising" in scored.columns:
+            flags = scored[f"{name}_rising"].astype(bool).tolist()
+            extra.append(('"rising"', ["true" if f else "false" for f in flags]))
+        for extra_key, literals in extra:
+            entries = [f"{e}, {extra_key}: {x}" for e, x in zip(entries, literals, strict=True)]
+        per_measure.append([e + "}" for e in entries])
+    ages = [_json_literals(scored, signal) for signal in _FRESHNESS_SIGNALS.values()]
+    keys = [json.dumps(k) for k in _FRESHNESS_SIGNALS]
+    per_measure.append([
+        f"{json.dumps(FRESHNESS_KEY)}: {{{keys[0]}: {u}, {keys[1]}: {n}, {keys[2]}: {t}}}"
+        for u, n, t in zip(*ages, strict=True)
+    ])
+    return ["{" + ", ".join(parts) + "}" for parts in zip(*per_measure, strict=True)]
+
+
+_WRITE_CHUNK = 20_000
+
+
+def write_snapshots(session: Session, scored: pd.DataFrame, as_of: date, scorecard: Scorecard) -> int:
+    """Upsert the snapshots of every scored account of `scored` on (account, day) and copy score, grade and day
+    onto the accounts (accounts without a score get grade "unknown"); returns the number of snapshots.
+
+    The bulk path of the nightly recompute: plain tuples through the driver's executemany, with the values in
+    the form SQLAlchemy itself stores (ISO text dates on SQLite), so the ORM reads the rows back unchanged.
+    """
+    conn = session.connection()
+    sqlite = conn.dialect.name == "sqlite"
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    known = scored[scored["score"].notna()]
+    now = utcnow()
+    day: Any = as_of.isoformat() if sqlite else as_of
+    stamp: Any = now.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else now
+    ids = known.index.astype("int64").tolist()
+    scores = known["score"].astype(float).tolist()
+    grades = known["grade"].astype(str).tolist()
+    documents = snapshot_json(known, scorecard)
+    json_mark = mark if sqlite else f"CAST({mark} AS JSON)"
+    insert = (
+        "INSERT INTO health_snapshot (account_id, day, score, grade, measures, scorecard_version, computed_at) "
+        f"VALUES ({mark}, {mark}, {mark}, {mark}, {json_mark}, {mark}, {mark}) "
+        "ON CONFLICT (account_id, day) DO UPDATE SET score = excluded.score, grade = excluded.grade, "
+        "measures = excluded.measures, scorecard_version = excluded.scorecard_version, "
+        "computed_at = excluded.computed_at"
+    )
+    for start in range(0, len(ids), _WRITE_CHUNK):
+        stop = start + _WRITE_CHUNK
+        conn.exec_driver_sql(insert, [
+            (a, day, s, g, d, scorecard.version, stamp)
+            for a, s, g, d in zip(ids[start:stop], scores[start:stop], grades[start:stop], documents[start:stop],
+                                  strict=True)
+        ])
+    unknown = scored.index[scored["score"].isna()].astype("int64").tolist()
+    updates = [*zip(scores, grades, [day] * len(ids), ids, strict=True),
+               *((None, UNKNOWN_GRADE, day, a) for a in unknown)]
+    if updates:
+        conn.exec_driver_sql(
+            f"UPDATE account SET health_score = {mark}, health_grade = {mark}, health_at = {mark} WHERE id = {mark}",
+            updates,
+        )
+    return len(ids)
+
+
 _UPDATE_ACCOUNT_HEALTH = text(
     "UPDATE account SET health_score = :score, health_grade = :grade, health_at = :day WHERE id = :account_id"
 ).bindparams(bindparam("day", type_=Date()))
@@ -408,15 +507,10 @@ def recompute_health(
     if signals is None:
         signals = build_signals(session, as_of)
     scored = score_frame(signals[signals["status"] == "active"], scorecard)
-    rows = snapshot_rows(scored, as_of, scorecard)
-    save_snapshots(session, rows)
-    unknown = scored.index[scored["score"].isna()].tolist()
-    update_account_health(
-        session, [{"account_id": a, "score": None, "grade": UNKNOWN_GRADE, "day": as_of} for a in unknown]
-    )
+    written = write_snapshots(session, scored, as_of, scorecard)
     signals["health_score"] = scored["score"].reindex(signals.index)
     signals["health_grade"] = scored["grade"].reindex(signals.index)
-    return HealthRun(as_of=as_of, signals=signals, scored=scored, snapshots=len(rows))
+    return HealthRun(as_of=as_of, signals=signals, scored=scored, snapshots=written)
 
 
 # -------------------------------------------------------------------------------------------------- trends

@@ -6,6 +6,14 @@ then writes, inside the caller's transaction (this module never commits). Rows a
 key, compared with what is stored, and only new or changed rows are written, so re-importing a file changes
 nothing. An empty optional cell means "not given": it leaves the stored value alone, and a new row gets the
 column's default.
+
+Before validation, headers are mapped onto csbot's columns: a CRM preset (`config/presets.toml`: HubSpot and
+Salesforce exports) and/or an explicit column map (header → column; an empty column ignores the header), matched
+case-insensitively. A few columns stand in for others: `owner` (a user's name or e-mail) for `owner_email`,
+`account_name` for `account_external_id` and `first_name`/`last_name` for `name` of contacts. Dates written
+`31/01/2026` or `01/31/2026` are read day-first or month-first as detected from the file (or as told); a date
+column given a date-time keeps its day. NPS rows without a score are unanswered surveys: skipped and reported;
+rows without a contact e-mail are kept apart by a fingerprint of the whole CSV row (or by `response_id`).
 """
 
 from __future__ import annotations
@@ -16,18 +24,20 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from sqlalchemy import String, Table, cast, func, insert, or_, select, update
 from sqlmodel import Session, SQLModel
 
+from lifecycle.config import CONFIG_DIR, read_toml
 from lifecycle.db import upsert
-from lifecycle.errors import ImportFailed
+from lifecycle.errors import ConfigError, ImportFailed
 from lifecycle.models import (
     ACCOUNT_STATUSES,
     ROLES,
@@ -41,6 +51,8 @@ from lifecycle.models import (
     User,
     utcnow,
 )
+from lifecycle.nps import PASSIVE_FROM, PROMOTER_FROM, nps_value
+from lifecycle.revenue import ArrUpdate, record_arr_changes
 
 Progress = Callable[[int, int], None]
 
@@ -50,6 +62,10 @@ DEFAULT_STAGES = ("onboarding", "adoption", "expansion", "renewal", "advocacy", 
 _IN_CHUNK = 5_000  # keys per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
 _WRITE_CHUNK = 50_000  # usage rows per executemany, so the progress bar moves during big writes
 _UNSET: Any = object()
+DEFAULT_PRESETS_FILE = CONFIG_DIR / "presets.toml"
+DATE_COLUMNS = ("contract_start", "renewal_date", "date")
+MOMENT_COLUMNS = ("opened_at", "closed_at", "responded_at")
+DATE_FORMATS = ("auto", "iso", "day-first", "month-first")
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,8 @@ class KindSpec:
     optional: tuple[str, ...]
     key: tuple[str, ...]
     description: str
+    # A required column may be absent when one of these stands in for it (e.g. contacts' account_name).
+    stand_ins: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -81,20 +99,24 @@ KINDS: dict[str, KindSpec] = {
             "accounts",
             required=("external_id", "name"),
             optional=(
-                "owner_email", "segment", "plan", "arr", "currency", "seats", "contract_start",
+                "owner_email", "owner", "segment", "plan", "arr", "currency", "seats", "contract_start",
                 "renewal_date", "status", "stage",
             ),
             key=("external_id",),
-            description="customer accounts; status is active or churned, stage a lifecycle stage name",
+            description="customer accounts; status is active or churned, stage a lifecycle stage name; owner is "
+            "a user's name or e-mail",
         ),
         KindSpec(
             "contacts",
             required=("account_external_id", "name"),
             optional=(
                 "email", "role", "slack_user_id", "telegram_user_id", "slack_channel_id", "telegram_chat_id",
+                "account_name", "first_name", "last_name",
             ),
             key=("account_external_id", "email"),
-            description="people at customers; keyed by e-mail, or by name when there is no e-mail",
+            description="people at customers; keyed by e-mail, or by name when there is no e-mail; account_name "
+            "or first_name/last_name may replace account_external_id or name",
+            stand_ins={"account_external_id": ("account_name",), "name": ("first_name", "last_name")},
         ),
         KindSpec(
             "usage",
@@ -113,17 +135,42 @@ KINDS: dict[str, KindSpec] = {
         KindSpec(
             "nps",
             required=("account_external_id", "score", "responded_at"),
-            optional=("contact_email", "comment"),
+            optional=("contact_email", "comment", "response_id"),
             key=("account_external_id", "contact_email", "responded_at"),
-            description="NPS answers, score 0-10",
+            description="NPS answers, score 0-10; rows without a score are skipped (unanswered surveys)",
         ),
     )
 }
 
 
+class MissingColumns(ImportFailed):
+    """Required columns are absent from the file; `missing` names them (csbot's names)."""
+
+    def __init__(self, problems: list[str], missing: list[str]) -> None:
+        super().__init__(problems)
+        self.missing = missing
+
+
+@dataclass(frozen=True)
+class NpsCounts:
+    """The scores of an NPS file by category, and their NPS (% promoters − % detractors, one decimal)."""
+
+    promoters: int
+    passives: int
+    detractors: int
+
+    @property
+    def responses(self) -> int:
+        return self.promoters + self.passives + self.detractors
+
+    @property
+    def nps(self) -> float | None:
+        return nps_value(self.promoters, self.detractors, self.responses)
+
+
 @dataclass
 class ImportReport:
-    """What an import did (or, on a dry run, would do)."""
+    """What an import did (or, on a dry run, would do). `rows` counts skipped rows too."""
 
     kind: str
     rows: int
@@ -132,6 +179,58 @@ class ImportReport:
     unchanged: int = 0
     warnings: list[str] = field(default_factory=list)
     dry_run: bool = False
+    skipped: list[int] = field(default_factory=list)  # row numbers left out on purpose (see skipped_reason)
+    skipped_reason: str = ""
+    nps: NpsCounts | None = None  # an nps import: the file's scores
+
+
+class Preset(BaseModel):
+    """Header names of one CRM's exports per kind (`config/presets.toml`); "" marks a header not imported."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: str = Field(min_length=1)
+    accounts: dict[str, str] = Field(default_factory=dict)
+    contacts: dict[str, str] = Field(default_factory=dict)
+
+    def columns(self, kind: str) -> dict[str, str] | None:
+        return {"accounts": self.accounts, "contacts": self.contacts}.get(kind)
+
+
+@lru_cache(maxsize=4)
+def load_presets(path: Path | None = None) -> dict[str, Preset]:
+    """The CRM presets by name; a preset naming a column csbot does not have is a `ConfigError`."""
+    source = path or DEFAULT_PRESETS_FILE
+    data = read_toml(source, "CRM presets")
+    presets: dict[str, Preset] = {}
+    problems: list[str] = []
+    for name, body in data.items():
+        try:
+            preset = Preset.model_validate(body)
+        except ValidationError as exc:
+            problems += [f"{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+            continue
+        for kind in ("accounts", "contacts"):
+            known = set(KINDS[kind].columns)
+            problems += [
+                f"{name}.{kind}: {header!r} maps to unknown column {target!r}"
+                for header, target in (preset.columns(kind) or {}).items() if target and target not in known
+            ]
+        presets[name] = preset
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+    return presets
+
+
+def parse_column_map(pairs: Iterable[str]) -> dict[str, str]:
+    """`Their Column=our_column` pairs (split at the last "="; an empty right side ignores the column)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        header, sep, target = pair.rpartition("=")
+        if not sep or not header.strip():
+            raise ImportFailed([f"column map {pair!r}: write it as 'Their Column=our_column'"])
+        out[header.strip()] = target.strip().lower()
+    return out
 
 
 def import_csv(
@@ -142,23 +241,43 @@ def import_csv(
     dry_run: bool = False,
     progress: Progress | None = None,
     column_map: dict[str, str] | None = None,
+    preset: str | None = None,
+    account: str | None = None,
+    date_format: str | None = None,
 ) -> ImportReport:
     """Validate the CSV file at `path` as `kind`, then upsert it in the caller's transaction (no commit).
 
-    Raises `ImportFailed` listing every bad row (nothing written) or a missing required column. `progress`
-    gets (done, total) where total is twice the data rows: each row counts once validated, once written or
-    found unchanged.
+    `preset` names a CRM preset (accounts and contacts), `column_map` maps headers onto csbot's columns (it wins
+    over the preset), `account` (an external id or name) says that every row of a file without an account column
+    belongs to that account, `date_format` is auto (default), iso, day-first, month-first or a strptime pattern.
+
+    Raises `ImportFailed` listing every bad row (nothing written) or `MissingColumns`. `progress` gets (done,
+    total) where total is twice the data rows: each row counts once validated, once written or found unchanged.
     """
     spec = KINDS.get(kind)
     if spec is None:
         raise ImportFailed([f"unknown kind {kind!r}; choose one of: {', '.join(KINDS)}"])
-    frame, rownums, display, warnings = _read_frame(Path(path), spec, column_map or {})
-    report = ImportReport(kind=kind, rows=len(frame), warnings=warnings, dry_run=dry_run)
+    mapping = _Mapping.build(spec, preset, column_map or {})
+    provided = {"account_external_id"} if account is not None else set()
+    read = _read_frame(Path(path), spec, mapping, provided)
+    frame, rownums = read.frame, read.rownums
+    report = ImportReport(kind=kind, rows=len(frame), warnings=read.warnings, dry_run=dry_run)
     meter = _Meter(progress, 2 * len(frame))
-    problems = _Problems(spec.columns, display)
+    problems = _Problems(spec.columns, read.display)
+    if kind == "nps":
+        frame["row_key"] = _row_keys(read.raw)
+        answered = frame["score"].str.strip().to_numpy() != ""
+        report.skipped = rownums[~answered].tolist()
+        report.skipped_reason = "no score (unanswered surveys)"
+        frame, rownums = _keep(frame, rownums, answered)
+    if account is not None:
+        frame["account_external_id"] = _account_by_id_or_name(session, account)
+    frame, rownums = _normalise_dates(frame, rownums, date_format, problems)
+    frame, rownums = _derive(session, spec, frame, rownums, problems, read.display)
     importer = _IMPORTERS[kind]
     counts = importer(session, frame, rownums, problems, meter, dry_run)
     report.inserted, report.updated, report.unchanged = counts.inserted, counts.updated, counts.unchanged
+    report.nps = counts.nps
     meter.finish()
     return report
 
@@ -178,10 +297,58 @@ def stage_names() -> tuple[list[str], str]:
 # --- reading and reporting ---
 
 
-def _read_frame(
-    path: Path, spec: KindSpec, column_map: Mapping[str, str]
-) -> tuple[pd.DataFrame, np.ndarray, dict[str, str], list[str]]:
-    """Read every cell as text, map headers to our names, drop blank lines; number rows like a spreadsheet."""
+def _header_key(header: object) -> str:
+    """How headers are matched: case-insensitive, with runs of blanks as one space."""
+    return " ".join(str(header).split()).casefold()
+
+
+@dataclass(frozen=True)
+class _Mapping:
+    """Header → column for one import: the preset's entries, overridden by the explicit map."""
+
+    targets: dict[str, str]  # header key → csbot column ("" = ignore)
+    preset: str | None = None
+    preset_headers: dict[str, list[str]] = field(default_factory=dict)  # column → the preset's header names
+
+    @classmethod
+    def build(cls, spec: KindSpec, preset: str | None, column_map: Mapping[str, str]) -> _Mapping:
+        targets: dict[str, str] = {}
+        headers: dict[str, list[str]] = {}
+        if preset is not None:
+            presets = load_presets()
+            chosen = presets.get(preset.lower())
+            if chosen is None:
+                raise ImportFailed([f"unknown preset {preset!r}; choose one of: {', '.join(presets)}"])
+            columns = chosen.columns(spec.name)
+            if columns is None:
+                raise ImportFailed([f"the {preset} preset is for accounts and contacts, not {spec.name}"])
+            for header, target in columns.items():
+                targets[_header_key(header)] = target
+                if target:
+                    headers.setdefault(target, []).append(header)
+        known = set(spec.columns)
+        bad = [f"{h}={t}" for h, t in column_map.items() if t and t not in known]
+        if bad:
+            raise ImportFailed([
+                f"column map {', '.join(bad)}: {spec.name} has no such column (its columns: {', '.join(spec.columns)})"
+            ])
+        targets.update({_header_key(h): t for h, t in column_map.items()})
+        return cls(targets=targets, preset=preset.lower() if preset else None, preset_headers=headers)
+
+
+@dataclass
+class _Read:
+    frame: pd.DataFrame  # csbot's columns, text cells
+    rownums: np.ndarray  # spreadsheet row number of each frame row
+    display: dict[str, str]  # csbot column → the file's header
+    warnings: list[str]
+    raw: pd.DataFrame  # every column of the file, aligned with `frame`
+
+
+def _read_frame(path: Path, spec: KindSpec, mapping: _Mapping, provided: set[str]) -> _Read:
+    """Read every cell as text, map headers to our names, drop blank lines; number rows like a spreadsheet.
+
+    `provided` columns come from elsewhere (e.g. one account for the whole file): the file must not have them."""
     try:
         raw = pd.read_csv(
             path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig",
@@ -202,26 +369,313 @@ def _read_frame(
     warnings: list[str] = []
     for header in raw.columns:
         label = str(header).strip()
-        target = column_map.get(str(header), column_map.get(label, label.lower()))
+        target = mapping.targets.get(_header_key(header), label.lower())
+        if target == "":
+            continue  # mapped away on purpose
         if target not in known:
             warnings.append(f"unknown column {label!r} ignored")
             continue
         if target in display:
             raise ImportFailed([f"columns {display[target]!r} and {label!r} both give {target!r}"])
+        if target in provided:
+            raise ImportFailed([f"column {label!r} gives {target!r}, which is already given for the whole file"])
         renames[str(header)] = target
         display[target] = label
-    missing = [c for c in spec.required if c not in display]
+    present = set(display) | provided
+    missing = [
+        c for c in spec.required
+        if c not in present and not any(s in present for s in spec.stand_ins.get(c, ()))
+    ]
     if missing:
         found = ", ".join(str(h) for h in raw.columns) or "none"
         plural = "s" if len(missing) > 1 else ""
-        raise ImportFailed([f"missing required column{plural}: {', '.join(missing)} (found: {found})"])
+        names = [
+            f"{c} (or {' / '.join(spec.stand_ins[c])})" if c in spec.stand_ins else c for c in missing
+        ]
+        hints = [
+            f"{c} from {' or '.join(repr(h) for h in mapping.preset_headers[c])}"
+            for c in missing if c in mapping.preset_headers
+        ]
+        hint = f"; the {mapping.preset} preset reads {', '.join(hints)}" if hints else ""
+        raise MissingColumns(
+            [f"missing required column{plural}: {', '.join(names)} (found: {found}){hint}"], missing
+        )
     frame = raw[list(renames)].rename(columns=renames)
     rownums = np.arange(2, len(frame) + 2, dtype=np.int64)
     blank = (raw == "").all(axis=1).to_numpy() if len(raw.columns) else np.ones(len(raw), dtype=bool)
     if blank.any():
         frame = frame.loc[~blank].reset_index(drop=True)
+        raw = raw.loc[~blank].reset_index(drop=True)
         rownums = rownums[~blank]
-    return frame, rownums, display, warnings
+    return _Read(frame, rownums, display, warnings, raw)
+
+
+def _keep(frame: pd.DataFrame, rownums: np.ndarray, keep: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    if keep.all():
+        return frame, rownums
+    return frame.loc[keep].reset_index(drop=True), rownums[keep]
+
+
+def _row_keys(raw: pd.DataFrame) -> np.ndarray:
+    """A stable key per CSV row from all of its cells; the k-th repeat of an identical row gets "#k"."""
+    hashes = pd.util.hash_pandas_object(raw, index=False).to_numpy(dtype=np.uint64)
+    repeat = pd.Series(hashes).groupby(hashes).cumcount().to_numpy()
+    return np.array(
+        [f"row:{h:016x}" + (f"#{k}" if k else "") for h, k in zip(hashes.tolist(), repeat.tolist(), strict=True)],
+        dtype=object,
+    )
+
+
+def _account_by_id_or_name(session: Session, account: str) -> str:
+    """The external id of the account named `account` (its external id, else its exact, case-blind name)."""
+    table = _table(Account)
+    wanted = account.strip()
+    found = session.execute(select(table.c.external_id).where(table.c.external_id == wanted)).scalars().all()
+    if not found:
+        query = select(table.c.external_id).where(table.c.name_key == wanted.casefold())
+        found = session.execute(query).scalars().all()
+    if len(found) == 1:
+        return str(found[0])
+    if found:
+        raise ImportFailed([f"{len(found)} accounts are named {account!r}; give the external id instead"])
+    raise ImportFailed([f"no account with external id or name {account!r}"])
+
+
+# --- dates written the local way (31/01/2026, 1/31/2026 10:00 PM) ---
+
+_LOCAL_DATE_RE = re.compile(
+    r"(\d{1,2})[/.-](\d{1,2})[/.-](\d{4}|\d{2})"
+    r"(?:[ T,]+(\d{1,2}):(\d{2})(?::(\d{2}))?\s*([AaPp][Mm])?)?"
+)
+
+
+def _local_parts(text: str) -> tuple[int, int, int, int, int, int, str] | None:
+    found = _LOCAL_DATE_RE.fullmatch(text)
+    if found is None:
+        return None
+    a, b, year, hour, minute, second, half = found.groups()
+    return (
+        int(a), int(b), int(year) + (2000 if len(year) == 2 else 0), int(hour or 0), int(minute or 0),
+        int(second or 0), (half or "").lower(),
+    )
+
+
+def _detect_order(values: Iterable[tuple[str, str]]) -> str | None:
+    """"day-first" or "month-first" from (column, text) pairs, None when no date is written that way.
+
+    Raises ImportFailed when the file mixes both, or when no day is above 12 (nothing tells them apart)."""
+    day_first: tuple[str, str] | None = None
+    month_first: tuple[str, str] | None = None
+    example: tuple[str, str] | None = None
+    for column, text in values:
+        parts = _local_parts(text)
+        if parts is None:
+            continue
+        example = example or (column, text)
+        if parts[0] > 12 and parts[1] <= 12:
+            day_first = day_first or (column, text)
+        elif parts[1] > 12 and parts[0] <= 12:
+            month_first = month_first or (column, text)
+    if day_first and month_first:
+        raise ImportFailed([
+            f"dates are written both day-first ({day_first[0]} {day_first[1]!r}) and month-first "
+            f"({month_first[0]} {month_first[1]!r}); fix the file or give the date format"
+        ])
+    if day_first:
+        return "day-first"
+    if month_first:
+        return "month-first"
+    if example:
+        raise ImportFailed([
+            f"dates such as {example[1]!r} ({example[0]}) read both day-first and month-first; give the date format "
+            "(--date-format day-first or month-first)"
+        ])
+    return None
+
+
+def _convert_date(text: str, order: str, with_time: bool) -> str | None:
+    """The ISO text of a date written in `order` (or a strptime pattern); the text itself when it is not written
+    the local way (left to the validator); None when it is but is no real date."""
+    if _DATE_RE.match(text):
+        # A date column given an ISO date-time keeps its day (CRM exports often add a time).
+        return text if with_time or len(text) == 10 else text[:10]
+    try:
+        if "%" in order:
+            moment = datetime.strptime(text, order)
+        else:
+            parts = _local_parts(text)
+            if parts is None:
+                return text
+            a, b, year, hour, minute, second, half = parts
+            day, month = (a, b) if order == "day-first" else (b, a)
+            if half:
+                if not 1 <= hour <= 12:
+                    return None
+                hour = hour % 12 + (12 if half == "pm" else 0)
+            moment = datetime(year, month, day, hour, minute, second)
+    except ValueError:
+        return None
+    return moment.isoformat() if with_time else moment.date().isoformat()
+
+
+def _normalise_dates(
+    frame: pd.DataFrame, rownums: np.ndarray, date_format: str | None, problems: _Problems
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rewrite the date cells as ISO text (each distinct value once); rows with an impossible date become
+    problems and leave the frame."""
+    columns = [c for c in (*DATE_COLUMNS, *MOMENT_COLUMNS) if c in frame.columns]
+    fmt = (date_format or "auto").strip()
+    if fmt.lower() in DATE_FORMATS:
+        fmt = fmt.lower()
+    elif "%" not in fmt:
+        raise ImportFailed([
+            f"date format {date_format!r}: use auto, iso, day-first, month-first or a pattern such as %d.%m.%Y %H:%M"
+        ])
+    if not columns:
+        return frame, rownums
+    # Each column as codes into its distinct cells: a usage file has millions of rows but few distinct days.
+    factors = {c: pd.factorize(frame[c], use_na_sentinel=False) for c in columns}
+    texts = {c: [str(u).strip() for u in factors[c][1]] for c in columns}
+    order: str | None = fmt
+    if fmt == "auto":
+        order = _detect_order((c, t) for c in columns for t in dict.fromkeys(texts[c]))
+    elif fmt == "iso":
+        order = None
+    keep = np.ones(len(frame), dtype=bool)
+    for column in columns:
+        with_time = column in MOMENT_COLUMNS
+        codes, uniques = factors[column]
+        new_texts: list[str] = []
+        impossible = np.zeros(len(uniques), dtype=bool)
+        for i, text in enumerate(texts[column]):
+            if text and order is None:
+                text = text if with_time or not _DATE_RE.match(text) else text[:10]
+            elif text and order is not None:
+                converted = _convert_date(text, order, with_time)
+                impossible[i] = converted is None
+                text = converted or text
+            new_texts.append(text)
+        if impossible.any():
+            bad = impossible[codes]
+            cells = np.asarray(new_texts, dtype=object)[codes]
+            problems.add_mask(rownums[bad], column, cells[bad], _not_in_format(str(order)))
+            keep &= ~bad
+        if new_texts != [str(u) for u in uniques]:
+            frame[column] = np.asarray(new_texts, dtype=object)[codes]
+    return _keep(frame, rownums, keep)
+
+
+def _not_in_format(order: str) -> Callable[[str], str]:
+    described = order if order in ("day-first", "month-first") else f"{order!r}"
+
+    def reason(text: str) -> str:
+        return f"not a date in the {described} format ({text!r})"
+
+    return reason
+
+
+# --- columns that stand in for others ---
+
+
+def _derive(
+    session: Session, spec: KindSpec, frame: pd.DataFrame, rownums: np.ndarray, problems: _Problems,
+    display: Mapping[str, str],
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Fill csbot's columns from the stand-ins (owner, account_name, first/last name); rows whose stand-in
+    cannot be resolved become problems and leave the frame."""
+    keep = np.ones(len(frame), dtype=bool)
+    if "owner" in frame.columns:
+        if "owner_email" in frame.columns:
+            raise ImportFailed([
+                f"columns {display['owner_email']!r} and {display['owner']!r} both give the owner; keep one"
+            ])
+        frame["owner_email"], bad = _owners(session, frame["owner"], rownums, problems)
+        keep &= ~bad
+        frame = frame.drop(columns=["owner"])
+    if "first_name" in frame.columns or "last_name" in frame.columns:
+        empty = pd.Series("", index=frame.index)
+        first = frame.get("first_name", empty).str.strip()
+        last = frame.get("last_name", empty).str.strip()
+        joined = (first + " " + last).str.strip()
+        if "email" in frame.columns:
+            joined = joined.where(joined != "", frame["email"].str.strip())
+        if "name" in frame.columns:
+            frame["name"] = frame["name"].where(frame["name"].str.strip() != "", joined)
+        else:
+            frame["name"] = joined
+        frame = frame.drop(columns=[c for c in ("first_name", "last_name") if c in frame.columns])
+    if "account_name" in frame.columns:
+        given = frame["account_external_id"].str.strip() if "account_external_id" in frame.columns else None
+        resolved, bad = _accounts_by_name(session, frame["account_name"], rownums, problems, given)
+        frame["account_external_id"] = resolved
+        keep &= ~bad
+        frame = frame.drop(columns=["account_name"])
+    return _keep(frame, rownums, keep)
+
+
+def _owners(
+    session: Session, owners: pd.Series, rownums: np.ndarray, problems: _Problems
+) -> tuple[pd.Series, np.ndarray]:
+    """Owner names or e-mails → e-mails of csbot users (a name must match exactly one user, case-blind)."""
+    table = _table(User)
+    emails: set[str] = set()
+    by_name: dict[str, list[str]] = {}
+    for email, name in session.execute(select(table.c.email, table.c.name)):
+        emails.add(str(email).lower())
+        by_name.setdefault(_header_key(name), []).append(str(email).lower())
+    resolved: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    for value in pd.unique(owners.str.strip()).tolist():
+        text = str(value)
+        if not text:
+            resolved[text] = ""
+        elif "@" in text:
+            if text.lower() in emails:
+                resolved[text] = text.lower()
+            else:
+                reasons[text] = f"no user with email {text.lower()!r}"
+        else:
+            matches = by_name.get(_header_key(text), [])
+            if len(matches) == 1:
+                resolved[text] = matches[0]
+            elif matches:
+                reasons[text] = f"{len(matches)} users are named {text!r} ({', '.join(sorted(matches))}); use an e-mail"
+            else:
+                reasons[text] = f"no user named {text!r} (import them as users first, or leave the owner out)"
+    stripped = owners.str.strip()
+    bad = stripped.isin(list(reasons)).to_numpy()
+    problems.add_mask(rownums[bad], "owner", stripped.to_numpy()[bad], lambda t: reasons[t])
+    return stripped.map(lambda t: resolved.get(t, "")), bad
+
+
+def _accounts_by_name(
+    session: Session, names: pd.Series, rownums: np.ndarray, problems: _Problems, given: pd.Series | None
+) -> tuple[pd.Series, np.ndarray]:
+    """Account names → external ids (exact, case-blind); a row that already names its external id keeps it."""
+    stripped = names.str.strip()
+    needed = stripped != "" if given is None else (given == "") & (stripped != "")
+    keys = sorted({str(v).casefold() for v in stripped[needed].tolist()})
+    table = _table(Account)
+    found: dict[str, list[str]] = {}
+    for batch in _batches(keys):
+        query = select(table.c.name_key, table.c.external_id).where(table.c.name_key.in_(batch))
+        for key, ext in session.execute(query):
+            found.setdefault(str(key), []).append(str(ext))
+    reasons: dict[str, str] = {}
+    resolved: dict[str, str] = {}
+    for text in stripped[needed].unique().tolist():
+        matches = found.get(str(text).casefold(), [])
+        if len(matches) == 1:
+            resolved[text] = matches[0]
+        elif matches:
+            reasons[text] = f"{len(matches)} accounts are named {text!r}; give the account's external id"
+        else:
+            reasons[text] = f"no account named {text!r}"
+    bad = (needed & stripped.isin(list(reasons))).to_numpy()
+    problems.add_mask(rownums[bad], "account_name", stripped.to_numpy()[bad], lambda t: reasons[t])
+    by_name = stripped.map(lambda t: resolved.get(t, ""))
+    out = by_name if given is None else given.where(given != "", by_name)
+    return out, bad
 
 
 class _Problems:
@@ -304,6 +758,7 @@ class _Counts:
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
+    nps: NpsCounts | None = None
 
 
 # --- cell parsers shared by the row models and the vectorised usage path ---
@@ -512,6 +967,16 @@ class NpsRow(_AccountRowBase):
     responded_at: ReqMoment
     contact_email: OptEmail = None
     comment: OptText = None
+    response_id: OptText = None
+    row_key: str = ""  # the fingerprint of the CSV row, for rows without an e-mail or a response id
+
+    @property
+    def contact_key(self) -> str:
+        """Who answered as stored: the e-mail, else the response id, else the row's fingerprint (never "", so
+        anonymous answers given at the same moment stay apart)."""
+        if self.contact_email:
+            return self.contact_email
+        return f"response:{self.response_id}" if self.response_id else self.row_key
 
 
 _RowT = TypeVar("_RowT", bound=_Row)
@@ -784,6 +1249,7 @@ def _import_accounts(
                 plan.updates[-1]["stage_since"] = now
     if not dry_run:
         _write(session, Account, plan, ["external_id"], meter)
+        _record_revenue(session, [r.external_id for _, r in rows], stored, day=now.date())
         if moves:
             ids = _account_ids(session, (ext for ext, _, _ in moves))
             transitions = [
@@ -795,6 +1261,24 @@ def _import_accounts(
             ]
             session.execute(insert(_table(StageTransition)), transitions)
     return plan.counts()
+
+
+def _record_revenue(session: Session, external_ids: Sequence[str], stored: Mapping[str, Mapping[str, Any]], *,
+                    day: date) -> None:
+    """Add the ARR history (new logos, expansions, contractions, churns, reactivations) that the imported rows
+    imply to `arr_change`, which the retention analytics read."""
+    table = _table(Account)
+    updates = []
+    for batch in _batches(external_ids):
+        query = select(table.c.id, table.c.external_id, table.c.arr, table.c.status, table.c.seats)
+        for rec in session.execute(query.where(table.c.external_id.in_(batch))).mappings():
+            old = stored.get(rec["external_id"])
+            updates.append(ArrUpdate(
+                account_id=rec["id"], arr_after=float(rec["arr"]), status_after=rec["status"],
+                seats_after=int(rec["seats"]), arr_before=float(old["arr"]) if old else 0.0,
+                status_before=old["status"] if old else None, seats_before=int(old["seats"]) if old else 0,
+            ))
+    record_arr_changes(session, updates, day=day, source="import")
 
 
 def _import_contacts(
@@ -876,10 +1360,10 @@ def _import_nps(
     rows = _resolve_accounts(session, _validate(frame, rownums, NpsRow, problems, meter), problems)
     seen: dict[tuple[int, str, datetime], int] = {}
     for rownum, r, acc in rows:
-        first = seen.setdefault((acc, r.contact_email or "", r.responded_at), rownum)
+        first = seen.setdefault((acc, r.contact_key, r.responded_at), rownum)
         if first != rownum:
-            what = "account, contact_email and responded_at"
-            problems.add(rownum, "responded_at", f"duplicate of row {first} (same {what})")
+            who = "contact_email" if r.contact_email else "response_id"
+            problems.add(rownum, "responded_at", f"duplicate of row {first} (same account, {who} and responded_at)")
     problems.raise_if_any()
 
     accounts = {acc for _, _, acc in rows}
@@ -893,7 +1377,7 @@ def _import_nps(
     }
     plan = _Plan()
     for _, r, acc in rows:
-        contact_key = r.contact_email or ""
+        contact_key = r.contact_key
         old = stored.get((acc, contact_key, r.responded_at))
         target = {
             "account_id": acc,
@@ -907,7 +1391,14 @@ def _import_nps(
             plan.inserts[-1]["source"] = "import"
     if not dry_run:
         _write(session, NpsResponse, plan, ["account_id", "contact_key", "responded_at"], meter)
-    return plan.counts()
+    scores = np.array([r.score for _, r, _ in rows], dtype=np.int64)
+    counts = plan.counts()
+    counts.nps = NpsCounts(
+        promoters=int((scores >= PROMOTER_FROM).sum()),
+        passives=int(((scores >= PASSIVE_FROM) & (scores < PROMOTER_FROM)).sum()),
+        detractors=int((scores < PASSIVE_FROM).sum()),
+    )
+    return counts
 
 
 def _distinct(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:

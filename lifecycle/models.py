@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from pydantic import NaiveDatetime
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 ROLES = ("admin", "manager", "csm", "viewer")
@@ -44,6 +44,9 @@ class User(SQLModel, table=True):
 class Account(SQLModel, table=True):
     """A customer account with its commercial facts and its latest lifecycle state."""
 
+    # Chat lookups match the external id in any case: without this index that is a scan of every account.
+    __table_args__ = (Index("ix_account_external_id_lower", text("lower(external_id)")),)
+
     id: int | None = Field(default=None, primary_key=True)
     external_id: str = Field(unique=True, index=True)
     name: str
@@ -68,6 +71,12 @@ class Account(SQLModel, table=True):
     health_grade: str | None = Field(default=None, index=True)
     health_at: date | None = None
     last_usage_date: date | None = None
+    last_usage_at: NaiveDatetime | None = None  # newest event time received by the usage ingest API
+    # Filled by the churn model (lifecycle/churn.py): p(churn within the model's horizon) and its top drivers.
+    churn_probability: float | None = None
+    churn_reasons: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    churn_scored_at: NaiveDatetime | None = None
+    cohort: int | None = Field(default=None, index=True)  # behaviour cohort (lifecycle/segments.py)
     created_at: NaiveDatetime = Field(default_factory=utcnow)
     updated_at: NaiveDatetime = Field(default_factory=utcnow)
 
@@ -97,6 +106,8 @@ class UsageDaily(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("account_id", "feature", "day", name="uq_usage_account_feature_day"),
         Index("ix_usage_day", "day"),
+        # Covers the whole-portfolio window aggregates (lifecycle.signals): they read only this index.
+        Index("ix_usage_cover", "account_id", "feature", "day", "active_users", "logins", "events"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -106,6 +117,56 @@ class UsageDaily(SQLModel, table=True):
     active_users: int = 0
     logins: int = 0
     events: int = 0
+
+
+class UsageUserDay(SQLModel, table=True):
+    """A user seen active in an account on a day (feature "" = any event), so that ingested active-user
+    counts stay distinct across requests and replicas."""
+
+    __tablename__ = "usage_user_day"
+    __table_args__ = (
+        UniqueConstraint("account_id", "feature", "day", "user_key", name="uq_usage_user_day"),
+        Index("ix_usage_user_day_day", "day"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    account_id: int = Field(foreign_key="account.id")
+    feature: str = ""
+    day: date
+    user_key: str
+
+
+class IngestMessage(SQLModel, table=True):
+    """A usage-ingest message id already applied: a resend of it changes nothing."""
+
+    __tablename__ = "ingest_message"
+
+    message_id: str = Field(primary_key=True)
+    received_at: NaiveDatetime = Field(default_factory=utcnow, index=True)
+
+
+class IngestUser(SQLModel, table=True):
+    """Which account a product user belongs to, learnt from identify/group calls of the usage ingest."""
+
+    __tablename__ = "ingest_user"
+
+    user_key: str = Field(primary_key=True)
+    account_external_id: str
+    updated_at: NaiveDatetime = Field(default_factory=utcnow)
+
+
+class IngestSource(SQLModel, table=True):
+    """The last ingest from one source (a Segment library, a `?source=` name, or "api") and its running totals."""
+
+    __tablename__ = "ingest_source"
+
+    source: str = Field(primary_key=True)
+    last_received_at: NaiveDatetime
+    last_event_at: NaiveDatetime | None = None
+    requests: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    unknown: int = 0
 
 
 class Ticket(SQLModel, table=True):
@@ -143,6 +204,8 @@ class NpsSurvey(SQLModel, table=True):
     sent_at: NaiveDatetime | None = None
     expires_at: NaiveDatetime | None = None
     reminded_at: NaiveDatetime | None = None
+    lang: str = "en"  # the language the question was asked in; confirmations and the reminder follow it
+    comment_ref: str | None = None  # "<chat>:<message>" of the prompt a follow-up comment answers (Telegram)
 
 
 class NpsResponse(SQLModel, table=True):
@@ -192,6 +255,29 @@ class StageTransition(SQLModel, table=True):
     reason: str = ""
     source: str = "manual"  # manual, rule:<name>, import
     actor_id: int | None = Field(default=None, foreign_key="user.id")
+
+
+class ArrChange(SQLModel, table=True):
+    """One change of an account's recurring revenue: a new logo, an expansion, a contraction, a churn or a
+    reactivation, with ARR and seats before and after. Retention (GRR, NRR) and revenue KPIs read this history."""
+
+    __tablename__ = "arr_change"
+    __table_args__ = (
+        UniqueConstraint("account_id", "day", "kind", name="uq_arr_change_account_day_kind"),
+        Index("ix_arr_change_day", "day"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    account_id: int = Field(foreign_key="account.id", index=True)
+    day: date
+    kind: str  # new, expansion, contraction, churn, reactivation
+    arr_before: float = 0.0
+    arr_after: float = 0.0
+    seats_before: int = 0
+    seats_after: int = 0
+    reason: str | None = None  # why the customer left (churn) or what changed
+    source: str = "import"
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
 class HealthSnapshot(SQLModel, table=True):
@@ -247,6 +333,49 @@ class Delivery(SQLModel, table=True):
     message_ref: str | None = None
     created_at: NaiveDatetime = Field(default_factory=utcnow)
     sent_at: NaiveDatetime | None = None
+
+
+class JobRun(SQLModel, table=True):
+    """One run of a scheduled job. The unique (job, fire_time) pair is how replicas sharing one database agree
+    that each scheduled occurrence runs once: the first to insert the row runs it, the others skip."""
+
+    __tablename__ = "job_run"
+    __table_args__ = (UniqueConstraint("job", "fire_time", name="uq_job_run_job_fire"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job: str = Field(index=True)
+    fire_time: NaiveDatetime  # the scheduled occurrence (naive UTC); the start time for a one-off run
+    trigger: str = "schedule"  # schedule, manual
+    host: str = ""
+    started_at: NaiveDatetime = Field(default_factory=utcnow)
+    finished_at: NaiveDatetime | None = None
+    status: str = "running"  # running, ok, failed
+    summary: str = ""
+
+
+class ChurnModel(SQLModel, table=True):
+    """A trained churn model: its joblib bytes and metadata, in the database so that every replica shares it."""
+
+    __tablename__ = "churn_model"
+
+    id: int | None = Field(default=None, primary_key=True)
+    version: str = Field(unique=True)
+    kind: str  # the chosen candidate, e.g. "logistic" or "hist_gradient_boosting"
+    horizon_days: int
+    trained_at: NaiveDatetime = Field(default_factory=utcnow, index=True)
+    meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class Cohort(SQLModel, table=True):
+    """One behaviour cohort of the latest segmentation: its size and what sets it apart (lifecycle/segments.py)."""
+
+    __tablename__ = "cohort"
+
+    id: int = Field(primary_key=True)  # cohort number, 1 = the largest
+    size: int = 0
+    traits: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    computed_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
 class AuditLog(SQLModel, table=True):

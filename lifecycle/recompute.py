@@ -1,20 +1,30 @@
-"""The whole-portfolio recompute: signals → health scores and snapshots → automatic stage rules.
+"""The whole-portfolio recompute: signals → health scores and snapshots → automatic stage rules → insight.
 
 Health is scored with each account's current stage weights; the stage rules then see today's grade. A stage change
 made here therefore shows in the health weights from the next recompute on. Running it twice on one day gives the
 same snapshots and moves nothing the second time.
+
+Insight comes last: the churn model is trained when there is none (or it is older than `retrain_days`), every active
+account is scored with its probability and reasons, and cohorts and tiers are refreshed. It runs inside a savepoint:
+a failure there is reported in the summary and rolls back only the insight, never the health and stage results.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
 from sqlmodel import Session
 
+from lifecycle.churn import InsightConfig, default_insight_config
 from lifecycle.health import Scorecard, recompute_health
-from lifecycle.signals import build_signals
+from lifecycle.signals import build_signals, refresh_stages
+
+if TYPE_CHECKING:
+    import pandas as pd
 from lifecycle.stages import StageMachine, apply_automatic_rules
 
 
@@ -26,10 +36,25 @@ class RecomputeSummary:
     stage_moves: int = 0
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    insight: str = ""  # what the churn, cohort and tier step did (or why it failed)
+    # The signals frame after the run (health filled in, stages as the rules left them): the alert rules take it
+    # instead of reading the usage a second time (`run_alert_rules(..., frame=summary.signals)`).
+    signals: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
 
-def recompute(session: Session, *, as_of: date, scorecard: Scorecard, machine: StageMachine) -> RecomputeSummary:
-    """Recompute health and stages for every account as of `as_of` (the caller commits)."""
+log = logging.getLogger("csbot.recompute")
+
+
+def recompute(
+    session: Session,
+    *,
+    as_of: date,
+    scorecard: Scorecard,
+    machine: StageMachine,
+    insight: InsightConfig | None = None,
+    with_insight: bool = True,
+) -> RecomputeSummary:
+    """Recompute health and stages for every account as of `as_of`, then the insight (the caller commits)."""
     timings: dict[str, float] = {}
     started = last = time.perf_counter()
 
@@ -46,7 +71,13 @@ def recompute(session: Session, *, as_of: date, scorecard: Scorecard, machine: S
     run = recompute_health(session, as_of, scorecard, signals=frame)
     lap("health")
     moves = apply_automatic_rules(session, run.signals, as_of, machine)
+    if moves:
+        refresh_stages(session, run.signals)
     lap("stages")
+    note = ""
+    if with_insight:
+        note = _insight(session, as_of, run.signals, scorecard, machine, insight or default_insight_config())
+        lap("insight")
     scored = run.scored
     grades = scored["grade"].value_counts().to_dict()
     return RecomputeSummary(
@@ -56,7 +87,30 @@ def recompute(session: Session, *, as_of: date, scorecard: Scorecard, machine: S
         stage_moves=moves,
         seconds=round(time.perf_counter() - started, 3),
         timings=timings,
+        insight=note,
+        signals=run.signals,
     )
+
+
+def _insight(
+    session: Session, as_of: date, signals: object, scorecard: Scorecard, machine: StageMachine, config: InsightConfig
+) -> str:
+    import pandas as pd
+
+    from lifecycle import churn, segments
+
+    assert isinstance(signals, pd.DataFrame)
+    try:
+        with session.begin_nested():
+            churn_note = churn.refresh(
+                session, as_of=as_of, config=config, scorecard=scorecard, signals=signals,
+                activation=(machine.activation.ratio, machine.activation.window_days),
+            )
+            cohort_note = segments.refresh(session, signals, segments=config.segments, tier_config=config.tiers)
+    except Exception as exc:  # the insight must never cost the night its health scores
+        log.exception("insight step failed")
+        return f"failed: {type(exc).__name__}: {exc}"
+    return f"churn: {churn_note}; {cohort_note}"
 
 
 def backfill_health(

@@ -24,7 +24,7 @@ from lifecycle.models import Account, User
 from lifecycle.stages import StageMachine
 
 Op = Literal["=", "!=", "<", "<=", ">", ">="]
-Kind = Literal["text", "stage", "grade", "owner", "name", "money", "count", "score", "renewal"]
+Kind = Literal["text", "stage", "grade", "owner", "name", "money", "count", "score", "renewal", "percent"]
 Problem = Literal[
     "unknown_field", "bad_value", "bad_operator", "no_list", "bad_token", "unknown_stage", "unknown_owner", "empty"
 ]
@@ -44,6 +44,8 @@ FIELDS: dict[str, Kind] = {
     "segment": "text",
     "plan": "text",
     "tier": "text",
+    "cohort": "count",
+    "churn": "percent",
     "status": "text",
     "name": "name",
 }
@@ -64,6 +66,12 @@ FIELD_ALIASES: dict[str, str] = {
     "细分": "segment",
     "套餐": "plan",
     "层级": "tier",
+    "群组": "cohort",
+    "分群": "cohort",
+    "churn_probability": "churn",
+    "churn_risk": "churn",
+    "流失概率": "churn",
+    "流失风险": "churn",
     "状态": "status",
     "席位": "seats",
     "名称": "name",
@@ -206,6 +214,14 @@ def _value(raw: str, kind: Kind, field_name: str, machine: StageMachine | None) 
         if number != int(number):
             raise FilterError("bad_value", raw, field=field_name, expected="a whole number")
         return number
+    if kind == "percent":
+        try:
+            percent = float(raw.strip().removesuffix("%"))
+        except ValueError:
+            percent = -1.0
+        if not 0 <= percent <= 100:
+            raise FilterError("bad_value", raw, field=field_name, expected="a percentage from 0 to 100")
+        return percent
     if kind == "score":
         try:
             score = float(raw)
@@ -428,7 +444,13 @@ def _condition(f: Filter, today: date, users: Sequence[User], me_id: int | None)
     if kind in ("text", "stage"):
         column = col(getattr(Account, f.field))
         return _text_in(column, f, nullable=f.field not in ("stage", "status"))
-    column = {"arr": col(Account.arr), "seats": col(Account.seats), "health": col(Account.health_score)}[f.field]
+    if f.field == "churn":
+        # Percent in the filter, probability in the column; accounts without a probability never match.
+        column = col(Account.churn_probability)
+        return and_(column.is_not(None),
+                    _any_or_none(f.op, [_compare(column, f.op, float(v) / 100.0) for v in f.values]))  # type: ignore[arg-type]
+    column = {"arr": col(Account.arr), "seats": col(Account.seats), "health": col(Account.health_score),
+              "cohort": col(Account.cohort)}[f.field]
     return _any_or_none(f.op, [_compare(column, f.op, v) for v in f.values])
 
 

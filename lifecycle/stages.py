@@ -199,6 +199,89 @@ class Rule(BaseModel):
         return cols | {f for f, _ in self._fields if f not in _TEMPLATE_EXTRAS}
 
 
+@dataclass(frozen=True)
+class KpiMetric:
+    """A stage KPI the analytics know how to compute: its unit, which way is better, how accounts aggregate."""
+
+    unit: Literal["days", "percent", "count", "money"]
+    better: Literal["higher", "lower"]
+    aggregate: Literal["median", "mean"]
+    label: str
+    label_zh: str
+    needs_feature: bool = False
+
+
+# The catalogue of stage KPIs (see lifecycle/analytics.py for how each is computed).
+KPI_METRICS: dict[str, KpiMetric] = {
+    "time_to_value": KpiMetric("days", "lower", "median", "Time to value", "价值实现时间"),
+    "seat_activation": KpiMetric("percent", "higher", "mean", "Seat activation", "席位激活率"),
+    "licence_utilisation": KpiMetric("percent", "higher", "mean", "Licence utilisation", "许可使用率"),
+    "feature_breadth": KpiMetric("count", "higher", "mean", "Features in use", "使用的功能数"),
+    "feature_days": KpiMetric("days", "higher", "mean", "Days the feature was used", "功能使用天数", True),
+    "feature_events": KpiMetric("count", "higher", "mean", "Feature events", "功能事件数", True),
+    "active_days": KpiMetric("days", "higher", "mean", "Active days", "活跃天数"),
+    "seat_growth": KpiMetric("percent", "higher", "mean", "Seat growth", "席位增长"),
+    "upsell_arr": KpiMetric("money", "higher", "mean", "Upsell ARR", "增购 ARR"),
+    "renewal_rate": KpiMetric("percent", "higher", "mean", "Renewal rate", "续约率"),
+    "renewal_coverage": KpiMetric("percent", "higher", "mean", "Renewals with a recent touchpoint",
+                                  "近期有跟进的续约"),
+    "promoters": KpiMetric("count", "higher", "mean", "Promoters", "推荐者"),
+    "references": KpiMetric("count", "higher", "mean", "References given", "提供的推荐"),
+}
+
+
+class KpiDef(BaseModel):
+    """A KPI of one stage with its goal; `days` is the look-back window (the look-ahead for renewal coverage)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stage: str
+    metric: str
+    goal: float
+    label: str = ""
+    label_zh: str = ""
+    feature: str | None = None
+    days: int = Field(default=30, ge=1, le=3660)
+    touch_days: int = Field(default=30, ge=1, le=3660)
+    note_kinds: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _known_metric(self) -> KpiDef:
+        if self.metric not in KPI_METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; known metrics are {', '.join(KPI_METRICS)}")
+        if KPI_METRICS[self.metric].needs_feature and not (self.feature or "").strip():
+            raise ValueError(f"metric {self.metric!r} needs `feature` (the per-feature usage name, e.g. \"reports\")")
+        return self
+
+    @property
+    def key(self) -> str:
+        """A name unique within the stage: the metric, with the feature when there is one."""
+        return f"{self.metric}:{self.feature}" if self.feature else self.metric
+
+    @property
+    def spec(self) -> KpiMetric:
+        return KPI_METRICS[self.metric]
+
+    def title(self, lang: str = "en") -> str:
+        """The KPI's display label in `lang`."""
+        if lang == "zh":
+            return self.label_zh or self.label or self.spec.label_zh + (f"（{self.feature}）" if self.feature else "")
+        return self.label or self.spec.label + (f" ({self.feature})" if self.feature else "")
+
+    def met(self, value: float) -> bool:
+        """Whether `value` reaches the goal (at most the goal for lower-is-better KPIs)."""
+        return value <= self.goal if self.spec.better == "lower" else value >= self.goal
+
+
+class FunnelConfig(BaseModel):
+    """The stages of the funnel in order, and per stage the moves that count as moving on (default: later ones)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stages: list[str]
+    next: dict[str, list[str]] = Field(default_factory=dict)
+
+
 class StageMachine(BaseModel):
     """A loaded, validated stage machine."""
 
@@ -210,6 +293,8 @@ class StageMachine(BaseModel):
     transitions: dict[str, list[str]] = Field(default_factory=dict)
     activation: Activation = Field(default_factory=Activation)
     rules: list[Rule] = Field(default_factory=list)
+    kpis: list[KpiDef] = Field(default_factory=list)
+    funnel: FunnelConfig | None = None
     source: Path | None = None
 
     @property
@@ -229,6 +314,30 @@ class StageMachine(BaseModel):
         except NotFoundError:
             return name
         return s.label_zh or s.label if lang == "zh" else s.label
+
+    def stage_kpis(self, stage: str) -> list[KpiDef]:
+        """The KPIs declared for `stage`, in file order."""
+        return [k for k in self.kpis if k.stage == stage]
+
+    def funnel_stages(self) -> list[str]:
+        """The funnel's stages in order: as declared, else every stage that is not reachable from anywhere
+        (those are exits such as churned) and not reached only from an exit (such as win-back)."""
+        if self.funnel is not None:
+            return list(self.funnel.stages)
+        exits = set(self.reachable_from_anywhere)
+        sources: dict[str, set[str]] = {}
+        for src, targets in self.transitions.items():
+            for target in targets:
+                sources.setdefault(target, set()).add(src)
+        return [s for s in self.stage_names if s not in exits
+                and (s == self.initial or not sources.get(s) or not sources[s] <= exits)]
+
+    def moves_on(self, stage: str) -> list[str]:
+        """The stages whose entry from `stage` counts as moving on in the funnel."""
+        if self.funnel is not None and stage in self.funnel.next:
+            return list(self.funnel.next[stage])
+        order = self.funnel_stages()
+        return order[order.index(stage) + 1:] if stage in order else []
 
     def allowed_targets(self, from_stage: str) -> list[str]:
         """Stages a manual move may go to from `from_stage` (any declared stage if it is undeclared)."""
@@ -317,6 +426,25 @@ def _check_references(path: Path, machine: StageMachine) -> None:
                 raise _unknown(path, f"transitions.{source}", target, machine)
             if target == source:
                 raise ConfigError(f"{path}: transitions.{source}: a stage cannot move to itself")
+    kpi_keys: set[tuple[str, str]] = set()
+    for i, kpi in enumerate(machine.kpis):
+        if kpi.stage not in names:
+            raise _unknown(path, f"kpis[{i}].stage", kpi.stage, machine)
+        if (kpi.stage, kpi.key) in kpi_keys:
+            raise ConfigError(f"{path}: kpis[{i}]: {kpi.key!r} is declared twice for stage {kpi.stage!r}")
+        kpi_keys.add((kpi.stage, kpi.key))
+    if machine.funnel is not None:
+        if not machine.funnel.stages:
+            raise ConfigError(f"{path}: funnel.stages: list at least one stage")
+        for name in machine.funnel.stages:
+            if name not in names:
+                raise _unknown(path, "funnel.stages", name, machine)
+        for source, targets in machine.funnel.next.items():
+            if source not in machine.funnel.stages:
+                raise ConfigError(f"{path}: funnel.next.{source}: {source!r} is not one of funnel.stages")
+            for target in targets:
+                if target not in names:
+                    raise _unknown(path, f"funnel.next.{source}", target, machine)
     rule_names: set[str] = set()
     for i, rule in enumerate(machine.rules):
         where = f"rules[{i}] ({rule.name})"

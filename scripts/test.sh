@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Install everything the test suite needs on a clean machine, then run ruff, mypy and pytest.
+# Install everything the test suite needs on a clean machine, then run ruff, mypy and pytest twice:
+# on SQLite (with the PostgreSQL integration tests) and on PostgreSQL (every other test, `--db postgres`).
+# The two passes run side by side, each on its own temporary databases.
 # Usage: bash scripts/test.sh [pytest args...]   (CI runs this through .ci/run)
 set -euo pipefail
 
@@ -54,5 +56,22 @@ fi
 
 "$PYTHON" -m ruff check .
 "$PYTHON" -m mypy
-# Exit code 5 ("no tests collected") is a failure too: set -e lets it through unchanged.
+
+# Exit code 5 ("no tests collected") is a failure too.
+pg_log="$(mktemp)"
+trap 'rm -f "$pg_log"' EXIT
+"$PYTHON" -m pytest --db postgres -m "not postgres" "$@" >"$pg_log" 2>&1 &
+pg_pid=$!
+set +e
+echo "== pytest on SQLite (and the PostgreSQL integration tests) =="
 "$PYTHON" -m pytest "$@"
+sqlite_rc=$?
+wait "$pg_pid"
+pg_rc=$?
+set -e
+echo "== pytest on PostgreSQL (--db postgres) =="
+cat "$pg_log"
+if [[ $sqlite_rc -ne 0 || $pg_rc -ne 0 ]]; then
+    echo "test.sh: pytest failed (SQLite pass exit $sqlite_rc, PostgreSQL pass exit $pg_rc)" >&2
+    exit 1
+fi

@@ -1,10 +1,16 @@
-"""Shared fixtures: a fresh, migrated SQLite database per test, and an offline network environment."""
+"""Shared fixtures: a fresh, migrated database per test, and an offline network environment.
+
+The database is SQLite by default; `pytest --db postgres` (or CSBOT_TEST_DB=postgres) gives every test that uses
+`db_url`/`engine`/`session` a fresh PostgreSQL database instead, from the temporary server in conftest_pg.py.
+`scripts/test.sh` runs the suite both ways. A test that is about SQLite itself is marked `sqlite_only`.
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +19,7 @@ from sqlmodel import Session
 
 from lifecycle.db import ensure_schema, make_engine
 
-pytest_plugins = ["conftest_pg"]
+pytest_plugins = ["conftest_pg", "security_counts"]
 
 # No test may reach the internet or a proxy; Slack/Telegram settings come only from the tests themselves.
 for _var in (
@@ -25,6 +31,28 @@ for _var in (
 os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("PTB_TIMEDELTA", "1")
+
+_extra_numbers = itertools.count(1)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--db", choices=("sqlite", "postgres"), default=os.environ.get("CSBOT_TEST_DB", "sqlite"),
+        help="database every test's `db_url`/`engine` runs on (default sqlite)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: the test is about SQLite itself; skipped with --db postgres")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--db") != "postgres":
+        return
+    skip = pytest.mark.skip(reason="about SQLite itself (--db postgres)")
+    for item in items:
+        if item.get_closest_marker("sqlite_only"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -40,10 +68,39 @@ def _template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def db_url(_template_db: Path, tmp_path: Path) -> str:
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.config.getoption("--db") == "postgres":
+        return str(request.getfixturevalue("pg_url"))
     path = tmp_path / "csbot.db"
+    _template_db: Path = request.getfixturevalue("_template_db")
     shutil.copy(_template_db, path)
     return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def new_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., str]:
+    """A factory of further fresh databases on the test's backend: `new_db_url("other")` is migrated like
+    `db_url`; `new_db_url("empty", migrated=False)` has no schema at all."""
+    if request.config.getoption("--db") == "postgres":
+        server = request.getfixturevalue("pg_server")
+        template: str = request.getfixturevalue("_pg_template")
+        made: list[str] = []
+
+        def on_postgres(name: str, *, migrated: bool = True) -> str:
+            db = f"{name}_{len(made)}_{next(_extra_numbers)}"
+            made.append(db)
+            return str(server.create_database(db, template=template if migrated else None))
+
+        request.addfinalizer(lambda: [server.drop_database(db) for db in made])
+        return on_postgres
+
+    def on_sqlite(name: str, *, migrated: bool = True) -> str:
+        path = tmp_path / f"{name}.db"
+        if migrated:
+            shutil.copy(request.getfixturevalue("_template_db"), path)
+        return f"sqlite:///{path}"
+
+    return on_sqlite
 
 
 @pytest.fixture

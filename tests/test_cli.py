@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from lifecycle.db import make_engine
+from lifecycle.db import alembic_config, ensure_schema, make_engine
+from lifecycle.ingest import ingest_body
 
 USERS = """email,name,role,slack_user_id,telegram_user_id,timezone,manager_email
 maya@example.com,Maya Chen,manager,UMAYA,,Europe/Berlin,
@@ -117,13 +122,14 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     assert count(tmp_path / "csbot.db", "user") == 0
 
 
-def test_db_upgrade_and_recompute_on_empty_database(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'other.db'}"
+def test_db_upgrade_and_recompute_on_empty_database(tmp_path: Path, new_db_url: Callable[..., str]) -> None:
+    url = new_db_url("other", migrated=False)
     up = csbot("db", "upgrade", cwd=tmp_path, env={"CSBOT_DATABASE_URL": url})
     assert up.returncode == 0 and "revision head" in up.stdout
     engine = make_engine(url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+        stored = {row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))}
+    assert stored == set(ScriptDirectory.from_config(alembic_config(engine)).get_heads())
     engine.dispose()
     rec = csbot("recompute", cwd=tmp_path, env={"CSBOT_DATABASE_URL": url})
     assert rec.returncode == 0 and "Recomputed 0 accounts" in rec.stderr
@@ -138,3 +144,74 @@ def test_bad_setting_stops_start_up_naming_the_variable(tmp_path: Path, variable
     assert run.returncode == 2
     assert variable in run.stderr
     assert "Traceback" not in run.stderr
+
+
+NPS_DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nps-responses.csv"
+
+
+def test_import_nps_history_prints_skipped_rows_and_the_nps(tmp_path: Path) -> None:
+    if not NPS_DATASET.is_file():
+        pytest.skip(f"{NPS_DATASET} is not here")
+    (tmp_path / "hist.csv").write_text("external_id,name\nHIST,Historical surveys\n", encoding="utf-8")
+    assert csbot("import", "accounts", "hist.csv", cwd=tmp_path).returncode == 0
+    run = csbot(
+        "import", "nps", str(NPS_DATASET), "--account", "HIST", "--map", "NPS_SCORE=score",
+        "--map", "CUSTOMER_RESPONSE_DATE=responded_at", "--map", "text=comment", cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    out = " ".join(run.stdout.split())
+    assert "nps: imported 2,385 rows — 2,353 inserted, 0 updated, 0 unchanged; 32 skipped." in out
+    assert "Skipped, no score (unanswered surveys): rows 232, 263, 357," in out
+    assert "NPS −24.7 over 2,353 responses: 690 promoters, 392 passives, 1,271 detractors." in out
+    assert "unknown column 'Qtr' ignored" in run.stderr
+    assert count(tmp_path / "csbot.db", "nps_response") == 2353
+
+
+def test_import_with_a_preset_and_a_map_and_the_missing_column_hint(tmp_path: Path) -> None:
+    (tmp_path / "users.csv").write_text(USERS, encoding="utf-8")
+    assert csbot("import", "users", "users.csv", cwd=tmp_path).returncode == 0
+    (tmp_path / "hubspot.csv").write_text(
+        "Record ID,Company name,Company owner,Annual Revenue,Seats Bought\n"
+        "901,Acme Corp,Sam Ortiz,48000,40\n902,Globex,maya@example.com,,\n",
+        encoding="utf-8",
+    )
+    run = csbot("import", "accounts", "hubspot.csv", "--preset", "hubspot", "--map", "Seats Bought=seats",
+                cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "2 inserted" in run.stdout
+    engine = make_engine(f"sqlite:///{tmp_path / 'csbot.db'}")
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT a.external_id, u.email, a.arr, a.seats FROM account a JOIN user u ON u.id = a.owner_id "
+            "ORDER BY a.external_id"
+        )).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [("901", "sam@example.com", 48000.0, 40), ("902", "maya@example.com", 0.0, 0)]
+
+    missing = csbot("import", "accounts", "hubspot.csv", "--map", "Company name=name", cwd=tmp_path)
+    assert missing.returncode == 1
+    err = " ".join(missing.stderr.split())
+    assert "missing required column: external_id" in err
+    assert "--map 'Their Column=external_id'" in err
+    bad = csbot("import", "accounts", "hubspot.csv", "--map", "Record ID", cwd=tmp_path)
+    assert bad.returncode == 2 and "Their Column=our_column" in bad.stderr
+
+
+def test_ingest_status_lists_stale_accounts_and_sources(tmp_path: Path) -> None:
+    (tmp_path / "accounts.csv").write_text(
+        "external_id,name,status\nA-1,Fresh Co,active\nA-2,Quiet Ltd,active\nA-3,Gone Inc,churned\n", encoding="utf-8"
+    )
+    assert csbot("import", "accounts", "accounts.csv", cwd=tmp_path).returncode == 0
+    engine = make_engine(f"sqlite:///{tmp_path / 'csbot.db'}")
+    ensure_schema(engine)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    event = {"type": "track", "userId": "u1", "event": "Viewed", "groupId": "A-1", "messageId": "m1",
+             "timestamp": (now - timedelta(hours=1)).isoformat() + "Z", "context": {"library": {"name": "segment"}}}
+    ingest_body(engine, json.dumps(event))
+    engine.dispose()
+    run = csbot("ingest", "status", "--days", "2", cwd=tmp_path, env={"CSBOT_TIMEZONE": "UTC"})
+    assert run.returncode == 0, run.stderr
+    assert "No usage for 2+ days" in run.stdout
+    assert "Quiet Ltd" in run.stdout and "never" in run.stdout
+    assert "Fresh Co" not in run.stdout and "Gone Inc" not in run.stdout  # fresh, and churned
+    assert "segment" in run.stdout and "Ingest by source" in run.stdout

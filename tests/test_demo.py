@@ -319,3 +319,46 @@ def test_default_usage_window_depends_on_portfolio_size() -> None:
     assert default_days(5_000) == 365
     assert default_days(5_001) == 90
     assert default_days(100_000) == 90
+
+
+def test_revenue_history_ends_in_each_account_s_current_arr(seeded: tuple[Session, DemoSummary]) -> None:
+    session, summary = seeded
+    assert scalar(session, "SELECT COUNT(*) FROM arr_change") == summary.arr_changes
+    last = rows(session, """
+        SELECT a.id, a.arr, a.seats, a.status, c.kind, c.arr_before, c.arr_after, c.seats_after
+        FROM account a JOIN arr_change c ON c.account_id = a.id
+        WHERE c.day = (SELECT MAX(day) FROM arr_change d WHERE d.account_id = a.id)""")
+    assert len(last) == 60  # every account has a history
+    for r in last:
+        if r.status == "active":
+            assert r.kind != "churn" and (r.arr_after, r.seats_after) == (r.arr, r.seats)
+        else:
+            assert r.kind == "churn" and r.arr_before == r.arr and r.arr_after == 0
+    kinds = dict(session.execute(text("SELECT kind, COUNT(*) FROM arr_change GROUP BY kind")).all())
+    assert kinds["new"] == 60  # one first contract each
+    assert kinds["churn"] == summary.churned + summary.won_back and kinds["reactivation"] == summary.won_back == 2
+    assert kinds["contraction"] == 3 and kinds["expansion"] >= 5
+    # A new logo's contract mostly starts mid-month.
+    assert scalar(session, "SELECT COUNT(*) FROM arr_change WHERE kind = 'new' AND strftime('%d', day) <> '01'") > 40
+
+
+def test_won_back_accounts_churned_on_an_earlier_contract_and_came_back(seeded: tuple[Session, DemoSummary]) -> None:
+    session, _ = seeded
+    back = rows(session, """
+        SELECT a.id, a.contract_start, a.created_at, a.status, a.churned_on, c.day AS back_on
+        FROM account a JOIN arr_change c ON c.account_id = a.id AND c.kind = 'reactivation'""")
+    assert len(back) == 2
+    for r in back:
+        assert r.status == "active" and r.churned_on is None and str(r.back_on) == str(r.contract_start)
+        moves = [(m.from_stage, m.to_stage) for m in rows(
+            session, "SELECT from_stage, to_stage FROM stage_transition WHERE account_id = :a ORDER BY at", a=r.id)]
+        assert ("renewal", "churned") in moves and ("churned", "win-back") in moves
+        assert moves.index(("churned", "win-back")) == moves.index(("renewal", "churned")) + 1
+        assert str(r.created_at)[:10] < str(r.contract_start)  # the account exists since its first contract
+
+
+def test_advocates_record_the_references_they_gave(seeded: tuple[Session, DemoSummary]) -> None:
+    session, _ = seeded
+    stages = {r.stage for r in rows(session, """
+        SELECT DISTINCT a.stage FROM note n JOIN account a ON a.id = n.account_id WHERE n.kind = 'reference'""")}
+    assert stages == {"advocacy"}

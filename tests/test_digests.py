@@ -136,3 +136,30 @@ def test_manager_weekly_not_before_nine_local(session: Session, world: dict[str,
     # 08:30 UTC Monday: Maya (UTC) is before 09:00, Ada (Tokyo, 17:30 Monday) is after.
     assert manager_weekly(session, now=datetime(2026, 6, 1, 8, 30), config=CONFIG) == 1
     assert [target for target, _ in _sent(session, "weekly")] == ["900"]
+
+
+def test_manager_weekly_carries_retention_and_funnel_readings(session: Session, world: dict[str, int]) -> None:
+    from lifecycle.models import ArrChange
+
+    # Sam's "Falling" account signed in 2025 at 10k and lost 4k of it in May 2026: NRR 60 % over 12 months.
+    for name in ("Rising", "Steady"):  # no revenue history: counted from their contract start, in January
+        account = session.get(Account, world[name])
+        assert account is not None
+        account.contract_start = date(2026, 1, 15)
+        session.add(account)
+    session.add_all([
+        ArrChange(account_id=world["Falling"], day=date(2025, 3, 1), kind="new", arr_after=10_000.0),
+        ArrChange(account_id=world["Falling"], day=date(2026, 5, 1), kind="contraction", arr_before=10_000.0,
+                  arr_after=6_000.0),
+    ])
+    session.commit()
+    assert manager_weekly(session, now=datetime(2026, 6, 1, 10, 0), config=CONFIG) == 2
+    sent = dict(_sent(session, "weekly")[:2])
+    team = sent["UMAYA"]
+    lines = _sections(team)["Retention and funnel"]
+    # Sam's book: Falling (with its history), Rising and Steady (new logos of January). Only Falling counts at the
+    # start of the 12 months.
+    assert lines[0] == "NRR 60 % and GRR 60 % over 12 months; 0 of 1 logos churned (0 %)."
+    assert len(lines) == 4 and lines[2].endswith(".")
+    assert [image.filename for image in team.images] == ["stages.png", "retention.png"]
+    assert all(image.png.startswith(b"\x89PNG") for image in team.images)

@@ -178,15 +178,16 @@ def portfolio(engine: Engine) -> dict[str, int]:
         s.add_all(
             [
                 acct("Acme Corp", ids["sam"], 120_000, "renewal", 35, "red", date(2026, 7, 1),
-                     segment="enterprise", seats=50),
+                     segment="enterprise", seats=50, tier="A", cohort=1, churn_probability=0.6),
                 acct("Globex", ids["maya"], 90_000, "renewal", 60, "yellow", date(2026, 8, 15), segment="mid",
-                     seats=20),
+                     seats=20, tier="B", cohort=2, churn_probability=0.2),
                 acct("Initech", ids["sam"], 40_000, "adoption", 85, "green", date(2026, 6, 20), segment="smb",
-                     seats=10),
+                     seats=10, tier="C", cohort=1, churn_probability=0.05),
                 acct("Umbrella Labs", None, 250_000, "expansion", None, None, date(2027, 3, 1),
-                     segment="enterprise", seats=200),
+                     segment="enterprise", seats=200, tier="A", cohort=2),
                 acct("Hooli", ids["sam"], 60_000, "churned", 20, "red", date(2026, 6, 10), status="churned"),
-                acct("Stark Overdue", ids["maya"], 30_000, "renewal", 40, "red", date(2026, 5, 20)),
+                acct("Stark Overdue", ids["maya"], 30_000, "renewal", 40, "red", date(2026, 5, 20), tier="C",
+                     churn_probability=0.35),
             ]
         )
         s.commit()
@@ -234,6 +235,12 @@ def test_search_headline_query(engine: Engine, portfolio: dict[str, int]) -> Non
         ("owner=maya@example.com", ["Globex", "Stark Overdue"]),
         ("owner!=Sam Ortiz", ["Umbrella Labs", "Globex", "Stark Overdue"]),
         ("owner=me", ["Acme Corp", "Initech"]),
+        ("tier=a", ["Umbrella Labs", "Acme Corp"]),
+        ("层级=C", ["Initech", "Stark Overdue"]),
+        ("cohort=1", ["Acme Corp", "Initech"]),
+        ("cohort!=1", ["Umbrella Labs", "Globex"]),
+        ("churn>=30", ["Acme Corp", "Stark Overdue"]),
+        ("流失概率<10%", ["Initech"]),
     ],
 )
 def test_search_each_field(engine: Engine, portfolio: dict[str, int], text: str, expected: list[str]) -> None:
@@ -329,7 +336,7 @@ def test_find_errors_are_worded_for_the_user(engine: Engine, portfolio: dict[str
     router = _router(engine)
     assert ask(router, "find stag=renewal").text == (
         "I don't know the filter field “stag”. Known fields: stage, grade, health, renewal, owner, arr, seats, "
-        "segment, plan, tier, status, name. Did you mean: `stage`, `status`?"
+        "segment, plan, tier, cohort, churn, status, name. Did you mean: `stage`, `status`?"
     )
     assert ask(router, "find grade=purple").text == (
         "“purple” isn't a valid value for grade: expected red, yellow, green or unknown."

@@ -11,7 +11,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, SQLModel, col, select
 
 from lifecycle.errors import ImportFailed
-from lifecycle.importers import KINDS, MAX_PROBLEMS, ImportReport, import_csv
+from lifecycle.importers import KINDS, MAX_PROBLEMS, ImportReport, NpsCounts, import_csv
 from lifecycle.models import (
     Account,
     Contact,
@@ -21,6 +21,7 @@ from lifecycle.models import (
     UsageDaily,
     User,
 )
+from lifecycle.nps import nps_summary
 
 USERS = """email,name,role,slack_user_id,telegram_user_id,timezone,manager_email
 li.wei@example.com,李伟,CSM,U1,,Asia/Shanghai,boss@example.com
@@ -232,8 +233,10 @@ def test_nps_import_links_known_contacts(seeded: Session, tmp_path: Path) -> Non
         (r.contact_key, r.contact_id, r.score, r.comment, naive(r.responded_at), r.source)
         for r in seeded.exec(select(NpsResponse)).all()
     )
+    anonymous = got[0][0]
+    assert anonymous.startswith("row:")  # no e-mail: the row's fingerprint keeps the answer apart from others
     assert got == [
-        ("", None, 10, None, datetime(2026, 3, 2), "import"),
+        (anonymous, None, 10, None, datetime(2026, 3, 2), "import"),
         ("stranger@acme.com", None, 3, None, datetime(2026, 3, 1, 10), "import"),
         ("wang@acme.com", wang.id, 9, "很好", datetime(2026, 3, 1, 10), "import"),
     ]
@@ -269,8 +272,8 @@ def test_nps_import_links_known_contacts(seeded: Session, tmp_path: Path) -> Non
          ["row 3, column email: duplicate of row 2 (same account and email)"]),
         ("usage", "account_external_id,date,logins\nNOPE,2026-03-01,1\n",
          ["row 2, column account_external_id: no account with external_id 'NOPE'"]),
-        ("usage", "account_external_id,date,logins,events\nA1,01/03/2026,1.5,-2\nA1,,x,\n",
-         ["row 2, column date: not a date (expected YYYY-MM-DD, got '01/03/2026')",
+        ("usage", "account_external_id,date,logins,events\nA1,March 1,1.5,-2\nA1,,x,\n",
+         ["row 2, column date: not a date (expected YYYY-MM-DD, got 'March 1')",
           "row 2, column logins: not a whole number ('1.5')",
           "row 2, column events: must not be negative ('-2')",
           "row 3, column date: missing value",
@@ -452,3 +455,165 @@ def test_imports_are_idempotent_on_postgresql(pg_engine: Engine, tmp_path: Path)
         assert account(session, "A1").last_usage_date == date(2026, 3, 1)
         ticket = session.exec(select(Ticket)).one()
         assert naive(ticket.opened_at) == datetime(2026, 3, 1, 9, 0)
+
+
+# --- NPS history, skipped rows, one account for the whole file, local dates ---
+
+NPS_DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nps-responses.csv"
+NPS_MAP = {"NPS_SCORE": "score", "CUSTOMER_RESPONSE_DATE": "responded_at", "text": "comment"}
+
+
+def test_nps_history_from_the_shared_dataset(seeded: Session) -> None:
+    if not NPS_DATASET.is_file():
+        pytest.skip(f"{NPS_DATASET} is not here")
+    report = import_csv(seeded, "nps", NPS_DATASET, column_map=NPS_MAP, account="acme corp")
+    seeded.commit()
+    assert (report.rows, report.inserted, report.updated, report.unchanged) == (2385, 2353, 0, 0)
+    assert len(report.skipped) == 32 and report.skipped[:3] == [232, 263, 357]
+    assert report.skipped_reason == "no score (unanswered surveys)"
+    assert report.nps == NpsCounts(promoters=690, passives=392, detractors=1271)
+    assert report.nps is not None and report.nps.nps == -24.7
+    assert sorted(report.warnings) == [
+        "unknown column 'NPS_RATING' ignored", "unknown column 'Qtr' ignored",
+        "unknown column 'SURVEY_SUB_TYPE' ignored",
+    ]
+    acme = account(seeded, "A1")
+    stored = nps_summary(seeded, account_id=acme.id)
+    assert (stored.responses, stored.nps) == (2353, -24.7)
+    # The file writes day-first dates (11/04/2018 20:09 is 11 April): read so without being told.
+    first = seeded.exec(select(NpsResponse).where(col(NpsResponse.comment).startswith("The process was good"))).one()
+    assert (first.score, naive(first.responded_at)) == (7, datetime(2018, 4, 11, 20, 9))
+
+    again = import_csv(seeded, "nps", NPS_DATASET, column_map=NPS_MAP, account="A1")
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 2353)
+
+
+def test_nps_skips_unanswered_rows_but_a_bad_score_fails_the_file(seeded: Session, tmp_path: Path) -> None:
+    text = "score,responded_at\n9,2026-03-01\n,2026-03-02\neleven,2026-03-03\n12,2026-03-04\n  ,2026-03-05\n"
+    with pytest.raises(ImportFailed) as failed:
+        import_csv(seeded, "nps", write(tmp_path, "n.csv", text), account="A1")
+    assert failed.value.problems == [
+        "row 4, column score: not a whole number ('eleven')",
+        "row 5, column score: must be a whole number from 0 to 10 (got '12')",
+    ]
+    good = "score,responded_at\n9,2026-03-01\n,2026-03-02\n3,2026-03-03\n  ,2026-03-05\n"
+    report = import_csv(seeded, "nps", write(tmp_path, "n.csv", good), account="A1")
+    assert (report.inserted, report.skipped) == (2, [3, 5])
+    assert report.nps == NpsCounts(promoters=1, passives=0, detractors=1)
+
+
+def test_nps_answers_without_a_contact_stay_apart(seeded: Session, tmp_path: Path) -> None:
+    text = (
+        "score,responded_at,comment\n"
+        "9,2026-03-01T10:00,great\n3,2026-03-01T10:00,slow\n9,2026-03-01T10:00,great\n"
+    )
+    report = import_csv(seeded, "nps", write(tmp_path, "n.csv", text), account="A1")
+    seeded.commit()
+    assert report.inserted == 3  # same moment, no contact, even two identical rows: three answers
+    keys = seeded.exec(select(NpsResponse.contact_key)).all()
+    assert len(set(keys)) == 3 and all(k.startswith("row:") for k in keys)
+    again = import_csv(seeded, "nps", write(tmp_path, "n.csv", text), account="A1")
+    assert (again.inserted, again.unchanged) == (0, 3)
+
+    with_ids = "response_id,score,responded_at\nR1,9,2026-03-02T10:00\nR2,9,2026-03-02T10:00\nR1,8,2026-03-02T10:00\n"
+    assert problems_of_nps(seeded, tmp_path, with_ids) == [
+        "row 4, column responded_at: duplicate of row 2 (same account, response_id and responded_at)"
+    ]
+
+
+def problems_of_nps(session: Session, tmp_path: Path, text: str, date_format: str | None = None) -> list[str]:
+    with pytest.raises(ImportFailed) as failed:
+        import_csv(session, "nps", write(tmp_path, "bad_nps.csv", text), account="A1", date_format=date_format)
+    session.rollback()
+    return failed.value.problems
+
+
+def test_the_account_option(seeded: Session, tmp_path: Path) -> None:
+    path = write(tmp_path, "n.csv", "score,responded_at\n10,2026-03-01\n")
+    assert import_csv(seeded, "nps", path, account="北京科技").inserted == 1
+    with pytest.raises(ImportFailed) as unknown:
+        import_csv(seeded, "nps", path, account="Nobody Inc")
+    assert unknown.value.problems == ["no account with external id or name 'Nobody Inc'"]
+    both = write(tmp_path, "b.csv", "account_external_id,score,responded_at\nA1,10,2026-03-01\n")
+    with pytest.raises(ImportFailed) as twice:
+        import_csv(seeded, "nps", both, account="A1")
+    assert twice.value.problems == [
+        "column 'account_external_id' gives 'account_external_id', which is already given for the whole file"
+    ]
+    with pytest.raises(ImportFailed) as missing:
+        import_csv(seeded, "nps", path)
+    assert missing.value.problems == [
+        "missing required column: account_external_id (found: score, responded_at)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("dates", "date_format", "expected"),
+    [
+        (["11/04/2018 20:09", "31/01/2018 08:00"], None, [datetime(2018, 4, 11, 20, 9), datetime(2018, 1, 31, 8)]),
+        (["04/11/2018 8:09 PM", "01/31/2018 12:00 AM"], None, [datetime(2018, 4, 11, 20, 9), datetime(2018, 1, 31)]),
+        (["03/04/18"], "day-first", [datetime(2018, 4, 3)]),
+        (["03/04/18"], "month-first", [datetime(2018, 3, 4)]),
+        (["03.04.2018 10:30"], "%d.%m.%Y %H:%M", [datetime(2018, 4, 3, 10, 30)]),
+        (["2018-04-03T10:30:00+02:00", "13/04/2018"], None, [datetime(2018, 4, 3, 8, 30), datetime(2018, 4, 13)]),
+    ],
+)
+def test_local_dates_are_read_as_detected_or_told(
+    seeded: Session, tmp_path: Path, dates: list[str], date_format: str | None, expected: list[datetime]
+) -> None:
+    text = "score,responded_at\n" + "".join(f"{i},{d}\n" for i, d in enumerate(dates))
+    import_csv(seeded, "nps", write(tmp_path, "d.csv", text), account="A1", date_format=date_format)
+    stored = seeded.exec(select(NpsResponse).order_by(col(NpsResponse.score))).all()
+    assert [naive(r.responded_at) for r in stored] == expected
+
+
+@pytest.mark.parametrize(
+    ("dates", "date_format", "problems"),
+    [
+        (["03/04/2018"], None,
+         ["dates such as '03/04/2018' (responded_at) read both day-first and month-first; give the date format "
+          "(--date-format day-first or month-first)"]),
+        (["13/04/2018", "04/13/2018"], None,
+         ["dates are written both day-first (responded_at '13/04/2018') and month-first (responded_at "
+          "'04/13/2018'); fix the file or give the date format"]),
+        (["31/02/2018", "01/02/2018"], "day-first",
+         ["row 2, column responded_at: not a date in the day-first format ('31/02/2018')"]),
+        (["2018-02-01", "1.2.2018"], "%d/%m/%Y",
+         ["row 3, column responded_at: not a date in the '%d/%m/%Y' format ('1.2.2018')"]),
+        (["2018-02-01"], "sometimes",
+         ["date format 'sometimes': use auto, iso, day-first, month-first or a pattern such as %d.%m.%Y %H:%M"]),
+    ],
+)
+def test_dates_that_cannot_be_read_are_refused(
+    seeded: Session, tmp_path: Path, dates: list[str], date_format: str | None, problems: list[str]
+) -> None:
+    text = "score,responded_at\n" + "".join(f"{i},{d}\n" for i, d in enumerate(dates))
+    assert problems_of_nps(seeded, tmp_path, text, date_format) == problems
+
+
+def test_a_date_column_given_a_date_time_keeps_its_day(seeded: Session, tmp_path: Path) -> None:
+    text = "external_id,name,contract_start,renewal_date\nA5,Five,2025-02-01 10:15,02/28/2027\n"
+    import_csv(seeded, "accounts", write(tmp_path, "a.csv", text))
+    five = account(seeded, "A5")
+    assert (five.contract_start, five.renewal_date) == (date(2025, 2, 1), date(2027, 2, 28))
+
+
+def test_account_imports_record_the_arr_history(session: Session, tmp_path: Path) -> None:
+    from lifecycle.models import ArrChange
+
+    def history() -> list[tuple[str, float, float]]:
+        rows = session.exec(select(ArrChange).order_by(col(ArrChange.id))).all()
+        return [(r.kind, r.arr_before, r.arr_after) for r in rows]
+
+    head = "external_id,name,arr,seats,status\n"
+    run(session, tmp_path, "accounts", head + "R1,Rise,100,10,active\nR2,Fall,50,5,active\n")
+    assert sorted(history()) == [("new", 0.0, 50.0), ("new", 0.0, 100.0)]
+    session.execute(ArrChange.__table__.delete())  # type: ignore[attr-defined]
+    run(session, tmp_path, "accounts", head + "R1,Rise,150,12,active\nR2,Fall,50,5,active\n")
+    assert history() == [("expansion", 100.0, 150.0)]  # the unchanged account records nothing
+    session.execute(ArrChange.__table__.delete())  # type: ignore[attr-defined]
+    run(session, tmp_path, "accounts", head + "R1,Rise,120,12,active\nR2,Fall,50,5,churned\n")
+    assert sorted(history()) == [("churn", 50.0, 0.0), ("contraction", 150.0, 120.0)]
+    session.execute(ArrChange.__table__.delete())  # type: ignore[attr-defined]
+    run(session, tmp_path, "accounts", head + "R2,Fall,60,5,active\n")
+    assert history() == [("reactivation", 0.0, 60.0)]

@@ -63,6 +63,7 @@ SAMPLES: dict[str, tuple[Sample, ...]] = {
     "stage": (Sample("stage {account}", "read"), Sample("stage {account} auto", "write", write_after_read=True)),
     "note": (Sample("note {account} matrix check", "write"),),
     "nps": (Sample("nps {account}", "read"),),
+    "survey": (Sample("survey {account}", "write"),),
     "owner": (Sample("owner {account} {owner}", "write"),),
     "alerts": (Sample("alerts", "read"),),
     "ack": (Sample("ack {alert}", "write"),),
@@ -74,6 +75,10 @@ SAMPLES: dict[str, tuple[Sample, ...]] = {
     "at-risk": (Sample("at-risk", "read"),),
     "renewals": (Sample("renewals 90", "read"),),
     "portfolio": (Sample("portfolio", "read"),),
+    "kpis": (Sample("kpis", "read"),),
+    "funnel": (Sample("funnel 90d", "read"),),
+    "retention": (Sample("retention 12m", "read"),),
+    "cohorts": (Sample("cohorts", "read"),),
 }
 
 # (name, email, role, slack id, telegram id); Cleo owns the account that is "other" for everyone.

@@ -522,3 +522,44 @@ def test_time_in_stage_summary(session: Session, machine: StageMachine) -> None:
     assert summary.at["expansion", "visits"] == 0
     assert summary["median_days"].isna().to_dict()["expansion"]
     assert list(summary.index[:3]) == ["onboarding", "adoption", "expansion"]
+
+
+# ------------------------------------------------------------------------------------------- KPIs and funnel
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('[[kpis]]\nstage = "bee"\nmetric = "promoters"\ngoal = 1\n', "kpis[0].stage: unknown stage 'bee'"),
+        ('[[kpis]]\nstage = "a"\nmetric = "happiness"\ngoal = 1\n', "unknown metric 'happiness'"),
+        ('[[kpis]]\nstage = "a"\nmetric = "feature_days"\ngoal = 1\n', "needs `feature`"),
+        ('[[kpis]]\nstage = "a"\nmetric = "promoters"\n', "kpis[0].goal: Field required"),
+        ('[[kpis]]\nstage = "a"\nmetric = "promoters"\ngoal = 1\n[[kpis]]\nstage = "a"\nmetric = "promoters"\n'
+         'goal = 2\n', "'promoters' is declared twice for stage 'a'"),
+        ('[funnel]\nstages = ["a", "c"]\n', "funnel.stages: unknown stage 'c'"),
+        ('[funnel]\nstages = ["a"]\n[funnel.next]\nb = ["a"]\n', "funnel.next.b: 'b' is not one of funnel.stages"),
+    ],
+)
+def test_invalid_kpis_and_funnel_name_the_key(tmp_path: Path, extra: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_stage_machine(write(tmp_path, MINI + extra))
+    assert expected in str(err.value)
+
+
+def test_kpis_and_funnel_of_the_default_machine(machine: StageMachine) -> None:
+    assert [(k.stage, k.key) for k in machine.stage_kpis("adoption")] == [
+        ("adoption", "licence_utilisation"), ("adoption", "feature_breadth"), ("adoption", "feature_days:reports"),
+        ("adoption", "feature_events:reports")]
+    ttv = machine.stage_kpis("onboarding")[0]
+    assert (ttv.title("en"), ttv.title("zh"), ttv.met(30), ttv.met(31)) == ("Time to value", "价值实现时间", True,
+                                                                            False)
+    assert machine.stage_kpis("win-back") == []
+    assert machine.funnel_stages() == ["onboarding", "adoption", "expansion", "renewal", "advocacy"]
+
+
+def test_without_a_funnel_table_exits_and_what_follows_only_them_are_left_out(tmp_path: Path) -> None:
+    text = MINI.replace('reachable_from_anywhere = ["z"]', 'reachable_from_anywhere = ["z"]') + 'z = ["c"]\n'
+    text = text.replace('[transitions]', '[[stages]]\nname = "c"\nlabel = "C"\n[transitions]')
+    machine = load_stage_machine(write(tmp_path, text))
+    assert machine.funnel_stages() == ["a", "b"]
+    assert (machine.moves_on("a"), machine.moves_on("b"), machine.moves_on("z")) == (["b"], [], [])

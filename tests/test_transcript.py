@@ -12,8 +12,8 @@ import asyncio
 import html
 import io
 import re
-import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -146,15 +146,15 @@ def telegram_content(text: str, keyboard: list[list[dict[str, Any]]], decode: An
 # --- the three runs ---------------------------------------------------------------------------------------------
 
 
-def _demo_router(path: Path, settings: dict[str, Any]) -> tuple[Router, Engine]:
-    engine = make_engine(f"sqlite:///{path}")
+def _demo_router(url: str, settings: dict[str, Any]) -> tuple[Router, Engine]:
+    engine = make_engine(url)
     with Session(engine) as s:
         seed_demo(s, accounts=60, today=TODAY)
         s.commit()
     with Session(engine) as s:
         recompute(s, as_of=TODAY, scorecard=load_scorecard(None), machine=load_stage_machine(None))
         s.commit()
-    config = load_settings(database_url=f"sqlite:///{path}", **settings)
+    config = load_settings(database_url=url, **settings)
     return Router(Services(engine=engine, settings=config, today=lambda: TODAY)), engine
 
 
@@ -242,16 +242,9 @@ async def over_telegram(router: Router, fake: FakeTelegramAPI) -> list[Content]:
 
 
 @pytest.fixture
-def fresh_db(db_url: str, tmp_path: Path) -> Any:
-    """Copies of the empty, migrated database: one per platform, so one run's note is not in the next's card."""
-    template = Path(db_url.removeprefix("sqlite:///"))
-
-    def copy(name: str) -> Path:
-        path = tmp_path / f"{name}.db"
-        shutil.copy(template, path)
-        return path
-
-    return copy
+def fresh_db(new_db_url: Callable[..., str]) -> Callable[..., str]:
+    """Empty, migrated databases: one per platform, so one run's note is not in the next's card."""
+    return new_db_url
 
 
 async def test_the_same_transcript_says_the_same_on_console_slack_and_telegram(

@@ -1,6 +1,7 @@
 """The Slack adapter: a slack-bolt `AsyncApp` that turns Slack payloads into `Incoming`, replies into blocks.
 
-It listens to the `/cs` slash command, app mentions, direct messages, the App Home tab and `cmd` buttons;
+It listens to the `/cs` slash command, app mentions, direct messages, the App Home tab and `cmd` buttons, and
+to NPS survey buttons (`nps`) and the survey comment modal, which it hands to `bot.surveys.SurveyDesk`;
 every answer comes from `Router.handle`, run in a worker thread because it is synchronous and uses the
 database. HTTP mode is served at `POST /slack/events` (Starlette routes below); Socket Mode is started when
 an app-level token is configured. Nothing here decides anything about accounts: it only translates.
@@ -14,6 +15,7 @@ import re
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,19 +25,22 @@ from slack_bolt.async_app import AsyncApp, AsyncBoltContext, AsyncBoltRequest
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_bolt.response import BoltResponse
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
 )
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from adapters.slack.render import to_blocks, to_text, view_blocks
+from adapters.slack.render import COMMENT_CALLBACK, prompt_answer, prompt_modal, to_blocks, to_text, view_blocks
 from bot.messages import Image, Incoming, Reply
 from bot.permissions import CUSTOMER_CHANNEL_FLAG
 from bot.router import Router
+from bot.surveys import PressOutcome, SurveyDesk, desk_for
 from lifecycle.config import Settings
 from lifecycle.errors import ConfigError
 
@@ -47,7 +52,12 @@ CONNECTION_RETRIES = 2
 SEEN_EVENTS_TTL = 3600.0  # Slack retries an event three times within about an hour at most
 PUBLIC_WORD = "public"
 CMD_ACTION = re.compile(r"^cmd(?::\d+)?$")
+SURVEY_ACTION = re.compile(r"^nps(?::\d+)?$")
 HOME_COMMANDS = ("at-risk mine", "renewals 60 mine")
+# A signed request verifies for five minutes; remembering signatures a little longer catches every replay.
+REPLAY_WINDOW = 10 * 60.0
+# Each HTTP-mode app's verifier, for the check in `slack_routes` that runs before bolt parses the body.
+_VERIFIERS: weakref.WeakKeyDictionary[AsyncApp, SignatureVerifier] = weakref.WeakKeyDictionary()
 
 _ANY_MENTION = re.compile(r"^\s*<@[A-Z0-9]+(?:\|[^>]*)?>")
 
@@ -240,6 +250,7 @@ def build_slack_app(router: Router, settings: Settings) -> AsyncApp:
         ],
     )
     app = AsyncApp(client=client, signing_secret=signing_secret, process_before_response=False, name="csbot")
+    _VERIFIERS[app] = SignatureVerifier(signing_secret)
     seen = SeenEvents()
 
     async def answer(incoming: Incoming) -> Reply:
@@ -249,6 +260,11 @@ def build_slack_app(router: Router, settings: Settings) -> AsyncApp:
         req: AsyncBoltRequest, body: dict[str, Any], next: Callable[[], Awaitable[None]]
     ) -> BoltResponse | None:
         event_id = body.get("event_id") if body.get("type") == "event_callback" else None
+        press = _press_key(body)
+        if press is not None and not seen.add(press):
+            # The same press delivered again (a retry, or a duplicate request): it had its effect once.
+            log.info("ignoring a repeated Slack button press %s", press)
+            return BoltResponse(status=200, body="")
         if event_id:
             is_new = seen.add(str(event_id))
             if not is_new and req.headers.get("x-slack-retry-num"):
@@ -335,7 +351,61 @@ def build_slack_app(router: Router, settings: Settings) -> AsyncApp:
         else:  # a button on the App Home has no response URL: answer in the DM
             await post_reply(client, await open_dm(client, incoming.sender_id), reply)
 
+    @app.action(SURVEY_ACTION)
+    async def survey_button(
+        ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond, client: AsyncWebClient,
+    ) -> None:
+        await ack()
+        desk = desk_for(router.services)
+        user = str((body.get("user") or {}).get("id", ""))
+        channel = str((body.get("channel") or {}).get("id", ""))
+        outcome = await asyncio.to_thread(desk.press, "slack", str(action.get("value", "")), user, channel)
+        if outcome.prompt is not None and body.get("trigger_id"):
+            # The trigger id is valid for 3 seconds: the modal opens before anything else is sent.
+            try:
+                await client.views_open(trigger_id=body["trigger_id"], view=prompt_modal(outcome.prompt))
+            except SlackApiError as exc:
+                log.warning("could not open the survey comment modal: %s", exc)
+        await _confirm_privately(respond, client, channel, user, outcome)
+        if outcome.accepted:
+            await asyncio.to_thread(desk.after_answer, outcome)
+
+    @app.view(COMMENT_CALLBACK)
+    async def survey_comment(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any],
+                             client: AsyncWebClient) -> None:
+        await ack()
+        desk: SurveyDesk = desk_for(router.services)
+        user = str((body.get("user") or {}).get("id", ""))
+        outcome = await asyncio.to_thread(
+            desk.comment, "slack", str(view.get("private_metadata", "")), user, prompt_answer(view)
+        )
+        target = outcome.channel_id or await open_dm(client, user)
+        await client.chat_postEphemeral(channel=target, user=user, text=outcome.text)
+
     return app
+
+
+def _press_key(body: dict[str, Any]) -> str | None:
+    """What identifies one press of a survey button: who, on which message, at which action time."""
+    if body.get("type") != "block_actions":
+        return None
+    actions = body.get("actions") or []
+    if not actions or not SURVEY_ACTION.match(str(actions[0].get("action_id", ""))):
+        return None
+    user = (body.get("user") or {}).get("id", "")
+    message = (body.get("container") or {}).get("message_ts", "")
+    return f"press:{user}:{message}:{actions[0].get('action_ts', '')}"
+
+
+async def _confirm_privately(
+    respond: AsyncRespond, client: AsyncWebClient, channel: str, user: str, outcome: PressOutcome
+) -> None:
+    """The presser alone sees the answer: ephemeral through the response URL (or chat.postEphemeral)."""
+    try:
+        await respond(text=outcome.text, response_type="ephemeral", replace_original=False)
+    except Exception as exc:  # no response URL (e.g. a modal): post the ephemeral message directly
+        log.info("survey confirmation through the response URL failed (%s); posting it ephemerally", exc)
+        await client.chat_postEphemeral(channel=channel or await open_dm(client, user), user=user, text=outcome.text)
 
 
 def slack_asgi_handler(app: AsyncApp) -> AsyncSlackRequestHandler:
@@ -343,11 +413,37 @@ def slack_asgi_handler(app: AsyncApp) -> AsyncSlackRequestHandler:
     return AsyncSlackRequestHandler(app)
 
 
+def _verified(verifier: SignatureVerifier, body: bytes, timestamp: str, signature: str) -> bool:
+    """Whether Slack signed exactly this body at this (recent) time; any malformed part is simply a no."""
+    if not (timestamp.isdigit() and signature.startswith("v0=")):
+        return False
+    try:
+        return verifier.is_valid(body=body, timestamp=timestamp, signature=signature)
+    except ValueError:  # a body that is not UTF-8 cannot have been signed by Slack
+        return False
+
+
 def slack_routes(app: AsyncApp) -> list[Route]:
-    """`POST /slack/events` (events, slash commands, interactivity), to mount in the csbot ASGI app."""
+    """`POST /slack/events` (events, slash commands, interactivity), to mount in the csbot ASGI app.
+
+    The signature is checked here first, before bolt parses the body: a forged request with a body bolt cannot
+    parse, or a timestamp that is not a number, gets the same 401 as any other forgery (not a 500). A verified
+    request seen before (the same signature: a replay inside Slack's five-minute window) is answered 200 and
+    has no second effect."""
     handler = slack_asgi_handler(app)
+    verifier = _VERIFIERS.get(app)
+    replays = SeenEvents(ttl=REPLAY_WINDOW)
 
     async def events(request: Request) -> Response:
+        if verifier is not None:
+            body = await request.body()  # starlette keeps it: bolt reads the same bytes again
+            timestamp = request.headers.get("x-slack-request-timestamp", "")
+            signature = request.headers.get("x-slack-signature", "")
+            if not _verified(verifier, body, timestamp, signature):
+                return JSONResponse({"error": "invalid request"}, status_code=401)
+            if not replays.add(signature):
+                log.info("ignoring a replayed Slack request (signature seen %s)", timestamp)
+                return Response(status_code=200)
         return await handler.handle(request)
 
     return [Route(EVENTS_PATH, events, methods=["POST"])]

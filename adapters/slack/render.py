@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.messages import Button, Card, Reply, Section
+from bot.messages import Button, Card, Reply, Section, TextPrompt
 
 HEADER_MAX = 150
 SECTION_MAX = 3000
@@ -78,6 +78,13 @@ class _ButtonNumbers:
         self.next = 0
 
     def actions(self, buttons: tuple[Button, ...] | list[Button]) -> list[Block]:
+        """One actions block per `row` of buttons (split further at Slack's 25 elements per block)."""
+        blocks: list[Block] = []
+        for row in sorted({b.row for b in buttons}):
+            blocks += self._row([b for b in buttons if b.row == row])
+        return blocks
+
+    def _row(self, buttons: list[Button]) -> list[Block]:
         elements: list[Block] = []
         for button in buttons:
             element: Block = {
@@ -111,10 +118,19 @@ def card_blocks(card: Card, numbers: _ButtonNumbers | None = None) -> list[Block
     return blocks
 
 
+def mention_text(reply: Reply) -> str:
+    """The `<@U…>` that notifies the person a message is addressed to ("" when it is addressed to nobody)."""
+    return f"<@{reply.mention.user_id}> " if reply.mention and reply.mention.user_id.isalnum() else ""
+
+
 def _reply_blocks(reply: Reply, numbers: _ButtonNumbers) -> list[Block]:
     blocks: list[Block] = []
     if reply.text:
-        blocks.append(_section(reply.text))
+        mention = mention_text(reply)
+        blocks.append({"type": "section", "text": {
+            "type": "mrkdwn", "text": mention + cut(escape(reply.text), SECTION_MAX - len(mention))}})
+    elif reply.mention:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": mention_text(reply) or " "}})
     for i, card in enumerate(reply.cards):
         if i or reply.text:
             blocks.append({"type": "divider"})
@@ -152,4 +168,39 @@ def to_text(reply: Reply) -> str:
         parts.append(f"{card.title} — {card.subtitle}" if card.subtitle else card.title)
     if not parts and reply.images:
         parts = [image.title for image in reply.images]
-    return cut(escape("\n".join(parts)), FALLBACK_MAX)
+    mention = mention_text(reply)
+    return mention + cut(escape("\n".join(parts)), FALLBACK_MAX - len(mention))
+
+
+COMMENT_CALLBACK = "nps_comment"
+COMMENT_BLOCK = "reason"
+COMMENT_ACTION = "comment"
+MODAL_TITLE_MAX = 24
+INPUT_MAX = 3000
+
+
+def prompt_modal(prompt: TextPrompt) -> Block:
+    """A modal asking for one multi-line text answer; `private_metadata` carries the prompt's ref back."""
+    return {
+        "type": "modal",
+        "callback_id": COMMENT_CALLBACK,
+        "private_metadata": prompt.ref,
+        "title": {"type": "plain_text", "text": cut(prompt.title, MODAL_TITLE_MAX) or " "},
+        "submit": {"type": "plain_text", "text": cut(prompt.submit, MODAL_TITLE_MAX) or "OK"},
+        "blocks": [{
+            "type": "input",
+            "block_id": COMMENT_BLOCK,
+            "label": {"type": "plain_text", "text": cut(prompt.question, 2000)},
+            "element": {
+                "type": "plain_text_input", "action_id": COMMENT_ACTION, "multiline": True,
+                "max_length": INPUT_MAX,
+                "placeholder": {"type": "plain_text", "text": cut(prompt.placeholder, 150) or " "},
+            },
+        }],
+    }
+
+
+def prompt_answer(view: dict[str, Any]) -> str:
+    """The text typed into a `prompt_modal` ("" when empty)."""
+    values = ((view.get("state") or {}).get("values") or {}).get(COMMENT_BLOCK) or {}
+    return str((values.get(COMMENT_ACTION) or {}).get("value") or "")

@@ -3,7 +3,8 @@
 It only translates. Commands (`/account Acme`), private-chat text, and group text that mentions or answers the
 bot go to the router; inline-keyboard presses run the button's command for the presser. Telegram has no
 ephemeral messages, so a private answer asked for in a group goes to the asker's private chat with the bot, and
-the group sees only a short note without data. Updates arrive by long polling or through `telegram_routes`
+the group sees only a short note without data. NPS survey buttons (`n:<token>:<score>`) and replies to the survey's
+"main reason" prompt go to `bot.surveys.SurveyDesk`. Updates arrive by long polling or through `telegram_routes`
 (POST /telegram/webhook, guarded by the secret token Telegram echoes back). Each update_id is handled at most
 once, so webhook retries and duplicate deliveries have one effect.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import html
 import json
 import logging
 import re
@@ -24,6 +26,7 @@ from starlette.routing import Route
 from telegram import (
     BotCommand,
     CallbackQuery,
+    ForceReply,
     LinkPreviewOptions,
     Message,
     ReplyParameters,
@@ -43,10 +46,11 @@ from telegram.ext import (
     filters,
 )
 
-from adapters.telegram.render import CallbackKeys, split_html, to_html, to_keyboard
+from adapters.telegram.render import SURVEY_PREFIX, CallbackKeys, split_html, to_html, to_keyboard
 from bot.i18n import t
 from bot.messages import Incoming, Reply
 from bot.router import Router, registry
+from bot.surveys import PressOutcome, answer_buttons, desk_for
 from lifecycle.config import Settings
 from lifecycle.errors import ConfigError
 
@@ -242,6 +246,8 @@ async def _on_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     message = update.message
     if message is None or message.from_user is None or message.from_user.is_bot:
         return
+    if await _survey_comment(message, context):
+        return
     text = _addressed_text(message, context.bot.username, context.bot.id)
     if text is None:
         return
@@ -266,9 +272,73 @@ async def _answer(query: CallbackQuery, text: str | None = None) -> None:
         log.warning("could not answer callback query %s: %s", query.id, exc)
 
 
+async def _survey_comment(message: Message, context: ContextTypes.DEFAULT_TYPE) -> bool:
+    """A reply to a survey's "main reason" prompt is the respondent's comment; True when it was one."""
+    replied = message.reply_to_message
+    if replied is None or replied.from_user is None or replied.from_user.id != context.bot.id or not message.text:
+        return False
+    assert message.from_user is not None
+    desk = desk_for(bridge_of(context.application).router.services)
+    ref = f"{message.chat_id}:{replied.message_id}"
+    outcome = await asyncio.to_thread(desk.comment_by_ref, "telegram", ref, str(message.from_user.id), message.text)
+    if outcome is None:
+        return False
+    await context.bot.send_message(
+        message.chat_id, html.escape(outcome.text, quote=False), parse_mode=ParseMode.HTML,
+        reply_parameters=ReplyParameters(message.message_id, allow_sending_without_reply=True),
+    )
+    return True
+
+
+async def _on_survey_press(query: CallbackQuery, context: ContextTypes.DEFAULT_TYPE, data: str) -> None:
+    """A survey button: refusals are a private alert to the presser; an answer edits the question into the
+    confirmation (keeping the buttons, so the score can still be changed), then asks for the reason."""
+    desk = desk_for(bridge_of(context.application).router.services)
+    message = query.message
+    chat_id = message.chat.id if message is not None else query.from_user.id
+    outcome: PressOutcome = await asyncio.to_thread(
+        desk.press, "telegram", data, str(query.from_user.id), str(chat_id),
+        lang_hint=_lang(query.from_user.language_code),
+    )
+    if not outcome.accepted:
+        await _answer(query, outcome.text)
+        return
+    await _answer_quietly(query, outcome.text)
+    if isinstance(message, Message) and outcome.kind != "unchanged":
+        try:
+            token = data.rpartition(":")[0]
+            keyboard = to_keyboard(Reply(buttons=list(answer_buttons(token))), bridge_of(context.application).keys)
+            await query.edit_message_text(
+                html.escape(outcome.text, quote=False), parse_mode=ParseMode.HTML, reply_markup=keyboard,
+            )
+        except TelegramError as exc:  # e.g. "message is not modified"; the answer is stored either way
+            log.info("could not edit the survey message: %s", exc)
+    if outcome.prompt is not None and outcome.survey_id is not None:
+        private = message is None or message.chat.type == ChatType.PRIVATE
+        mention = "" if private else (
+            f'<a href="tg://user?id={query.from_user.id}">{html.escape(query.from_user.full_name)}</a> '
+        )
+        asked = await context.bot.send_message(
+            chat_id, mention + html.escape(outcome.prompt.question, quote=False), parse_mode=ParseMode.HTML,
+            reply_markup=ForceReply(selective=True, input_field_placeholder=outcome.prompt.placeholder[:64]),
+        )
+        await asyncio.to_thread(desk.remember_prompt, outcome.survey_id, f"{chat_id}:{asked.message_id}")
+    await asyncio.to_thread(desk.after_answer, outcome)
+
+
+async def _answer_quietly(query: CallbackQuery, text: str) -> None:
+    try:
+        await query.answer(text[:200])
+    except TelegramError as exc:
+        log.warning("could not answer callback query %s: %s", query.id, exc)
+
+
 async def _on_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     query = update.callback_query
     if query is None:
+        return
+    if query.data and query.data.startswith(SURVEY_PREFIX):
+        await _on_survey_press(query, context, query.data.removeprefix(SURVEY_PREFIX))
         return
     answered = False
     try:

@@ -52,9 +52,20 @@ def card_html(card: Card) -> str:
     return "\n".join(lines)
 
 
+def mention_html(reply: Reply) -> str:
+    """A link that mentions the person the message is addressed to ("" when nobody, or not a Telegram user id)."""
+    if reply.mention is None or not reply.mention.user_id.isdigit():
+        return ""
+    name = html.escape(reply.mention.name or reply.mention.user_id, quote=False)
+    return f'<a href="tg://user?id={reply.mention.user_id}">{name}</a>'
+
+
 def to_html(reply: Reply) -> str:
     """The whole reply (text, then each card) as one Telegram HTML string; `split_html` cuts it to size."""
     parts = [_inline(reply.text)] if reply.text else []
+    mention = mention_html(reply)
+    if mention:
+        parts = [f"{mention} {parts[0]}" if parts else mention, *parts[1:]]
     parts += [card_html(c) for c in reply.cards]
     return "\n\n".join(parts)
 
@@ -139,13 +150,27 @@ class CallbackKeys:
         return None
 
 
+SURVEY_ACTION = "nps"
+SURVEY_PREFIX = "n:"  # callback data of a survey answer: "n:<token>:<score>", signed, at most 34 bytes
+
+
 def _button(button: Button, keys: CallbackKeys) -> InlineKeyboardButton:
+    if button.action_id == SURVEY_ACTION:
+        data = SURVEY_PREFIX + button.value
+        if len(data.encode("utf-8")) > CALLBACK_LIMIT:
+            raise ValueError("a survey answer's callback data must fit in 64 bytes")
+        return InlineKeyboardButton(_plain(button.label), callback_data=data)
     return InlineKeyboardButton(_plain(button.label), callback_data=keys.encode(button.value))
 
 
+def _rows(buttons: tuple[Button, ...] | list[Button], keys: CallbackKeys) -> list[list[InlineKeyboardButton]]:
+    return [[_button(b, keys) for b in buttons if b.row == row] for row in sorted({b.row for b in buttons})]
+
+
 def to_keyboard(reply: Reply, keys: CallbackKeys) -> InlineKeyboardMarkup | None:
-    """A keyboard row per card's buttons, then a row for the reply's own buttons; None when there are none."""
-    rows = [[_button(b, keys) for b in card.buttons] for card in reply.cards if card.buttons]
-    if reply.buttons:
-        rows.append([_button(b, keys) for b in reply.buttons])
+    """Keyboard rows for each card's buttons (one per `row`), then the reply's own; None when there are none."""
+    rows: list[list[InlineKeyboardButton]] = []
+    for card in reply.cards:
+        rows += _rows(card.buttons, keys)
+    rows += _rows(reply.buttons, keys)
     return InlineKeyboardMarkup(rows) if rows else None

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 from bot.cards import account_card, stage_label
 from bot.charts import health_trend_image
+from bot.commands.analytics import account_kpi_section
 from bot.i18n import t
 from bot.messages import Card, Reply, Section
 from bot.router import Context, Param, UserError, command
 from lifecycle.accounts import account_view, add_note
+from lifecycle.analytics import account_kpis
 from lifecycle.models import Account
 from lifecycle.stages import StageVisit, move_stage, stage_history, unpin
 
@@ -17,7 +20,14 @@ from lifecycle.stages import StageVisit, move_stage, stage_history, unpin
 @command("account", aliases=("客户", "acct"), zh="客户卡片：负责人、ARR、阶段、健康度及原因、续约、NPS、工单。")
 def account(ctx: Context, acct: Annotated[Account, Param("account", label="name")]) -> Reply:
     """The account card: owner, ARR, stage, health with its reasons, renewal, NPS and tickets."""
-    return Reply(cards=[_card(ctx, acct, detail=False)])
+    card = _card(ctx, acct, detail=False)
+    machine = ctx.services.stage_machine()
+    assert acct.id is not None
+    kpis = account_kpi_section(account_kpis(ctx.session, machine, acct.id, today=ctx.today), machine, acct.currency,
+                               ctx.lang)
+    if kpis is not None:
+        card = replace(card, sections=(*card.sections, kpis))
+    return Reply(cards=[card])
 
 
 def _card(ctx: Context, acct: Account, *, detail: bool) -> Card:

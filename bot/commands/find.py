@@ -24,14 +24,15 @@ add_messages(
         "find_help": {
             "en": "Filters are `field<op>value` words, all of which must hold. Fields: {fields}. Operators: = != < <= "
             "> >=; several values with commas (`stage=renewal,expansion`); `arr>=50k`, `arr<1.2m`; `renewal<60d` "
-            "(renewing within 60 days), `renewal<2027-01-01`; `owner=me`; `name=acme`; `churned`, `active`, `mine`. "
+            "(renewing within 60 days), `renewal<2027-01-01`; `owner=me`; `name=acme`; `tier=A`; `cohort=2`; "
+            "`churn>=30` (churn probability in %); `churned`, `active`, `mine`. "
             "Churned accounts are left out unless you ask about status or stage. "
             "Example: `find stage=renewal grade=red renewal<60d owner=me`.",
             "zh": "筛选条件写成 `字段<运算符>值`，所有条件同时满足。字段：{fields}"
-            "（也可用中文：阶段、等级、健康度、续约、负责人、细分、套餐、状态、席位、名称）。"
+            "（也可用中文：阶段、等级、健康度、续约、负责人、细分、套餐、层级、群组、流失概率、状态、席位、名称）。"
             "运算符：= != < <= > >=；多个值用逗号（`stage=renewal,expansion`）；"
             "`arr>=50k`、`arr<1.2m`；`renewal<60d`（60 天内续约）、`renewal<2027-01-01`；"
-            "`owner=me`；`name=acme`；"
+            "`owner=me`；`name=acme`；`tier=A`；`cohort=2`；`churn>=30`（流失概率，单位 %）；"
             "`churned`、`active`、`mine`。除非条件涉及状态或阶段，已流失客户不会列出。"
             "例如：`查找 阶段=续约 等级=红 续约<60d 负责人=me`。",
         },
@@ -50,6 +51,7 @@ add_messages(
         "find_expect_number": {"en": "a number such as 50000, 50k or 1.2m", "zh": "数字，例如 50000、50k 或 1.2m"},
         "find_expect_whole": {"en": "a whole number such as 25 or 1k", "zh": "整数，例如 25 或 1k"},
         "find_expect_score": {"en": "a score from 0 to 100", "zh": "0 到 100 之间的分数"},
+        "find_expect_percent": {"en": "a percentage from 0 to 100, e.g. 30", "zh": "0 到 100 之间的百分比，例如 30"},
         "find_expect_renewal": {
             "en": "days such as 60d, or a date such as 2027-01-01",
             "zh": "天数（如 60d）或日期（如 2027-01-01）",
@@ -96,11 +98,14 @@ _FIELD_LABELS = {
     "segment": ("segment", "细分"),
     "plan": ("plan", "套餐"),
     "tier": ("tier", "层级"),
+    "cohort": ("cohort", "群组"),
+    "churn": ("churn risk", "流失概率"),
     "status": ("status", "状态"),
     "name": ("name", "名称"),
 }
 _EXPECT = {"grade": "find_expect_grade", "arr": "find_expect_number", "seats": "find_expect_whole",
-           "health": "find_expect_score", "renewal": "find_expect_renewal"}
+           "health": "find_expect_score", "renewal": "find_expect_renewal", "cohort": "find_expect_whole",
+           "churn": "find_expect_percent"}
 _OP_WORDS = {"=": ": ", "!=": " ≠ ", "<": " < ", "<=": " ≤ ", ">": " > ", ">=": " ≥ "}
 _OP_WORDS_ZH = {**_OP_WORDS, "=": "：", "!=": " 不是 "}
 
@@ -147,8 +152,10 @@ def describe(f: Filter, lang: str, machine: object) -> str:
             words.append(grade(str(v), lang) if v != "unknown" else t("find_not_scored", lang))
         elif f.field == "arr":
             words.append(money(float(v)))  # type: ignore[arg-type]
-        elif f.field in ("seats", "health"):
+        elif f.field in ("seats", "health", "cohort"):
             words.append(f"{float(v):g}")  # type: ignore[arg-type]
+        elif f.field == "churn":
+            words.append(f"{float(v):g} %")  # type: ignore[arg-type]
         elif f.field == "owner" and str(v).casefold() in ("me", "我"):
             words.append(t("find_me", lang))
         else:

@@ -48,6 +48,25 @@ add_messages(
         },
         "pf_chart_title": {"en": "Active accounts by stage and health", "zh": "各阶段活跃客户及健康度"},
         "pf_not_scored": {"en": "not scored yet", "zh": "尚未评分"},
+        "pf_arr_at_risk": {"en": "ARR at risk", "zh": "风险 ARR"},
+        "pf_arr_at_risk_value": {
+            "en": "{arr} ({pct} % of scored ARR) — Σ ARR × churn probability: the ARR expected to leave within "
+            "{days} days",
+            "zh": "{arr}（占已评分 ARR 的 {pct}%）— Σ ARR × 流失概率：预计 {days} 天内流失的 ARR",
+        },
+        "pf_clv": {"en": "Lifetime value", "zh": "客户终身价值"},
+        "pf_clv_value": {
+            "en": "{clv} — Σ ARR × {margin} % gross margin × expected remaining years (1 ÷ annual churn rate)",
+            "zh": "{clv} — Σ ARR × {margin}% 毛利 × 预期剩余年数（1 ÷ 年流失率）",
+        },
+        "pf_partly_scored": {
+            "en": " ({scored} of {active} accounts scored)",
+            "zh": "（{active} 个客户中已评分 {scored} 个）",
+        },
+        "pf_no_churn_model": {
+            "en": "no churn model yet (`csbot model train` once there is churn history)",
+            "zh": "尚无流失模型（有流失历史后运行 `csbot model train`）",
+        },
     }
 )
 
@@ -75,6 +94,27 @@ def _reading(ctx: Context, totals: PortfolioTotals, red_by_stage: dict[str, int]
         parts.append(ctx.t("pf_reading_unscored_one" if unscored == 1 else "pf_reading_unscored", count=unscored))
     text = ("；" if ctx.lang == "zh" else "; ").join(parts)
     return text[:1].upper() + text[1:] + ("。" if ctx.lang == "zh" else ".")
+
+
+def _value_fields(ctx: Context, owner_id: int | None, currency: str) -> list[CardField]:
+    """ARR at risk and lifetime value from the churn model, each with what it means."""
+    from lifecycle.churn import default_insight_config, latest_model_info
+    from lifecycle.clv import portfolio_value
+
+    info = latest_model_info(ctx.session)
+    if info is None:
+        return [CardField(ctx.t("pf_arr_at_risk"), ctx.t("pf_no_churn_model"))]
+    config = default_insight_config()
+    value = portfolio_value(ctx.session, horizon_days=info.horizon_days, config=config.value, owner_id=owner_id)
+    if not value.scored:
+        return [CardField(ctx.t("pf_arr_at_risk"), ctx.t("pf_not_scored"))]
+    partly = ctx.t("pf_partly_scored", scored=value.scored, active=value.active) if value.scored < value.active else ""
+    return [
+        CardField(ctx.t("pf_arr_at_risk"), ctx.t("pf_arr_at_risk_value", arr=money(value.arr_at_risk, currency),
+                                                 pct=f"{value.risk_share:.0f}", days=value.horizon_days) + partly),
+        CardField(ctx.t("pf_clv"), ctx.t("pf_clv_value", clv=money(value.lifetime_value, currency),
+                                         margin=f"{100 * value.gross_margin:.0f}") + partly),
+    ]
 
 
 @command(
@@ -116,6 +156,7 @@ def portfolio(
     avg = totals.average_health
     avg_text = f"{avg:.0f} {grade(scorecard.grade(avg), ctx.lang)}" if avg is not None else ctx.t("pf_not_scored")
     fields.append(CardField(ctx.t("pf_avg_health"), avg_text))
+    fields.extend(_value_fields(ctx, owner_id, totals.currency))
 
     stage_lines = tuple(
         ctx.t(

@@ -205,6 +205,8 @@ class FakeSlackAPI:
             "chat.postMessage": self._post_message,
             "chat.postEphemeral": self._post_ephemeral,
             "views.publish": self._views_publish,
+            "views.open": self._views_open,
+            "chat.update": self._chat_update,
             "files.getUploadURLExternal": self._upload_url,
             "files.completeUploadExternal": self._complete_upload,
             "conversations.open": self._conversations_open,
@@ -241,6 +243,19 @@ class FakeSlackAPI:
         view = params.get("view") or {}
         return {"ok": True, "view": {"id": "V1", "type": view.get("type", "home"),
                                      "blocks": view.get("blocks", [])}}
+
+    def _views_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A modal opened with a trigger id (Slack refuses one without it)."""
+        view = params.get("view") or {}
+        if not params.get("trigger_id"):
+            return {"ok": False, "error": "invalid_trigger_id"}
+        return {"ok": True, "view": {"id": "VMODAL", "type": view.get("type", "modal"),
+                                     "callback_id": view.get("callback_id", ""),
+                                     "private_metadata": view.get("private_metadata", ""),
+                                     "blocks": view.get("blocks", [])}}
+
+    def _chat_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts"), "text": params.get("text", "")}
 
     def _upload_url(self, params: dict[str, Any]) -> dict[str, Any]:
         with self._lock:

@@ -221,8 +221,9 @@ class FakeTelegramAPI:
             "chat": {"id": chat_id, "type": chat_type},
             "from": self.bot_user(),
         }
-        if "reply_markup" in params:
-            message["reply_markup"] = json.loads(params["reply_markup"])
+        markup = json.loads(params["reply_markup"]) if "reply_markup" in params else None
+        if isinstance(markup, dict) and "inline_keyboard" in markup:  # a ForceReply is not echoed in the message
+            message["reply_markup"] = markup
         return message | {k: v for k, v in content.items() if v is not None}
 
 

@@ -1,0 +1,76 @@
+"""`survey <account> [<contact>]`: ask an account's contacts (or one of them) the NPS question now.
+
+The question goes through the outbox like the scheduled ones, so the same throttle, daily cap and quiet hours apply;
+the answer says who was asked, who waits for the end of their quiet hours, and who was left out and why.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from rapidfuzz import fuzz, process
+from sqlalchemy import select
+from sqlmodel import col
+
+from bot.messages import Reply
+from bot.router import Context, Param, UserError, command
+from bot.surveys import enqueue_questions, survey_config
+from lifecycle import surveys as core
+from lifecycle.models import Account, Contact, utcnow
+
+FUZZY_CUTOFF = 80
+
+
+def _contact(ctx: Context, account: Account, name: str) -> Contact:
+    """The account's contact called `name` (name, e-mail or key; case-insensitive, close spellings accepted)."""
+    contacts = list(ctx.session.execute(
+        select(Contact).where(col(Contact.account_id) == account.id).order_by(col(Contact.id))
+    ).scalars().all())
+    wanted = name.casefold().strip()
+    for contact in contacts:
+        if wanted in {contact.name.casefold(), (contact.email or "").casefold(), contact.key.casefold()}:
+            return contact
+    best = process.extractOne(wanted, {c.id: c.name.casefold() for c in contacts}, scorer=fuzz.WRatio,
+                              score_cutoff=FUZZY_CUTOFF)
+    if best is not None:
+        return next(c for c in contacts if c.id == best[2])
+    if not contacts:
+        raise UserError(ctx.t("svc_no_contacts", account=account.name))
+    raise UserError(ctx.t("svc_no_contact", account=account.name, name=name,
+                          names=", ".join(c.name for c in contacts)))
+
+
+@command(
+    "survey",
+    needs="write",
+    aliases=("问卷",),
+    zh="立即向客户的联系人（或指定联系人）发送 NPS 问卷：`survey <客户> [<联系人>]`。",
+)
+def survey(
+    ctx: Context,
+    account: Annotated[Account, Param("account", access="write")],
+    contact: Annotated[str, Param("rest", label="contact")] = "",
+) -> Reply:
+    """Send the NPS survey now to an account's contacts, or one of them: `survey <account> [<contact>]`."""
+    config = survey_config(ctx.services.settings)
+    now = utcnow()
+    chosen = _contact(ctx, account, contact) if contact.strip() else None
+    plan = core.plan_manual(ctx.session, account, contact=chosen, now=now, config=config)
+    created = core.create_surveys(ctx.session, plan.due, now=now, config=config,
+                                  secret=core.survey_secret(ctx.services.settings))
+    enqueue_questions(ctx.session, created, now=now, config=config)
+    lines: list[str] = []
+    if created:
+        lines.append(ctx.t("svc_queued", names=", ".join(s.contact_name for s in created), account=account.name))
+        lines += [ctx.t("svc_held", name=s.contact_name, time=s.send_at.strftime("%Y-%m-%d %H:%M"))
+                  for s in created if s.send_at > now]
+    lines += [ctx.t("svc_throttled", name=name, date=until.date().isoformat()) for name, until in plan.throttled]
+    if plan.open:
+        lines.append(ctx.t("svc_open", names=", ".join(plan.open)))
+    if plan.unreachable:
+        lines.append(ctx.t("svc_unreachable", names=", ".join(plan.unreachable)))
+    if plan.over_cap:
+        lines.append(ctx.t("svc_over_cap", names=", ".join(plan.over_cap)))
+    if not lines:
+        lines.append(ctx.t("svc_no_contacts", account=account.name))
+    return Reply(text="\n".join(lines), private=True)

@@ -1,0 +1,94 @@
+"""Customer lifetime value and ARR at risk, from ARR and the churn model's probability.
+
+With p = probability of churning within the model's horizon of H days, and a constant churn hazard:
+
+    annual churn rate   r = 1 − (1 − p)^(365 / H)
+    expected lifetime   L = min(1 / r, max_lifetime_years)   (years; the cap also covers p = 0)
+    CLV                   = ARR × gross_margin × L
+    ARR at risk           = Σ ARR × p   (the ARR expected to leave within the horizon)
+
+Accounts without a probability (no model yet) have no CLV and add nothing to the ARR at risk; the totals say
+how many accounts they cover. ARR is summed as stored, in the portfolio's main currency (as the overview does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from sqlalchemy import func, select
+from sqlmodel import Session, col
+
+from lifecycle.churn import ValueSettings
+from lifecycle.models import Account
+
+DAYS_PER_YEAR = 365.0
+
+
+def annual_churn_rate(probability: npt.ArrayLike, horizon_days: int) -> np.ndarray:
+    """r = 1 − (1 − p)^(365 / H), element-wise (NaN stays NaN)."""
+    p = np.clip(np.asarray(probability, dtype=float), 0.0, 1.0)
+    return 1.0 - np.power(1.0 - p, DAYS_PER_YEAR / horizon_days)
+
+
+def expected_lifetime_years(probability: npt.ArrayLike, horizon_days: int, cap_years: float) -> np.ndarray:
+    """L = min(1 / r, cap) in years (NaN where the probability is unknown)."""
+    rate = annual_churn_rate(probability, horizon_days)
+    with np.errstate(divide="ignore"):
+        lifetime = np.where(rate > 0, 1.0 / np.where(rate > 0, rate, 1.0), np.inf)
+    return np.where(np.isnan(rate), np.nan, np.minimum(lifetime, cap_years))
+
+
+def lifetime_value(arr: npt.ArrayLike, probability: npt.ArrayLike, horizon_days: int, config: ValueSettings
+                   ) -> np.ndarray:
+    """CLV = ARR × gross margin × expected lifetime, element-wise (NaN without a probability)."""
+    years = expected_lifetime_years(probability, horizon_days, config.max_lifetime_years)
+    return np.asarray(arr, dtype=float) * config.gross_margin * years
+
+
+@dataclass(frozen=True)
+class PortfolioValue:
+    """ARR at risk and lifetime value of the active accounts with a churn probability."""
+
+    arr_at_risk: float
+    lifetime_value: float
+    scored: int  # active accounts with a probability
+    active: int
+    scored_arr: float
+    currency: str
+    horizon_days: int
+    gross_margin: float
+
+    @property
+    def risk_share(self) -> float:
+        """ARR at risk as a percentage of the scored ARR."""
+        return 100.0 * self.arr_at_risk / self.scored_arr if self.scored_arr else 0.0
+
+
+def portfolio_value(session: Session, *, horizon_days: int, config: ValueSettings, owner_id: int | None = None,
+                    segment: str | None = None) -> PortfolioValue:
+    """ARR at risk and total CLV of the active accounts (one query over the account table)."""
+    stmt = select(col(Account.arr), col(Account.churn_probability), col(Account.currency)).where(
+        col(Account.status) == "active")
+    if owner_id is not None:
+        stmt = stmt.where(col(Account.owner_id) == owner_id)
+    if segment is not None:
+        stmt = stmt.where(func.lower(col(Account.segment)) == segment.casefold())
+    frame = pd.DataFrame.from_records(session.execute(stmt).all(), columns=["arr", "p", "currency"])
+    arr = frame["arr"].astype(float).fillna(0.0).to_numpy()
+    p = pd.to_numeric(frame["p"], errors="coerce").to_numpy(dtype=float)
+    known = ~np.isnan(p)
+    by_currency = frame.groupby("currency")["arr"].sum()
+    clv = lifetime_value(arr[known], p[known], horizon_days, config)
+    return PortfolioValue(
+        arr_at_risk=float(np.sum(arr[known] * p[known])),
+        lifetime_value=float(np.sum(clv)),
+        scored=int(known.sum()),
+        active=len(frame),
+        scored_arr=float(arr[known].sum()),
+        currency=str(by_currency.idxmax()) if len(by_currency) else "USD",
+        horizon_days=horizon_days,
+        gross_margin=config.gross_margin,
+    )
