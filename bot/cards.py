@@ -46,7 +46,7 @@ add_messages(
             "en": "{value:.1f} logins per seat in 30 days",
             "zh": "近 30 天每席位登录 {value:.1f} 次",
         },
-        "cr_days_since_last_login": {"en": "last login {value:.0f} days ago", "zh": "最近登录于 {value:.0f} 天前"},
+        "cr_days_since_last_login": {"en": "days since the last login: {value:.0f}", "zh": "最近登录于 {value:.0f} 天前"},
         "cr_feature_breadth_30": {
             "en": "{value:.0f} features used in 30 days",
             "zh": "近 30 天使用了 {value:.0f} 个功能",
@@ -55,7 +55,7 @@ add_messages(
         "cr_tickets_30": {"en": "{value:.0f} tickets in 30 days", "zh": "近 30 天 {value:.0f} 个工单"},
         "cr_nps_last_score": {"en": "latest NPS {value:.0f}", "zh": "最近一次 NPS {value:.0f}"},
         "cr_days_since_last_note": {
-            "en": "last CSM note {value:.0f} days ago",
+            "en": "days since the last CSM note: {value:.0f}",
             "zh": "最近 CSM 记录于 {value:.0f} 天前",
         },
         "cr_days_to_renewal": {"en": "renewal in {value:.0f} days", "zh": "距续约 {value:.0f} 天"},

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import date, timedelta
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
-from lifecycle.db import ensure_schema, make_engine
+from lifecycle.db import make_engine
 from lifecycle.demo import (
     CHURN_REASONS,
     DEMO_USERS,
@@ -143,18 +143,18 @@ def test_churned_accounts_stop_using_the_product(seeded: tuple[Session, DemoSumm
     assert len(churned) == 5
     for a in churned:
         assert a.churned_on is not None and a.churn_reason in CHURN_REASONS
+        churned_on = date.fromisoformat(str(a.churned_on))
         after = scalar(session, "SELECT COUNT(*) FROM usage_daily WHERE account_id = :a AND day >= :d",
-                       a=a.id, d=a.churned_on)
+                       a=a.id, d=churned_on)
         assert after == 0
         # Usage decays before the churn: its last month is far below the account's level half a year earlier.
         last_month = scalar(session, "SELECT AVG(active_users) FROM usage_daily WHERE account_id = :a "
-                            "AND feature = '' AND day >= date(:d, '-30 days')", a=a.id, d=a.churned_on)
+                            "AND feature = '' AND day >= :d", a=a.id, d=churned_on - timedelta(days=30))
         first_month = scalar(session, "SELECT AVG(active_users) FROM usage_daily WHERE account_id = :a "
-                             "AND feature = '' AND day < date(:d, '-150 days') "
-                             "AND day >= date(:d, '-180 days')",
-                             a=a.id, d=a.churned_on)
+                             "AND feature = '' AND day < :d150 AND day >= :d180", a=a.id,
+                             d150=churned_on - timedelta(days=150), d180=churned_on - timedelta(days=180))
         if first_month is not None:
-            assert last_month < 0.5 * first_month
+            assert float(last_month) < 0.5 * float(first_month)
     active_with_churn = "SELECT COUNT(*) FROM account WHERE status = 'active' AND churned_on IS NOT NULL"
     assert scalar(session, active_with_churn) == 0
 
@@ -162,7 +162,7 @@ def test_churned_accounts_stop_using_the_product(seeded: tuple[Session, DemoSumm
 def test_usage_covers_a_year_with_feature_rows(seeded: tuple[Session, DemoSummary]) -> None:
     session, _ = seeded
     first, last, n_days = rows(session, "SELECT MIN(day), MAX(day), COUNT(DISTINCT day) FROM usage_daily")[0]
-    assert (first, last, n_days) == ("2024-06-15", "2025-06-14", 365)
+    assert (str(first), str(last), n_days) == ("2024-06-15", "2025-06-14", 365)
     features = {r[0] for r in rows(session, "SELECT DISTINCT feature FROM usage_daily")}
     assert features == {"", *FEATURES}
     over_seats = scalar(session, "SELECT COUNT(*) FROM usage_daily u JOIN account a ON a.id = u.account_id "
@@ -174,7 +174,7 @@ def test_usage_covers_a_year_with_feature_rows(seeded: tuple[Session, DemoSummar
                         "AND f.active_users > t.active_users")
     assert over_total == 0
     # last_usage_date is the last day with any active user.
-    mismatched = scalar(session, "SELECT COUNT(*) FROM account a WHERE a.last_usage_date IS NOT "
+    mismatched = scalar(session, "SELECT COUNT(*) FROM account a WHERE a.last_usage_date IS DISTINCT FROM "
                         "(SELECT MAX(day) FROM usage_daily u WHERE u.account_id = a.id AND u.feature = '' "
                         "AND u.active_users > 0)")
     assert mismatched == 0
@@ -182,10 +182,13 @@ def test_usage_covers_a_year_with_feature_rows(seeded: tuple[Session, DemoSummar
 
 def test_weekends_are_quieter_than_weekdays(seeded: tuple[Session, DemoSummary]) -> None:
     session, _ = seeded
-    by_dow = dict(rows(session, "SELECT strftime('%w', day), AVG(active_users) FROM usage_daily "
-                               "WHERE feature = '' GROUP BY 1"))
-    weekend = (by_dow["0"] + by_dow["6"]) / 2
-    weekday = sum(by_dow[d] for d in "12345") / 5
+    totals: dict[int, list[float]] = {}
+    for day, users in rows(session, "SELECT day, SUM(active_users) FROM usage_daily WHERE feature = '' "
+                                    "GROUP BY day"):
+        totals.setdefault(date.fromisoformat(str(day)).isoweekday(), []).append(users)
+    by_dow = {d: sum(v) / len(v) for d, v in totals.items()}
+    weekend = (by_dow[6] + by_dow[7]) / 2
+    weekday = sum(by_dow[d] for d in range(1, 6)) / 5
     assert weekend < 0.5 * weekday
 
 
@@ -259,9 +262,8 @@ def table_contents(engine: Engine) -> dict[str, list[Any]]:
                 for t in TABLES}
 
 
-def test_same_seed_and_day_give_identical_databases(engine: Engine, tmp_path: Path) -> None:
-    other = make_engine(f"sqlite:///{tmp_path / 'other.db'}")
-    ensure_schema(other)
+def test_same_seed_and_day_give_identical_databases(engine: Engine, new_db_url: Callable[..., str]) -> None:
+    other = make_engine(new_db_url("other"))
     for eng in (engine, other):
         with Session(eng) as s:
             seed_demo(s, accounts=40, days=45, seed=11, today=TODAY)
@@ -269,8 +271,7 @@ def test_same_seed_and_day_give_identical_databases(engine: Engine, tmp_path: Pa
     first, second = table_contents(engine), table_contents(other)
     assert all(first[t] for t in TABLES)
     assert first == second
-    third = make_engine(f"sqlite:///{tmp_path / 'third.db'}")
-    ensure_schema(third)
+    third = make_engine(new_db_url("third"))
     with Session(third) as s:
         seed_demo(s, accounts=40, days=45, seed=12, today=TODAY)
         s.commit()
@@ -339,7 +340,8 @@ def test_revenue_history_ends_in_each_account_s_current_arr(seeded: tuple[Sessio
     assert kinds["churn"] == summary.churned + summary.won_back and kinds["reactivation"] == summary.won_back == 2
     assert kinds["contraction"] == 3 and kinds["expansion"] >= 5
     # A new logo's contract mostly starts mid-month.
-    assert scalar(session, "SELECT COUNT(*) FROM arr_change WHERE kind = 'new' AND strftime('%d', day) <> '01'") > 40
+    starts = [date.fromisoformat(str(d)) for (d,) in rows(session, "SELECT day FROM arr_change WHERE kind = 'new'")]
+    assert sum(d.day != 1 for d in starts) > 40
 
 
 def test_won_back_accounts_churned_on_an_earlier_contract_and_came_back(seeded: tuple[Session, DemoSummary]) -> None:
