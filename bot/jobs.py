@@ -430,9 +430,10 @@ def nightly(ctx: JobContext) -> None:
         with ctx.step("alerts") as step, session_scope(ctx.engine) as session:
             from bot.routing import route_alerts
 
-            # The recompute committed today's scores, so the rules' own signals frame sees them.
+            # The recompute's signals frame (with today's scores filled in) saves reading the usage a second time.
             raised = run_alert_rules(
-                session, ctx.today, config=ctx.alert_config, now=ctx.now, scorecard=ctx.scorecard
+                session, ctx.today, config=ctx.alert_config, now=ctx.now, scorecard=ctx.scorecard,
+                frame=summary.signals,
             )
             stats = route_alerts(session, [*raised.new, *raised.reopened], now=ctx.now, config=ctx.alert_config)
             session.flush()

@@ -1,11 +1,12 @@
 """The signals frame: one row of facts per account on a given day, built with a few SQL aggregates.
 
 Health scoring, stage rules and the churn model all read this frame, so it is computed for the whole
-portfolio at once: one GROUP BY pass over the account-total usage rows of the 60-day window (as two index
-range scans: the last 30 days and the 30 before), small aggregates for activation (the short window joined to
-`account` for seats), feature breadth, tickets, the latest NPS answer and the latest note, and per-account
-index lookups for facts outside the window (last usage day, whether per-feature rows exist); everything is
-merged in pandas.
+portfolio at once: one GROUP BY pass over the account-total usage rows of the 60-day window (as two range reads
+of the covering index `ix_usage_cover`: the last 30 days and the 30 before), small aggregates for activation
+(the short window, with seats), feature breadth (only when per-feature rows exist), tickets, the latest NPS
+answer and the latest note, and per-account index lookups (last login, last usage day, whether per-feature rows
+exist); everything is merged in pandas. At 100,000 accounts × 90 days the reads are about the cost of the bare
+SQL aggregate over the same rows (see `python -m bench`).
 
 Only data at or before `as_of` is read, so the frame of a past day never sees the future (the churn model
 relies on this). Date bounds are computed in Python and bound as parameters, which keeps the SQL portable

@@ -1,0 +1,1 @@
+"""csbot benchmarks: `python -m bench` (see `bench/__main__.py`)."""

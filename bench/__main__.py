@@ -1,0 +1,418 @@
+"""`python -m bench`: csbot's benchmarks, with the baselines measured in the same run, as a table and JSON.
+
+Scenarios (`--only` picks some):
+- recompute: the nightly recompute (health + stages + alert rules) at each `--sizes` (default 10,000 and 100,000
+  accounts × 90 days; `--large` adds 1,000,000) on SQLite, and on PostgreSQL with `--postgres`; against the
+  per-account ORM implementation of `bench.orm_baseline` (run on a sample, extrapolated per account, its scores
+  checked equal to the vectorised ones) and against the SQL floor (`bench.measures.floor_sql`).
+- lookup: `/cs account <name>` through the Slack adapter at the largest size up to 100,000, p50/p95/p99, against a
+  no-op Bolt app measured the same way.
+- outbox: delivery to a fake Slack API, unthrottled and with 429 + Retry-After injected.
+- model: churn model training and portfolio scoring (`lifecycle.churn`) at the same size as the lookup.
+- ingest: Segment-style usage batches through `lifecycle.ingest.ingest_body`, then resent (idempotency).
+
+Every measurement runs in a child process of its own; its peak RSS and CPU time come from `os.wait4`. Results go
+to `<results>/<scenario>.json` and, combined, `<results>/latest.json`, with the machine they were taken on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import datasets
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SCENARIOS = ("recompute", "lookup", "outbox", "model", "ingest")
+DEFAULT_SIZES = (10_000, 100_000)
+LARGE_SIZE = 1_000_000
+QUICK_SIZE = 200
+GOAL_SIZE = 100_000
+MB = 1024 * 1024
+
+console = Console(stderr=True)
+
+
+# ---------------------------------------------------------------------------------------------- child processes
+
+
+class BenchError(RuntimeError):
+    """A measurement's child process failed."""
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One child process: what its measure function returned, its peak RSS and the CPU it used."""
+
+    result: dict[str, Any]
+    peak_rss_mb: float
+    cpu_seconds: float
+
+
+def run_child(name: str, **kwargs: Any) -> Measured:
+    """Run `bench.measures.<name>(**kwargs)` in a fresh Python process and collect its resource usage."""
+    with tempfile.TemporaryDirectory(prefix="csbot-bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.child", name, json.dumps(kwargs), str(out)], cwd=ROOT, env=env
+        )
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0 or not out.exists():
+            raise BenchError(f"measurement {name} failed (exit {proc.returncode})")
+        result = json.loads(out.read_text())
+    # Linux reports ru_maxrss in kilobytes.
+    return Measured(result, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+
+
+# ------------------------------------------------------------------------------------------------------ results
+
+
+@dataclass
+class Goal:
+    """One of issue 7's goals, checked against this run's figures."""
+
+    name: str
+    value: float
+    target: str
+    ok: bool
+
+
+@dataclass
+class Row:
+    """One line of the printed table."""
+
+    scenario: str
+    size: str
+    measure: str
+    value: str
+    baseline: str = ""
+    ratio: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    goals: list[Goal] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def machine_info() -> dict[str, Any]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return {
+        "cpu_count": os.cpu_count(), "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
+        "platform": platform.platform(), "machine": platform.machine(), "load_average": [round(x, 2) for x in load],
+    }
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:,.2f} s" if seconds >= 0.1 else f"{seconds * 1000:,.1f} ms"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.1f} ms"
+
+
+def _x(ratio: float) -> str:
+    return f"{ratio:,.1f}×" if ratio >= 10 else f"{ratio:,.2f}×"
+
+
+def _size(n: int) -> str:
+    return f"{n // 1000:,}k" if n >= 1000 and n % 1000 == 0 else f"{n:,}"
+
+
+# ---------------------------------------------------------------------------------------------------- scenarios
+
+
+@contextmanager
+def _postgres(target: str | None) -> Iterator[Callable[[int], str] | None]:
+    """Yields a function giving an empty PostgreSQL database URL per size, or None without PostgreSQL.
+
+    `auto` starts a throwaway server (tests/pgserver.py) when the PostgreSQL binaries are installed; a URL names a
+    scratch database that the bench empties (drops its `public` schema) before seeding each size."""
+    if not target:
+        yield None
+        return
+    if target == "auto":
+        from tests.pgserver import PostgresServer, PostgresUnavailable, find_pg_bindir
+
+        if find_pg_bindir() is None:
+            console.print("[yellow]PostgreSQL binaries not found: the PostgreSQL runs are skipped.[/yellow]")
+            yield None
+            return
+        try:
+            server = PostgresServer().start()
+        except PostgresUnavailable as exc:
+            console.print(f"[yellow]PostgreSQL could not start ({exc}): its runs are skipped.[/yellow]")
+            yield None
+            return
+        try:
+            yield lambda n: server.create_database(f"bench_{n}")
+        finally:
+            server.stop()
+        return
+
+    def empty(_n: int) -> str:
+        import psycopg
+
+        dsn = target.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA public CASCADE")
+            conn.execute("CREATE SCHEMA public")
+        return target
+
+    yield empty
+
+
+def recompute_scenario(report: Report, sizes: Sequence[int], orm_sample: int, postgres: str | None) -> None:
+    per_size: dict[str, Any] = {}
+    for n in sizes:
+        started = time.perf_counter()
+        source = datasets.dataset(n)
+        if source.seeded_now:
+            report.notes.append(f"seeded {n:,} accounts in {time.perf_counter() - started:,.0f} s (cached)")
+        floor = run_child("floor", url=source.url)
+        work = datasets.working_copy(source, datasets.CACHE_DIR / f"work-{n}.db")
+        nightly = run_child("nightly", url=work.url)
+        orm = run_child("orm", url=source.url, sample=min(n, orm_sample))
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{work.path}{suffix}").unlink(missing_ok=True)
+        per_size[str(n)] = _recompute_figures(report, "sqlite", n, source.usage_rows, nightly, floor, orm)
+    with _postgres(postgres) as database_for:
+        if database_for is not None:
+            for n in sizes:
+                url = database_for(n)
+                datasets.seed_url(url, n)
+                floor = run_child("floor", url=url)
+                nightly = run_child("nightly", url=url)
+                per_size[f"postgresql-{n}"] = _recompute_figures(report, "postgresql", n, None, nightly, floor, None)
+    _growth(report, sizes, per_size)
+    report.data["recompute"] = per_size
+
+
+def _recompute_figures(report: Report, db: str, n: int, usage_rows: int | None, nightly: Measured,
+                       floor: Measured, orm: Measured | None) -> dict[str, Any]:
+    seconds = float(nightly.result["seconds"])
+    floor_s = float(floor.result["seconds"])
+    label = f"{_size(n)} {db}"
+    steps = ", ".join(f"{k} {v:.2f}" for k, v in nightly.result["steps"].items())
+    report.rows.append(Row("recompute", label, "nightly recompute (health + stages + alert rules)", _s(seconds),
+                           f"floor {_s(floor_s)}", _x(seconds / floor_s) + " of floor"))
+    report.rows.append(Row("recompute", label, "  steps (s)", steps))
+    report.rows.append(Row("recompute", label, "  peak RSS / CPU", f"{nightly.peak_rss_mb:,.0f} MB",
+                           "", f"CPU {_s(nightly.cpu_seconds)}"))
+    figures: dict[str, Any] = {
+        "database": db, "accounts": n, "usage_rows": usage_rows, "seconds": seconds, "cpu_seconds":
+        nightly.cpu_seconds, "peak_rss_mb": nightly.peak_rss_mb, "steps": nightly.result["steps"],
+        "stage_moves": nightly.result["stage_moves"], "alerts_new": nightly.result["alerts_new"],
+        "alerts_resolved": nightly.result["alerts_resolved"], "floor_seconds": floor_s,
+        "floor_peak_rss_mb": floor.peak_rss_mb, "vs_floor": seconds / floor_s,
+    }
+    if orm is not None:
+        o = orm.result
+        extrapolated = float(o["extrapolated_seconds"])
+        how = "measured" if o["sample"] >= n * 0.9 else f"{o['sample']:,} accounts, extrapolated"
+        report.rows.append(Row("recompute", label, f"per-account ORM loop ({how})", _s(extrapolated),
+                               _s(seconds), _x(extrapolated / seconds) + " faster"))
+        report.rows.append(Row("recompute", label, "  ORM scores equal vectorised",
+                               f"{o['compared'] - o['mismatched']:,}/{o['compared']:,}"))
+        figures |= {"orm_seconds": extrapolated, "orm_sample": o["sample"], "orm_per_account": o["per_account"],
+                    "orm_compared": o["compared"], "orm_mismatched": o["mismatched"],
+                    "orm_examples": o["examples"], "speedup_vs_orm": extrapolated / seconds}
+    if n == GOAL_SIZE and db == "sqlite":
+        report.goals += [
+            Goal("recompute at 100k on SQLite ≤ 10 s", seconds, "≤ 10 s", seconds <= 10),
+            Goal("recompute ≤ 2× the SQL floor", seconds / floor_s, "≤ 2×", seconds / floor_s <= 2),
+            Goal("recompute peak RSS ≤ 1 GB", nightly.peak_rss_mb, "≤ 1024 MB", nightly.peak_rss_mb <= 1024),
+        ]
+        if orm is not None:
+            speedup = float(figures["speedup_vs_orm"])
+            report.goals.append(Goal("recompute ≥ 20× faster than the ORM loop", speedup, "≥ 20×", speedup >= 20))
+    if orm is not None and orm.result["mismatched"]:
+        report.notes.append(f"{label}: {orm.result['mismatched']} ORM scores differ: {orm.result['examples']}")
+    return figures
+
+
+def _growth(report: Report, sizes: Sequence[int], per_size: dict[str, Any]) -> None:
+    ordered = [n for n in sorted(sizes) if str(n) in per_size]
+    for small, large in itertools.pairwise(ordered):
+        t_small, t_large = per_size[str(small)]["seconds"], per_size[str(large)]["seconds"]
+        report.rows.append(Row("recompute", f"{_size(small)} → {_size(large)}", "growth of the nightly time",
+                               _x(t_large / t_small), f"accounts {_x(large / small)}",
+                               f"{t_large / large * 1e6:,.1f} µs/account"))
+
+
+def lookup_scenario(report: Report, size: int, requests: int) -> None:
+    source = datasets.dataset(size)
+    work = datasets.working_copy(source, datasets.CACHE_DIR / f"lookup-{size}.db")
+    measured = run_child("lookup", url=work.url, requests=requests)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{work.path}{suffix}").unlink(missing_ok=True)
+    r = measured.result
+    app, noop = r["app"], r["noop"]
+    label = _size(size)
+    for p in ("p50", "p95", "p99"):
+        report.rows.append(Row("lookup", label, f"/cs account <name> {p}", _ms(app[p]), f"no-op Bolt {_ms(noop[p])}",
+                               _x(app[p] / noop[p])))
+    report.rows.append(Row("lookup", label, "  answered / peak RSS", f"{r['answered']:,} answers, {r['errors']} errors",
+                           f"{measured.peak_rss_mb:,.0f} MB"))
+    ratio = app["p95"] / noop["p95"]
+    report.goals.append(Goal("lookup p95 ≤ 2× the Bolt floor", ratio, "≤ 2×", ratio <= 2))
+    report.data["lookup"] = {**r, "size": size, "peak_rss_mb": measured.peak_rss_mb, "p95_vs_noop": ratio}
+
+
+def outbox_scenario(report: Report, messages: int) -> None:
+    plain = run_child("outbox_delivery", messages=messages)
+    throttled = run_child("outbox_delivery", messages=messages, throttle_every=2)
+    for name, m in (("unthrottled", plain), ("429 + Retry-After", throttled)):
+        r = m.result
+        report.rows.append(Row("outbox", f"{messages:,} msgs", f"delivery, {name}", f"{r['per_second']:,.0f} msg/s",
+                               f"{r['rate_limited']} × 429", f"lost {r['lost']}, duplicated {r['duplicated']}"))
+    p, t = plain.result, throttled.result
+    report.goals += [
+        Goal("outbox ≥ 200 deliveries/s", p["per_second"], "≥ 200/s", p["per_second"] >= 200),
+        Goal("outbox with 429s: all delivered, 0 lost, 0 duplicated", t["lost"] + t["duplicated"], "0",
+             t["delivered"] == messages and t["lost"] == 0 and t["duplicated"] == 0 and p["lost"] == 0
+             and p["duplicated"] == 0),
+    ]
+    report.data["outbox"] = {"unthrottled": {**p, "peak_rss_mb": plain.peak_rss_mb},
+                             "throttled": {**t, "peak_rss_mb": throttled.peak_rss_mb}}
+
+
+def model_scenario(report: Report, size: int) -> None:
+    source = datasets.dataset(size)
+    work = datasets.working_copy(source, datasets.CACHE_DIR / f"model-{size}.db")
+    measured = run_child("model", url=work.url)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{work.path}{suffix}").unlink(missing_ok=True)
+    r = measured.result
+    label = _size(size)
+    if "train_seconds" in r:
+        report.rows.append(Row("model", label, f"churn model training ({r['horizon_days']}-day horizon)",
+                               _s(r["train_seconds"]), r.get("version", "")))
+    else:
+        report.rows.append(Row("model", label, "churn model training", "not trained", r.get("train_error", "")))
+    if "score_seconds" in r:
+        report.rows.append(Row("model", label, "churn scoring of the portfolio", _s(r["score_seconds"]),
+                               f"{r['scored']:,} accounts", f"{measured.peak_rss_mb:,.0f} MB peak"))
+    report.data["model"] = {**r, "size": size, "peak_rss_mb": measured.peak_rss_mb}
+
+
+def ingest_scenario(report: Report, size: int, requests: int, calls: int) -> None:
+    source = datasets.dataset(size)
+    work = datasets.working_copy(source, datasets.CACHE_DIR / f"ingest-{size}.db")
+    measured = run_child("ingest", url=work.url, requests=requests, calls_per_request=calls)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{work.path}{suffix}").unlink(missing_ok=True)
+    r = measured.result
+    label = f"{_size(size)} accounts"
+    report.rows.append(Row("ingest", label, f"usage ingest, {calls} calls per request",
+                           f"{r['calls_per_second']:,.0f} calls/s", f"p95 {_ms(r['latency']['p95'])} per request",
+                           f"{measured.peak_rss_mb:,.0f} MB peak"))
+    report.rows.append(Row("ingest", label, "  resent requests", f"{r['resent_duplicates']:,} duplicates",
+                           "usage changed" if r["resend_changed_usage"] else "usage unchanged"))
+    report.data["ingest"] = {**r, "size": size, "peak_rss_mb": measured.peak_rss_mb}
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default=",".join(str(s) for s in DEFAULT_SIZES),
+                        help="account counts for the recompute, comma-separated (default 10000,100000)")
+    parser.add_argument("--large", action="store_true", help="add 1,000,000 accounts to the sizes")
+    parser.add_argument("--only", default="", help=f"comma-separated scenarios among {', '.join(SCENARIOS)}")
+    parser.add_argument("--postgres", default=os.environ.get("CSBOT_BENCH_POSTGRES", ""),
+                        help="also run the recompute on PostgreSQL: 'auto' (a throwaway server) or a URL of a "
+                             "scratch database the bench empties")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_SIZE} accounts, few requests")
+    parser.add_argument("--orm-sample", type=int, default=500, help="accounts the ORM loop scores (default 500)")
+    parser.add_argument("--requests", type=int, default=400, help="lookup requests per app (default 400)")
+    parser.add_argument("--messages", type=int, default=2000, help="outbox messages per run (default 2000)")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where the JSON files go")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()] or list(SCENARIOS)
+    unknown = sorted(set(only) - set(SCENARIOS))
+    if unknown:
+        console.print(f"[red]Unknown scenario(s): {', '.join(unknown)}; choose among {', '.join(SCENARIOS)}[/red]")
+        return 2
+    sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()} | ({LARGE_SIZE} if args.large else set()))
+    requests, messages, orm_sample, ingest_requests = args.requests, args.messages, args.orm_sample, 40
+    if args.quick:
+        sizes, requests, messages, orm_sample, ingest_requests = [QUICK_SIZE], 20, 60, 50, 4
+    report = Report()
+    started = datetime.now(UTC).replace(tzinfo=None)
+    machine = machine_info()
+    for scenario in only:
+        console.print(f"[bold]{scenario}[/bold] …")
+        if scenario == "recompute":
+            recompute_scenario(report, sizes, orm_sample, args.postgres or None)
+        elif scenario == "lookup":
+            lookup_scenario(report, min(max(sizes), GOAL_SIZE), requests)
+        elif scenario == "outbox":
+            outbox_scenario(report, messages)
+        elif scenario == "model":
+            model_scenario(report, min(max(sizes), GOAL_SIZE))
+        elif scenario == "ingest":
+            ingest_scenario(report, min(max(sizes), GOAL_SIZE), ingest_requests, 500)
+
+    table = Table(title=f"csbot benchmarks — {machine['cpu_count']} CPUs, Python {machine['python']}, "
+                        f"SQLite {machine['sqlite']}")
+    for column in ("scenario", "size", "measure", "value", "baseline", "ratio"):
+        table.add_column(column, overflow="fold")
+    for row in report.rows:
+        table.add_row(row.scenario, row.size, row.measure, row.value, row.baseline, row.ratio)
+    out = Console(width=None if sys.stdout.isatty() else 150)
+    out.print(table)
+    for goal in report.goals:
+        mark = "[green]met[/green]" if goal.ok else "[red]missed[/red]"
+        out.print(f"{mark}  {goal.name} (this run: {goal.value:,.2f}, goal {goal.target})")
+    for note in report.notes:
+        out.print(f"[dim]{note}[/dim]")
+
+    command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    common = {"started": started.isoformat(timespec="seconds"), "command": command.strip(), "machine": machine,
+              "quick": bool(args.quick)}
+    args.results.mkdir(parents=True, exist_ok=True)
+    for scenario in only:
+        if scenario in report.data:
+            payload = {**common, "scenario": scenario, "figures": report.data[scenario],
+                       "goals": [asdict(g) for g in report.goals if _goal_scenario(g) == scenario]}
+            (args.results / f"{scenario}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    latest = {**common, "scenarios": report.data, "goals": [asdict(g) for g in report.goals],
+              "table": [asdict(r) for r in report.rows], "notes": report.notes}
+    (args.results / "latest.json").write_text(json.dumps(latest, indent=2, default=str) + "\n")
+    return 0
+
+
+def _goal_scenario(goal: Goal) -> str:
+    return goal.name.split(" ", 1)[0]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
