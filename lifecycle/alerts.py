@@ -27,14 +27,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Date, and_, bindparam, case, func, select, text, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
-from lifecycle.config import CONFIG_DIR, read_toml
+from lifecycle.config import CONFIG_DIR, read_toml, validate_config
 from lifecycle.db import upsert
-from lifecycle.errors import ConfigError
 from lifecycle.health import Scorecard, default_scorecard, split_measures, value_text
 from lifecycle.models import Account, Alert, HealthSnapshot
 from lifecycle.signals import SIGNAL_COLUMNS, build_signals
@@ -270,14 +269,7 @@ class AlertConfig(_Strict):
 
 def parse_alert_config(raw: Mapping[str, Any], source: str = "alert rules") -> AlertConfig:
     """Validate an already-parsed alert configuration; errors raise `ConfigError` naming `source` and the key."""
-    try:
-        return AlertConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            key = ".".join(str(part) for part in err["loc"]) or "(top level)"
-            problems.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
-        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+    return validate_config(AlertConfig, raw, source)
 
 
 def load_alert_config(path: Path | None = None) -> AlertConfig:

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import joblib
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -52,7 +52,7 @@ from sqlalchemy import bindparam, case, func, select, text, update
 from sqlmodel import Session, col
 from threadpoolctl import threadpool_limits
 
-from lifecycle.config import CONFIG_DIR, read_toml
+from lifecycle.config import CONFIG_DIR, read_toml, validate_config
 from lifecycle.errors import ConfigError, CsbotError
 from lifecycle.evaluate import Scores, score_summary
 from lifecycle.health import Scorecard, default_scorecard, score_frame
@@ -126,11 +126,7 @@ def load_insight_config(path: Path | None = None) -> InsightConfig:
     """Read and validate an insight TOML file (the bundled one by default); errors name the file and the key."""
     path = path or DEFAULT_INSIGHT_FILE
     raw = read_toml(path, "insight configuration")
-    try:
-        config = InsightConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+    config = validate_config(InsightConfig, raw, str(path))
     if config.segments.max_k < config.segments.min_k:
         raise ConfigError(f"{path}: segments.max_k: must not be below segments.min_k")
     if config.tiers.a_min_arr < config.tiers.b_min_arr:

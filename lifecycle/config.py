@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lifecycle.errors import ConfigError
@@ -172,6 +173,23 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read the {what}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def validate_config(model: type[_M], raw: Mapping[str, Any], source: str) -> _M:
+    """`raw` validated as `model`; every problem is reported at once as a `ConfigError` naming `source` and the
+    key (`rules.health_drop.points: Input should be …`)."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(part) for part in err['loc']) or '(top level)'}: "
+            f"{err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        ]
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
 
 
 @lru_cache(maxsize=1)

@@ -28,14 +28,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import DateTime, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col
 
-from lifecycle.config import CONFIG_DIR, Settings, read_toml
-from lifecycle.errors import ConfigError, CsbotError
+from lifecycle.config import CONFIG_DIR, Settings, read_toml, validate_config
+from lifecycle.errors import CsbotError
 from lifecycle.models import Account, Alert, Contact, NpsResponse, NpsSurvey, User
 
 log = logging.getLogger("csbot.surveys")
@@ -132,14 +132,7 @@ class SurveyConfig(_Strict):
 
 def parse_survey_config(raw: Mapping[str, Any], source: str = "survey configuration") -> SurveyConfig:
     """Validate an already-parsed survey configuration; errors raise `ConfigError` naming `source` and the key."""
-    try:
-        return SurveyConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            key = ".".join(str(part) for part in err["loc"]) or "(top level)"
-            problems.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
-        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+    return validate_config(SurveyConfig, raw, source)
 
 
 def load_survey_config(path: Path | None = None) -> SurveyConfig:
