@@ -46,7 +46,10 @@ add_messages(
             "en": "{value:.1f} logins per seat in 30 days",
             "zh": "近 30 天每席位登录 {value:.1f} 次",
         },
-        "cr_days_since_last_login": {"en": "days since the last login: {value:.0f}", "zh": "最近登录于 {value:.0f} 天前"},
+        "cr_days_since_last_login": {
+            "en": "days since the last login: {value:.0f}",
+            "zh": "最近登录于 {value:.0f} 天前",
+        },
         "cr_feature_breadth_30": {
             "en": "{value:.0f} features used in 30 days",
             "zh": "近 30 天使用了 {value:.0f} 个功能",
