@@ -23,6 +23,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from adapters.console import render_text, run_console
+from adapters.logsafe import install_redaction
 from adapters.model_cli import app as model_app
 from bot.messages import Incoming
 from bot.router import Router, Services
@@ -45,6 +46,7 @@ console = Console()
 DEMO_HISTORY = (30, 21, 14, 7)
 SHOWN_ROWS = 50  # skipped row numbers listed after an import
 err = Console(stderr=True)
+_redaction_installed = False
 
 
 class Kind(StrEnum):
@@ -57,17 +59,24 @@ class Kind(StrEnum):
 
 
 def _settings() -> Settings:
+    global _redaction_installed
     try:
-        return get_settings()
+        settings = get_settings()
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    if not _redaction_installed:  # from here on no log line shows a token, a secret or the database password
+        install_redaction(settings.secrets())
+        _redaction_installed = True
+    return settings
 
 
 def _engine(settings: Settings) -> Engine:
     engine = make_engine(settings.database_url)
     try:
-        ensure_schema(engine)
+        # A database server still starting (or failing over) is retried with backoff for CSBOT_DB_CONNECT_TIMEOUT
+        # seconds; then start-up stops with exit code 2 and a message naming the database.
+        ensure_schema(engine, connect_timeout=settings.db_connect_timeout)
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None

@@ -8,8 +8,10 @@ stack trace in chat: unexpected ones are logged with an id the user can quote.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
+import re
 import shlex
 import uuid
 from collections.abc import Callable
@@ -22,7 +24,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from bot import permissions
-from bot.i18n import t
+from bot.i18n import add_messages, t
 from bot.messages import Incoming, Reply
 from bot.permissions import NEEDS_RANK, Needs, identify
 from bot.permissions import ROLE_RANK as ROLE_RANK  # re-exported: `help` and older callers import it from here
@@ -34,6 +36,22 @@ from lifecycle.models import Account, AuditLog, User, utcnow
 log = logging.getLogger("csbot.router")
 
 _NEEDS_RANK = NEEDS_RANK  # the name `help` reads
+
+# Slack caps a slash command at 4,000 characters and Telegram a message at 4,096: anything longer did not come
+# from a person typing, and long enough patterns make the account lookup's LIKE fail on SQLite.
+MAX_TEXT = 4_000
+# Control characters other than tab and newlines: PostgreSQL cannot store NUL in text, and none of them means
+# anything in a command; they are dropped before the text is parsed or audited.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+add_messages(
+    {
+        "too_long": {
+            "en": "That message is too long for me ({length:,} characters; at most {limit:,}). Please shorten it.",
+            "zh": "这条消息太长了（{length:,} 个字符；最多 {limit:,} 个）。请缩短后再试。",
+        },
+    }
+)
 
 
 class UserError(CsbotError):
@@ -218,6 +236,8 @@ class Router:
             return Reply(text=t("internal_error", lang, error_id=error_id), private=True, error_id=error_id)
 
     def _handle(self, session: Session, incoming: Incoming) -> Reply:
+        if _CONTROL.search(incoming.text):
+            incoming = dataclasses.replace(incoming, text=_CONTROL.sub("", incoming.text))
         user, contact = identify(session, incoming)
         if user is None:
             lang: str = self.services.settings.lang
@@ -228,6 +248,9 @@ class Router:
                 private=True,
             )
         lang = user.lang or self.services.settings.lang
+        if len(incoming.text) > MAX_TEXT:
+            _audit(session, user, incoming, "refused:too_long", None)
+            return Reply(text=t("too_long", lang, length=len(incoming.text), limit=MAX_TEXT), private=True)
         words = _split(incoming.text.strip())
         if not words:
             words = ["help"]

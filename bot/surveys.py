@@ -35,7 +35,7 @@ from lifecycle import surveys as core
 from lifecycle.alerts import AlertConfig, load_alert_config
 from lifecycle.config import Settings
 from lifecycle.db import session_scope
-from lifecycle.models import Account, Alert, Contact, Delivery, NpsResponse, NpsSurvey, User, utcnow
+from lifecycle.models import Account, Alert, AuditLog, Contact, Delivery, NpsResponse, NpsSurvey, User, utcnow
 from lifecycle.outbox import enqueue
 
 log = logging.getLogger("csbot.surveys")
@@ -515,6 +515,9 @@ class SurveyDesk:
                 apply_answer_effects(session, result, contact, now=now, alert_config=self.alert_config,
                                      scorecard=self.scorecard)
                 survey, response = result.survey, result.response
+                if result.status != "unchanged":  # a retry or a double tap changed nothing: nothing to audit
+                    _audit(session, platform, user_id, "survey.answer", survey.account_id,
+                           f"survey {survey.id}: score {score} ({result.status})")
                 lang = _lang(survey.lang)
                 outcome = self._confirmation(result, lang)
                 return dataclasses.replace(outcome, survey_id=survey.id, account_id=survey.account_id,
@@ -522,7 +525,17 @@ class SurveyDesk:
                                            prompt=self._prompt(token, lang) if result.status == "recorded"
                                            and not response.comment else None)
         except core.SurveyRefused as exc:
+            self._audit_refusal(platform, user_id, exc, f"press {data[:200]!r}")
             return self._refused(exc, lang_hint)
+
+    def _audit_refusal(self, platform: str, user_id: str, exc: core.SurveyRefused, what: str) -> None:
+        """A refused press or comment (forged, stolen, replayed, too late) is recorded: who tried what."""
+        with session_scope(self.engine) as session:
+            account_id = None
+            if exc.survey_id is not None:
+                survey = session.get(NpsSurvey, exc.survey_id)
+                account_id = survey.account_id if survey is not None else None
+            _audit(session, platform, user_id, "refused:survey", account_id, f"{exc.reason}: {what}")
 
     def _confirmation(self, result: core.AnswerResult, lang: str) -> PressOutcome:
         score = result.response.score
@@ -545,6 +558,7 @@ class SurveyDesk:
                 assert survey.id is not None
                 return self._comment(session, survey.id, platform, user_id, text)
         except core.SurveyRefused as exc:
+            self._audit_refusal(platform, user_id, exc, f"comment on {token[:40]!r}")
             return self._refused(exc, lang_hint)
 
     def comment_by_ref(self, platform: str, ref: str, user_id: str, text: str) -> PressOutcome | None:
@@ -556,6 +570,7 @@ class SurveyDesk:
                     return None
                 return self._comment(session, survey.id, platform, user_id, text)
         except core.SurveyRefused as exc:
+            self._audit_refusal(platform, user_id, exc, f"comment on prompt {ref[:40]!r}")
             return self._refused(exc, "en")
 
     def _comment(self, session: Session, survey_id: int, platform: str, user_id: str, text: str) -> PressOutcome:
@@ -565,6 +580,7 @@ class SurveyDesk:
         contact = session.get(Contact, response.contact_id) if response.contact_id is not None else None
         apply_comment_effects(session, survey, response, contact.name if contact else "", now=now,
                               alert_config=self.alert_config)
+        _audit(session, platform, user_id, "survey.comment", survey.account_id, f"survey {survey.id}: {text}")
         lang = _lang(survey.lang)
         return PressOutcome("recorded", t("sv_comment_thanks", lang), lang, survey.id, None, survey.account_id,
                             survey.channel_id or "")
@@ -584,6 +600,12 @@ class SurveyDesk:
                 core.refresh_account_health(session, outcome.account_id, self.today(), self.scorecard)
         except Exception:  # the answer is stored; a failed refresh only waits for the next recompute
             log.exception("could not refresh the health of account %s after an NPS answer", outcome.account_id)
+
+
+def _audit(session: Session, platform: str, user_id: str, action: str, account_id: int | None, detail: str) -> None:
+    """An audit row for a survey answer from chat; the actor is the platform identity (customers are no users)."""
+    session.add(AuditLog(at=utcnow(), actor=f"{platform}:{user_id}", platform=platform, action=action,
+                         account_id=account_id, detail=detail[:500]))
 
 
 def desk_for(services: Any) -> SurveyDesk:

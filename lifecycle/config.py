@@ -6,6 +6,7 @@ message naming the variable (see `load_settings`).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tomllib
 from collections.abc import Mapping
@@ -28,7 +29,15 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
-    database_url: str = Field(default="sqlite:///csbot.db", validation_alias=AliasChoices("CSBOT_DATABASE_URL"))
+    # Secrets (and the database URL, which may carry a password) stay out of the settings' repr, so a log line
+    # or traceback that prints the settings shows no credentials.
+    database_url: str = Field(
+        default="sqlite:///csbot.db", repr=False, validation_alias=AliasChoices("CSBOT_DATABASE_URL")
+    )
+    # Seconds `csbot` keeps retrying (with backoff) a database server it cannot reach at start-up; 0 = try once.
+    db_connect_timeout: float = Field(
+        default=30.0, ge=0, le=3600, validation_alias=AliasChoices("CSBOT_DB_CONNECT_TIMEOUT")
+    )
     timezone: str = Field(default="UTC", validation_alias=AliasChoices("CSBOT_TIMEZONE"))
     host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("CSBOT_HOST"))
     port: int = Field(default=8000, ge=0, le=65535, validation_alias=AliasChoices("CSBOT_PORT"))
@@ -39,7 +48,7 @@ class Settings(BaseSettings):
     surveys_file: Path | None = Field(default=None, validation_alias=AliasChoices("CSBOT_SURVEYS_FILE"))
     insight_file: Path | None = Field(default=None, validation_alias=AliasChoices("CSBOT_INSIGHT_FILE"))
     survey_secret: str | None = Field(
-        default=None, min_length=16, validation_alias=AliasChoices("CSBOT_SURVEY_SECRET")
+        default=None, min_length=16, repr=False, validation_alias=AliasChoices("CSBOT_SURVEY_SECRET")
     )
     csm_read_scope: Literal["own", "all"] = Field(default="all", validation_alias=AliasChoices("CSBOT_CSM_READ_SCOPE"))
     nightly_cron: str = Field(default="0 2 * * *", validation_alias=AliasChoices("CSBOT_NIGHTLY_CRON"))
@@ -48,16 +57,22 @@ class Settings(BaseSettings):
         default="INFO", validation_alias=AliasChoices("CSBOT_LOG_LEVEL")
     )
 
-    slack_bot_token: str | None = Field(default=None, validation_alias=AliasChoices("SLACK_BOT_TOKEN"))
-    slack_signing_secret: str | None = Field(default=None, validation_alias=AliasChoices("SLACK_SIGNING_SECRET"))
-    slack_app_token: str | None = Field(default=None, validation_alias=AliasChoices("SLACK_APP_TOKEN"))
+    slack_bot_token: str | None = Field(default=None, repr=False, validation_alias=AliasChoices("SLACK_BOT_TOKEN"))
+    slack_signing_secret: str | None = Field(
+        default=None, repr=False, validation_alias=AliasChoices("SLACK_SIGNING_SECRET")
+    )
+    slack_app_token: str | None = Field(default=None, repr=False, validation_alias=AliasChoices("SLACK_APP_TOKEN"))
     slack_api_url: str = Field(default="https://slack.com/api/", validation_alias=AliasChoices("SLACK_API_URL"))
-    telegram_bot_token: str | None = Field(default=None, validation_alias=AliasChoices("TELEGRAM_BOT_TOKEN"))
+    telegram_bot_token: str | None = Field(
+        default=None, repr=False, validation_alias=AliasChoices("TELEGRAM_BOT_TOKEN")
+    )
     telegram_api_url: str = Field(
         default="https://api.telegram.org/bot", validation_alias=AliasChoices("TELEGRAM_API_URL")
     )
-    telegram_webhook_secret: str | None = Field(default=None, validation_alias=AliasChoices("TELEGRAM_WEBHOOK_SECRET"))
-    ingest_token: str | None = Field(default=None, validation_alias=AliasChoices("CSBOT_INGEST_TOKEN"))
+    telegram_webhook_secret: str | None = Field(
+        default=None, repr=False, validation_alias=AliasChoices("TELEGRAM_WEBHOOK_SECRET")
+    )
+    ingest_token: str | None = Field(default=None, repr=False, validation_alias=AliasChoices("CSBOT_INGEST_TOKEN"))
     ingest_login_event: str = Field(
         default="Logged In", min_length=1, validation_alias=AliasChoices("CSBOT_INGEST_LOGIN_EVENT")
     )
@@ -105,6 +120,20 @@ class Settings(BaseSettings):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    def secrets(self) -> list[str]:
+        """Every configured credential (tokens, secrets, the database password): what logs must never show."""
+        values = [
+            self.slack_bot_token, self.slack_signing_secret, self.slack_app_token, self.telegram_bot_token,
+            self.telegram_webhook_secret, self.survey_secret, self.ingest_token,
+        ]
+        if "://" in self.database_url:
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            with contextlib.suppress(ArgumentError, ValueError):  # an unparsable URL fails later, on its own
+                values.append(make_url(self.database_url).password)
+        return [str(v) for v in values if v]
 
 
 _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")

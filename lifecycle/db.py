@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,10 @@ from sqlmodel import Session, SQLModel, create_engine
 from lifecycle.errors import ConfigError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+CONNECT_BACKOFF_FIRST = 0.5  # seconds before the second try at reaching the database; doubles each time
+CONNECT_BACKOFF_MAX = 5.0
+
+log = logging.getLogger("csbot.db")
 
 def make_engine(url: str) -> Engine:
     """Create an engine; SQLite gets WAL, foreign keys and a busy timeout so the bot and jobs can share it."""
@@ -62,9 +68,39 @@ def current_revision(engine: Engine) -> str | None:
     return ",".join(sorted(heads)) if heads else None
 
 
-def ensure_schema(engine: Engine) -> None:
-    """Bring the schema to the latest revision; used on every start, so first start creates it."""
-    upgrade(engine)
+def ensure_schema(
+    engine: Engine,
+    *,
+    connect_timeout: float = 0.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Bring the schema to the latest revision; used on every start, so first start creates it.
+
+    A database server that cannot be reached yet (still starting, a failover, a network blip) is tried again
+    with backoff (0.5 s, doubling, at most 5 s apart) for up to `connect_timeout` seconds; then the
+    `ConfigError` names the database (its password hidden) and how long it was tried. SQLite is tried once:
+    a file that cannot be opened does not appear by waiting."""
+    deadline = clock() + connect_timeout
+    delay = CONNECT_BACKOFF_FIRST
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            upgrade(engine)
+            return
+        except ConfigError as exc:
+            if engine.dialect.name == "sqlite" or connect_timeout <= 0:
+                raise
+            left = deadline - clock()
+            if left <= 0:
+                raise ConfigError(
+                    f"{exc} — gave up after {tries} tries in {connect_timeout:g} s (CSBOT_DB_CONNECT_TIMEOUT)"
+                ) from exc
+            wait = min(delay, left)
+            log.warning("database %r unavailable (try %d); retrying in %.1f s", engine.url, tries, wait)
+            sleep(wait)
+            delay = min(delay * 2, CONNECT_BACKOFF_MAX)
 
 
 def has_table(engine: Engine, name: str) -> bool:

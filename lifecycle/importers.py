@@ -91,7 +91,7 @@ KINDS: dict[str, KindSpec] = {
         KindSpec(
             "users",
             required=("email", "name", "role"),
-            optional=("slack_user_id", "telegram_user_id", "timezone", "manager_email"),
+            optional=("slack_user_id", "telegram_user_id", "timezone", "manager_email", "active"),
             key=("email",),
             description="internal people; role is admin, manager, csm or viewer",
         ),
@@ -272,6 +272,7 @@ def import_csv(
         frame, rownums = _keep(frame, rownums, answered)
     if account is not None:
         frame["account_external_id"] = _account_by_id_or_name(session, account)
+    _check_cells(spec, frame, rownums, problems)
     frame, rownums = _normalise_dates(frame, rownums, date_format, problems)
     frame, rownums = _derive(session, spec, frame, rownums, problems, read.display)
     importer = _IMPORTERS[kind]
@@ -280,6 +281,28 @@ def import_csv(
     report.nps = counts.nps
     meter.finish()
     return report
+
+
+MAX_CELL = 1_000  # characters: longer is no name, id or date (and overflows PostgreSQL's index rows)
+MAX_FREE_TEXT = 10_000  # characters of free text (an NPS comment)
+_FREE_TEXT = frozenset({"comment"})
+_CELL_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"  # PostgreSQL cannot store NUL; none belongs in a cell
+
+
+def _too_long(limit: int) -> Callable[[str], str]:
+    return lambda value: f"longer than {limit:,} characters ({len(value):,})"
+
+
+def _check_cells(spec: KindSpec, frame: pd.DataFrame, rownums: np.ndarray, problems: _Problems) -> None:
+    """Cells with control characters or too long to be what their column holds are row/column errors."""
+    for column in (c for c in frame.columns if c in spec.columns):
+        values = frame[column].astype(str)
+        limit = MAX_FREE_TEXT if column in _FREE_TEXT else MAX_CELL
+        control = values.str.contains(_CELL_CONTROL, regex=True).to_numpy(dtype=bool)
+        long = (values.str.len() > limit).to_numpy(dtype=bool)
+        problems.add_mask(rownums[control], column, values.to_numpy()[control],
+                          lambda _v: "contains a control character")
+        problems.add_mask(rownums[long & ~control], column, values.to_numpy()[long & ~control], _too_long(limit))
 
 
 def stage_names() -> tuple[list[str], str]:
@@ -863,6 +886,16 @@ def _parse_currency(text: str) -> str:
     return text.upper()
 
 
+_BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _parse_bool(text: str) -> bool:
+    value = _BOOLEANS.get(text.strip().casefold())
+    if value is None:
+        raise ValueError(f"not yes/no ({text!r})")
+    return value
+
+
 def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         value = text.lower()
@@ -921,6 +954,7 @@ class UserRow(_Row):
     telegram_user_id: OptText = None
     timezone: Annotated[str | None, BeforeValidator(_optional(_parse_timezone))] = None
     manager_email: OptEmail = None
+    active: Annotated[bool | None, BeforeValidator(_optional(_parse_bool))] = None
 
 
 class AccountRow(_Row):
@@ -1130,7 +1164,7 @@ def _import_users(
 ) -> _Counts:
     rows = _validate(frame, rownums, UserRow, problems, meter)
     table = _table(User)
-    columns = ("name", "role", "slack_user_id", "telegram_user_id", "timezone", "manager_id")
+    columns = ("name", "role", "slack_user_id", "telegram_user_id", "timezone", "manager_id", "active")
     stored = {
         r["email"].lower(): dict(r)
         for r in session.execute(select(table.c.id, table.c.email, *(table.c[c] for c in columns))).mappings()
@@ -1167,6 +1201,9 @@ def _import_users(
             "telegram_user_id": _pick(r.telegram_user_id, old, "telegram_user_id", None),
             "timezone": _pick(r.timezone, old, "timezone", "UTC"),
             "manager_id": manager_id,
+            # A departed employee is imported with active = no: from their next message csbot treats them as a
+            # stranger (no data, a polite refusal), and their history stays.
+            "active": _pick(r.active, old, "active", True),
         }
         outcome = plan.add(target, old, columns)
         written = {"inserted": plan.inserts, "updated": plan.updates}.get(outcome)
@@ -1176,7 +1213,7 @@ def _import_users(
                 row["manager_id"] = None
             row["updated_at"] = now
             if outcome == "inserted":
-                row.update(created_at=now, active=True)
+                row["created_at"] = now
     if not dry_run:
         _write(session, User, plan, ["email"], meter)
         if pending:

@@ -617,3 +617,23 @@ def test_account_imports_record_the_arr_history(session: Session, tmp_path: Path
     session.execute(ArrChange.__table__.delete())  # type: ignore[attr-defined]
     run(session, tmp_path, "accounts", head + "R2,Fall,60,5,active\n")
     assert history() == [("reactivation", 0.0, 60.0)]
+
+
+def test_a_departed_user_is_deactivated_by_import(seeded: Session, tmp_path: Path) -> None:
+    head = "email,name,role,active\n"
+    before = user(seeded, "ann@example.com")
+    assert before.active
+    with pytest.raises(ImportFailed) as failed:
+        import_csv(seeded, "users", write(tmp_path, "u.csv", head + "ann@example.com,Ann,csm,maybe\n"))
+    assert failed.value.problems == ["row 2, column active: not yes/no ('maybe')"]
+    report = run(seeded, tmp_path, "users", head + "ann@example.com,Ann,csm,no\n")
+    assert report.updated == 1
+    seeded.expire_all()
+    assert user(seeded, "ann@example.com").active is False
+    # A later import without the column leaves the flag alone; `active = yes` brings them back.
+    run(seeded, tmp_path, "users", "email,name,role\nann@example.com,Ann,csm\n")
+    seeded.expire_all()
+    assert user(seeded, "ann@example.com").active is False
+    run(seeded, tmp_path, "users", head + "ann@example.com,Ann,csm,yes\n")
+    seeded.expire_all()
+    assert user(seeded, "ann@example.com").active is True

@@ -4,7 +4,8 @@ Each case goes straight through `Router.handle` and is checked against rules wri
 read, who may write, what the polite refusal says, that customer channels only ever get private answers, and
 that each case leaves an audit row naming who asked about which account. A command without a sample line in
 `SAMPLES` fails the test, so a new command joins the matrix when it is added. The Telegram and Slack adapters'
-side of customer-channel privacy (DM instead of the group; Slack Connect flag) is tested at the end.
+side of customer-channel privacy (DM instead of the group; Slack Connect flag) is tested at the end, and a seeded
+sample of the matrix runs through the real Slack and Telegram adapters in tests/test_security_authz.py.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from bot.router import Router, Services, registry
 from lifecycle.config import load_settings
 from lifecycle.models import Account, Alert, AuditLog, Contact, User
 from tests.fakes.telegram_api import BOT_USERNAME, TOKEN, ApiCall, FakeTelegramAPI, message_update
+from tests.security_counts import SecurityCount
 
 TODAY = date(2025, 3, 14)
 Kind = Literal["free", "read", "write"]
@@ -242,7 +244,9 @@ def test_every_command_has_a_matrix_sample() -> None:
     assert not stale, f"SAMPLES names commands that no longer exist: {stale}"
 
 
-def test_permission_matrix(engine: Engine, world: World, capsys: pytest.CaptureFixture[str]) -> None:
+def test_permission_matrix(
+    engine: Engine, world: World, capsys: pytest.CaptureFixture[str], security_count: SecurityCount
+) -> None:
     routers = {scope: _router(engine, scope) for scope in ("own", "all")}
     names = list(ACCOUNTS)
     problems: list[str] = []
@@ -332,6 +336,7 @@ def test_permission_matrix(engine: Engine, world: World, capsys: pytest.CaptureF
 
     with capsys.disabled():
         print(f"\npermission matrix: {cases} cases, {leaks} leaks, {len(problems)} problems")
+    security_count("authorization matrix cases through the router (console, Slack, Telegram), 0 leaks", cases)
     assert leaks == 0
     assert problems == [], "\n".join(problems[:25])
     assert cases == len(ROLES) * len(CHANNELS) * sum(

@@ -45,11 +45,19 @@ class _Failure:
 
 
 @dataclass
+class _Stall:
+    seconds: float
+    times: int
+    deliver: bool
+
+
+@dataclass
 class FakeSlackAPI:
     """Start with `start()` (or `with FakeSlackAPI() as fake:`); `url` is `http://127.0.0.1:<port>`."""
 
     calls: list[FakeCall] = field(default_factory=list)
     _failures: dict[str, _Failure] = field(default_factory=dict)
+    _stalls: dict[str, _Stall] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
     _loop: asyncio.AbstractEventLoop | None = None
@@ -118,6 +126,12 @@ class FakeSlackAPI:
         with self._lock:
             self._failures[method] = _Failure(status, retry_after, times)
 
+    def stall_next(self, method: str, seconds: float, *, times: int = 1, deliver: bool = True) -> None:
+        """Hold the next `times` calls of `method` for `seconds` (longer than the client waits: a timeout), then
+        carry them out (`deliver`: the client timed out, yet Slack has the message) or answer 503 unrecorded."""
+        with self._lock:
+            self._stalls[method] = _Stall(seconds, times, deliver)
+
     def calls_to(self, method: str, *, ok_only: bool = False) -> list[FakeCall]:
         with self._lock:
             return [c for c in self.calls if c.method == method and (not ok_only or c.status == 200)]
@@ -169,12 +183,25 @@ class FakeSlackAPI:
             failure.times -= 1
             return failure
 
+    def _take_stall(self, method: str) -> _Stall | None:
+        with self._lock:
+            stall = self._stalls.get(method)
+            if stall is None or stall.times <= 0:
+                return None
+            stall.times -= 1
+            return stall
+
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
         params = await _params(request)
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else params.get("token")
-        failure = self._take_failure(method)
+        stall = self._take_stall(method)
+        if stall is not None:
+            await asyncio.sleep(stall.seconds)
+            if not stall.deliver:
+                return web.json_response({"ok": False, "error": "service_unavailable"}, status=503)
+        failure = self._take_failure(method) if stall is None else None  # a stalled call then goes through
         if failure is not None:
             self._record(FakeCall(method, params, failure.status, token))
             headers = {"Retry-After": str(failure.retry_after)} if failure.retry_after is not None else {}

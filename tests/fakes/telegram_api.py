@@ -46,6 +46,14 @@ class ApiCall:
 class _Failure:
     remaining: int
     retry_after: int
+    status: int = 429
+
+
+@dataclass
+class _Stall:
+    remaining: int
+    seconds: float
+    deliver: bool
 
 
 class FakeTelegramAPI:
@@ -58,6 +66,7 @@ class FakeTelegramAPI:
         self.url = ""
         self._updates: list[dict[str, Any]] = []
         self._failures: dict[str, _Failure] = {}
+        self._stalls: dict[str, _Stall] = {}
         self._changed = asyncio.Condition()
         self._message_ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -92,9 +101,15 @@ class FakeTelegramAPI:
             self._updates.append(update)
             self._changed.notify_all()
 
-    def fail_next(self, method: str, times: int = 1, *, retry_after: int = 1) -> None:
-        """Answer the next `times` calls of `method` with 429 and `retry_after`."""
-        self._failures[method] = _Failure(times, retry_after)
+    def fail_next(self, method: str, times: int = 1, *, retry_after: int = 1, status: int = 429) -> None:
+        """Answer the next `times` calls of `method` with 429 and `retry_after` (or another error `status`,
+        e.g. 500 or 502, as Telegram's servers sometimes do)."""
+        self._failures[method] = _Failure(times, retry_after, status)
+
+    def stall_next(self, method: str, seconds: float, times: int = 1, *, deliver: bool = False) -> None:
+        """Hold the next `times` calls of `method` for `seconds` (past the client's timeout), then carry them out
+        (`deliver`) or drop them unrecorded, as a request lost on its way in."""
+        self._stalls[method] = _Stall(times, seconds, deliver)
 
     def attempts_to(self, method: str) -> list[ApiCall]:
         """Every call of `method`, including those answered with an error."""
@@ -122,7 +137,20 @@ class FakeTelegramAPI:
             unauthorized = {"ok": False, "error_code": 401, "description": "Unauthorized"}
             return web.json_response(unauthorized, status=401)
         params, files = await self._read(request)
+        stall = self._stalls.get(method)
+        if stall is not None and stall.remaining > 0:
+            stall.remaining -= 1
+            await asyncio.sleep(stall.seconds)
+            if not stall.deliver:
+                return web.json_response({"ok": False, "error_code": 502, "description": "Bad Gateway"}, status=502)
         failure = self._failures.get(method)
+        if failure is not None and failure.remaining > 0 and failure.status != 429:
+            failure.remaining -= 1
+            await self._record(ApiCall(method, params, files, ok=False))
+            return web.json_response(
+                {"ok": False, "error_code": failure.status, "description": "Internal Server Error"},
+                status=failure.status,
+            )
         if failure is not None and failure.remaining > 0:
             failure.remaining -= 1
             await self._record(ApiCall(method, params, files, ok=False))
