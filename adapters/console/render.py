@@ -18,7 +18,7 @@ def render_card(card: Card) -> str:
     title = f"{card.title}  ({card.subtitle})" if short else card.title
     out = [f"━━ {_plain(title)} ━━"]
     if card.subtitle and not short:
-        out.append(f"  {_plain(card.subtitle)}")
+        out.extend(f"  {line}" for line in _plain(card.subtitle).splitlines())
     width = max((len(f.label) for f in card.fields), default=0)
     out += [f"  {f.label.ljust(width)}  {_plain(f.value)}" for f in card.fields]
     for section in card.sections:
