@@ -335,6 +335,16 @@ class Delivery(SQLModel, table=True):
     sent_at: NaiveDatetime | None = None
 
 
+class SeenKey(SQLModel, table=True):
+    """A platform delivery already handled (a Slack event id or request signature, a Telegram update id), kept
+    until `expires_at`: the unique key makes a retry or a replay that reaches another replica a no-op too."""
+
+    __tablename__ = "seen_key"
+
+    key: str = Field(primary_key=True)
+    expires_at: NaiveDatetime = Field(index=True)
+
+
 class JobRun(SQLModel, table=True):
     """One run of a scheduled job. The unique (job, fire_time) pair is how replicas sharing one database agree
     that each scheduled occurrence runs once: the first to insert the row runs it, the others skip."""

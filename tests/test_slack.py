@@ -502,3 +502,19 @@ def test_manifest_points_every_slack_feature_at_the_events_route() -> None:
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     assert {"commands", "chat:write", "im:history", "app_mentions:read", "files:write"} <= scopes
     assert "chat:write.public" not in scopes
+
+
+async def test_a_retry_or_replay_reaching_another_replica_has_no_second_effect(
+    slack: SlackClient, engine: Engine, fake: FakeSlackAPI
+) -> None:
+    # A second replica: its own bolt app and memory, the same database.
+    async for other in _client(engine, fake):
+        await slack.event(dm("account Acme Corp"), event_id="EvTwice")
+        response = await other.event(dm("account Acme Corp"), event_id="EvTwice", retry_num=1)
+        assert response.status_code == 200
+        assert len(fake.calls_to("chat.postMessage")) == 1
+        # The very same signed request replayed to the other replica: answered, no effect.
+        ts = int(time.time())
+        await slack.command("account Acme Corp", rid="once", timestamp=ts)
+        await other.command("account Acme Corp", rid="once", timestamp=ts)
+        assert len([c for c in fake.calls_to("response_url") if c.path_id == "once"]) == 1

@@ -17,6 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
@@ -32,6 +33,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy import Engine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -43,6 +45,7 @@ from bot.router import Router
 from bot.surveys import PressOutcome, SurveyDesk, desk_for
 from lifecycle.config import Settings
 from lifecycle.errors import ConfigError
+from lifecycle.idempotency import first_time
 
 log = logging.getLogger("csbot.slack")
 
@@ -58,18 +61,34 @@ HOME_COMMANDS = ("at-risk mine", "renewals 60 mine")
 REPLAY_WINDOW = 10 * 60.0
 # Each HTTP-mode app's verifier, for the check in `slack_routes` that runs before bolt parses the body.
 _VERIFIERS: weakref.WeakKeyDictionary[AsyncApp, SignatureVerifier] = weakref.WeakKeyDictionary()
+_ENGINES: weakref.WeakKeyDictionary[AsyncApp, Engine] = weakref.WeakKeyDictionary()
 
 _ANY_MENTION = re.compile(r"^\s*<@[A-Z0-9]+(?:\|[^>]*)?>")
 
 
 class SeenEvents:
-    """Event ids handled recently, forgotten after `ttl` seconds; in memory, so one process only."""
+    """Event ids handled recently, forgotten after `ttl` seconds. `add` remembers in memory (this process);
+    `first_time` also claims the id in the database when given an engine, so a repeat that reaches another
+    replica has no effect either."""
 
-    def __init__(self, ttl: float = SEEN_EVENTS_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ttl: float = SEEN_EVENTS_TTL, clock: Callable[[], float] = time.monotonic, *,
+                 engine: Engine | None = None, namespace: str = "slack") -> None:
         self.ttl = ttl
         self.clock = clock
+        self.engine = engine
+        self.namespace = namespace
         self._expires: dict[str, float] = {}
         self._lock = threading.Lock()
+
+    async def first_time(self, event_id: str) -> bool:
+        """True for the first sighting of `event_id` here and, with a database, on any replica."""
+        if not self.add(event_id):
+            return False
+        if self.engine is None:
+            return True
+        return await asyncio.to_thread(
+            first_time, self.engine, f"{self.namespace}:{event_id}", ttl=timedelta(seconds=self.ttl)
+        )
 
     def add(self, event_id: str) -> bool:
         """Remember `event_id`; False when it was already remembered (and not yet expired)."""
@@ -251,7 +270,8 @@ def build_slack_app(router: Router, settings: Settings) -> AsyncApp:
     )
     app = AsyncApp(client=client, signing_secret=signing_secret, process_before_response=False, name="csbot")
     _VERIFIERS[app] = SignatureVerifier(signing_secret)
-    seen = SeenEvents()
+    _ENGINES[app] = router.services.engine
+    seen = SeenEvents(engine=router.services.engine)
 
     async def answer(incoming: Incoming) -> Reply:
         return await asyncio.to_thread(router.handle, incoming)
@@ -261,12 +281,12 @@ def build_slack_app(router: Router, settings: Settings) -> AsyncApp:
     ) -> BoltResponse | None:
         event_id = body.get("event_id") if body.get("type") == "event_callback" else None
         press = _press_key(body)
-        if press is not None and not seen.add(press):
+        if press is not None and not await seen.first_time(press):
             # The same press delivered again (a retry, or a duplicate request): it had its effect once.
             log.info("ignoring a repeated Slack button press %s", press)
             return BoltResponse(status=200, body="")
         if event_id:
-            is_new = seen.add(str(event_id))
+            is_new = await seen.first_time(str(event_id))
             if not is_new and req.headers.get("x-slack-retry-num"):
                 log.info("ignoring Slack retry of event %s", event_id)
                 return BoltResponse(status=200, body="")
@@ -432,7 +452,7 @@ def slack_routes(app: AsyncApp) -> list[Route]:
     has no second effect."""
     handler = slack_asgi_handler(app)
     verifier = _VERIFIERS.get(app)
-    replays = SeenEvents(ttl=REPLAY_WINDOW)
+    replays = SeenEvents(ttl=REPLAY_WINDOW, engine=_ENGINES.get(app), namespace="slack-signature")
 
     async def events(request: Request) -> Response:
         if verifier is not None:
@@ -441,7 +461,7 @@ def slack_routes(app: AsyncApp) -> list[Route]:
             signature = request.headers.get("x-slack-signature", "")
             if not _verified(verifier, body, timestamp, signature):
                 return JSONResponse({"error": "invalid request"}, status_code=401)
-            if not replays.add(signature):
+            if not await replays.first_time(signature):
                 log.info("ignoring a replayed Slack request (signature seen %s)", timestamp)
                 return Response(status_code=200)
         return await handler.handle(request)

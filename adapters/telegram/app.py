@@ -19,6 +19,7 @@ import logging
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -53,8 +54,12 @@ from bot.router import Router, registry
 from bot.surveys import PressOutcome, answer_buttons, desk_for
 from lifecycle.config import Settings
 from lifecycle.errors import ConfigError
+from lifecycle.idempotency import first_time
 
 log = logging.getLogger("csbot.telegram")
+
+# Telegram resends an unconfirmed update for up to a day; a key kept that long covers every resend.
+UPDATE_KEY_TTL = timedelta(days=1)
 
 BRIDGE_KEY = "csbot"
 ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
@@ -142,7 +147,12 @@ def build_telegram_app(router: Router, settings: Settings, *, polling: bool) -> 
 
 
 async def _skip_duplicates(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    if not bridge_of(context.application).seen.first_time(update.update_id):
+    bridge = bridge_of(context.application)
+    fresh = bridge.seen.first_time(update.update_id) and await asyncio.to_thread(
+        first_time, bridge.router.services.engine, f"telegram:{context.bot.id}:{update.update_id}",
+        ttl=UPDATE_KEY_TTL,
+    )
+    if not fresh:
         log.info("skipping update %s: already handled", update.update_id)
         raise ApplicationHandlerStop
 
