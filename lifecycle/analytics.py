@@ -49,7 +49,8 @@ from lifecycle.revenue import Slice, revenue_events, state_at
 from lifecycle.stages import KpiDef, StageMachine
 
 __all__ = [
-    "CohortTable", "FunnelReport", "KpiResult", "Period", "RetentionSummary", "Slice", "StageKpi", "StuckAccount",
+    "CohortTable", "FunnelReport", "KpiResult", "KpiValue", "Period", "RetentionSummary", "Slice", "StageKpi",
+    "StuckAccount",
     "account_kpis", "cohorts", "funnel", "parse_period", "retention", "retention_monthly", "stage_distribution_monthly",
     "stage_kpis", "stage_p90_days", "stage_visits",
 ]
@@ -430,8 +431,8 @@ def stage_distribution_monthly(
 
 
 @dataclass(frozen=True)
-class KpiResult:
-    """One account's value of a stage KPI against its goal; `value` None = no data yet (`met` None too)."""
+class KpiValue:
+    """A stage KPI's value against its goal; `value` None = no data yet (`met` None too)."""
 
     stage: str
     key: str
@@ -442,23 +443,27 @@ class KpiResult:
     goal: float
     value: float | None
     met: bool | None
+
+    @classmethod
+    def fields_of(cls, kpi: KpiDef, value: float | None) -> dict[str, Any]:
+        """The shared fields for `kpi` measured at `value`."""
+        return {"stage": kpi.stage, "key": kpi.key, "label": kpi.title("en"), "label_zh": kpi.title("zh"),
+                "unit": kpi.spec.unit, "better": kpi.spec.better, "goal": kpi.goal, "value": value,
+                "met": None if value is None else kpi.met(value)}
+
+
+@dataclass(frozen=True)
+class KpiResult(KpiValue):
+    """One account's value of a stage KPI against its goal."""
+
     note: str = ""  # "not_reached": time to value not reached yet (value = days so far)
 
 
 @dataclass(frozen=True)
-class StageKpi:
+class StageKpi(KpiValue):
     """A stage KPI over a slice of the portfolio: the aggregate value against the goal and how many accounts
     meet it. `accounts` counts the accounts with a value; `total` is the sum of the values (money KPIs)."""
 
-    stage: str
-    key: str
-    label: str
-    label_zh: str
-    unit: str
-    better: str  # "higher" or "lower"
-    goal: float
-    value: float | None
-    met: bool | None
     accounts: int
     accounts_met: int
     total: float
@@ -644,11 +649,8 @@ def stage_kpis(
         v = values.loc[_population(kpi, accounts)].dropna()
         value = None if v.empty else float(v.median() if kpi.spec.aggregate == "median" else v.mean())
         met_each = v.map(kpi.met) if len(v) else pd.Series(dtype=bool)
-        out.append(StageKpi(
-            stage=kpi.stage, key=kpi.key, label=kpi.title("en"), label_zh=kpi.title("zh"), unit=kpi.spec.unit,
-            better=kpi.spec.better, goal=kpi.goal, value=value, met=None if value is None else kpi.met(value),
-            accounts=len(v), accounts_met=int(met_each.sum()), total=float(v.sum()),
-        ))
+        out.append(StageKpi(**StageKpi.fields_of(kpi, value), accounts=len(v), accounts_met=int(met_each.sum()),
+                            total=float(v.sum())))
     return out
 
 
@@ -667,9 +669,5 @@ def account_kpis(session: Session, machine: StageMachine, account_id: int, *, to
     for kpi, values, notes in _kpi_frame(session, machine, kpis, scope, today, accounts):
         raw = values.get(account_id)
         value = None if raw is None or pd.isna(raw) else float(raw)
-        out.append(KpiResult(
-            stage=stage, key=kpi.key, label=kpi.title("en"), label_zh=kpi.title("zh"), unit=kpi.spec.unit,
-            better=kpi.spec.better, goal=kpi.goal, value=value, met=None if value is None else kpi.met(value),
-            note=str(notes.get(account_id, "") or ""),
-        ))
+        out.append(KpiResult(**KpiResult.fields_of(kpi, value), note=str(notes.get(account_id, "") or "")))
     return out

@@ -25,6 +25,7 @@ from lifecycle.analytics import (
     CohortTable,
     FunnelReport,
     KpiResult,
+    KpiValue,
     Period,
     RetentionSummary,
     Slice,
@@ -211,7 +212,7 @@ def kpi_value(unit: str, value: float | None, currency: str, lang: str) -> str:
     return f"{value:.1f}".removesuffix(".0")
 
 
-def _goal(k: StageKpi | KpiResult, currency: str, lang: str) -> str:
+def _goal(k: KpiValue, currency: str, lang: str) -> str:
     sign = "≤ " if k.better == "lower" else "≥ "
     return sign + kpi_value(k.unit, k.goal, currency, lang)
 
