@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     ingest_account_trait: str = Field(
         default="account_id", min_length=1, validation_alias=AliasChoices("CSBOT_INGEST_ACCOUNT_TRAIT")
     )
+    # Conversation memory ("it", "and Northwind?", "only the red ones") is forgotten after this many idle minutes.
+    context_ttl_minutes: int = Field(default=30, ge=1, le=1440, validation_alias=AliasChoices("CSBOT_CONTEXT_TTL"))
+    # Optional LLM fallback for free text the local understanding cannot read with confidence: any
+    # OpenAI-compatible endpoint (a local Ollama or vLLM, or a hosted one). Unset means fully local. The model may
+    # only pick a command and its arguments; it never sees account data and never writes an answer.
+    llm_base_url: str | None = Field(default=None, validation_alias=AliasChoices("CSBOT_LLM_BASE_URL"))
+    llm_model: str = Field(default="gpt-4o-mini", min_length=1, validation_alias=AliasChoices("CSBOT_LLM_MODEL"))
+    llm_api_key: str | None = Field(default=None, repr=False, validation_alias=AliasChoices("CSBOT_LLM_API_KEY"))
+    llm_timeout: float = Field(default=8.0, gt=0, le=120, validation_alias=AliasChoices("CSBOT_LLM_TIMEOUT"))
     ingest_max_bytes: int = Field(
         default=1_048_576, ge=1_024, le=104_857_600, validation_alias=AliasChoices("CSBOT_INGEST_MAX_BYTES")
     )
@@ -125,7 +134,7 @@ class Settings(BaseSettings):
         """Every configured credential (tokens, secrets, the database password): what logs must never show."""
         values = [
             self.slack_bot_token, self.slack_signing_secret, self.slack_app_token, self.telegram_bot_token,
-            self.telegram_webhook_secret, self.survey_secret, self.ingest_token,
+            self.telegram_webhook_secret, self.survey_secret, self.ingest_token, self.llm_api_key,
         ]
         if "://" in self.database_url:
             from sqlalchemy.engine import make_url
