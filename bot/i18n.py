@@ -101,6 +101,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "{count} 个客户为红色或在下滑，涉及 ARR {arr}，按金额从大到小排列。",
     },
     "scope_mine": {"en": "mine", "zh": "我的"},
+    "unknown_segment": {
+        "en": "There is no segment “{segment}” (segments: {segments}).",
+        "zh": "没有名为“{segment}”的细分（现有细分：{segments}）。",
+    },
     "scope_all": {"en": "all", "zh": "全部"},
     "scope_segment": {"en": "segment {segment}", "zh": "细分 {segment}"},
     "renewals_title": {"en": "Renewals in the next {days} days ({scope})", "zh": "未来 {days} 天续约（{scope}）"},

@@ -102,6 +102,9 @@ class Reply:
     private: bool = False
     error_id: str | None = None
     mention: Mention | None = None
+    # For an answer to free text: the command it was read as, or what kind of answer it is (`clarify`,
+    # `unknown`, `out-of-scope`, `greeting`, `thanks`, `cancelled`); empty for a typed command.
+    understood: str = ""
 
     @classmethod
     def of(cls, text: str, *, private: bool = False) -> Reply:

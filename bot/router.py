@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
-from rapidfuzz import process
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -28,6 +27,9 @@ from bot.i18n import add_messages, t
 from bot.messages import Incoming, Reply
 from bot.permissions import NEEDS_RANK, Needs, identify
 from bot.permissions import ROLE_RANK as ROLE_RANK  # re-exported: `help` and older callers import it from here
+from bot.understanding.entities import AccountRef
+from bot.understanding.memory import conversation_key, recall, remember
+from bot.understanding.pipeline import COMMAND_INTENT, Asker, Reading, Understanding, llm_chooser, remembered
 from lifecycle.accounts import find_account, find_account_prefix
 from lifecycle.config import Settings
 from lifecycle.errors import CsbotError, NotFoundError
@@ -46,6 +48,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 add_messages(
     {
+        "nl_not_a_command": {
+            "en": "I couldn't turn that into something I can do. Type `help` to see what I can do.",
+            "zh": "我没能把这句话变成我能做的事。输入 `help` 查看我能做什么。",
+        },
         "too_long": {
             "en": "That message is too long for me ({length:,} characters; at most {limit:,}). Please shorten it.",
             "zh": "这条消息太长了（{length:,} 个字符；最多 {limit:,} 个）。请缩短后再试。",
@@ -218,6 +224,7 @@ class Router:
 
         self.services = services
         self.registry = reg or registry
+        self._understanding: Understanding | None = None
 
     def handle(self, incoming: Incoming) -> Reply:
         lang = self.services.settings.lang
@@ -256,37 +263,112 @@ class Router:
             words = ["help"]
         spec = self.registry.lookup(words[0].lstrip("/"))
         if spec is None:
-            close = process.extract(words[0], list(self.registry.commands), limit=2, score_cutoff=60)
-            hint = t("did_you_mean", lang, options=", ".join(f"`{c[0]}`" for c in close)) if close else ""
-            return Reply(text=t("unknown_command", lang, command=words[0], hint=hint), private=True)
+            return self._free_text(session, incoming, user)
+        reply, ctx, parsed = self._dispatch(session, incoming, user, lang, spec, words)
+        if not parsed:
+            # Not valid command syntax after all ("renewals next quarter", "health of northwind"): read it as words,
+            # and keep the command's own error when the words say nothing better.
+            return self._free_text(session, incoming, user, fallback=reply)
+        if ctx is not None and ctx.accounts:
+            key = conversation_key(incoming)
+            state = recall(session, key, ttl_minutes=self.services.settings.context_ttl_minutes)
+            account = ctx.accounts[-1]
+            remember(session, key, {**{k: v for k, v in state.items() if k != "pending"},
+                                    "account": {"id": account.id, "name": account.name},
+                                    "intent": COMMAND_INTENT.get(spec.name, spec.name),
+                                    "command": incoming.text.strip()})
+        return reply
+
+    def understanding(self) -> Understanding:
+        """The natural-language layer, made on first use (it loads the intent model)."""
+        if self._understanding is None:
+            llm = llm_chooser(self.services.settings, self.registry)
+            self._understanding = Understanding(machine=self.services.stage_machine(), llm=llm)
+        return self._understanding
+
+    def _free_text(self, session: Session, incoming: Incoming, user: User, *, fallback: Reply | None = None) -> Reply:
+        settings = self.services.settings
+        key = conversation_key(incoming)
+        state = recall(session, key, ttl_minutes=settings.context_ttl_minutes)
+        asker = Asker(user=user, lang=user.lang, today=self.services.today())
+        reading = self.understanding().read(session, asker, incoming.text, state, engine=self.services.engine)
+        if fallback is not None and not _better_than_the_error(incoming.text, reading):
+            return fallback
+        lang = user.lang or reading.lang
+        customer = permissions.is_customer_channel(session, incoming)
+        account = None
+        if reading.kind in ("run", "confirm"):
+            words = _split(reading.command)
+            spec = self.registry.lookup(words[0]) if words else None
+            if spec is None:  # only the LLM can name something that is not a command
+                reading = dataclasses.replace(reading, kind="say", text=t("nl_not_a_command", lang))
+            elif reading.kind == "run" and reading.via == "llm" and _is_write(spec, words):
+                reading = self.understanding().confirmation(reading, spec.name)
+            if reading.kind == "confirm" and spec is not None and not self._may_run(session, user, spec, reading):
+                reading = dataclasses.replace(reading, kind="run", pending=None)  # refuse now, don't ask first
+            if reading.kind == "run" and spec is not None:
+                run_as = dataclasses.replace(incoming, text=reading.command)
+                reply, ctx, _ = self._dispatch(session, run_as, user, lang, spec, words)
+                if ctx is not None and ctx.accounts:
+                    account = AccountRef(ctx.accounts[-1].id or 0, ctx.accounts[-1].name)
+                if reply.error_id is None:
+                    preface = reading.preface()
+                    reply.text = f"{preface}\n{reply.text}" if reply.text else preface
+                reply.understood = reading.command
+                _audit(session, user, incoming, "understood", account.id if account else None,
+                       detail=f"{incoming.text} → {reading.command} ({reading.via})")
+                remember(session, key, remembered(reading, state, account=account))
+                return reply
+        remember(session, key, remembered(reading, state, account=account))
+        _audit(session, user, incoming, f"understood:{reading.kind}", None, detail=incoming.text)
+        return Reply(text=reading.text, buttons=list(reading.buttons), private=customer,
+                     understood=reading.command if reading.kind == "confirm" else reading.label)
+
+    def _may_run(self, session: Session, user: User, spec: CommandSpec, reading: Reading) -> bool:
+        """Whether asking "are you sure?" makes sense: the role may run the command, and may change the account."""
+        if not permissions.role_allows(user.role, spec.needs):
+            return False
+        if reading.account is not None and reading.account.id:
+            account = session.get(Account, reading.account.id)
+            if account is not None and not permissions.can_write(user, account):
+                return False
+        return True
+
+    def _dispatch(
+        self, session: Session, incoming: Incoming, user: User, lang: str, spec: CommandSpec, words: list[str]
+    ) -> tuple[Reply, Context | None, bool]:
+        """Authorise, parse and run one command; returns the reply, the handler's context, and whether the words
+        parsed (False: the reply is the parse error)."""
         customer = permissions.is_customer_channel(session, incoming)
         ctx = Context(session, self.services, incoming, user, lang, spec, customer_channel=customer)
         if not permissions.role_allows(user.role, spec.needs):
             _audit(session, user, incoming, f"denied:{spec.name}", None)
-            return Reply(text=ctx.t("no_permission", role=user.role, command=spec.name), private=True)
+            return Reply(text=ctx.t("no_permission", role=user.role, command=spec.name), private=True), None, True
         try:
             kwargs = self._parse(ctx, spec, words[1:])
         except NotFoundError as exc:
-            return _not_found_reply(ctx, exc)
+            return _not_found_reply(ctx, exc), None, True
         except _Denied as denied:
-            return _denied_reply(ctx, denied)
+            return _denied_reply(ctx, denied), None, True
         except CsbotError as exc:
-            return Reply(text=str(exc), private=True)
+            return Reply(text=str(exc), private=True), None, False
         try:
             reply = spec.handler(ctx, **kwargs)
         except _Denied as denied:
             session.rollback()
-            return _denied_reply(ctx, denied)
+            return _denied_reply(ctx, denied), None, True
         except NotFoundError as exc:
             session.rollback()
-            return _not_found_reply(ctx, exc)
+            return _not_found_reply(ctx, exc), None, True
         except CsbotError as exc:
             tried = [a.id for a in ctx.accounts] or [None]
             session.rollback()
             # A refusal or a failed change from inside the handler is still an attempt worth auditing.
             for account_id in tried:
                 _audit(session, user, incoming, f"failed:{spec.name}", account_id, detail=f"{incoming.text} → {exc}")
-            return Reply(text=str(exc), private=True)
+            # A UserError is the handler not reading its words (`retention over the last 6 months`): the caller
+            # may read them as a question instead.
+            return Reply(text=str(exc), private=True), None, not isinstance(exc, UserError)
         account_ids = [a.id for a in ctx.accounts] or [None]
         for account_id in account_ids:
             _audit(session, user, incoming, spec.name, account_id)
@@ -295,7 +377,7 @@ class Router:
             reply.private = True
             detail = f"customer channel {incoming.channel_id}: {incoming.text}"
             _audit(session, user, incoming, f"private:{spec.name}", account_ids[0], detail=detail)
-        return reply
+        return reply, ctx, True
 
     def _parse(self, ctx: Context, spec: CommandSpec, words: list[str]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -348,6 +430,30 @@ class Router:
                 ctx.t("bad_argument", value=" ".join(rest), argument="…", command=spec.name, usage=spec.usage())
             )
         return kwargs
+
+
+_LIST_COMMANDS = frozenset({"find", "renewals", "at-risk"})
+
+
+def _better_than_the_error(text: str, reading: Reading) -> bool:
+    """Whether words that start with a command but are not its syntax ("renewals next quarter", "retention over
+    the last 6 months") read as a question: a whole reading of every word into the same command (or another list),
+    and never for filter syntax (`find stag=renewal` keeps its "did you mean `stage`").
+
+    A name that matches nothing keeps the command's own answer with its suggestions."""
+    typed, said = _split(text), _split(reading.command)
+    if reading.kind not in ("run", "confirm") or reading.ignored or len(typed) < 2 or not said:
+        return False
+    if re.search(r"[=<>]", text) or " ".join(typed) == " ".join(said) or len(said) < 2:
+        return False  # filter syntax, the same words again, or a reading that kept none of them
+    first = registry.lookup(typed[0].lstrip("/"))
+    name = first.name if first else typed[0]
+    return said[0] == name or (name in _LIST_COMMANDS and said[0] in _LIST_COMMANDS)
+
+
+def _is_write(spec: CommandSpec, words: list[str]) -> bool:
+    """Whether running these words changes something (and so needs a yes first when they came from free text)."""
+    return spec.needs != "read" or (spec.name == "stage" and len(words) > 2) or spec.name == "survey"
 
 
 class _Denied(Exception):

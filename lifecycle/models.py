@@ -345,6 +345,18 @@ class SeenKey(SQLModel, table=True):
     expires_at: NaiveDatetime = Field(index=True)
 
 
+class ConversationState(SQLModel, table=True):
+    """What csbot remembers of one conversation (a person in a console session, a Slack DM or thread, a Telegram
+    chat): the last account and question, a pending clarification or confirmation. Kept in the database so every
+    replica reads the same memory; forgotten once `updated_at` is older than the configured idle time."""
+
+    __tablename__ = "conversation_state"
+
+    key: str = Field(primary_key=True)  # platform:sender:conversation
+    state: str = "{}"  # JSON written by the understanding layer
+    updated_at: NaiveDatetime = Field(default_factory=utcnow, index=True)
+
+
 class JobRun(SQLModel, table=True):
     """One run of a scheduled job. The unique (job, fire_time) pair is how replicas sharing one database agree
     that each scheduled occurrence runs once: the first to insert the row runs it, the others skip."""

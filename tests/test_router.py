@@ -104,9 +104,9 @@ def test_unknown_account_gets_suggestions(router: Router) -> None:
     assert "Acme Corp" in reply.text
 
 
-def test_unknown_command_suggests_close_one(router: Router) -> None:
+def test_a_misspelt_command_is_read_as_words(router: Router) -> None:
     reply = ask(router, "acount Acme")
-    assert "`account`" in reply.text
+    assert reply.text.startswith("I read this as `account Acme Corp`.") and reply.cards
 
 
 def test_note_with_multiword_name_and_audit(router: Router, engine: Engine) -> None:

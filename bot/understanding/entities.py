@@ -1,0 +1,312 @@
+"""Accounts and people named in a message, resolved against the database.
+
+`AccountIndex` is built once per database from one query over the account table and refreshed when the table
+changes (checked at most every `REFRESH_SECONDS`): exact names and external ids by dictionary, whole names inside a
+sentence by their first word, partial names by word (an inverted index), typos by rapidfuzz over the distinct name
+words (not over every name, so a lookup stays in milliseconds at 100,000 accounts), and Chinese names and parts of
+them by substring. A partial name that fits several accounts is returned with all of them: the caller asks.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from rapidfuzz import fuzz, process
+from sqlalchemy import Engine, func, select
+from sqlmodel import Session, col
+
+from bot.understanding.text import CJK_RUN, Token, words
+from lifecycle.models import Account, User
+
+REFRESH_SECONDS = 15.0
+# A word shared by more accounts than this is too common to name one ("group", "inc"): it only counts beside
+# another word of the same name.
+COMMON_WORD = 12
+SHOW_CANDIDATES = 5
+_EXTERNAL_ID = re.compile(r"\b[a-z]{1,8}[-_]?\d+\b")
+
+
+@dataclass(frozen=True)
+class AccountRef:
+    id: int
+    name: str
+
+
+@dataclass
+class Mention:
+    """Words of the message that name an account: one candidate when resolved, several when ambiguous."""
+
+    start: int
+    end: int
+    text: str
+    candidates: list[AccountRef]
+    how: str  # exact, id, partial, fuzzy, zh
+
+    @property
+    def resolved(self) -> AccountRef | None:
+        return self.candidates[0] if len(self.candidates) == 1 else None
+
+
+@dataclass
+class _Entry:
+    id: int
+    name: str
+    arr: float
+    words: tuple[str, ...]
+
+
+@dataclass
+class AccountIndex:
+    entries: list[_Entry] = field(default_factory=list)
+    exact: dict[str, int] = field(default_factory=dict)
+    ids: dict[str, int] = field(default_factory=dict)
+    by_first: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    by_word: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    zh_full: dict[str, int] = field(default_factory=dict)
+    zh_part: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    vocabulary: list[str] = field(default_factory=list)
+    signature: tuple[object, ...] = ()
+
+    @classmethod
+    def build(cls, rows: Iterable[tuple[int, str, str, float]], signature: tuple[object, ...] = ()) -> AccountIndex:
+        index = cls(signature=signature)
+        for account_id, name, external_id, arr in rows:
+            key = " ".join(name.casefold().split())
+            tokens = tuple(t.text for t in words(key))
+            pos = len(index.entries)
+            index.entries.append(_Entry(account_id, name, float(arr or 0), tokens))
+            index.exact.setdefault(key, pos)
+            if external_id:
+                index.ids.setdefault(external_id.casefold(), pos)
+            if tokens:
+                index.by_first[tokens[0]].append(pos)
+                for token in set(tokens):
+                    index.by_word[token].append(pos)
+            for run in CJK_RUN.findall(key):
+                if run == key:
+                    index.zh_full.setdefault(run, pos)
+                for size in range(2, len(run) + 1):
+                    for i in range(len(run) - size + 1):
+                        index.zh_part[run[i : i + size]].add(pos)
+        index.vocabulary = [w for w in index.by_word if len(w) >= 4 and w.isalpha()]
+        return index
+
+    def ref(self, pos: int) -> AccountRef:
+        entry = self.entries[pos]
+        return AccountRef(entry.id, entry.name)
+
+    def refs(self, positions: Iterable[int]) -> list[AccountRef]:
+        ordered = sorted(set(positions), key=lambda p: (-self.entries[p].arr, self.entries[p].name))
+        return [self.ref(p) for p in ordered]
+
+    def lookup(self, text: str) -> list[AccountRef]:
+        """The accounts a bare name names (a clarification answer, or a name typed alone): exact, id, or partial."""
+        key = " ".join(text.casefold().split()).strip(" ?.!")
+        if key in self.exact:
+            return [self.ref(self.exact[key])]
+        if key in self.ids:
+            return [self.ref(self.ids[key])]
+        found = self.mentions(key, vocabulary=frozenset())
+        return found[0].candidates if len(found) == 1 else []
+
+    def mentions(self, text: str, *, vocabulary: frozenset[str], taken: Sequence[tuple[int, int]] = (),
+                 fuzzy_vocabulary: Sequence[str] = ()) -> list[Mention]:
+        """Every account mention in a normalised message, leaving out spans already `taken` by other slots.
+
+        `vocabulary` holds the words that mean something else (question words, lexicon, phrasing words): they name
+        an account only as part of its whole name."""
+        used: list[tuple[int, int]] = list(taken)
+        found: list[Mention] = []
+
+        def free(start: int, end: int) -> bool:
+            return not any(start < e and s < end for s, e in used)
+
+        def add(m: Mention) -> None:
+            found.append(m)
+            used.append((m.start, m.end))
+
+        for m in _EXTERNAL_ID.finditer(text):
+            pos = self.ids.get(m.group(0))
+            if pos is not None and free(m.start(), m.end()):
+                add(Mention(m.start(), m.end(), m.group(0), [self.ref(pos)], "id"))
+        tokens = words(text)
+        # Whole names, longest first from each word.
+        i = 0
+        while i < len(tokens):
+            best: tuple[int, int] | None = None
+            for pos in self.by_first.get(tokens[i].text, ()):
+                size = len(self.entries[pos].words)
+                if size and i + size <= len(tokens) and tuple(t.text for t in tokens[i : i + size]) == \
+                        self.entries[pos].words and (best is None or size > best[1]):
+                    best = (pos, size)
+            if best is not None and free(tokens[i].start, tokens[i + best[1] - 1].end):
+                pos, size = best
+                # A one-word name that is also an everyday word ("Summit" is fine; "Health" alone is not a name).
+                if size > 1 or tokens[i].text not in vocabulary:
+                    add(Mention(tokens[i].start, tokens[i + size - 1].end, text[tokens[i].start:
+                                tokens[i + size - 1].end], [self.ref(pos)], "exact"))
+                    i += size
+                    continue
+            i += 1
+        self._chinese(text, free, add)
+        self._partial(text, tokens, vocabulary, fuzzy_vocabulary, free, add)
+        return sorted(found, key=lambda m: m.start)
+
+    def _chinese(self, text: str, free: object, add: object) -> None:
+        assert callable(free) and callable(add)
+        for run in CJK_RUN.finditer(text):
+            s = run.group(0)
+            covered = [False] * len(s)
+            for size in range(len(s), 1, -1):
+                for i in range(len(s) - size + 1):
+                    if any(covered[i : i + size]):
+                        continue
+                    piece = s[i : i + size]
+                    start, end = run.start() + i, run.start() + i + size
+                    if not free(start, end):
+                        continue
+                    if piece in self.zh_full:
+                        add(Mention(start, end, piece, [self.ref(self.zh_full[piece])], "exact"))
+                    elif piece in self.zh_part and (size >= 3 or len(self.zh_part[piece]) == 1):
+                        positions = self.zh_part[piece]
+                        if len(positions) > COMMON_WORD:
+                            continue
+                        add(Mention(start, end, piece, self.refs(positions), "zh"))
+                    else:
+                        continue
+                    for k in range(i, i + size):
+                        covered[k] = True
+
+    def _partial(self, text: str, tokens: list[Token], vocabulary: frozenset[str], fuzzy_vocabulary: Sequence[str],
+                 free: object, add: object) -> None:
+        assert callable(free) and callable(add)
+        group: list[tuple[Token, list[int], bool]] = []
+
+        def flush() -> None:
+            if not group:
+                return
+            positions = set(group[0][1])
+            for _, p, _ in group[1:]:
+                positions &= set(p)
+            if positions and not (len(group) == 1 and len(positions) > COMMON_WORD):
+                start, end = group[0][0].start, group[-1][0].end
+                how = "fuzzy" if any(f for _, _, f in group) else "partial"
+                add(Mention(start, end, text[start:end], self.refs(positions), how))
+            group.clear()
+
+        for tok in tokens:
+            word = tok.text
+            if not free(tok.start, tok.end) or len(word) < 2 or word.isdigit():
+                flush()
+                continue
+            positions = self.by_word.get(word)
+            fuzzy = False
+            if word in vocabulary or (positions is None and _close_to(word, fuzzy_vocabulary)):
+                # An everyday word continues a name already started ("wide world"), never starts one.
+                if positions and group and set(positions) & set(group[-1][1]):
+                    group.append((tok, list(positions), False))
+                    continue
+                flush()
+                continue
+            if positions is None and len(word) >= 4 and word.isalpha():
+                best = process.extractOne(word, self.vocabulary, scorer=fuzz.ratio,
+                                          score_cutoff=80 if len(word) >= 6 else 86)
+                if best is not None:
+                    positions, fuzzy = self.by_word[best[0]], True
+            if positions is None:
+                flush()
+                continue
+            if group and not (set(positions) & set().union(*(set(p) for _, p, _ in group))):
+                flush()
+            group.append((tok, list(positions), fuzzy))
+        flush()
+
+
+def _close_to(word: str, vocabulary: Sequence[str]) -> bool:
+    """A misspelt everyday word ("helth", "renewels"): close to a phrasing word, so not a name."""
+    if len(word) < 4 or not vocabulary:
+        return False
+    return process.extractOne(word, vocabulary, scorer=fuzz.ratio, score_cutoff=84) is not None
+
+
+_INDEXES: dict[int, tuple[float, AccountIndex]] = {}
+_LOCK = threading.Lock()
+
+
+def account_index(session: Session, engine: Engine) -> AccountIndex:
+    """The index for this database, rebuilt when the account table changed (count, largest id, last update)."""
+    now = time.monotonic()
+    cached = _INDEXES.get(id(engine))
+    if cached is not None and now - cached[0] < REFRESH_SECONDS:
+        return cached[1]
+    signature = tuple(session.execute(
+        select(func.count(), func.max(col(Account.id)), func.max(col(Account.updated_at)))
+    ).one())
+    if cached is not None and cached[1].signature == signature:
+        _INDEXES[id(engine)] = (now, cached[1])
+        return cached[1]
+    with _LOCK:
+        rows = session.execute(select(col(Account.id), col(Account.name), col(Account.external_id),
+                                      col(Account.arr))).all()
+        index = AccountIndex.build(((r[0], r[1], r[2], r[3]) for r in rows), signature)
+        _INDEXES[id(engine)] = (now, index)
+    return index
+
+
+# ------------------------------------------------------------------------------------------------------- people
+
+
+@dataclass(frozen=True)
+class PersonMention:
+    start: int
+    end: int
+    text: str
+    user: User
+
+
+def _person_keys(user: User) -> list[str]:
+    local = user.email.split("@")[0].casefold()
+    name = " ".join(user.name.casefold().split())
+    keys = [user.email.casefold(), local, local.replace(".", " "), name]
+    parts = name.split()
+    if len(parts) > 1:
+        keys += [parts[0]]
+    for handle in (user.slack_user_id, user.telegram_user_id):
+        if handle:
+            keys += [f"<@{handle.casefold()}>", f"@{handle.casefold()}"]
+    return keys
+
+
+def find_people(text: str, users: Sequence[User], taken: Sequence[tuple[int, int]] = ()) -> list[PersonMention]:
+    """CS users named in a normalised message: email, full name, first name (when only one user has it), email
+    name, `@handle`, a Slack mention `<@U…>`; a leading `@` is allowed on any of them."""
+    by_key: dict[str, list[User]] = defaultdict(list)
+    for user in users:
+        for key in dict.fromkeys(_person_keys(user)):
+            by_key[key].append(user)
+    keys = sorted((k for k, v in by_key.items() if len(v) == 1), key=len, reverse=True)
+    if not keys:
+        return []
+    pattern = re.compile("|".join(rf"(?<![\w@.]){'@?' if not k.startswith(('@', '<')) else ''}{re.escape(k)}"
+                                  rf"(?:'s)?(?![\w])" for k in keys))
+    out = []
+    for m in pattern.finditer(text):
+        if any(m.start() < e and s < m.end() for s, e in taken):
+            continue
+        key = m.group(0).lstrip("@").removesuffix("'s") if not m.group(0).startswith("<") else m.group(0)
+        if key not in by_key and f"@{key}" in by_key:
+            key = f"@{key}"
+        users_for = by_key.get(key) or by_key.get(m.group(0))
+        if users_for:
+            out.append(PersonMention(m.start(), m.end(), m.group(0), users_for[0]))
+    return out
+
+
+def user_handle(user: User) -> str:
+    """How a person is written in a command: the email's local part (`priya.raman`)."""
+    return user.email.split("@")[0]

@@ -1,0 +1,184 @@
+"""The intent classifier: which kind of question a message is, trained from the phrasing files.
+
+The phrasings (`data/phrasings.en.yaml`, `data/phrasings.zh.yaml`) are plain lists of sentences per intent, with
+placeholders for the slots (`how is {account} doing`). For training, `{account}`, `{person}`, `{num}`, `{id}`,
+`{when}` and `{period}` become the same mask words the slot finder puts into a real message before it is classified
+("how is ACCT doing"), so the model learns the question, not the names; `{grade}`, `{stage}`, `{segment}`… are
+filled with words from the lexicon. The model is character n-gram TF-IDF (which needs no word segmentation for
+Chinese) plus word n-grams, into a logistic regression. It trains in about a second and is cached on disk, keyed by
+the hash of the data files, so a restart loads it in milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import random
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import sklearn
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import FeatureUnion, make_pipeline
+
+from bot.understanding.lexicon import DATA, lexicon, load_words
+from bot.understanding.text import WORD, normalise, zh_words
+
+log = logging.getLogger("csbot.understanding")
+
+# What a slot looks like to the classifier, in the phrasings and in a real message alike.
+MASKS = {"account": "acct", "person": "someone", "num": "nnn", "id": "nnn", "when": "whenx", "period": "spanx"}
+LANGS = ("en", "zh")
+FILLS_PER_PHRASING = 2
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def phrasing_files() -> list[Path]:
+    return [DATA / f"phrasings.{lang}.yaml" for lang in LANGS]
+
+
+def load_phrasings() -> dict[str, dict[str, list[str]]]:
+    """{lang: {intent: [phrasing, …]}} from the data files."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for lang, path in zip(LANGS, phrasing_files(), strict=True):
+        data = load_words(path) or {}
+        out[lang] = {str(k): [str(p) for p in (v or [])] for k, v in (data.get("intents") or {}).items()}
+    return out
+
+
+def _fills(lang: str) -> dict[str, list[str]]:
+    lex = lexicon()
+    zh = lang == "zh"
+
+    def pick(table: dict[str, list[str]]) -> list[str]:
+        words = [w for ws in table.values() for w in ws]
+        return [w for w in words if (re.search(r"[\u4e00-\u9fff]", w) is not None) == zh] or words
+
+    return {
+        "grade": pick(lex.table("grades")) + lex.words("risk")[:3],
+        "segment": pick(lex.table("segments")),
+        "stage": pick(lex.table("stages")),
+        "tier": pick(lex.table("tiers")),
+        "plan": ["starter", "team", "business", "business plus", "enterprise plus"],
+        "lang": pick(lex.table("languages")),
+        "text": lex.sample_text(lang),
+    }
+
+
+def expand(phrasing: str, lang: str, rng: random.Random, fills: dict[str, list[str]]) -> str:
+    """A phrasing with its placeholders masked or filled, normalised like a real message."""
+
+    def fill(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name in MASKS:
+            return MASKS[name]
+        choices = fills.get(name)
+        return rng.choice(choices) if choices else name
+
+    return normalise(_PLACEHOLDER.sub(fill, phrasing))
+
+
+def _model() -> Any:
+    features = FeatureUnion([
+        ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True, min_df=1)),
+        ("words", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True,
+                                  token_pattern=r"(?u)\b\w+\b")),
+    ])
+    return make_pipeline(features, LogisticRegression(C=12.0, max_iter=3000))
+
+
+@dataclass
+class IntentModel:
+    """The fitted classifier and, per intent, the words its phrasings use (to tell which words of a message the
+    reading accounted for)."""
+
+    pipeline: Any
+    vocabulary: dict[str, frozenset[str]]
+    all_words: frozenset[str]
+    digest: str
+
+    def rank(self, text: str, limit: int = 3) -> list[tuple[str, float]]:
+        probabilities = self.pipeline.predict_proba([text])[0]
+        classes = self.pipeline.classes_
+        order = probabilities.argsort()[::-1][:limit]
+        return [(str(classes[i]), float(probabilities[i])) for i in order]
+
+
+def _digest() -> str:
+    h = hashlib.sha256(sklearn.__version__.encode())
+    for path in [*phrasing_files(), DATA / "lexicon.yaml"]:
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _words_of(text: str) -> set[str]:
+    found = {m.group(0).strip("'.") for m in WORD.finditer(text)}
+    found |= {t.text for t in zh_words(text)}
+    return found
+
+
+def train() -> IntentModel:
+    phrasings = load_phrasings()
+    rng = random.Random(7)
+    texts: list[str] = []
+    labels: list[str] = []
+    vocabulary: dict[str, set[str]] = {}
+    for lang, intents in phrasings.items():
+        fills = _fills(lang)
+        for intent, lines in intents.items():
+            seen = vocabulary.setdefault(intent, set())
+            for line in lines:
+                for _ in range(FILLS_PER_PHRASING):
+                    text = expand(line, lang, rng, fills)
+                    texts.append(text)
+                    labels.append(intent)
+                seen |= _words_of(normalise(_PLACEHOLDER.sub(" ", line)))
+    pipeline = _model()
+    pipeline.fit(texts, labels)
+    frozen = {k: frozenset(v) for k, v in vocabulary.items()}
+    return IntentModel(pipeline, frozen, frozenset().union(*frozen.values()), _digest())
+
+
+def _cache_path(digest: str) -> Path:
+    base = os.environ.get("CSBOT_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "csbot-cache")
+    return Path(base) / f"intents-{digest}.pickle"
+
+
+_LOCK = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _loaded() -> IntentModel:
+    digest = _digest()
+    path = _cache_path(digest)
+    try:
+        with path.open("rb") as fh:
+            model = pickle.load(fh)  # our own file, written below from the shipped phrasings
+        if isinstance(model, IntentModel) and model.digest == digest:
+            return model
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        pass
+    model = train()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with tmp.open("wb") as fh:
+            pickle.dump(model, fh)
+        tmp.replace(path)
+    except OSError as exc:  # a read-only disk only costs the next start a second of training
+        log.info("could not cache the intent model: %s", exc)
+    return model
+
+
+def intent_model() -> IntentModel:
+    """The classifier, trained or loaded once per process."""
+    with _LOCK:
+        return _loaded()

@@ -1,0 +1,62 @@
+"""Conversation memory: the last account and question, and a pending clarification or confirmation, per person and
+conversation, in the `conversation_state` table (so every replica shares it), forgotten after the idle time.
+
+The state is a small JSON object written and read only here:
+`{"account": {"id", "name"}, "intent", "command", "query": {...}, "pending": {...}, "lang"}`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete
+from sqlmodel import Session, col
+
+from bot.messages import Incoming
+from lifecycle.models import ConversationState, utcnow
+
+MAX_STATE = 8_000  # characters: a state is a few hundred; anything larger is not ours
+
+
+def conversation_key(incoming: Incoming) -> str:
+    """platform:sender:conversation — a console session, a Slack DM or thread, a Telegram chat."""
+    where = incoming.channel_id or "direct"
+    thread = incoming.raw_ids.get("thread_ts")
+    if thread:
+        where = f"{where}/{thread}"
+    return f"{incoming.platform}:{incoming.sender_id}:{where}"[:250]
+
+
+def recall(session: Session, key: str, *, ttl_minutes: int) -> dict[str, Any]:
+    row = session.get(ConversationState, key)
+    if row is None or row.updated_at < utcnow() - timedelta(minutes=ttl_minutes):
+        return {}
+    try:
+        state = json.loads(row.state)
+    except ValueError:
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def remember(session: Session, key: str, state: dict[str, Any]) -> None:
+    text = json.dumps(state, ensure_ascii=False, default=str)
+    if len(text) > MAX_STATE:
+        state = {k: v for k, v in state.items() if k != "pending"}
+        text = json.dumps(state, ensure_ascii=False, default=str)[:MAX_STATE]
+    row = session.get(ConversationState, key)
+    if row is None:
+        session.add(ConversationState(key=key, state=text, updated_at=utcnow()))
+    else:
+        row.state = text
+        row.updated_at = utcnow()
+        session.add(row)
+
+
+def forget_idle(session: Session, *, ttl_minutes: int) -> int:
+    """Delete conversations idle longer than the TTL (run by the nightly job); returns how many."""
+    result = session.execute(
+        delete(ConversationState).where(col(ConversationState.updated_at) < utcnow() - timedelta(minutes=ttl_minutes))
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -1,0 +1,1044 @@
+"""From a free-text message to what csbot does with it: a command to run, a confirmation to ask, a clarifying
+question, or a few words (greeting, thanks, out of scope).
+
+The steps, each its own module: normalise (`text`) → find the slots (`slots`: time phrases, amounts, accounts,
+lexicon words, people) → the conversation's memory (`memory`: answers to a pending question, "it", "and
+Northwind?", "why?", "only the red ones") → classify the intent (`intents`) → build the command (`_build`, with
+`query` for lists) → ask when unsure (ambiguous names, no account in context, a low-confidence intent), or hand an
+unreadable message to the optional LLM (`llm`), whose choice is validated like any other. Nothing here reads a
+figure or writes SQL: the router runs the command and the command's handler answers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from functools import lru_cache
+from typing import Any
+
+from rapidfuzz import fuzz, process
+from sqlmodel import Session, col, select
+
+from bot.i18n import add_messages, t
+from bot.messages import Button
+from bot.understanding.entities import AccountIndex, AccountRef, Mention, account_index, user_handle
+from bot.understanding.intents import MASKS, IntentModel, intent_model
+from bot.understanding.lexicon import PhraseMatcher, lexicon
+from bot.understanding.query import Query, quote_name
+from bot.understanding.slots import Found, Slot, Vocabulary, find_slots, lexicon_matcher, period_of, window_of
+from bot.understanding.text import normalise, strip_punctuation, words, zh_words
+from bot.understanding.when import Between, Until, Within, window_days
+from lifecycle.accounts import suggest_names
+from lifecycle.models import Account, User
+
+# How sure the classifier must be to act without asking.
+CONFIDENT = 0.50
+MARGIN = 0.20
+# Below this the message is out of scope (or goes to the LLM when one is configured).
+UNSURE = 0.22
+
+ACCOUNT_INTENTS = ("account", "health", "stage_show", "stage_move", "note", "owner_change", "survey")
+LIST_INTENTS = ("find", "at_risk", "renewals")
+WRITE_INTENTS = ("stage_move", "note", "owner_change", "ack", "snooze", "useful", "reassign", "survey")
+COMMAND_INTENT = {
+    "account": "account", "health": "health", "stage": "stage_show", "note": "note", "owner": "owner_change",
+    "find": "find", "at-risk": "at_risk", "renewals": "renewals", "nps": "nps", "portfolio": "portfolio",
+    "kpis": "kpis", "funnel": "funnel", "retention": "retention", "cohorts": "cohorts", "alerts": "alerts",
+    "alert-stats": "alert_stats", "ack": "ack", "snooze": "snooze", "useful": "useful", "reassign": "reassign",
+    "survey": "survey", "help": "help", "lang": "lang",
+}
+_WHY = re.compile(r"^(why|why so|how come|what happened|why\?+|"
+                  r"为什么|为啥|怎么回事|什么原因|原因呢|为什么呢)[?？!！。.]*$")
+_NEGATIVE = re.compile(r"\b(not|n't|no|useless|unhelpful|wasn't|isnt|isn't|noise|noisy|false|wrong|irrelevant)\b"
+                       r"|没用|无用|没有用|不有用|误报|不准|不是|没帮助|无效|否")
+_TEXT_MARK = re.compile(r"[:：]|\s-\s|\s—\s|\b(?:saying|that says|says|text|reading)\b")
+_REASON_MARK = re.compile(r"\b(?:because|since|as|reason|due to|coz|cause|cuz|b/c|bc)\b[:\s]*"
+                         r"|原因是|原因：|原因:|因为|理由是|理由|由于|[:：,，]")
+
+add_messages(
+    {
+        "nl_read_as": {"en": "I read this as `{command}`.", "zh": "我的理解：`{command}`。"},
+        "nl_ignored": {"en": " I ignored: {words}.", "zh": "我忽略了：{words}。"},
+        "nl_which_account": {
+            "en": "Which account do you mean? Tell me its name (e.g. `{example}`).",
+            "zh": "你指的是哪个客户？请告诉我客户名称（例如 `{example}`）。",
+        },
+        "nl_ambiguous": {
+            "en": "Several accounts match “{text}”. Which one do you mean?",
+            "zh": "有多个客户符合“{text}”。你指的是哪一个？",
+        },
+        "nl_more_matches": {
+            "en": "({count} more match; type more of the name.)", "zh": "（还有 {count} 个匹配；请输入更完整的名称。）",
+        },
+        "nl_pick": {"en": "Reply with a number, or pick one.", "zh": "回复序号，或点选一个。"},
+        "nl_unknown_account": {
+            "en": "I can't find an account called “{name}”.",
+            "zh": "找不到名为“{name}”的客户。",
+        },
+        "nl_close_names": {"en": "Did you mean one of these?", "zh": "你是不是要找其中一个？"},
+        "nl_did_you_mean": {"en": "I'm not sure what you mean. Did you mean …", "zh": "我不太确定你的意思。你是想…"},
+        "nl_confirm": {
+            "en": "{what}\nI'd run `{command}`. Reply yes or no.",
+            "zh": "{what}\n将执行 `{command}`。请回复“是”或“否”。",
+        },
+        "nl_yes": {"en": "Yes", "zh": "是"},
+        "nl_no": {"en": "No", "zh": "否"},
+        "nl_cancelled": {"en": "OK, I won't do that.", "zh": "好的，不执行。"},
+        "nl_nothing_pending": {
+            "en": "There's nothing waiting for a yes or no right now.",
+            "zh": "目前没有等待确认的操作。",
+        },
+        "nl_confirm_generic": {"en": "Shall I make this change?", "zh": "要执行这个修改吗？"},
+        "nl_confirm_note": {"en": "Log this note on {account}?", "zh": "要在 {account} 上记录这条备注吗？"},
+        "nl_confirm_stage": {"en": "Move {account} to {stage}?", "zh": "要把 {account} 移到{stage}阶段吗？"},
+        "nl_confirm_owner": {
+            "en": "Make {person} the owner of {account}?", "zh": "要把 {account} 交给 {person} 负责吗？",
+        },
+        "nl_confirm_ack": {"en": "Acknowledge alert {id}?", "zh": "要确认告警 {id} 吗？"},
+        "nl_confirm_snooze": {"en": "Snooze alert {id} for {days} days?", "zh": "要把告警 {id} 暂缓 {days} 天吗？"},
+        "nl_confirm_useful_yes": {"en": "Rate alert {id} as useful?", "zh": "要把告警 {id} 评为有用吗？"},
+        "nl_confirm_useful_no": {"en": "Rate alert {id} as not useful?", "zh": "要把告警 {id} 评为没用吗？"},
+        "nl_confirm_reassign": {
+            "en": "Hand alert {id}'s account to {person}?", "zh": "要把告警 {id} 的客户转给 {person} 吗？",
+        },
+        "nl_confirm_survey": {
+            "en": "Send the NPS survey to {account}'s contacts now?",
+            "zh": "现在要给 {account} 的联系人发送 NPS 问卷吗？",
+        },
+        "nl_need_text": {
+            "en": "What should the note on {account} say? e.g. `note \"{account}\" called the CFO about the renewal`",
+            "zh": "要在 {account} 上记什么备注？例如 `note \"{account}\" 和财务总监通了电话`",
+        },
+        "nl_need_alert": {
+            "en": "Which alert? Give its number, e.g. `{command} 12` (`alerts` lists them).",
+            "zh": "哪条告警？请给出编号，例如 `{command} 12`（`alerts` 可列出告警）。",
+        },
+        "nl_need_person": {
+            "en": "Who should take it over? Name a CS owner (e.g. {example}).",
+            "zh": "要交给谁？请说出一位负责人（例如 {example}）。",
+        },
+        "nl_need_stage": {
+            "en": "To which stage? One of: {stages}.",
+            "zh": "移到哪个阶段？可选：{stages}。",
+        },
+        "nl_greeting": {
+            "en": "Hi {name}! Ask me about your accounts in your own words, for example:",
+            "zh": "{name}你好！可以直接用自己的话问我客户的情况，例如：",
+        },
+        "nl_thanks": {
+            "en": "You're welcome! Anything else about your accounts?", "zh": "不客气！还有什么客户的问题吗？",
+        },
+        "nl_out_of_scope": {
+            "en": "I can't answer that yet. I know your accounts' health, stages, renewals, NPS and alerts; try:",
+            "zh": "这个我还回答不了。我了解客户的健康度、阶段、续约、NPS 和告警，可以试试：",
+        },
+        "nl_example_account": {"en": "How is {account} doing?", "zh": "{account}怎么样？"},
+        "nl_example_renewals": {
+            "en": "Which of my accounts renew in the next 60 days?",
+            "zh": "我负责的客户哪些在 60 天内续约？",
+        },
+        "nl_example_risk": {"en": "Show me accounts at risk", "zh": "哪些客户有风险？"},
+        "nl_example_nps": {"en": "What's our NPS?", "zh": "我们的 NPS 是多少？"},
+    }
+)
+
+
+@dataclass
+class Reading:
+    """What to do with one message. `kind`: run (the router runs `command`), confirm, ask, say."""
+
+    kind: str
+    lang: str
+    command: str = ""
+    text: str = ""
+    buttons: list[Button] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    intent: str = ""
+    account: AccountRef | None = None
+    query: Query | None = None
+    pending: dict[str, Any] | None = None
+    via: str = "local"  # local, memory, llm
+    label: str = ""  # for answers that are not a command: clarify, unknown, out-of-scope, greeting, thanks…
+
+    def preface(self) -> str:
+        """The one line a reply to free text starts with: how it was read, and what was left out."""
+        line = t("nl_read_as", self.lang, command=self.command)
+        if self.ignored:
+            quoted = ", ".join(f"“{w}”" for w in self.ignored)
+            line += t("nl_ignored", self.lang, words=quoted)
+        return line
+
+
+@dataclass
+class Asker:
+    """Who is asking, as the reading needs it."""
+
+    user: User
+    lang: str | None  # the user's chosen language, if any
+    today: date
+
+
+class Understanding:
+    """Reads free text against one database. One instance per router; safe to share between threads."""
+
+    def __init__(self, *, machine: Any, llm: Callable[[str, str, str], str | None] | None = None) -> None:
+        self.machine = machine
+        self.llm = llm
+        self._matchers: dict[tuple[str, ...], PhraseMatcher] = {}
+
+    # ----------------------------------------------------------------------------------------------- entry
+
+    def read(self, session: Session, asker: Asker, text: str, state: dict[str, Any], *, engine: Any) -> Reading:
+        norm = normalise(text)
+        index = account_index(session, engine)
+        users = list(session.exec(select(User).where(col(User.active) == True)))  # noqa: E712
+        model = intent_model()
+        found = find_slots(norm, today=asker.today, index=index, users=users, matcher=self._matcher(session),
+                           vocabulary=_vocabulary(model))
+        lang = asker.lang or found.lang
+        ctx = _Build(self, session, asker, found, state, index, users, model, lang, text)
+        return ctx.read()
+
+    def confirmation(self, reading: Reading, command_name: str) -> Reading:
+        """A change the LLM picked, turned into the same yes/no question a change read locally gets."""
+        lang = reading.lang
+        return Reading(
+            "confirm", lang, command=reading.command, intent=COMMAND_INTENT.get(command_name, command_name),
+            text=t("nl_confirm", lang, what=t("nl_confirm_generic", lang), command=reading.command),
+            buttons=[Button(t("nl_yes", lang), "cmd", "yes", style="primary"), Button(t("nl_no", lang), "cmd", "no")],
+            pending={"type": "confirm", "command": reading.command, "intent": command_name, "account": None},
+            via=reading.via,
+        )
+
+    def _matcher(self, session: Session) -> PhraseMatcher:
+        plans = tuple(sorted({p.casefold() for (p,) in session.execute(
+            select(Account.plan).where(col(Account.plan).is_not(None)).distinct()).all() if p}))
+        matcher = self._matchers.get(plans)
+        if matcher is None:
+            stages = [(s.name, s.label) for s in self.machine.stages]
+            stages += [(s.name, s.label_zh) for s in self.machine.stages if getattr(s, "label_zh", "")]
+            matcher = lexicon_matcher(stages, list(plans))
+            self._matchers = {plans: matcher}
+        return matcher
+
+
+@lru_cache(maxsize=4)
+def _vocabulary_for(digest: str, words_: frozenset[str]) -> Vocabulary:
+    lex = lexicon()
+    known = set(words_) | lex.stopwords("en") | lex.stopwords("zh") | set(MASKS.values())
+    for name in ("grades", "segments", "tiers", "stages", "comparisons", "languages", "plans"):
+        for ws in lex.table(name).values():
+            for w in ws:
+                known |= set(w.split())
+    for name in ("risk", "mine", "all", "team", "references", "yes", "no", "refine", "follow_up", "keywords"):
+        for w in lex.words(name):
+            known |= set(w.split())
+    fuzzy = tuple(sorted(w for w in known if len(w) >= 4 and w.isascii() and w.isalpha()))
+    return Vocabulary(frozenset(known), fuzzy)
+
+
+def _vocabulary(model: IntentModel) -> Vocabulary:
+    return _vocabulary_for(model.digest, model.all_words)
+
+
+class _Build:
+    """One message being read: the slots found, the memory, and the steps that turn them into a Reading."""
+
+    def __init__(self, owner: Understanding, session: Session, asker: Asker, found: Found, state: dict[str, Any],
+                 index: AccountIndex, users: list[User], model: IntentModel, lang: str, raw: str) -> None:
+        self.owner = owner
+        self.session = session
+        self.asker = asker
+        self.found = found
+        self.state = state
+        self.index = index
+        self.users = users
+        self.model = model
+        self.lang = lang
+        self.raw = raw
+        self.used: list[tuple[int, int]] = []
+
+    # ---------------------------------------------------------------------------------------------- helpers
+
+    def use(self, *items: Slot | Mention | None) -> None:
+        for item in items:
+            if item is not None:
+                self.used.append((item.start, item.end))
+
+    def say(self, text: str, *, label: str = "clarify", **kw: Any) -> Reading:
+        return Reading("say", self.lang, text=text, label=label, **kw)
+
+    def run(self, intent: str, command: str, *, account: AccountRef | None = None, query: Query | None = None,
+            via: str = "local") -> Reading:
+        reading = Reading("run", self.lang, command=command, intent=intent, account=account, query=query, via=via)
+        reading.ignored = self.ignored(intent)
+        if intent in WRITE_INTENTS:
+            reading.kind = "confirm"
+            reading.text = t("nl_confirm", self.lang, what=self.confirm_question(intent, command, account),
+                             command=command)
+            reading.buttons = [Button(t("nl_yes", self.lang), "cmd", "yes", style="primary"),
+                               Button(t("nl_no", self.lang), "cmd", "no")]
+            reading.pending = {"type": "confirm", "command": command, "intent": intent,
+                               "account": _ref_dict(account)}
+        return reading
+
+    def choices(self, question: str, options: list[tuple[str, str]], *, intent: str = "",
+                extra: str = "") -> Reading:
+        lines = [question] + [f"{i}. {label}" for i, (label, _) in enumerate(options, 1)]
+        if extra:
+            lines.append(extra)
+        lines.append(t("nl_pick", self.lang))
+        buttons = [Button(label[:75], "cmd", command, row=i // 3) for i, (label, command) in enumerate(options)]
+        return Reading("ask", self.lang, text="\n".join(lines), buttons=buttons, intent=intent, label="clarify",
+                       pending={"type": "choose", "options": [{"label": lbl, "command": c} for lbl, c in options]})
+
+    def remembered_account(self) -> AccountRef | None:
+        data = self.state.get("account")
+        if isinstance(data, dict) and data.get("id"):
+            return AccountRef(int(data["id"]), str(data.get("name", "")))
+        return None
+
+    def example_account(self) -> str:
+        row = self.session.execute(
+            select(Account.name).where(Account.owner_id == self.asker.user.id, Account.status == "active")
+            .order_by(col(Account.arr).desc()).limit(1)
+        ).first() or self.session.execute(
+            select(Account.name).where(Account.status == "active").order_by(col(Account.arr).desc()).limit(1)
+        ).first()
+        return str(row[0]) if row else "Acme"
+
+    def examples(self) -> list[tuple[str, str]]:
+        name = self.example_account()
+        return [
+            (t("nl_example_account", self.lang, account=name), f"account {name}"),
+            (t("nl_example_renewals", self.lang), "renewals 60 mine"),
+            (t("nl_example_risk", self.lang), "at-risk"),
+        ]
+
+    def with_examples(self, key: str, label: str, **values: Any) -> Reading:
+        examples = self.examples()
+        text = "\n".join([t(key, self.lang, **values)] + [f"• {label}" for label, _ in examples])
+        return Reading("say", self.lang, text=text, label=label,
+                       buttons=[Button(label[:75], "cmd", command) for label, command in examples])
+
+    # -------------------------------------------------------------------------------------- the main path
+
+    def read(self) -> Reading:
+        pending = self.state.get("pending")
+        if isinstance(pending, dict):
+            answer = self.answer_pending(pending)
+            if answer is not None:
+                return answer
+        follow = self.follow_up()
+        if follow is not None:
+            return follow
+        intent, ranked = self.classify()
+        if intent is None:
+            return self.unsure(ranked)
+        return self.build(intent)
+
+    def classify(self) -> tuple[str | None, list[tuple[str, float]]]:
+        text = self.found.masked()
+        ranked = self.model.rank(text, limit=3)
+        best, p1 = ranked[0]
+        p2 = ranked[1][1] if len(ranked) > 1 else 0.0
+        # A message that is nothing but an account name is a question about that account.
+        if self.found.accounts and not self.leftover_words(skip_vocabulary=False) and \
+                all(s.kind == "ref" for s in self.found.slots):
+            return "account", ranked
+        if self.only_list_slots():
+            return (best if best in LIST_INTENTS else "find"), ranked
+        if p1 >= CONFIDENT or (p1 >= UNSURE + 0.1 and p1 - p2 >= MARGIN):
+            return best, ranked
+        if self.found.first("ref") is not None and not self.found.accounts:
+            # "how is it doing?": about an account, whichever question it is
+            for intent, p in ranked:
+                if intent in (*ACCOUNT_INTENTS, "nps") and p >= 0.1:
+                    return intent, ranked
+        if p1 < UNSURE:
+            return None, ranked
+        return None, ranked
+
+    def only_list_slots(self) -> bool:
+        kinds = {s.kind for s in self.found.slots}
+        listy = {"grade", "risk", "segment", "tier", "plan", "stage", "compare", "mine", "time", "person"}
+        return bool(kinds) and kinds <= listy and not self.found.accounts and not self.leftover_words()
+
+    def unsure(self, ranked: list[tuple[str, float]]) -> Reading:
+        best, p1 = ranked[0]
+        if p1 < UNSURE or best == "out_of_scope":
+            if self.owner.llm is not None:
+                chosen = self.owner.llm(self.raw, self.lang, self.asker.user.role)
+                if chosen:
+                    return Reading("run", self.lang, command=chosen, intent="", via="llm")
+            return self.with_examples("nl_out_of_scope", "out-of-scope")
+        options: list[tuple[str, str]] = []
+        for intent, _p in ranked[:3]:
+            if intent in ("out_of_scope", "greeting", "thanks"):
+                continue
+            reading = _Build(self.owner, self.session, self.asker, self.found, self.state, self.index, self.users,
+                             self.model, self.lang, self.raw).build(intent)
+            if reading.kind in ("run", "confirm") and reading.command not in [c for _, c in options]:
+                options.append((f"`{reading.command}`", reading.command))
+            if len(options) == 2:
+                break
+        if len(options) == 1:
+            return self.build(ranked[0][0])
+        if not options:
+            return self.with_examples("nl_out_of_scope", "out-of-scope")
+        return self.choices(t("nl_did_you_mean", self.lang), options)
+
+    # ------------------------------------------------------------------------------------------ memory
+
+    def answer_pending(self, pending: dict[str, Any]) -> Reading | None:
+        text = strip_punctuation(self.found.text)
+        lex = lexicon()
+        if pending.get("type") == "confirm":
+            if text in lex.words("yes"):
+                command = str(pending.get("command", ""))
+                reading = Reading("run", self.lang, command=command, intent=str(pending.get("intent", "")),
+                                  account=_ref(pending.get("account")), via="memory")
+                reading.pending = None
+                return reading
+            if text in lex.words("no"):
+                return Reading("say", self.lang, text=t("nl_cancelled", self.lang), label="cancelled")
+            return None
+        if pending.get("type") == "choose":
+            options = pending.get("options") or []
+            m = re.fullmatch(r"(?:#|no\.?\s*|number\s*|第)?(\d{1,2})(?:个|号)?", text)
+            if m and 1 <= int(m.group(1)) <= len(options):
+                chosen = options[int(m.group(1)) - 1]
+                return self._chosen(str(chosen["command"]))
+            for option in options:
+                label = str(option.get("label", "")).strip("`").casefold()
+                if text and (text == label or (len(text) >= 3 and text in label and
+                                               sum(text in str(o.get("label", "")).casefold() for o in options) == 1)):
+                    return self._chosen(str(option["command"]))
+            return None
+        if pending.get("type") == "need_account":
+            if self.found.accounts and self.found.accounts[0].resolved and len(self.found.accounts) == 1:
+                intent = str(pending.get("intent", "account"))
+                self.state = {**self.state, "account": _ref_dict(self.found.accounts[0].resolved)}
+                return self.build(intent)
+            if self.found.accounts:
+                return self.build(str(pending.get("intent", "account")))
+        return None
+
+    def _chosen(self, command: str) -> Reading:
+        intent = COMMAND_INTENT.get(command.split(" ", 1)[0], "")
+        reading = self.run(intent, command)
+        reading.ignored = []
+        reading.via = "memory"
+        words_ = command.split(" ", 1)
+        if len(words_) > 1 and intent in ACCOUNT_INTENTS:
+            refs = self.index.lookup(words_[1].strip('"').split('"')[0])
+            reading.account = refs[0] if len(refs) == 1 else None
+        return reading
+
+    def follow_up(self) -> Reading | None:
+        text = self.found.text
+        last_intent = str(self.state.get("intent") or "")
+        last = self.remembered_account()
+        if _WHY.match(text) and last is not None:
+            return self.run("health", f"health {last.name}", account=last)
+        lex = lexicon()
+        starts_follow = any(re.match(rf"^{re.escape(w)}\b", text) for w in lex.words("follow_up") if w.isascii()) \
+            or any(text.startswith(w) for w in lex.words("follow_up") if not w.isascii()) \
+            or re.search(r"呢[?？]?$", text) is not None
+        refine = any(re.match(rf"^{re.escape(w)}\b", text) for w in lex.words("refine") if w.isascii()) or \
+            any(text.startswith(w) for w in lex.words("refine") if not w.isascii())
+        query_data = self.state.get("query")
+        if (refine or starts_follow) and isinstance(query_data, dict) and not self.found.accounts:
+            extra = self.list_query("find")
+            if extra is not None and (extra.grades or extra.risk or extra.segments or extra.stages or extra.plans
+                                      or extra.tiers or extra.owner or extra.window or extra.comparisons
+                                      or extra.status):
+                merged = Query.from_dict(query_data).merge(extra)
+                return self.run("find", merged.command(self.asker.today), query=merged)
+        if starts_follow and self.found.accounts and last_intent in (*ACCOUNT_INTENTS, "nps") and \
+                len(self.leftover_words()) == 0:
+            mention = self.found.accounts[0]
+            if mention.resolved is None:
+                return self.ambiguous(mention, last_intent)
+            self.use(mention)
+            intent = last_intent if last_intent not in WRITE_INTENTS else "account"
+            return self.build(intent)
+        return None
+
+    # ------------------------------------------------------------------------------------------ builders
+
+    def account_for(self, intent: str) -> AccountRef | Reading:
+        """The account the question is about: named, or "it" from memory; else a question back."""
+        mentions = self.found.accounts
+        for m in mentions:
+            unknown = self.beside_unknown(m)
+            if unknown:  # "Foobar Industries" is not Globex Industries: a word of the name matched nothing
+                return self.unknown_account(unknown, intent)
+            if m.resolved is not None:
+                self.use(m)
+                return m.resolved
+        if mentions:
+            return self.ambiguous(mentions[0], intent)
+        ref = self.found.first("ref")
+        last = self.remembered_account()
+        if last is not None and (ref is not None or not self.leftover_words()):
+            self.use(ref)
+            return last
+        unknown = self.leftover_phrase()
+        if unknown:
+            return self.unknown_account(unknown, intent)
+        if last is not None:
+            return last
+        reading = Reading("ask", self.lang, text=t("nl_which_account", self.lang, example=self.example_account()),
+                          intent=intent, label="clarify", pending={"type": "need_account", "intent": intent})
+        return reading
+
+    def beside_unknown(self, mention: Mention) -> str:
+        """For a partial or misspelt name, the whole phrase when an unknown word stands right next to it."""
+        if mention.how in ("exact", "id"):
+            return ""
+        left = self.leftover_words()
+        start, end = mention.start, mention.end
+        grown = True
+        while grown:
+            grown = False
+            for s, e, _ in left:
+                if ((e <= start and self.found.text[e:start].strip(" -&.'") == "") or \
+                        (s >= end and self.found.text[end:s].strip(" -&.'") == "")) and (s < start or e > end):
+                    start, end, grown = min(start, s), max(end, e), True
+        if (start, end) == (mention.start, mention.end):
+            return ""
+        return self.raw_span(start, end).strip(" ?.!,")
+
+    def ambiguous(self, mention: Mention, intent: str) -> Reading:
+        options = []
+        for ref in mention.candidates[:5]:
+            options.append((ref.name, self.command_for(intent, ref)))
+        extra = ""
+        if len(mention.candidates) > 5:
+            extra = t("nl_more_matches", self.lang, count=len(mention.candidates) - 5)
+        raw = self.raw_span(mention.start, mention.end)
+        return self.choices(t("nl_ambiguous", self.lang, text=raw), options, intent=intent, extra=extra)
+
+    def unknown_account(self, name: str, intent: str) -> Reading:
+        close = suggest_names(self.session, name, limit=3)
+        text = t("nl_unknown_account", self.lang, name=name)
+        if not close:
+            return Reading("say", self.lang, text=text, label="unknown")
+        options = [(n, self.command_for(intent, AccountRef(0, n))) for n in close]
+        reading = self.choices(text + " " + t("nl_close_names", self.lang), options, intent=intent)
+        reading.label = "unknown"
+        return reading
+
+    def command_for(self, intent: str, ref: AccountRef) -> str:
+        """The command an account intent becomes once its account is known (used for the clarifying choices)."""
+        if intent in ("health", "stage_show", "survey"):
+            return f"{ {'health': 'health', 'stage_show': 'stage', 'survey': 'survey'}[intent]} {ref.name}"
+        if intent == "nps":
+            return f"nps {ref.name}"
+        return f"account {ref.name}"
+
+    def build(self, intent: str) -> Reading:
+        handler = getattr(self, f"b_{intent}", None)
+        if handler is None:
+            return self.with_examples("nl_out_of_scope", "out-of-scope")
+        result: Reading = handler()
+        return result
+
+    # account questions
+
+    def _simple_account(self, intent: str, command: str) -> Reading:
+        ref = self.account_for(intent)
+        if isinstance(ref, Reading):
+            return ref
+        return self.run(intent, f"{command} {ref.name}", account=ref)
+
+    def b_account(self) -> Reading:
+        return self._simple_account("account", "account")
+
+    def b_health(self) -> Reading:
+        self.use(*[s for s in self.found.of("grade") + self.found.of("risk")])
+        self.use(*self.found.of("time"))
+        return self._simple_account("health", "health")
+
+    def b_stage_show(self) -> Reading:
+        return self._simple_account("stage_show", "stage")
+
+    def b_survey(self) -> Reading:
+        return self._simple_account("survey", "survey")
+
+    def b_stage_move(self) -> Reading:
+        ref = self.account_for("stage_move")
+        if isinstance(ref, Reading):
+            return ref
+        stage = next((s for s in self.found.of("stage")), None)
+        if stage is None:
+            names = ", ".join(self.owner.machine.stage_names())
+            return self.say(t("nl_need_stage", self.lang, stages=names))
+        self.use(stage)
+        reason = self.text_after(stage.end, _REASON_MARK)
+        command = f"stage {quote_name(ref.name, more=True)} {stage.value}" + (f" {reason}" if reason else "")
+        return self.run("stage_move", command, account=ref)
+
+    def b_note(self) -> Reading:
+        ref = self.account_for("note")
+        if isinstance(ref, Reading):
+            return ref
+        mention_end = max((e for s, e in self.used), default=0)
+        body = self.note_text(mention_end)
+        if not body:
+            return self.say(t("nl_need_text", self.lang, account=ref.name))
+        return self.run("note", f"note {quote_name(ref.name, more=True)} {body}", account=ref)
+
+    def b_owner_change(self) -> Reading:
+        ref = self.account_for("owner_change")
+        if isinstance(ref, Reading):
+            return ref
+        person = self.found.first("person")
+        if person is None:
+            return self.say(t("nl_need_person", self.lang, example=self.person_example()))
+        self.use(person)
+        return self.run("owner_change", f"owner {quote_name(ref.name, more=True)} {user_handle(person.value)}",
+                        account=ref)
+
+    def person_example(self) -> str:
+        others = [u for u in self.users if u.id != self.asker.user.id and u.role == "csm"]
+        return user_handle(others[0]) if others else "priya.raman"
+
+    # lists
+
+    def list_query(self, base: str) -> Query | None:
+        q = Query(base=base)
+        f = self.found
+        churn_compare = any(s.value[0] == "churn" for s in f.of("compare"))
+        for s in f.of("grade"):
+            q.grades += s.value.split(",")
+            self.use(s)
+        for s in f.of("risk"):
+            if churn_compare and any(w in s.text for w in ("churn", "流失")):
+                self.use(s)
+                continue
+            q.risk = True
+            self.use(s)
+        for s in f.of("segment"):
+            q.segments.append(s.value)
+            self.use(s)
+        for s in f.of("tier"):
+            q.tiers.append(s.value)
+            self.use(s)
+        for s in f.of("plan"):
+            q.plans.append(s.value)
+            self.use(s)
+        for s in f.of("stage"):
+            if s.value == "churned":
+                q.status = "churned"
+            else:
+                q.stages.append(s.value)
+            self.use(s)
+        for s in f.of("compare"):
+            fname, op, value, _ = s.value
+            q.comparisons.append((fname, op, value))
+            self.use(s)
+        person = f.first("person")
+        mine = f.first("mine")
+        if person is not None:
+            q.owner = user_handle(person.value)
+            self.use(person)
+        elif mine is not None:
+            q.owner = "me"
+            self.use(mine)
+        for s in f.of("all") + f.of("team"):
+            q.scope_all = q.owner is None
+            self.use(s)
+        window = window_of(f)
+        if window is not None:
+            q.set_window(window.window)
+            self.use(next(s for s in f.of("time") if s.value is window))
+        return q
+
+    def _list(self, base: str) -> Reading:
+        q = self.list_query(base)
+        assert q is not None
+        return self.run(COMMAND_INTENT.get(q.command(self.asker.today).split(" ")[0], base),
+                        q.command(self.asker.today), query=q)
+
+    def b_find(self) -> Reading:
+        return self._list("find")
+
+    def b_at_risk(self) -> Reading:
+        return self._list("at_risk")
+
+    def b_renewals(self) -> Reading:
+        return self._list("renewals")
+
+    # portfolio reports
+
+    def scope_word(self, *, allow_all: bool = True) -> str:
+        mine = self.found.first("mine")
+        if mine is not None:
+            self.use(mine)
+            return " mine"
+        everyone = (self.found.of("all") + self.found.of("team"))
+        if everyone and allow_all:
+            self.use(*everyone)
+            return " all"
+        return ""
+
+    def b_portfolio(self) -> Reading:
+        return self.run("portfolio", "portfolio" + self.scope_word())
+
+    def b_alerts(self) -> Reading:
+        return self.run("alerts", "alerts" + self.scope_word())
+
+    def b_alert_stats(self) -> Reading:
+        days = ""
+        slot = next(iter(self.found.of("time")), None)
+        if slot is not None:
+            value = slot.value
+            if value.period:
+                days = f" {_period_days(value.period)}"
+            elif value.window is not None and not isinstance(value.window, Between):
+                days = f" {window_days(value.window, self.asker.today)}"
+            self.use(slot)
+        return self.run("alert_stats", "alert-stats" + days + self.scope_word())
+
+    def b_nps(self) -> Reading:
+        if self.found.accounts or self.found.first("ref"):
+            ref = self.account_for("nps")
+            if isinstance(ref, Reading):
+                return ref
+            return self.run("nps", f"nps {ref.name}", account=ref)
+        segment = self.found.first("segment")
+        if segment is not None:
+            self.use(segment)
+            return self.run("nps", f"nps segment {segment.value}")
+        mine = self.found.first("mine")
+        if mine is not None:
+            self.use(mine)
+            return self.run("nps", "nps mine")
+        self.use(*self.found.of("all"), *self.found.of("team"), *self.found.of("time"))
+        return self.run("nps", "nps")
+
+    def b_kpis(self) -> Reading:
+        stage = self.found.first("stage")
+        if stage is not None:
+            self.use(stage)
+            return self.run("kpis", f"kpis {stage.value}")
+        return self.run("kpis", "kpis")
+
+    def b_funnel(self) -> Reading:
+        period = self.period()
+        return self.run("funnel", "funnel" + (f" {period}" if period else ""))
+
+    def b_retention(self) -> Reading:
+        period = self.period()
+        segment = self.found.first("segment")
+        command = "retention" + (f" {period}" if period else "")
+        if segment is not None:
+            self.use(segment)
+            command += f" segment {segment.value}"
+        return self.run("retention", command)
+
+    def period(self) -> str | None:
+        for s in self.found.of("time"):
+            if s.value.period:
+                self.use(s)
+                return str(s.value.period)
+        return period_of(self.found)
+
+    def b_cohorts(self) -> Reading:
+        return self.run("cohorts", "cohorts")
+
+    # alert actions
+
+    def alert_id(self) -> int | None:
+        slot = self.found.first("alert_id") or self.found.first("number")
+        if slot is None:
+            return None
+        self.use(slot)
+        return int(slot.value)
+
+    def _need_alert(self, command: str) -> Reading:
+        return self.say(t("nl_need_alert", self.lang, command=command))
+
+    def b_ack(self) -> Reading:
+        number = self.alert_id()
+        if number is None:
+            return self._need_alert("ack")
+        return self.run("ack", f"ack {number}")
+
+    def b_snooze(self) -> Reading:
+        number = self.alert_id()
+        if number is None:
+            return self._need_alert("snooze")
+        days = ""
+        for s in self.found.of("time"):
+            if isinstance(s.value.window, Within | Until):
+                days = f" {window_days(s.value.window, self.asker.today)}"
+                self.use(s)
+                break
+        if not days:
+            other = [s for s in self.found.of("number") if (s.start, s.end) not in self.used]
+            if other:
+                days = f" {other[0].value}"
+                self.use(other[0])
+        return self.run("snooze", f"snooze {number}{days}")
+
+    def b_useful(self) -> Reading:
+        number = self.alert_id()
+        if number is None:
+            return self._need_alert("useful")
+        negative = _NEGATIVE.search(self.found.text)
+        if negative:
+            self.used.append((negative.start(), negative.end()))
+        return self.run("useful", f"useful {number} {'no' if negative else 'yes'}")
+
+    def b_reassign(self) -> Reading:
+        number = self.alert_id()
+        if number is None:
+            return self._need_alert("reassign")
+        person = self.found.first("person")
+        if person is None:
+            return self.say(t("nl_need_person", self.lang, example=self.person_example()))
+        self.use(person)
+        return self.run("reassign", f"reassign {number} {user_handle(person.value)}")
+
+    # talk
+
+    def b_help(self) -> Reading:
+        from bot.router import registry  # the registry imports every command; importing it at the top is a cycle
+
+        for tok in words(self.found.text):
+            spec = registry.lookup(tok.text)
+            if spec is not None and spec.name != "help":
+                self.used.append((tok.start, tok.end))
+                return self.run("help", f"help {spec.name}")
+        return self.run("help", "help")
+
+    def b_lang(self) -> Reading:
+        slot = self.found.first("lang")
+        if slot is None:
+            return self.run("lang", "lang")
+        self.use(slot)
+        return self.run("lang", f"lang {slot.value}")
+
+    def b_greeting(self) -> Reading:
+        name = self.asker.user.name.split()[0] if self.asker.user.name else ""
+        return self.with_examples("nl_greeting", "greeting", name=name)
+
+    def b_thanks(self) -> Reading:
+        return self.say(t("nl_thanks", self.lang), label="thanks")
+
+    def b_out_of_scope(self) -> Reading:
+        return self.unsure([("out_of_scope", 0.0)])
+
+    # ------------------------------------------------------------------------------------- words left over
+
+    def raw_span(self, start: int, end: int) -> str:
+        """The words of the normalised text between start and end, as the user typed them where possible."""
+        piece = self.found.text[start:end]
+        m = re.search(re.escape(piece), self.raw, flags=re.IGNORECASE)
+        return m.group(0) if m else piece
+
+    def tokens(self) -> list[tuple[int, int, str]]:
+        out = [(tok.start, tok.end, tok.text) for tok in words(self.found.text)]
+        out += [(tok.start, tok.end, tok.text) for tok in zh_words(self.found.text)]
+        return sorted(out)
+
+    def leftover_words(self, *, skip_vocabulary: bool = True) -> list[tuple[int, int, str]]:
+        """Words that no slot claimed and that are not question words (or, with `skip_vocabulary` false, not
+        stop words only)."""
+        lex = lexicon()
+        stop = lex.stopwords("en") | lex.stopwords("zh") | set(MASKS.values())
+        taken = self.found.spans()
+        out = []
+        for start, end, word in self.tokens():
+            if any(start < e and s < end for s, e in taken):
+                continue
+            if word in stop or not word.strip() or re.fullmatch(r"[\W_]+", word):
+                continue
+            if skip_vocabulary and (word in self.model.all_words or _near(word, _vocabulary(self.model).fuzzy)):
+                continue
+            out.append((start, end, word))
+        return out
+
+    def leftover_phrase(self) -> str:
+        """The longest run of unclaimed, unknown words: what the user probably typed as an account name."""
+        left = self.leftover_words()
+        if not left:
+            return ""
+        runs: list[list[tuple[int, int, str]]] = [[left[0]]]
+        for item in left[1:]:
+            gap = self.found.text[runs[-1][-1][1] : item[0]]
+            if gap.strip(" -&.'") == "":
+                runs[-1].append(item)
+            else:
+                runs.append([item])
+        best = max(runs, key=lambda r: r[-1][1] - r[0][0])
+        return self.raw_span(best[0][0], best[-1][1]).strip(" ?.!,")
+
+    def ignored(self, intent: str) -> list[str]:
+        """Words of the message that the reading did not use: named in the reply, never silently dropped."""
+        lex = lexicon()
+        stop = lex.stopwords("en") | lex.stopwords("zh") | set(MASKS.values()) | _talk_words()
+        vocab = self.model.vocabulary.get(intent, frozenset()) | _talk_words()
+        if intent in LIST_INTENTS:
+            for other in LIST_INTENTS:
+                vocab = vocab | self.model.vocabulary.get(other, frozenset())
+        fuzzy = tuple(w for w in vocab if len(w) >= 4 and w.isascii())
+        out: list[str] = []
+        for start, end, word in self.tokens():
+            if any(start < e and s < end for s, e in self.used):
+                continue
+            if word in stop or word in vocab or re.fullmatch(r"[\W_\d]+", word) or _near(word, fuzzy):
+                continue
+            if any(start < e and s < end for s, e in self.found.spans()):
+                # a slot this reading did not use ("enterprise" in a question about one account)
+                out.append(self.raw_span(start, end))
+                continue
+            if word in self.model.all_words:
+                continue
+            out.append(self.raw_span(start, end))
+        return list(dict.fromkeys(out))
+
+    def note_text(self, after: int) -> str:
+        text = self.raw_tail(after)
+        m = _TEXT_MARK.search(text)
+        text = text[m.end():] if m is not None else re.sub(r"^\s*(?:that|saying|note|:|-|,|，|：|说|备注)\s*", "", text)
+        body = text.strip().strip("\"'“”").strip()
+        if body:
+            self.used.append((after, len(self.found.text)))
+        return body.rstrip("。.").strip()
+
+    def text_after(self, after: int, marker: re.Pattern[str]) -> str:
+        text = self.raw_tail(after)
+        m = marker.search(text)
+        if m is not None and m.start() <= 12:
+            text = text[m.end():]
+        body = text.strip(" ,，:：-—").strip()
+        if body:
+            self.used.append((after, len(self.found.text)))
+        return body.rstrip("。.").strip()
+
+    def raw_tail(self, after: int) -> str:
+        """The message after a position of the normalised text, in the user's own case (notes keep their words)."""
+        piece = self.found.text[after:]
+        if not piece.strip():
+            return ""
+        raw = " ".join(self.raw.split())
+        idx = raw.casefold().rfind(piece.strip().casefold()[:20]) if piece.strip() else -1
+        if idx >= 0:
+            return raw[idx:]
+        return piece
+
+    def confirm_question(self, intent: str, command: str, account: AccountRef | None) -> str:
+        name = account.name if account else ""
+        parts = command.split()
+        if intent == "note":
+            return t("nl_confirm_note", self.lang, account=name)
+        if intent == "stage_move":
+            stage = self.found.first("stage")
+            label = self.owner.machine.label(stage.value, self.lang) if stage else ""
+            return t("nl_confirm_stage", self.lang, account=name, stage=label)
+        if intent == "owner_change":
+            person = self.found.first("person")
+            return t("nl_confirm_owner", self.lang, account=name, person=person.value.name if person else "")
+        if intent == "ack":
+            return t("nl_confirm_ack", self.lang, id=parts[1])
+        if intent == "snooze":
+            return t("nl_confirm_snooze", self.lang, id=parts[1], days=parts[2] if len(parts) > 2 else 7)
+        if intent == "useful":
+            return t("nl_confirm_useful_no" if parts[-1] == "no" else "nl_confirm_useful_yes", self.lang, id=parts[1])
+        if intent == "reassign":
+            person = self.found.first("person")
+            return t("nl_confirm_reassign", self.lang, id=parts[1], person=person.value.name if person else "")
+        return t("nl_confirm_survey", self.lang, account=name)
+
+
+@lru_cache(maxsize=1)
+def _talk_words() -> frozenset[str]:
+    """Words of the conversation itself ("only", "and", "what about", "好的"), consumed by the memory step, and
+    the command words themselves (`account`, `续约`): the reading is the command."""
+    from bot.router import registry  # the registry imports every command; importing it at the top is a cycle
+
+    lex = lexicon()
+    out: set[str] = set(registry.commands) | set(registry.aliases)
+    for name in ("refine", "follow_up", "yes", "no", "references"):
+        for w in lex.words(name):
+            out |= set(w.split()) | {w}
+    return frozenset(out)
+
+
+def _near(word: str, vocabulary: tuple[str, ...]) -> bool:
+    if len(word) < 4 or not word.isascii() or not vocabulary:
+        return False
+    return process.extractOne(word, vocabulary, scorer=fuzz.ratio, score_cutoff=84) is not None
+
+
+def _period_days(period: str) -> int:
+    n, unit = int(period[:-1]), period[-1]
+    return n * {"d": 1, "w": 7, "m": 30, "y": 365}[unit]
+
+
+def _ref_dict(ref: AccountRef | None) -> dict[str, Any] | None:
+    return {"id": ref.id, "name": ref.name} if ref else None
+
+
+def _ref(data: Any) -> AccountRef | None:
+    if isinstance(data, dict) and data.get("id"):
+        return AccountRef(int(data["id"]), str(data.get("name", "")))
+    return None
+
+
+def remembered(reading: Reading, state: dict[str, Any], *, account: AccountRef | None) -> dict[str, Any]:
+    """The conversation's memory after this reading (and the command it ran, whose account is `account`)."""
+    new = {k: v for k, v in state.items() if k != "pending"}
+    if reading.pending:
+        new["pending"] = reading.pending
+    if reading.kind in ("run",) or (reading.kind == "confirm"):
+        if reading.intent:
+            new["intent"] = reading.intent
+        if reading.command:
+            new["command"] = reading.command
+        if reading.query is not None:
+            new["query"] = reading.query.to_dict()
+        elif reading.intent and reading.intent not in LIST_INTENTS:
+            new.pop("query", None)
+    ref = account or reading.account
+    if ref is not None and ref.id:
+        new["account"] = _ref_dict(ref)
+    return new
+
+
+def llm_chooser(settings: Any, registry: Any) -> Callable[[str, str, str], str | None] | None:
+    """The optional LLM fallback as `choose(text, lang, role) -> command text or None`, or None when no endpoint
+    is configured. The model sees the message and the schema of the commands the role may run, nothing else; what
+    it picks is parsed, authorised (and confirmed, for a change) by the router like any typed command."""
+    if not settings.llm_base_url:
+        return None
+    from bot.permissions import role_allows
+    from bot.understanding.llm import LlmFallback, command_line, tool_definitions
+
+    fallback = LlmFallback.from_settings(settings)
+    if fallback is None:
+        return None
+    tools: dict[str, list[dict[str, Any]]] = {}
+
+    def choose(text: str, lang: str, role: str) -> str | None:
+        if role not in tools:
+            specs = [s for s in registry.commands.values() if role_allows(role, s.needs)]
+            tools[role] = tool_definitions(specs)
+        choice = fallback.choose(text, tools[role], lang=lang)
+        if choice is None:
+            return None
+        spec = registry.lookup(choice.command) or registry.lookup(choice.command.replace("_", "-"))
+        if spec is None:
+            return str(choice.command)  # not a command: the router says so
+        try:
+            return command_line(spec, choice.arguments)
+        except ValueError:
+            return None
+
+    return choose

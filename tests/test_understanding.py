@@ -1,0 +1,329 @@
+"""Free text through the router on the demo portfolio: the same answers as the commands, said how they were read,
+with memory, clarifying questions, confirmations for changes, and unchanged permissions."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+from sqlalchemy import Engine, func, select, update
+from sqlmodel import Session
+
+from bot.messages import Incoming, Reply
+from bot.router import Router, Services
+from bot.understanding.entities import AccountIndex
+from bot.understanding.query import Query
+from bot.understanding.when import Between, Until, Within, find_times
+from lifecycle.config import load_settings
+from lifecycle.demo import seed_demo
+from lifecycle.models import Account, ConversationState, Note, User, utcnow
+
+TODAY = date(2026, 12, 7)
+MAYA = "maya.chen@csbot-demo.example"
+PRIYA = "priya.raman@csbot-demo.example"
+DANIEL = "daniel.okafor@csbot-demo.example"
+
+
+@pytest.fixture(scope="module")
+def demo_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from lifecycle.db import make_engine, upgrade
+
+    path = tmp_path_factory.mktemp("nl") / "demo.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    with Session(engine) as session:
+        seed_demo(session, accounts=60, today=TODAY)
+        session.commit()
+    engine.dispose()
+    return str(path)
+
+
+@pytest.fixture
+def demo(demo_db: str, tmp_path: object) -> Engine:
+    import shutil
+    from pathlib import Path
+
+    from lifecycle.db import make_engine
+
+    target = Path(str(tmp_path)) / "demo.db"
+    shutil.copy(demo_db, target)
+    return make_engine(f"sqlite:///{target}")
+
+
+def _router(engine: Engine, **settings: object) -> Router:
+    return Router(Services(engine=engine, settings=load_settings(database_url="sqlite://", **settings),
+                           today=lambda: TODAY))
+
+
+class Chat:
+    """One person in one console conversation."""
+
+    def __init__(self, router: Router, who: str = PRIYA, channel: str = "") -> None:
+        self.router, self.who, self.channel = router, who, channel
+
+    def __call__(self, text: str) -> Reply:
+        return self.router.handle(Incoming(platform="console", sender_id=self.who, text=text,
+                                           channel_id=self.channel))
+
+
+def first_line(reply: Reply) -> str:
+    return reply.text.splitlines()[0] if reply.text else ""
+
+
+def same_answer(a: Reply, b: Reply) -> bool:
+    return a.cards == b.cards and [i.title for i in a.images] == [i.title for i in b.images]
+
+
+# ---------------------------------------------------------------------------------------------- commands stay
+
+
+EXACT = [
+    "help", "help find", "account Northwind Traders", "health Quantum Freight", "stage Northwind Traders",
+    "find stage=renewal grade=red renewal<60d owner=me", "at-risk", "at-risk mine", "at-risk segment enterprise",
+    "renewals 60", "renewals 30 mine", "nps", "nps segment enterprise", "nps Northwind Traders", "portfolio",
+    "kpis adoption", "funnel 6m", "retention 6m", "cohorts", "alerts", "alert-stats 30", "lang",
+]
+
+
+@pytest.mark.parametrize("command", EXACT)
+def test_exact_commands_are_not_reinterpreted(demo: Engine, command: str) -> None:
+    reply = Chat(_router(demo), MAYA)(command)
+    assert reply.understood == ""
+    assert "I read this as" not in reply.text
+
+
+def test_free_text_gives_the_commands_answer_and_says_how_it_was_read(demo: Engine) -> None:
+    chat = Chat(_router(demo))
+    asked = chat("how is northwind doing?")
+    assert first_line(asked) == "I read this as `account Northwind Traders`."
+    assert asked.understood == "account Northwind Traders"
+    assert same_answer(asked, chat("account Northwind Traders"))
+
+
+@pytest.mark.parametrize(("text", "command"), [
+    ("which of my accounts renew in the next 60 days and are red?", "find grade=red renewal<60d owner=me"),
+    ("show me accounts at risk", "at-risk"),
+    ("what's our NPS?", "nps"),
+    ("who owns Quantum Freight?", "account Quantum Freight"),
+    ("renewals next quarter", "find renewal>=2027-01-01 renewal<2027-04-01"),
+    ("my enterprise accounts renewing next quarter that are yellow",
+     "find grade=yellow renewal>=2027-01-01 renewal<2027-04-01 owner=me segment=enterprise"),
+    ("how is Northwnd Traders doing", "account Northwind Traders"),
+    ("ACC-00035 health", "health Quantum Freight"),
+    ("accounts over 100k ARR that are red", "find grade=red arr>100000"),
+])
+def test_questions_become_commands(demo: Engine, text: str, command: str) -> None:
+    assert Chat(_router(demo))(text).understood == command
+
+
+@pytest.mark.parametrize(("text", "command"), [
+    ("北京星辰科技的健康分怎么样?", "health 北京星辰科技"),
+    ("哪些客户下个月续约?", "find renewal>=2027-01-01 renewal<2027-02-01"),
+    ("星辰最近怎么样", "account 北京星辰科技"),
+    ("90天内续约的客户", "renewals 90"),
+    ("我们的NPS是多少", "nps"),
+])
+def test_chinese_questions_become_commands_and_are_answered_in_chinese(demo: Engine, text: str,
+                                                                       command: str) -> None:
+    reply = Chat(_router(demo))(text)
+    assert reply.understood == command
+    assert first_line(reply).startswith("我的理解")
+
+
+def test_a_set_language_wins_over_the_question_language(demo: Engine) -> None:
+    chat = Chat(_router(demo))
+    chat("lang en")
+    assert first_line(chat("北京星辰科技的健康分怎么样?")).startswith("I read this as")
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def test_it_why_and_and_x_follow_the_conversation(demo: Engine) -> None:
+    chat = Chat(_router(demo))
+    chat("how is northwind doing?")
+    assert chat("why?").understood == "health Northwind Traders"
+    assert chat("and Quantum Freight?").understood == "health Quantum Freight"
+    assert chat("what stage is it in?").understood == "stage Quantum Freight"
+    assert Chat(_router(demo), PRIYA, channel="other")("why is it red?").understood == "clarify"
+
+
+def test_memory_is_per_conversation_and_expires(demo: Engine) -> None:
+    router = _router(demo, context_ttl_minutes=5)
+    chat = Chat(router)
+    chat("how is northwind doing?")
+    with Session(demo) as session:
+        session.execute(update(ConversationState).values(updated_at=utcnow() - timedelta(minutes=6)))
+        session.commit()
+    assert chat("why is it red?").understood == "clarify"
+
+
+def test_refining_the_last_list(demo: Engine) -> None:
+    chat = Chat(_router(demo))
+    assert chat("renewals in the next 60 days").understood == "renewals 60"
+    assert chat("only the red ones").understood == "find grade=red renewal<60d"
+    assert chat("just mine").understood == "find grade=red renewal<60d owner=me"
+
+
+def test_an_exact_command_sets_it_too(demo: Engine) -> None:
+    chat = Chat(_router(demo))
+    chat("account Globex Industries")
+    assert chat("why is it yellow?").understood == "health Globex Industries"
+
+
+# ---------------------------------------------------------------------------------------------- asking
+
+
+def test_an_ambiguous_name_gets_a_question_and_a_number_picks(demo: Engine) -> None:
+    chat = Chat(_router(demo))
+    asked = chat("how is Freight doing?")
+    assert asked.understood == "clarify"
+    assert "Quantum Freight" in asked.text and "Blue Yonder Freight" in asked.text
+    assert not asked.cards
+    assert {b.value for b in asked.buttons} == {"account Quantum Freight", "account Blue Yonder Freight"}
+    second = asked.text.splitlines()[2].split(". ", 1)[1]
+    picked = chat("2")
+    assert picked.understood == f"account {second}"
+    assert picked.cards and picked.cards[0].title == second
+
+
+def test_a_name_that_matches_nothing_is_echoed_never_answered_for_another(demo: Engine) -> None:
+    reply = Chat(_router(demo))("how is Foobar Industries doing?")
+    assert reply.understood == "unknown"
+    assert "I can't find an account called “Foobar Industries”" in reply.text
+    assert not reply.cards
+
+
+def test_it_with_nothing_in_context_asks_which_account_then_takes_the_answer(demo: Engine) -> None:
+    chat = Chat(_router(demo))
+    asked = chat("how is it doing?")
+    assert asked.understood == "clarify" and "Which account" in asked.text
+    assert chat("Quantum Freight").understood == "account Quantum Freight"
+
+
+def test_out_of_scope_says_so_with_questions_i_can_answer(demo: Engine) -> None:
+    reply = Chat(_router(demo))("what's the weather in Paris tomorrow?")
+    assert reply.understood == "out-of-scope"
+    assert reply.text.startswith("I can't answer that yet")
+    assert len(reply.buttons) == 3
+
+
+def test_greeting_and_thanks(demo: Engine) -> None:
+    chat = Chat(_router(demo))
+    assert chat("hi").understood == "greeting"
+    assert "Priya" in chat("hello there").text
+    assert chat("thanks!").understood == "thanks"
+    assert chat("谢谢").understood == "thanks"
+
+
+def test_ignored_words_are_named(demo: Engine) -> None:
+    reply = Chat(_router(demo))("how is northwind doing xylophone")
+    assert "I ignored: “xylophone”" in first_line(reply)
+
+
+# ---------------------------------------------------------------------------------------------- changes
+
+
+def _notes(engine: Engine) -> int:
+    with Session(engine) as session:
+        return int(session.execute(select(func.count()).select_from(Note)).scalar_one())
+
+
+def test_a_note_in_words_is_confirmed_first_and_written_once(demo: Engine) -> None:
+    chat = Chat(_router(demo))
+    before = _notes(demo)
+    asked = chat("log a note on northwind: called the CFO about the renewal")
+    assert asked.understood == 'note "Northwind Traders" called the CFO about the renewal'
+    assert "Log this note on Northwind Traders?" in asked.text
+    assert [b.value for b in asked.buttons] == ["yes", "no"]
+    assert _notes(demo) == before
+    done = chat("yes")
+    assert "I read this as" in done.text and _notes(demo) == before + 1
+    assert chat("yes").understood != done.understood
+    assert _notes(demo) == before + 1
+
+
+def test_no_cancels_a_change(demo: Engine) -> None:
+    chat = Chat(_router(demo))
+    before = _notes(demo)
+    chat("add a note to Quantum Freight: champion is leaving")
+    assert chat("no").understood == "cancelled"
+    assert _notes(demo) == before
+
+
+def test_a_change_the_role_may_not_make_is_refused_without_asking(demo: Engine) -> None:
+    reply = Chat(_router(demo), PRIYA)("assign northwind traders to sofia")
+    assert "can't use `owner`" in reply.text
+    assert not reply.buttons
+
+
+# ---------------------------------------------------------------------------------------------- permissions
+
+
+def test_a_csm_asking_in_words_gets_exactly_what_the_command_gives(demo: Engine) -> None:
+    router = _router(demo, csm_read_scope="own")
+    chat = Chat(router, DANIEL)
+    words = chat("how is Quantum Freight doing?")  # Priya's account
+    command = chat("account Quantum Freight")
+    assert "isn't one of your accounts" in command.text
+    assert words.text.splitlines()[-1] == command.text and not words.cards
+
+
+def test_customer_channels_never_get_account_data_from_words(demo: Engine) -> None:
+    router = _router(demo)
+    with Session(demo) as session:
+        slack_id = session.execute(select(User.slack_user_id).where(User.email == PRIYA)).scalar_one()
+    for text in ("how is northwind doing?", "how is Freight doing?", "at risk accounts"):
+        reply = router.handle(Incoming(platform="slack", sender_id=str(slack_id), text=text, channel_id="C0SHARED",
+                                       is_direct=False, raw_ids={"customer_channel": "1"}))
+        assert reply.private, text
+
+
+# ---------------------------------------------------------------------------------------------- the parts
+
+
+def test_time_phrases() -> None:
+    def window(text: str) -> object:
+        return find_times(text, TODAY)[0].window
+
+    assert window("in the next 60 days") == Within(60)
+    assert window("next quarter") == Between(date(2027, 1, 1), date(2027, 4, 1))
+    assert window("this month") == Until(date(2026, 12, 31))
+    assert window("before march") == Until(date(2027, 2, 28))
+    assert window("下个月") == Between(date(2027, 1, 1), date(2027, 2, 1))
+    assert window("下季度") == Between(date(2027, 1, 1), date(2027, 4, 1))
+    assert window("90天内") == Within(90)
+    assert find_times("over the last 6 months", TODAY)[0].period == "6m"
+    assert find_times("最近半年", TODAY)[0].period == "6m"
+
+
+def test_list_queries_pick_the_command_that_answers_them() -> None:
+    q = Query(base="renewals")
+    q.set_window(Within(60))
+    assert q.command(TODAY) == "renewals 60"
+    q.grades = ["red"]
+    assert q.command(TODAY) == "find grade=red renewal<60d"
+    assert Query(base="at_risk", segments=["enterprise"]).command(TODAY) == "at-risk segment enterprise"
+    assert Query(base="find", risk=True, owner="me", segments=["smb"]).command(TODAY) == \
+        "find grade=red owner=me segment=smb"
+
+
+def test_the_account_index_finds_names_in_sentences() -> None:
+    index = AccountIndex.build([(1, "Quantum Freight", "ACC-1", 10), (2, "Blue Yonder Freight", "ACC-2", 5),
+                                (3, "北京星辰科技", "ACC-3", 1), (4, "Northwind Traders", "ACC-4", 2)])
+    vocabulary = frozenset({"how", "is", "doing"})
+    [exact] = index.mentions("how is quantum freight doing", vocabulary=vocabulary)
+    assert exact.resolved is not None and exact.resolved.name == "Quantum Freight"
+    [partial] = index.mentions("how is freight doing", vocabulary=vocabulary)
+    assert {c.name for c in partial.candidates} == {"Quantum Freight", "Blue Yonder Freight"}
+    [typo] = index.mentions("how is northwnd doing", vocabulary=vocabulary)
+    assert typo.resolved is not None and typo.resolved.name == "Northwind Traders"
+    [zh] = index.mentions("星辰的健康分", vocabulary=vocabulary)
+    assert zh.resolved is not None and zh.resolved.name == "北京星辰科技"
+    [by_id] = index.mentions("acc-4 please", vocabulary=vocabulary)
+    assert by_id.resolved is not None and by_id.resolved.id == 4
+
+
+def test_demo_accounts_exist(demo: Engine) -> None:
+    with Session(demo) as session:
+        assert session.execute(select(func.count()).select_from(Account)).scalar_one() == 60
