@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, insert
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from bot.messages import Incoming
 from bot.router import Router, Services
@@ -84,7 +84,7 @@ def _add_accounts(engine: Engine, count: int) -> None:
     """Accounts beyond the demo's 60 (names only: the parse latency depends on the names, not on usage)."""
     names = account_names(60 + count)[60:]
     with Session(engine) as session:
-        owner = session.query(User).filter(User.role == "csm").first()
+        owner = session.exec(select(User).where(User.role == "csm")).first()
         rows = [
             {"external_id": f"BIG-{i:06d}", "name": name, "name_key": " ".join(name.casefold().split()),
              "owner_id": owner.id if owner else None, "segment": "smb", "plan": "Starter", "arr": 1000.0 + i,
@@ -149,7 +149,7 @@ def parse_latency(router: Router, texts: Iterable[str]) -> dict[str, float]:
     engine = router.services.engine
     times: list[float] = []
     with Session(engine) as session:
-        user = session.query(User).filter(User.email == DEFAULT_AS).one()
+        user = session.exec(select(User).where(User.email == DEFAULT_AS)).one()
         asker = Asker(user=user, lang=None, today=TODAY)
         texts = list(texts)
         understanding.read(session, asker, texts[0], {}, engine=engine)  # warm: model, index, jieba

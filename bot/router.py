@@ -33,7 +33,7 @@ from bot.understanding.pipeline import COMMAND_INTENT, Asker, Reading, Understan
 from lifecycle.accounts import find_account, find_account_prefix
 from lifecycle.config import Settings
 from lifecycle.errors import CsbotError, NotFoundError
-from lifecycle.models import Account, AuditLog, User, utcnow
+from lifecycle.models import Account, Alert, AuditLog, User, utcnow
 
 log = logging.getLogger("csbot.router")
 
@@ -291,7 +291,10 @@ class Router:
         key = conversation_key(incoming)
         state = recall(session, key, ttl_minutes=settings.context_ttl_minutes)
         asker = Asker(user=user, lang=user.lang, today=self.services.today())
-        reading = self.understanding().read(session, asker, incoming.text, state, engine=self.services.engine)
+        # Words that started with a command are read strictly: a misspelt name there keeps the command's own
+        # "I can't find … Did you mean" instead of being guessed.
+        reading = self.understanding().read(session, asker, incoming.text, state, engine=self.services.engine,
+                                            strict=fallback is not None)
         if fallback is not None and not _better_than_the_error(incoming.text, reading):
             return fallback
         lang = user.lang or reading.lang
@@ -304,7 +307,8 @@ class Router:
                 reading = dataclasses.replace(reading, kind="say", text=t("nl_not_a_command", lang))
             elif reading.kind == "run" and reading.via == "llm" and _is_write(spec, words):
                 reading = self.understanding().confirmation(reading, spec.name)
-            if reading.kind == "confirm" and spec is not None and not self._may_run(session, user, spec, reading):
+            if reading.kind == "confirm" and spec is not None and not self._may_run(session, user, spec, reading,
+                                                                                   words):
                 reading = dataclasses.replace(reading, kind="run", pending=None)  # refuse now, don't ask first
             if reading.kind == "run" and spec is not None:
                 run_as = dataclasses.replace(incoming, text=reading.command)
@@ -324,10 +328,15 @@ class Router:
         return Reply(text=reading.text, buttons=list(reading.buttons), private=customer,
                      understood=reading.command if reading.kind == "confirm" else reading.label)
 
-    def _may_run(self, session: Session, user: User, spec: CommandSpec, reading: Reading) -> bool:
-        """Whether asking "are you sure?" makes sense: the role may run the command, and may change the account."""
+    def _may_run(self, session: Session, user: User, spec: CommandSpec, reading: Reading, words: list[str]) -> bool:
+        """Whether asking "are you sure?" makes sense: the role may run the command, may change the account, and
+        the alert exists and is theirs (else the command runs at once and says why not)."""
         if not permissions.role_allows(user.role, spec.needs):
             return False
+        if spec.args and spec.args[0].name == "alert_id" and len(words) > 1 and words[1].isdigit():
+            alert = session.get(Alert, int(words[1]))
+            if alert is None or (alert.owner_id != user.id and not permissions.role_allows(user.role, "manage")):
+                return False
         if reading.account is not None and reading.account.id:
             account = session.get(Account, reading.account.id)
             if account is not None and not permissions.can_write(user, account):
@@ -347,7 +356,7 @@ class Router:
         try:
             kwargs = self._parse(ctx, spec, words[1:])
         except NotFoundError as exc:
-            return _not_found_reply(ctx, exc), None, True
+            return _not_found_reply(ctx, exc), None, False
         except _Denied as denied:
             return _denied_reply(ctx, denied), None, True
         except CsbotError as exc:
@@ -359,7 +368,7 @@ class Router:
             return _denied_reply(ctx, denied), None, True
         except NotFoundError as exc:
             session.rollback()
-            return _not_found_reply(ctx, exc), None, True
+            return _not_found_reply(ctx, exc), None, False
         except CsbotError as exc:
             tried = [a.id for a in ctx.accounts] or [None]
             session.rollback()
@@ -444,9 +453,9 @@ def _better_than_the_error(text: str, reading: Reading) -> bool:
     typed, said = _split(text), _split(reading.command)
     if reading.kind not in ("run", "confirm") or reading.ignored or len(typed) < 2 or not said:
         return False
-    if re.search(r"[=<>]", text) or " ".join(typed) == " ".join(said) or len(said) < 2:
-        return False  # filter syntax, the same words again, or a reading that kept none of them
     first = registry.lookup(typed[0].lstrip("/"))
+    if re.search(r"[=<>]", text) or " ".join(typed) == " ".join(said) or (len(said) < 2 and first and first.args):
+        return False  # filter syntax, the same words again, or a reading that kept none of them
     name = first.name if first else typed[0]
     return said[0] == name or (name in _LIST_COMMANDS and said[0] in _LIST_COMMANDS)
 

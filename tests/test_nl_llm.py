@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 import bot.commands  # noqa: F401  (registers every command)
 from bot.messages import Incoming
@@ -398,3 +398,90 @@ def test_command_line_round_trips(
 def test_command_line_refuses(command: str, arguments: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         line(command, **arguments)
+
+
+# --- through the router: the model only picks, the router decides -------------------------------------------------
+
+ROUTER_DAY = __import__("datetime").date(2026, 12, 7)
+PRIYA = "priya.raman@csbot-demo.example"
+
+
+@pytest.fixture
+def demo_router(engine: Engine, fake: FakeLlm) -> Router:
+    from lifecycle.demo import seed_demo
+
+    with Session(engine) as session:
+        seed_demo(session, accounts=60, today=ROUTER_DAY)
+        session.commit()
+    settings = load_settings(database_url="sqlite://", llm_base_url=fake.base_url, llm_model="fake-model",
+                             llm_api_key=KEY, llm_timeout=2.0)
+    return Router(Services(engine=engine, settings=settings, today=lambda: ROUTER_DAY))
+
+
+def say(router: Router, text: str, who: str = PRIYA) -> Any:
+    return router.handle(Incoming(platform="console", sender_id=who, text=text))
+
+
+UNREADABLE = "blorp the zanzibar quux for me"
+
+
+def test_an_unreadable_message_goes_to_the_model_and_its_pick_runs_as_a_command(
+    demo_router: Router, fake: FakeLlm, engine: Engine
+) -> None:
+    fake.reply = tool_reply("account", {"acct": "Northwind Traders"})
+    reply = say(demo_router, UNREADABLE)
+    assert reply.understood == "account Northwind Traders"
+    assert reply.text.startswith("I read this as `account Northwind Traders`.") and reply.cards
+    [request] = fake.requests
+    sent = json.dumps(request.body, ensure_ascii=False)
+    with Session(engine) as session:
+        names = [a.name for a in session.exec(select(Account)).all()]
+    assert not [n for n in names if n in sent], "account data left the machine"
+    assert [m["content"] for m in request.body["messages"]][-1] == UNREADABLE
+
+
+def test_a_readable_message_never_reaches_the_model(demo_router: Router, fake: FakeLlm) -> None:
+    assert say(demo_router, "how is northwind doing?").understood == "account Northwind Traders"
+    assert fake.requests == []
+
+
+def test_a_malicious_pick_of_a_command_the_user_may_not_run_is_refused(
+    demo_router: Router, fake: FakeLlm, engine: Engine
+) -> None:
+    fake.reply = tool_reply("owner", {"acct": "Northwind Traders", "who": "sofia.rossi"})
+    with Session(engine) as session:
+        before = session.exec(select(Account).where(Account.name == "Northwind Traders")).one().owner_id
+    reply = say(demo_router, UNREADABLE)
+    assert "can't use `owner`" in reply.text and not reply.buttons
+    offered = {t["function"]["name"] for t in fake.requests[0].body["tools"]}
+    assert "owner" not in offered and "account" in offered  # a CSM is not even offered it
+    with Session(engine) as session:
+        assert session.exec(select(Account).where(Account.name == "Northwind Traders")).one().owner_id == before
+
+
+def test_a_change_the_model_picks_is_asked_about_first(demo_router: Router, fake: FakeLlm, engine: Engine) -> None:
+    from lifecycle.models import Note
+
+    fake.reply = tool_reply("note", {"acct": "Northwind Traders", "text": "sso rollout agreed"})
+    with Session(engine) as session:
+        notes = len(session.exec(select(Note)).all())
+    reply = say(demo_router, UNREADABLE)
+    assert [b.value for b in reply.buttons] == ["yes", "no"]
+    assert reply.understood == "note \"Northwind Traders\" sso rollout agreed"
+    with Session(engine) as session:
+        assert len(session.exec(select(Note)).all()) == notes
+    say(demo_router, "yes")
+    with Session(engine) as session:
+        assert len(session.exec(select(Note)).all()) == notes + 1
+
+
+def test_a_pick_that_is_not_a_command_or_a_timeout_falls_back_to_the_local_answer(
+    demo_router: Router, fake: FakeLlm
+) -> None:
+    fake.reply = tool_reply("drop_tables", {})
+    assert "couldn't turn that into something I can do" in say(demo_router, UNREADABLE).text
+    fake.reply = tool_reply("account", {"acct": "Northwind Traders"})
+    fake.delay = 3.0
+    started = time.perf_counter()
+    reply = say(demo_router, UNREADABLE)
+    assert reply.understood == "out-of-scope" and time.perf_counter() - started < 2.9

@@ -488,3 +488,96 @@ def test_slack_connect_flag_makes_the_router_answer_privately(engine: Engine, wo
     unflagged, _ = incoming_from_command(command | {"is_ext_shared_channel": "false"})
     assert not _router(engine, "all").handle(unflagged).private
 
+
+
+# --- the same matrix, asked in words -----------------------------------------------------------------------
+
+PHRASED: dict[str, str] = {
+    "help": "what can you do?",
+    "account": "how is {account} doing?",
+    "health": "what's the health of {account}?",
+    "stage": "what stage is {account} in?",
+    "nps": "what's the NPS of {account}?",
+    "note": "log a note on {account}: matrix check",
+    "survey": "send the NPS survey to {account}",
+    "owner": "make {owner} the owner of {account}",
+    "alerts": "show me my alerts",
+    "ack": "acknowledge alert {alert}",
+    "snooze": "snooze alert {alert} for 7 days",
+    "useful": "alert {alert} was not useful",
+    "reassign": "hand alert {alert} to {owner}",
+    "alert-stats": "how useful have the alerts been?",
+    "find": "which accounts are green?",
+    "at-risk": "show me accounts at risk",
+    "renewals": "renewals in the next 90 days",
+    "portfolio": "give me a portfolio overview",
+    "kpis": "how are the stage KPIs?",
+    "funnel": "show the stage funnel for the last 90 days",
+    "retention": "what's our retention over the last 12 months?",
+    "cohorts": "show the cohort retention curves",
+}
+PHRASED_CHANNELS = (Channel("console", "dm", ""), Channel("slack", "customer", ACME_SLACK_CHANNEL),
+                    Channel("telegram", "team", "-500"), Channel("slack", "customer", "CSHARED", flagged=True))
+
+
+def _body(reply: Reply) -> str:
+    """A reply without its "I read this as" line."""
+    lines = reply.text.splitlines()
+    return "\n".join(lines[1:] if lines and lines[0].startswith("I read this as") else lines)
+
+
+def test_permission_matrix_asked_in_words(engine: Engine, world: World, security_count: SecurityCount) -> None:
+    """Phrasing changes nothing: each phrased case gets what its command gives (a refusal, or the same cards and
+    privacy), a change is only ever asked about, and customer channels get nothing public."""
+    from tests.test_security_fuzz import data_fingerprint
+
+    routers = {scope: _router(engine, scope) for scope in ("own", "all")}
+    problems: list[str] = []
+    cases = 0
+    for role, scope in ROLES:
+        for command, phrase in PHRASED.items():
+            sample = SAMPLES[command][0]
+            targets = [OWN_ACCOUNT[role], OTHER] if sample.target != "none" else [OWN_ACCOUNT[role]]
+            for account in targets:
+                for channel in PHRASED_CHANNELS:
+                    cases += 1
+                    sender = _sender(role, channel.platform)
+                    owner = next(u.email for u in world.users.values() if u.id == world.accounts[account].owner_id)
+                    words = phrase.format(account=account, alert=world.alerts[account], owner=owner)
+                    exact = _line(sample, account, world)
+
+                    def ask(text: str, channel: Channel = channel, sender: str = sender) -> Reply:
+                        return routers[scope].handle(Incoming(
+                            platform=channel.platform, sender_id=sender, text=text,
+                            channel_id=channel.channel_id.format(sender=sender), is_direct=channel.kind == "dm",
+                            # a conversation of its own per case, so no case remembers another's account
+                            raw_ids={"thread_ts": str(cases), **({"customer_channel": "1"} if channel.flagged
+                                                                 else {})}))
+
+                    before = data_fingerprint(engine)
+                    said = ask(words)
+                    case = f"{channel.name} {role}({scope}) {words!r}"
+                    if data_fingerprint(engine) != before:
+                        problems.append(f"{case}: words changed data without a yes")
+                    if channel.kind == "customer" and not said.private and (said.cards or said.images):
+                        problems.append(f"{case}: account data posted in a customer channel")
+                    if role in ("unknown", "contact"):
+                        if said.cards or said.images or not said.private:
+                            problems.append(f"{case}: a stranger or a customer got more than the refusal")
+                        continue
+                    refusal = _expected_refusal(role, scope, command, sample, account, world)
+                    if refusal is not None:
+                        if said.buttons and said.understood == sample.line.split()[0]:
+                            problems.append(f"{case}: asked to confirm what the role may not do")
+                        if not said.text.endswith(refusal.text) or said.cards:
+                            problems.append(f"{case}: expected the refusal {refusal.text!r}, got {said.text[:100]!r}")
+                        continue
+                    if sample.kind == "write":
+                        if [b.value for b in said.buttons] != ["yes", "no"]:
+                            problems.append(f"{case}: a change was not asked about first: {said.text[:100]!r}")
+                        continue
+                    typed = ask(exact)
+                    if said.cards != typed.cards or _body(said) != typed.text or said.private != typed.private:
+                        problems.append(f"{case}: differs from `{exact}`: {said.text[:80]!r} / {typed.text[:80]!r}")
+    security_count("authorization matrix cases asked in words, 0 leaks", cases)
+    assert problems == [], "\n".join(problems[:25])

@@ -190,7 +190,9 @@ class Understanding:
 
     # ----------------------------------------------------------------------------------------------- entry
 
-    def read(self, session: Session, asker: Asker, text: str, state: dict[str, Any], *, engine: Any) -> Reading:
+    def read(self, session: Session, asker: Asker, text: str, state: dict[str, Any], *, engine: Any,
+             strict: bool = False) -> Reading:
+        """Read one message. `strict`: a misspelt name is not guessed (for words that began with a command)."""
         norm = normalise(text)
         index = account_index(session, engine)
         users = list(session.exec(select(User).where(col(User.active) == True)))  # noqa: E712
@@ -198,6 +200,8 @@ class Understanding:
         found = find_slots(norm, today=asker.today, index=index, users=users, matcher=self._matcher(session),
                            vocabulary=_vocabulary(model))
         lang = asker.lang or found.lang
+        if strict:
+            found.accounts = [m for m in found.accounts if m.how != "fuzzy"]
         ctx = _Build(self, session, asker, found, state, index, users, model, lang, text)
         return ctx.read()
 
@@ -348,7 +352,7 @@ class _Build:
         if self.found.accounts and not self.leftover_words(skip_vocabulary=False) and \
                 all(s.kind == "ref" for s in self.found.slots):
             return "account", ranked
-        if self.only_list_slots():
+        if self.only_list_slots() and (best in LIST_INTENTS or p1 < CONFIDENT):
             return (best if best in LIST_INTENTS else "find"), ranked
         if p1 >= CONFIDENT or (p1 >= UNSURE + 0.1 and p1 - p2 >= MARGIN):
             return best, ranked
@@ -575,7 +579,7 @@ class _Build:
             return ref
         stage = next((s for s in self.found.of("stage")), None)
         if stage is None:
-            names = ", ".join(self.owner.machine.stage_names())
+            names = ", ".join(self.owner.machine.stage_names)
             return self.say(t("nl_need_stage", self.lang, stages=names))
         self.use(stage)
         reason = self.text_after(stage.end, _REASON_MARK)
