@@ -546,12 +546,13 @@ def test_permission_matrix_asked_in_words(engine: Engine, world: World, security
                     words = phrase.format(account=account, alert=world.alerts[account], owner=owner)
                     exact = _line(sample, account, world)
 
-                    def ask(text: str, channel: Channel = channel, sender: str = sender) -> Reply:
+                    def ask(text: str, channel: Channel = channel, sender: str = sender, scope: str = scope,
+                            case_no: int = cases) -> Reply:
                         return routers[scope].handle(Incoming(
                             platform=channel.platform, sender_id=sender, text=text,
                             channel_id=channel.channel_id.format(sender=sender), is_direct=channel.kind == "dm",
                             # a conversation of its own per case, so no case remembers another's account
-                            raw_ids={"thread_ts": str(cases), **({"customer_channel": "1"} if channel.flagged
+                            raw_ids={"thread_ts": str(case_no), **({"customer_channel": "1"} if channel.flagged
                                                                  else {})}))
 
                     before = data_fingerprint(engine)
