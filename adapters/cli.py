@@ -111,7 +111,9 @@ def _chat(engine: Engine, settings: Settings, as_email: str | None) -> int:
     if not actor:
         err.print("[red]No users yet: import users first (`csbot import users FILE`) or run `csbot demo`.[/red]")
         return 2
-    return run_console(Router(Services(engine=engine, settings=settings)), actor)
+    router = Router(Services(engine=engine, settings=settings))
+    router.warm_up()
+    return run_console(router, actor)
 
 
 def _recompute(engine: Engine, settings: Settings, as_of: date | None = None, *, history: tuple[int, ...] = ()) -> None:

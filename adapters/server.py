@@ -82,6 +82,7 @@ def build_app(
     if platforms.problems:
         raise ConfigError("Cannot start: " + "; ".join(platforms.problems))
     router = Router(Services(engine=engine, settings=settings))
+    router.warm_up()
     metrics = CollectorRegistry()
     requests = Counter("csbot_http_requests", "HTTP requests served", ["path", "status"], registry=metrics)
     routes: list[Any] = []

@@ -10,6 +10,9 @@ Scenarios (`--only` picks some):
 - outbox: delivery to a fake Slack API, unthrottled and with 429 + Retry-After injected.
 - model: churn model training and portfolio scoring (`lifecycle.churn`) at the same size as the lookup.
 - ingest: Segment-style usage batches through `lifecycle.ingest.ingest_body`, then resent (idempotency).
+- nl: the natural-language layer on the evaluation corpus (`bench.nl`): exact-command accuracy per language on the
+  held-out part, out-of-scope detection, clarification rate, parse latency at 60 and 100,000 accounts (5,000 with
+  `--quick`), and a question's end-to-end time against its command's.
 
 Every measurement runs in a child process of its own; its peak RSS and CPU time come from `os.wait4`. Results go
 to `<results>/<scenario>.json` and, combined, `<results>/latest.json`, with the machine they were taken on.
@@ -41,7 +44,7 @@ from bench import datasets
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SCENARIOS = ("recompute", "lookup", "outbox", "model", "ingest")
+SCENARIOS = ("recompute", "lookup", "outbox", "model", "ingest", "nl")
 DEFAULT_SIZES = (10_000, 100_000)
 LARGE_SIZE = 1_000_000
 QUICK_SIZE = 200
@@ -337,6 +340,33 @@ def ingest_scenario(report: Report, size: int, requests: int, calls: int) -> Non
 # ---------------------------------------------------------------------------------------------------------- CLI
 
 
+def nl_scenario(report: Report, *, quick: bool) -> None:
+    from bench import nl
+
+    result = nl.run(quick=quick)
+    report.data["nl"] = result
+    for part in ("heldout", "dev"):
+        for lang, s in result[part]["by_language"].items():
+            size = f"{s['utterances']} {lang} ({part})"
+            report.rows.append(Row("nl", size, "exact-command accuracy", f"{100 * (s['accuracy'] or 0):.1f} %"))
+            if s["out_of_scope_detected"] is not None:
+                report.rows.append(Row("nl", size, "out-of-scope detected",
+                                       f"{100 * s['out_of_scope_detected']:.1f} %"))
+            if s["clarify_rate"] is not None:
+                report.rows.append(Row("nl", size, "in-scope questions clarified", f"{100 * s['clarify_rate']:.1f} %"))
+    for key in ("parse_60", f"parse_{result['accounts_large']}"):
+        figures = result[key]
+        report.rows.append(Row("nl", _size(int(key.split("_")[1])), "parse p50 / p95",
+                               f"{figures['p50_ms']:.1f} / {figures['p95_ms']:.1f} ms"))
+    e2e = result.get("end_to_end") or {}
+    if e2e:
+        report.rows.append(Row("nl", f"{e2e['pairs']} pairs", "question end to end (median)",
+                               f"{e2e['question_ms_median']:.1f} ms", f"{e2e['command_ms_median']:.1f} ms",
+                               _x(e2e["ratio_median"])))
+    for name, value, target, ok in nl.goals(result):
+        report.goals.append(Goal(f"nl {name}", float(value or 0), target, ok))
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=",".join(str(s) for s in DEFAULT_SIZES),
@@ -380,6 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_scenario(report, min(max(sizes), GOAL_SIZE))
         elif scenario == "ingest":
             ingest_scenario(report, min(max(sizes), GOAL_SIZE), ingest_requests, 500)
+        elif scenario == "nl":
+            nl_scenario(report, quick=bool(args.quick))
 
     table = Table(title=f"csbot benchmarks — {machine['cpu_count']} CPUs, Python {machine['python']}, "
                         f"SQLite {machine['sqlite']}")

@@ -462,6 +462,11 @@ def nightly(ctx: JobContext) -> None:
 
         step.add(digests=owner_digests(session, now=ctx.now, config=ctx.alert_config))
 
+    with ctx.step("conversations") as step, session_scope(ctx.engine) as session:
+        from bot.understanding.memory import forget_idle
+
+        step.add(forgotten=forget_idle(session, ttl_minutes=ctx.settings.context_ttl_minutes))
+
 
 @job("deliver", cron="* * * * *", help="Send what is due in the outbox (retries with backoff).",
      misfire_grace=timedelta(seconds=50))

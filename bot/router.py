@@ -13,6 +13,7 @@ import inspect
 import logging
 import re
 import shlex
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,15 @@ from bot.permissions import NEEDS_RANK, Needs, identify
 from bot.permissions import ROLE_RANK as ROLE_RANK  # re-exported: `help` and older callers import it from here
 from bot.understanding.entities import AccountRef
 from bot.understanding.memory import conversation_key, recall, remember
-from bot.understanding.pipeline import COMMAND_INTENT, Asker, Reading, Understanding, llm_chooser, remembered
+from bot.understanding.pipeline import (
+    COMMAND_INTENT,
+    Asker,
+    Reading,
+    Understanding,
+    llm_chooser,
+    remembered,
+    warm_up,
+)
 from lifecycle.accounts import find_account, find_account_prefix
 from lifecycle.config import Settings
 from lifecycle.errors import CsbotError, NotFoundError
@@ -264,11 +273,11 @@ class Router:
         spec = self.registry.lookup(words[0].lstrip("/"))
         if spec is None:
             return self._free_text(session, incoming, user)
-        reply, ctx, parsed = self._dispatch(session, incoming, user, lang, spec, words)
-        if not parsed:
+        reply, ctx, failure = self._dispatch(session, incoming, user, lang, spec, words)
+        if failure:
             # Not valid command syntax after all ("renewals next quarter", "health of northwind"): read it as words,
             # and keep the command's own error when the words say nothing better.
-            return self._free_text(session, incoming, user, fallback=reply)
+            return self._free_text(session, incoming, user, fallback=(reply, failure))
         if ctx is not None and ctx.accounts:
             key = conversation_key(incoming)
             state = recall(session, key, ttl_minutes=self.services.settings.context_ttl_minutes)
@@ -279,6 +288,10 @@ class Router:
                                     "command": incoming.text.strip()})
         return reply
 
+    def warm_up(self) -> None:
+        """Load the natural-language layer in the background, so the first question is answered at full speed."""
+        threading.Thread(target=warm_up, name="csbot-warm-up", daemon=True).start()
+
     def understanding(self) -> Understanding:
         """The natural-language layer, made on first use (it loads the intent model)."""
         if self._understanding is None:
@@ -286,7 +299,8 @@ class Router:
             self._understanding = Understanding(machine=self.services.stage_machine(), llm=llm)
         return self._understanding
 
-    def _free_text(self, session: Session, incoming: Incoming, user: User, *, fallback: Reply | None = None) -> Reply:
+    def _free_text(self, session: Session, incoming: Incoming, user: User, *,
+                   fallback: tuple[Reply, str] | None = None) -> Reply:
         settings = self.services.settings
         key = conversation_key(incoming)
         state = recall(session, key, ttl_minutes=settings.context_ttl_minutes)
@@ -295,8 +309,8 @@ class Router:
         # "I can't find … Did you mean" instead of being guessed.
         reading = self.understanding().read(session, asker, incoming.text, state, engine=self.services.engine,
                                             strict=fallback is not None)
-        if fallback is not None and not _better_than_the_error(incoming.text, reading):
-            return fallback
+        if fallback is not None and not _better_than_the_error(incoming.text, reading, fallback[1]):
+            return fallback[0]
         lang = user.lang or reading.lang
         customer = permissions.is_customer_channel(session, incoming)
         account = None
@@ -345,30 +359,30 @@ class Router:
 
     def _dispatch(
         self, session: Session, incoming: Incoming, user: User, lang: str, spec: CommandSpec, words: list[str]
-    ) -> tuple[Reply, Context | None, bool]:
-        """Authorise, parse and run one command; returns the reply, the handler's context, and whether the words
-        parsed (False: the reply is the parse error)."""
+    ) -> tuple[Reply, Context | None, str]:
+        """Authorise, parse and run one command; returns the reply, the handler's context, and why the words could
+        not be read as the command (`syntax`, `not_found`; empty when they could: the reply is the answer)."""
         customer = permissions.is_customer_channel(session, incoming)
         ctx = Context(session, self.services, incoming, user, lang, spec, customer_channel=customer)
         if not permissions.role_allows(user.role, spec.needs):
             _audit(session, user, incoming, f"denied:{spec.name}", None)
-            return Reply(text=ctx.t("no_permission", role=user.role, command=spec.name), private=True), None, True
+            return Reply(text=ctx.t("no_permission", role=user.role, command=spec.name), private=True), None, ""
         try:
             kwargs = self._parse(ctx, spec, words[1:])
         except NotFoundError as exc:
-            return _not_found_reply(ctx, exc), None, False
+            return _not_found_reply(ctx, exc), None, "not_found"
         except _Denied as denied:
-            return _denied_reply(ctx, denied), None, True
+            return _denied_reply(ctx, denied), None, ""
         except CsbotError as exc:
-            return Reply(text=str(exc), private=True), None, False
+            return Reply(text=str(exc), private=True), None, "syntax"
         try:
             reply = spec.handler(ctx, **kwargs)
         except _Denied as denied:
             session.rollback()
-            return _denied_reply(ctx, denied), None, True
+            return _denied_reply(ctx, denied), None, ""
         except NotFoundError as exc:
             session.rollback()
-            return _not_found_reply(ctx, exc), None, False
+            return _not_found_reply(ctx, exc), None, "not_found"
         except CsbotError as exc:
             tried = [a.id for a in ctx.accounts] or [None]
             session.rollback()
@@ -377,7 +391,7 @@ class Router:
                 _audit(session, user, incoming, f"failed:{spec.name}", account_id, detail=f"{incoming.text} → {exc}")
             # A UserError is the handler not reading its words (`retention over the last 6 months`): the caller
             # may read them as a question instead.
-            return Reply(text=str(exc), private=True), None, not isinstance(exc, UserError)
+            return Reply(text=str(exc), private=True), None, "syntax" if isinstance(exc, UserError) else ""
         account_ids = [a.id for a in ctx.accounts] or [None]
         for account_id in account_ids:
             _audit(session, user, incoming, spec.name, account_id)
@@ -386,7 +400,7 @@ class Router:
             reply.private = True
             detail = f"customer channel {incoming.channel_id}: {incoming.text}"
             _audit(session, user, incoming, f"private:{spec.name}", account_ids[0], detail=detail)
-        return reply, ctx, True
+        return reply, ctx, ""
 
     def _parse(self, ctx: Context, spec: CommandSpec, words: list[str]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -444,7 +458,7 @@ class Router:
 _LIST_COMMANDS = frozenset({"find", "renewals", "at-risk"})
 
 
-def _better_than_the_error(text: str, reading: Reading) -> bool:
+def _better_than_the_error(text: str, reading: Reading, failure: str) -> bool:
     """Whether words that start with a command but are not its syntax ("renewals next quarter", "retention over
     the last 6 months") read as a question: a whole reading of every word into the same command (or another list),
     and never for filter syntax (`find stag=renewal` keeps its "did you mean `stage`").
@@ -454,8 +468,9 @@ def _better_than_the_error(text: str, reading: Reading) -> bool:
     if reading.kind not in ("run", "confirm") or reading.ignored or len(typed) < 2 or not said:
         return False
     first = registry.lookup(typed[0].lstrip("/"))
-    if re.search(r"[=<>]", text) or " ".join(typed) == " ".join(said) or (len(said) < 2 and first and first.args):
-        return False  # filter syntax, the same words again, or a reading that kept none of them
+    bare = len(said) < 2 and first is not None and bool(first.args) and failure == "syntax"
+    if re.search(r"[=<>]", text) or " ".join(typed) == " ".join(said) or bare:
+        return False  # filter syntax, the same words again, or a reading that kept none of the arguments
     name = first.name if first else typed[0]
     return said[0] == name or (name in _LIST_COMMANDS and said[0] in _LIST_COMMANDS)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import TextIO
 
@@ -36,6 +37,8 @@ def run_console(
     stdout = stdout or sys.stdout
     interactive = stdin.isatty()
     folder = chart_dir or Path(tempfile.mkdtemp(prefix="csbot-charts-"))
+    # One conversation per console session: what "it" means does not carry over from an earlier session.
+    session_id = f"session-{uuid.uuid4().hex[:12]}"
     if interactive:
         stdout.write("csbot console — type `help`, or `quit` to leave.\n")
     while True:
@@ -52,7 +55,9 @@ def run_console(
             break
         if not interactive:
             stdout.write(f"{PROMPT}{text}\n")
-        reply = router.handle(Incoming(platform="console", sender_id=as_email, text=text, is_direct=True))
+        reply = router.handle(
+            Incoming(platform="console", sender_id=as_email, text=text, is_direct=True, channel_id=session_id)
+        )
         stdout.write(render_text(reply, _save_images(reply.images, folder)) + "\n\n")
         stdout.flush()
     return 0

@@ -15,8 +15,9 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from rapidfuzz import fuzz, process
+from rapidfuzz import fuzz, process, utils
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session, col
 
@@ -58,6 +59,7 @@ class _Entry:
     name: str
     arr: float
     words: tuple[str, ...]
+    owner_id: int | None = None
 
 
 @dataclass
@@ -70,16 +72,29 @@ class AccountIndex:
     zh_full: dict[str, int] = field(default_factory=dict)
     zh_part: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     vocabulary: list[str] = field(default_factory=list)
+    plans: tuple[str, ...] = ()
+    largest: dict[int | None, str] = field(default_factory=dict)  # owner id → their largest account (None: anyone)
     signature: tuple[object, ...] = ()
 
     @classmethod
-    def build(cls, rows: Iterable[tuple[int, str, str, float]], signature: tuple[object, ...] = ()) -> AccountIndex:
+    def build(cls, rows: Iterable[tuple[Any, ...]], signature: tuple[object, ...] = ()) -> AccountIndex:
+        """From (id, name, external id, ARR[, owner id, plan, active]) rows."""
         index = cls(signature=signature)
-        for account_id, name, external_id, arr in rows:
+        plans: set[str] = set()
+        best: dict[int | None, tuple[float, str]] = {}
+        for row in rows:
+            account_id, name, external_id, arr = row[:4]
+            owner_id, plan, active = (row[4], row[5], row[6]) if len(row) > 6 else (None, None, True)
             key = " ".join(name.casefold().split())
             tokens = tuple(t.text for t in words(key))
             pos = len(index.entries)
-            index.entries.append(_Entry(account_id, name, float(arr or 0), tokens))
+            index.entries.append(_Entry(account_id, name, float(arr or 0), tokens, owner_id))
+            if plan:
+                plans.add(str(plan).casefold())
+            if active:
+                for who in {owner_id, None}:
+                    if who not in best or float(arr or 0) > best[who][0]:
+                        best[who] = (float(arr or 0), name)
             index.exact.setdefault(key, pos)
             if external_id:
                 index.ids.setdefault(external_id.casefold(), pos)
@@ -94,7 +109,34 @@ class AccountIndex:
                     for i in range(len(run) - size + 1):
                         index.zh_part[run[i : i + size]].add(pos)
         index.vocabulary = [w for w in index.by_word if len(w) >= 4 and w.isalpha()]
+        index.plans = tuple(sorted(plans))
+        index.largest = {who: name for who, (_arr, name) in best.items()}
         return index
+
+    def suggest(self, text: str, limit: int = 3) -> list[str]:
+        """The account names closest to a name that matched nothing, best first: candidates share a word (or a
+        close one) with it, so this stays fast at any size."""
+        key = " ".join(text.casefold().split())
+        if len(self.entries) <= 5_000:
+            positions: set[int] = set(range(len(self.entries)))
+        else:
+            positions = set()
+            for tok in words(key):
+                found = self.by_word.get(tok.text)
+                if found is None and len(tok.text) >= 4:
+                    for word, _score, _i in process.extract(tok.text, self.vocabulary, scorer=fuzz.ratio, limit=3,
+                                                            score_cutoff=70):
+                        positions.update(self.by_word[word][:2_000])
+                elif found is not None and len(found) <= 2_000:
+                    positions.update(found)
+            for run in CJK_RUN.findall(key):
+                for size in range(min(len(run), 4), 1, -1):
+                    for i in range(len(run) - size + 1):
+                        positions.update(list(self.zh_part.get(run[i : i + size], ()))[:500])
+        names = [self.entries[p].name for p in positions]
+        matches = process.extract(key, names, scorer=fuzz.WRatio, processor=utils.default_process, limit=limit,
+                                  score_cutoff=50)
+        return [m[0] for m in matches]
 
     def ref(self, pos: int) -> AccountRef:
         entry = self.entries[pos]
@@ -252,8 +294,9 @@ def account_index(session: Session, engine: Engine) -> AccountIndex:
         return cached[1]
     with _LOCK:
         rows = session.execute(select(col(Account.id), col(Account.name), col(Account.external_id),
-                                      col(Account.arr))).all()
-        index = AccountIndex.build(((r[0], r[1], r[2], r[3]) for r in rows), signature)
+                                      col(Account.arr), col(Account.owner_id), col(Account.plan),
+                                      col(Account.status) == "active")).all()
+        index = AccountIndex.build((tuple(r) for r in rows), signature)
         _INDEXES[id(engine)] = (now, index)
     return index
 

@@ -30,8 +30,7 @@ from bot.understanding.query import Query, quote_name
 from bot.understanding.slots import Found, Slot, Vocabulary, find_slots, lexicon_matcher, period_of, window_of
 from bot.understanding.text import normalise, strip_punctuation, words, zh_words
 from bot.understanding.when import Between, Until, Within, window_days
-from lifecycle.accounts import suggest_names
-from lifecycle.models import Account, User
+from lifecycle.models import User
 
 # How sure the classifier must be to act without asking.
 CONFIDENT = 0.50
@@ -197,7 +196,7 @@ class Understanding:
         index = account_index(session, engine)
         users = list(session.exec(select(User).where(col(User.active) == True)))  # noqa: E712
         model = intent_model()
-        found = find_slots(norm, today=asker.today, index=index, users=users, matcher=self._matcher(session),
+        found = find_slots(norm, today=asker.today, index=index, users=users, matcher=self._matcher(index),
                            vocabulary=_vocabulary(model))
         lang = asker.lang or found.lang
         if strict:
@@ -216,9 +215,8 @@ class Understanding:
             via=reading.via,
         )
 
-    def _matcher(self, session: Session) -> PhraseMatcher:
-        plans = tuple(sorted({p.casefold() for (p,) in session.execute(
-            select(Account.plan).where(col(Account.plan).is_not(None)).distinct()).all() if p}))
+    def _matcher(self, index: AccountIndex) -> PhraseMatcher:
+        plans = index.plans
         matcher = self._matchers.get(plans)
         if matcher is None:
             stages = [(s.name, s.label) for s in self.machine.stages]
@@ -226,6 +224,13 @@ class Understanding:
             matcher = lexicon_matcher(stages, list(plans))
             self._matchers = {plans: matcher}
         return matcher
+
+
+def warm_up() -> None:
+    """Load what the first question would otherwise wait for: the intent model and jieba's dictionary (about a
+    second each when not cached). Safe to call from a background thread at start-up."""
+    intent_model()
+    zh_words("预热")
 
 
 @lru_cache(maxsize=4)
@@ -236,7 +241,8 @@ def _vocabulary_for(digest: str, words_: frozenset[str]) -> Vocabulary:
         for ws in lex.table(name).values():
             for w in ws:
                 known |= set(w.split())
-    for name in ("risk", "mine", "all", "team", "references", "yes", "no", "refine", "follow_up", "keywords"):
+    for name in ("risk", "mine", "all", "team", "references", "yes", "no", "refine", "follow_up", "keywords",
+                 "no_owner"):
         for w in lex.words(name):
             known |= set(w.split())
     fuzzy = tuple(sorted(w for w in known if len(w) >= 4 and w.isascii() and w.isalpha()))
@@ -305,13 +311,9 @@ class _Build:
         return None
 
     def example_account(self) -> str:
-        row = self.session.execute(
-            select(Account.name).where(Account.owner_id == self.asker.user.id, Account.status == "active")
-            .order_by(col(Account.arr).desc()).limit(1)
-        ).first() or self.session.execute(
-            select(Account.name).where(Account.status == "active").order_by(col(Account.arr).desc()).limit(1)
-        ).first()
-        return str(row[0]) if row else "Acme"
+        """The asker's largest account (else the largest of all), for examples that name a real account."""
+        largest = self.index.largest
+        return largest.get(self.asker.user.id) or largest.get(None) or "Acme"
 
     def examples(self) -> list[tuple[str, str]]:
         name = self.example_account()
@@ -367,7 +369,8 @@ class _Build:
 
     def only_list_slots(self) -> bool:
         kinds = {s.kind for s in self.found.slots}
-        listy = {"grade", "risk", "segment", "tier", "plan", "stage", "compare", "mine", "time", "person"}
+        listy = {"grade", "risk", "segment", "tier", "plan", "stage", "compare", "mine", "time", "person",
+                 "no_owner"}
         return bool(kinds) and kinds <= listy and not self.found.accounts and not self.leftover_words()
 
     def unsure(self, ranked: list[tuple[str, float]]) -> Reading:
@@ -527,7 +530,7 @@ class _Build:
         return self.choices(t("nl_ambiguous", self.lang, text=raw), options, intent=intent, extra=extra)
 
     def unknown_account(self, name: str, intent: str) -> Reading:
-        close = suggest_names(self.session, name, limit=3)
+        close = self.index.suggest(name, limit=3)
         text = t("nl_unknown_account", self.lang, name=name)
         if not close:
             return Reading("say", self.lang, text=text, label="unknown")
@@ -647,7 +650,11 @@ class _Build:
             self.use(s)
         person = f.first("person")
         mine = f.first("mine")
-        if person is not None:
+        nobody = f.first("no_owner")
+        if nobody is not None:
+            q.owner = "none"
+            self.use(nobody)
+        elif person is not None:
             q.owner = user_handle(person.value)
             self.use(person)
         elif mine is not None:

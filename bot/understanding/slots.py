@@ -22,7 +22,7 @@ from bot.understanding.when import TimeSlot, find_times
 from lifecycle.models import User
 
 _AMOUNT = r"([$€£¥]?\s?\d+(?:[.,]\d+)*\s?(?:k|m|mm|bn|thousand|million|千|万|w|百万|亿)?\s?%?)"
-_ALERT_ID = re.compile(r"(?:alert|alerts|告警|提醒|警报|#)\s*(?:no\.?|number|id|编号|号)?\s*#?\s*(\d{1,9})\b"
+_ALERT_ID = re.compile(r"(?:alert|alerts|告警|提醒|警报|#)\s*(?:no\.?|number|id|编号|号)?\s*#?\s*(\d{1,9})(?!\d)"
                        r"|#(\d{1,9})\b")
 _FIELD_WORDS: dict[str, tuple[str, ...]] = {
     "arr": ("arr", "revenue", "mrr", "contract value", "acv", "worth", "value", "dollars", "$", "€", "收入", "金额",
@@ -163,6 +163,7 @@ def lexicon_matcher(stages: list[tuple[str, str]], plans: list[str]) -> PhraseMa
         entries += [(w, "plan", plan) for w in ws]
     for plan in plans:
         entries += [(f"{plan} plan", "plan", plan), (f"{plan} 套餐", "plan", plan), (f"plan {plan}", "plan", plan)]
+    entries += [(w, "no_owner", "none") for w in lex.words("no_owner")]
     entries += [(w, "mine", "mine") for w in lex.words("mine")]
     entries += [(w, "all", "all") for w in lex.words("all")]
     entries += [(w, "team", "team") for w in lex.words("team")]

@@ -206,6 +206,12 @@ def _next_n(m: re.Match[str], today: date) -> tuple[Window | None, str | None]:
     return Within(n * _unit_days(unit)[0]), None
 
 
+@_rule(r"\b(?:for|by)\s+(?:another\s+|the\s+)?" + NUM_EN + r"\s*" + UNIT_EN + r"\b")
+def _for_n(m: re.Match[str], today: date) -> tuple[Window | None, str | None]:
+    n, unit = _en_number(m.group(1)), m.group(2)  # "snooze it for a week", "for 3 days"
+    return Within(n * _unit_days(unit)[0]), _period(n, unit)
+
+
 @_rule(r"\b(?:in|within|inside)\s+(?:the\s+)?" + NUM_EN + r"\s*" + UNIT_EN + r"\b")
 def _in_n(m: re.Match[str], today: date) -> tuple[Window | None, str | None]:
     n, unit = _en_number(m.group(1)), m.group(2)
