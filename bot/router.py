@@ -460,18 +460,20 @@ _LIST_COMMANDS = frozenset({"find", "renewals", "at-risk"})
 
 def _better_than_the_error(text: str, reading: Reading, failure: str) -> bool:
     """Whether words that start with a command but are not its syntax ("renewals next quarter", "retention over
-    the last 6 months") read as a question: a whole reading of every word into the same command (or another list),
-    and never for filter syntax (`find stag=renewal` keeps its "did you mean `stage`").
-
-    A name that matches nothing keeps the command's own answer with its suggestions."""
+    the last 6 months", "nps for smb") read better as a question: into the same command (or another list), using
+    every word when the command's error was about its syntax, and never for `find`'s filter syntax (`find
+    stag=renewal` keeps its "did you mean `stage`"). A misspelt name keeps the command's own "Did you mean"
+    (the reading is strict, see `_free_text`)."""
     typed, said = _split(text), _split(reading.command)
-    if reading.kind not in ("run", "confirm") or reading.ignored or len(typed) < 2 or not said:
+    if reading.kind not in ("run", "confirm") or len(typed) < 2 or not said:
         return False
     first = registry.lookup(typed[0].lstrip("/"))
-    bare = len(said) < 2 and first is not None and bool(first.args) and failure == "syntax"
-    if re.search(r"[=<>]", text) or " ".join(typed) == " ".join(said) or bare:
-        return False  # filter syntax, the same words again, or a reading that kept none of the arguments
     name = first.name if first else typed[0]
+    if reading.ignored and failure == "syntax":
+        return False  # the words say less than the command's own error ("renewals soon")
+    bare = len(said) < 2 and first is not None and bool(first.args) and failure == "syntax"
+    if (name == "find" and re.search(r"[=<>]", text)) or " ".join(typed) == " ".join(said) or bare:
+        return False  # filter syntax, the same words again, or a reading that kept none of the arguments
     return said[0] == name or (name in _LIST_COMMANDS and said[0] in _LIST_COMMANDS)
 
 

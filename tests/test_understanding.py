@@ -327,3 +327,23 @@ def test_the_account_index_finds_names_in_sentences() -> None:
 def test_demo_accounts_exist(demo: Engine) -> None:
     with Session(demo) as session:
         assert session.execute(select(func.count()).select_from(Account)).scalar_one() == 60
+
+
+def test_console_transcript_with_words(demo: Engine) -> None:
+    """Piped console: a question, a clarifying choice answered by its number, a change confirmed; and a new
+    session does not remember the last one's account."""
+    import io
+
+    from adapters.console.app import run_console
+
+    router = _router(demo)
+    out = io.StringIO()
+    lines = "how is Freight doing?\n1\nlog a note on it: sent the QBR deck\nyes\n"
+    assert run_console(router, PRIYA, stdin=io.StringIO(lines), stdout=out) == 0
+    text = out.getvalue()
+    assert "csbot> how is Freight doing?\nSeveral accounts match “Freight”." in text
+    assert "csbot> 1\nI read this as `account Quantum Freight`." in text
+    assert "I'd run `note \"" in text and "Note saved on" in text
+    again = io.StringIO()
+    run_console(router, PRIYA, stdin=io.StringIO("why is it red?\n"), stdout=again)
+    assert "Which account do you mean?" in again.getvalue()

@@ -337,6 +337,9 @@ class _Build:
             answer = self.answer_pending(pending)
             if answer is not None:
                 return answer
+        bare = strip_punctuation(self.found.text)
+        if bare in lexicon().words("yes") or bare in lexicon().words("no"):
+            return self.say(t("nl_nothing_pending", self.lang), label="clarify")
         follow = self.follow_up()
         if follow is not None:
             return follow
@@ -563,6 +566,9 @@ class _Build:
         return self.run(intent, f"{command} {ref.name}", account=ref)
 
     def b_account(self) -> Reading:
+        if not self.found.accounts and self.found.first("ref") is None and \
+                (self.found.first("team") or self.found.first("all") or self.found.first("mine")):
+            return self.b_portfolio()  # "how is the team doing?", "how's my book?"
         return self._simple_account("account", "account")
 
     def b_health(self) -> Reading:
@@ -905,8 +911,14 @@ class _Build:
                 continue
             if word in stop or word in vocab or re.fullmatch(r"[\W_\d]+", word) or _near(word, fuzzy):
                 continue
+            slot = next((sl for sl in self.found.slots if start < sl.end and sl.start < end), None)
+            if slot is not None and slot.kind in ("mine", "all", "team", "ref"):
+                continue  # "for me", "all", "it": said in passing when the question is about one thing
+            if slot is not None:
+                # a slot this reading did not use ("enterprise" in a question about one account), said whole
+                out.append(self.raw_span(slot.start, slot.end))
+                continue
             if any(start < e and s < end for s, e in self.found.spans()):
-                # a slot this reading did not use ("enterprise" in a question about one account)
                 out.append(self.raw_span(start, end))
                 continue
             if word in self.model.all_words:
