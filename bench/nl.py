@@ -47,8 +47,8 @@ LABELS = ("clarify", "unknown", "out-of-scope", "greeting", "thanks")
 GOALS = {"accuracy": 0.95, "out_of_scope": 0.90, "clarify_rate": 0.10, "parse_p95_ms_100k": 25.0, "e2e_ratio": 1.1}
 
 
-def load_corpus(path: Path = CORPUS) -> list[dict[str, Any]]:
-    items = load_words(path) or []
+def load_corpus(path: Path | None = None) -> list[dict[str, Any]]:
+    items = load_words(path or CORPUS) or []
     return [dict(i) for i in items]
 
 

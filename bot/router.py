@@ -69,6 +69,10 @@ add_messages(
 )
 
 
+# Where an `Incoming` run for free text carries the words it came from, for the audit log.
+SAID = "said"
+
+
 class UserError(CsbotError):
     """A problem with what the user asked; the message is shown to them as it is."""
 
@@ -325,7 +329,9 @@ class Router:
                                                                                    words):
                 reading = dataclasses.replace(reading, kind="run", pending=None)  # refuse now, don't ask first
             if reading.kind == "run" and spec is not None:
-                run_as = dataclasses.replace(incoming, text=reading.command)
+                # The command's own audit rows record what was typed and what it was read as.
+                said = f"{incoming.text} → {reading.command} ({reading.via})"
+                run_as = dataclasses.replace(incoming, text=reading.command, raw_ids={**incoming.raw_ids, SAID: said})
                 reply, ctx, _ = self._dispatch(session, run_as, user, lang, spec, words)
                 if ctx is not None and ctx.accounts:
                     account = AccountRef(ctx.accounts[-1].id or 0, ctx.accounts[-1].name)
@@ -333,8 +339,6 @@ class Router:
                     preface = reading.preface()
                     reply.text = f"{preface}\n{reply.text}" if reply.text else preface
                 reply.understood = reading.command
-                _audit(session, user, incoming, "understood", account.id if account else None,
-                       detail=f"{incoming.text} → {reading.command} ({reading.via})")
                 remember(session, key, remembered(reading, state, account=account))
                 return reply
         remember(session, key, remembered(reading, state, account=account))
@@ -512,6 +516,6 @@ def _audit(
             platform=incoming.platform,
             action=action,
             account_id=account_id,
-            detail=(detail or incoming.text)[:500],
+            detail=(detail or incoming.raw_ids.get(SAID) or incoming.text)[:500],
         )
     )

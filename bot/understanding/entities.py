@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -276,32 +277,50 @@ def _close_to(word: str, vocabulary: Sequence[str]) -> bool:
     return process.extractOne(word, vocabulary, scorer=fuzz.ratio, score_cutoff=84) is not None
 
 
-_INDEXES: dict[int, tuple[float, AccountIndex]] = {}
+_INDEXES: weakref.WeakKeyDictionary[Engine, tuple[float, AccountIndex]] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
 def account_index(session: Session, engine: Engine) -> AccountIndex:
-    """The index for this database, rebuilt when the account table changed (count, largest id, last update)."""
+    """The index for this database, rebuilt when the account table changed: a new or removed account is seen at
+    once (count and largest id, read on every call from the primary key), a rename within `REFRESH_SECONDS`."""
     now = time.monotonic()
-    cached = _INDEXES.get(id(engine))
-    if cached is not None and now - cached[0] < REFRESH_SECONDS:
+    cached = _INDEXES.get(engine)
+    quick = tuple(session.execute(select(func.count(), func.max(col(Account.id)))).one())
+    if cached is not None and cached[1].signature[:2] == quick and now - cached[0] < REFRESH_SECONDS:
         return cached[1]
-    signature = tuple(session.execute(
-        select(func.count(), func.max(col(Account.id)), func.max(col(Account.updated_at)))
-    ).one())
+    signature = (*quick, session.execute(select(func.max(col(Account.updated_at)))).scalar())
     if cached is not None and cached[1].signature == signature:
-        _INDEXES[id(engine)] = (now, cached[1])
+        _INDEXES[engine] = (now, cached[1])
         return cached[1]
     with _LOCK:
         rows = session.execute(select(col(Account.id), col(Account.name), col(Account.external_id),
                                       col(Account.arr), col(Account.owner_id), col(Account.plan),
                                       col(Account.status) == "active")).all()
         index = AccountIndex.build((tuple(r) for r in rows), signature)
-        _INDEXES[id(engine)] = (now, index)
+        _INDEXES[engine] = (now, index)
     return index
 
 
 # ------------------------------------------------------------------------------------------------------- people
+
+_USERS: weakref.WeakKeyDictionary[Engine, tuple[tuple[Any, ...], list[User]]] = weakref.WeakKeyDictionary()
+
+
+def active_users(session: Session, engine: Engine) -> list[User]:
+    """The active CS users, as detached copies, re-read when the user table changed (who may do what is always
+    checked by the router on the session's own rows)."""
+    cached = _USERS.get(engine)
+    stamp = tuple(session.execute(select(func.count(), func.max(col(User.updated_at)))
+                                  .where(col(User.active) == True)).one())  # noqa: E712
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    users = [User(id=u.id, email=u.email, name=u.name, role=u.role, slack_user_id=u.slack_user_id,
+                  telegram_user_id=u.telegram_user_id, active=True)
+             for u in session.execute(select(User).where(col(User.active) == True)).scalars()]  # noqa: E712
+    _USERS[engine] = (stamp, users)
+    return users
+
 
 
 @dataclass(frozen=True)
@@ -325,6 +344,21 @@ def _person_keys(user: User) -> list[str]:
     return keys
 
 
+_PEOPLE_PATTERNS: dict[tuple[tuple[str, ...], ...], re.Pattern[str] | None] = {}
+
+
+def _people_pattern(by_key: dict[str, list[User]]) -> re.Pattern[str] | None:
+    keys = sorted((k for k, v in by_key.items() if len(v) == 1), key=len, reverse=True)
+    cache_key = (tuple(keys),)
+    if cache_key not in _PEOPLE_PATTERNS:
+        if len(_PEOPLE_PATTERNS) > 32:
+            _PEOPLE_PATTERNS.clear()
+        _PEOPLE_PATTERNS[cache_key] = re.compile("|".join(
+            rf"(?<![\w@.]){'@?' if not k.startswith(('@', '<')) else ''}{re.escape(k)}(?:'s)?(?![\w])" for k in keys
+        )) if keys else None
+    return _PEOPLE_PATTERNS[cache_key]
+
+
 def find_people(text: str, users: Sequence[User], taken: Sequence[tuple[int, int]] = ()) -> list[PersonMention]:
     """CS users named in a normalised message: email, full name, first name (when only one user has it), email
     name, `@handle`, a Slack mention `<@U…>`; a leading `@` is allowed on any of them."""
@@ -332,11 +366,9 @@ def find_people(text: str, users: Sequence[User], taken: Sequence[tuple[int, int
     for user in users:
         for key in dict.fromkeys(_person_keys(user)):
             by_key[key].append(user)
-    keys = sorted((k for k, v in by_key.items() if len(v) == 1), key=len, reverse=True)
-    if not keys:
+    pattern = _people_pattern(by_key)
+    if pattern is None:
         return []
-    pattern = re.compile("|".join(rf"(?<![\w@.]){'@?' if not k.startswith(('@', '<')) else ''}{re.escape(k)}"
-                                  rf"(?:'s)?(?![\w])" for k in keys))
     out = []
     for m in pattern.finditer(text):
         if any(m.start() < e and s < m.end() for s, e in taken):

@@ -24,8 +24,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sklearn
-from scipy.sparse import hstack
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, make_pipeline
@@ -111,10 +111,29 @@ class IntentModel:
     digest: str
 
     def rank(self, text: str, limit: int = 3) -> list[tuple[str, float]]:
-        # The pipeline's steps called directly: FeatureUnion's own transform costs more than the maths here.
-        union, classifier = self.pipeline.steps[0][1], self.pipeline.steps[-1][1]
-        features = hstack([vectorizer.transform([text]) for _name, vectorizer in union.transformer_list]).tocsr()
-        probabilities = classifier.predict_proba(features)[0]
+        """The `limit` likeliest intents with their probabilities.
+
+        The fitted pipeline's own arithmetic, done by hand for one message: sublinear TF × IDF per vectorizer,
+        each L2-normalised, then the multinomial logistic regression's softmax. sklearn's input validation costs
+        ten times the maths for a single sentence."""
+        classifier = self.pipeline.steps[-1][1]
+        scores = classifier.intercept_.copy()
+        offset = 0
+        for _name, vectorizer in self.pipeline.steps[0][1].transformer_list:
+            counts: dict[int, int] = {}
+            vocabulary = vectorizer.vocabulary_
+            for term in vectorizer.build_analyzer()(text):
+                index = vocabulary.get(term)
+                if index is not None:
+                    counts[index] = counts.get(index, 0) + 1
+            if counts:
+                columns = np.fromiter(counts, dtype=np.int64)
+                values = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64))) * vectorizer.idf_[columns]
+                values /= np.sqrt((values**2).sum())
+                scores += classifier.coef_[:, offset + columns] @ values
+            offset += len(vocabulary)
+        exp = np.exp(scores - scores.max())
+        probabilities = exp / exp.sum()
         classes = classifier.classes_
         order = probabilities.argsort()[::-1][:limit]
         return [(str(classes[i]), float(probabilities[i])) for i in order]

@@ -58,20 +58,30 @@ class PhraseMatcher:
         return out
 
 
-@dataclass(frozen=True)
+@lru_cache(maxsize=64)
+def _words(lex: Lexicon, name: str) -> list[str]:
+    return [str(w).casefold() for w in lex.raw.get(name, [])]
+
+
+@lru_cache(maxsize=4)
+def _stopwords(lex: Lexicon, lang: str) -> frozenset[str]:
+    return frozenset(str(w).casefold() for w in lex.raw.get("stopwords", {}).get(lang, []))
+
+
+@dataclass(frozen=True, eq=False)
 class Lexicon:
     """The lexicon file, read once."""
 
     raw: dict[str, Any]
 
     def words(self, name: str) -> list[str]:
-        return [str(w).casefold() for w in self.raw.get(name, [])]
+        return _words(self, name)
 
     def table(self, name: str) -> dict[str, list[str]]:
         return {str(k): [str(w).casefold() for w in v] for k, v in (self.raw.get(name) or {}).items()}
 
     def stopwords(self, lang: str) -> frozenset[str]:
-        return frozenset(str(w).casefold() for w in self.raw.get("stopwords", {}).get(lang, []))
+        return _stopwords(self, lang)
 
     def sample_text(self, lang: str) -> list[str]:
         return [str(w) for w in self.raw.get("sample_text", {}).get(lang, [])]

@@ -19,11 +19,11 @@ from functools import lru_cache
 from typing import Any
 
 from rapidfuzz import fuzz, process
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from bot.i18n import add_messages, t
 from bot.messages import Button
-from bot.understanding.entities import AccountIndex, AccountRef, Mention, account_index, user_handle
+from bot.understanding.entities import AccountIndex, AccountRef, Mention, account_index, active_users, user_handle
 from bot.understanding.intents import MASKS, IntentModel, intent_model
 from bot.understanding.lexicon import PhraseMatcher, lexicon
 from bot.understanding.query import Query, quote_name
@@ -194,7 +194,7 @@ class Understanding:
         """Read one message. `strict`: a misspelt name is not guessed (for words that began with a command)."""
         norm = normalise(text)
         index = account_index(session, engine)
-        users = list(session.exec(select(User).where(col(User.active) == True)))  # noqa: E712
+        users = active_users(session, engine)
         model = intent_model()
         found = find_slots(norm, today=asker.today, index=index, users=users, matcher=self._matcher(index),
                            vocabulary=_vocabulary(model))
@@ -269,6 +269,7 @@ class _Build:
         self.lang = lang
         self.raw = raw
         self.used: list[tuple[int, int]] = []
+        self._tokens: list[tuple[int, int, str]] | None = None
 
     # ---------------------------------------------------------------------------------------------- helpers
 
@@ -860,9 +861,11 @@ class _Build:
         return m.group(0) if m else piece
 
     def tokens(self) -> list[tuple[int, int, str]]:
-        out = [(tok.start, tok.end, tok.text) for tok in words(self.found.text)]
-        out += [(tok.start, tok.end, tok.text) for tok in zh_words(self.found.text)]
-        return sorted(out)
+        if self._tokens is None:
+            out = [(tok.start, tok.end, tok.text) for tok in words(self.found.text)]
+            out += [(tok.start, tok.end, tok.text) for tok in zh_words(self.found.text)]
+            self._tokens = sorted(out)
+        return self._tokens
 
     def leftover_words(self, *, skip_vocabulary: bool = True) -> list[tuple[int, int, str]]:
         """Words that no slot claimed and that are not question words (or, with `skip_vocabulary` false, not
