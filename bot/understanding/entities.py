@@ -30,7 +30,7 @@ REFRESH_SECONDS = 15.0
 # another word of the same name.
 COMMON_WORD = 12
 SHOW_CANDIDATES = 5
-_EXTERNAL_ID = re.compile(r"\b[a-z]{1,8}[-_]?\d+\b")
+_EXTERNAL_ID = re.compile(r"(?<![a-z0-9])[a-z]{1,8}[-_]?\d+(?![a-z0-9])")
 
 
 @dataclass(frozen=True)
@@ -354,7 +354,8 @@ def _people_pattern(by_key: dict[str, list[User]]) -> re.Pattern[str] | None:
         if len(_PEOPLE_PATTERNS) > 32:
             _PEOPLE_PATTERNS.clear()
         _PEOPLE_PATTERNS[cache_key] = re.compile("|".join(
-            rf"(?<![\w@.]){'@?' if not k.startswith(('@', '<')) else ''}{re.escape(k)}(?:'s)?(?![\w])" for k in keys
+            rf"(?<![a-z0-9_@.]){'@?' if not k.startswith(('@', '<')) else ''}{re.escape(k)}(?:'s)?(?![a-z0-9_])"
+            for k in keys
         )) if keys else None
     return _PEOPLE_PATTERNS[cache_key]
 

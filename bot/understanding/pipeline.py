@@ -52,6 +52,14 @@ _WHY = re.compile(r"^(why|why so|how come|what happened|why\?+|"
                   r"为什么|为啥|怎么回事|什么原因|原因呢|为什么呢)[?？!！。.]*$")
 _NEGATIVE = re.compile(r"\b(not|n't|no|useless|unhelpful|wasn't|isnt|isn't|noise|noisy|false|wrong|irrelevant)\b"
                        r"|没用|无用|没有用|不有用|误报|不准|不是|没帮助|无效|否")
+_A, _Z = r"(?<![a-z0-9])", r"(?![a-z0-9])"  # word edges that a Chinese character next to the word does not break
+_REPORT_WORDS = [
+    ("nps", re.compile(rf"{_A}nps{_Z}|净推荐|推荐值|{_A}promoters?{_Z}|{_A}detractors?{_Z}|推荐者|贬损者")),
+    ("retention", re.compile(rf"{_A}(?:nrr|grr|retention|net revenue retention){_Z}|留存")),
+    ("funnel", re.compile(rf"{_A}funnel{_Z}|漏斗")),
+    ("cohorts", re.compile(rf"{_A}cohorts?{_Z}|同期群")),
+    ("kpis", re.compile(rf"{_A}kpis?{_Z}")),
+]
 _TEXT_MARK = re.compile(r"[:：]|\s-\s|\s—\s|\b(?:saying|that says|says|text|reading)\b")
 _REASON_MARK = re.compile(r"\b(?:because|since|as|reason|due to|coz|cause|cuz|b/c|bc)\b[:\s]*"
                          r"|原因是|原因：|原因:|因为|理由是|理由|由于|[:：,，]")
@@ -353,12 +361,17 @@ class _Build:
         text = self.found.masked()
         ranked = self.model.rank(text, limit=3)
         best, p1 = ranked[0]
+        if best in LIST_INTENTS:
+            # A list never names a report: "企业客户的NPS" is the NPS of a segment, not a list of its accounts.
+            report = next((intent for intent, pattern in _REPORT_WORDS if pattern.search(self.found.text)), None)
+            if report is not None:
+                return report, ranked
         p2 = ranked[1][1] if len(ranked) > 1 else 0.0
         # A message that is nothing but an account name is a question about that account.
         if self.found.accounts and not self.leftover_words(skip_vocabulary=False) and \
                 all(s.kind == "ref" for s in self.found.slots):
             return "account", ranked
-        if self.only_list_slots() and (best in LIST_INTENTS or p1 < CONFIDENT):
+        if self.only_list_slots() and (best in LIST_INTENTS or p1 < UNSURE + 0.1):
             return (best if best in LIST_INTENTS else "find"), ranked
         if p1 >= CONFIDENT or (p1 >= UNSURE + 0.1 and p1 - p2 >= MARGIN):
             return best, ranked
@@ -940,8 +953,10 @@ class _Build:
 
     def text_after(self, after: int, marker: re.Pattern[str]) -> str:
         text = self.raw_tail(after)
-        m = marker.search(text)
-        if m is not None and m.start() <= 12:
+        for _ in range(3):  # ", because …", "，原因是…": every leading marker goes
+            m = marker.search(text)
+            if m is None or m.start() > 12 or text[: m.start()].strip(" ,，"):
+                break
             text = text[m.end():]
         body = text.strip(" ,，:：-—").strip()
         if body:

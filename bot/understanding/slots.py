@@ -159,6 +159,7 @@ def lexicon_matcher(stages: list[tuple[str, str]], plans: list[str]) -> PhraseMa
                                                                                            "stage", stage_id)]
         if label.casefold() not in ("renewal", "续约", "renewals"):
             entries.append((label, "stage", stage_id))
+        entries.append((f"{label}阶段", "stage", stage_id))
     for plan, ws in lex.table("plans").items():
         entries += [(w, "plan", plan) for w in ws]
     for plan in plans:
@@ -210,7 +211,7 @@ def find_slots(text: str, *, today: date, index: AccountIndex, users: list[User]
     found.accounts += [a for a in index.mentions(text, vocabulary=vocabulary.words, taken=found.spans(),
                                                   fuzzy_vocabulary=vocabulary.fuzzy) if a.how not in ("exact", "id")]
     found.accounts.sort(key=lambda m: m.start)
-    for m in re.finditer(r"(?<![\w.#-])(\d{1,9})(?![\w.%])", text):
+    for m in re.finditer(r"(?<![a-z0-9_.#-])(\d{1,9})(?![a-z0-9_.%])", text):
         if free(m.start(), m.end()):
             found.slots.append(Slot(m.start(), m.end(), "number", int(m.group(1)), m.group(0)))
     rest = text
