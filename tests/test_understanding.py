@@ -85,7 +85,23 @@ EXACT = [
 ]
 
 
-@pytest.mark.parametrize("command", EXACT)
+def _help_examples() -> list[str]:
+    """Every runnable example quoted in a command's help text (`kpis adoption`, `find stage=renewal …`)."""
+    import re
+
+    import bot.commands  # noqa: F401  (registers every command)
+    from bot.router import registry
+
+    found = []
+    for spec in registry.commands.values():
+        for example in re.findall(r"`([^`]+)`", spec.help_en + " " + spec.help_zh):
+            first = example.split()[0]
+            if registry.lookup(first) is not None and not re.search(r"<[^>]+>|\[<|…|\|", example):
+                found.append(example)
+    return sorted(set(found))
+
+
+@pytest.mark.parametrize("command", sorted(set(EXACT) | set(_help_examples())))
 def test_exact_commands_are_not_reinterpreted(demo: Engine, command: str) -> None:
     reply = Chat(_router(demo), MAYA)(command)
     assert reply.understood == ""
