@@ -29,6 +29,7 @@ from bot.messages import Incoming, Reply
 from bot.permissions import NEEDS_RANK, Needs, identify
 from bot.permissions import ROLE_RANK as ROLE_RANK  # re-exported: `help` and older callers import it from here
 from bot.understanding.entities import AccountRef
+from bot.understanding.lexicon import lexicon
 from bot.understanding.memory import conversation_key, recall, remember
 from bot.understanding.pipeline import (
     COMMAND_INTENT,
@@ -475,7 +476,10 @@ def _better_than_the_error(text: str, reading: Reading, failure: str) -> bool:
     name = first.name if first else typed[0]
     if reading.ignored and failure == "syntax":
         return False  # the words say less than the command's own error ("renewals soon")
-    bare = len(said) < 2 and first is not None and bool(first.args) and failure == "syntax"
+    filler = lexicon().stopwords("en") | lexicon().stopwords("zh")
+    # A bare command is a reading of "at-risk accounts" or "portfolio overview", not of "renewals soon".
+    bare = len(said) < 2 and first is not None and bool(first.args) and failure == "syntax" and \
+        not all(w.casefold().strip("?!.,") in filler for w in typed[1:])
     if (name == "find" and re.search(r"[=<>]", text)) or " ".join(typed) == " ".join(said) or bare:
         return False  # filter syntax, the same words again, or a reading that kept none of the arguments
     return said[0] == name or (name in _LIST_COMMANDS and said[0] in _LIST_COMMANDS)

@@ -496,11 +496,13 @@ def test_manifest_points_every_slack_feature_at_the_events_route() -> None:
     events = settings["event_subscriptions"]
     urls = {slash["url"], events["request_url"], settings["interactivity"]["request_url"]}
     assert urls == {"https://YOUR-HOST/slack/events"}
-    assert set(events["bot_events"]) == {"app_mention", "message.im", "app_home_opened"}
+    assert set(events["bot_events"]) == {
+        "app_mention", "message.im", "app_home_opened", "assistant_thread_started", "assistant_thread_context_changed",
+    }
     assert settings["interactivity"]["is_enabled"] is True
     assert features["app_home"]["home_tab_enabled"] and features["app_home"]["messages_tab_enabled"]
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
-    assert {"commands", "chat:write", "im:history", "app_mentions:read", "files:write"} <= scopes
+    assert {"commands", "chat:write", "im:history", "app_mentions:read", "files:write", "assistant:write"} <= scopes
     assert "chat:write.public" not in scopes
 
 

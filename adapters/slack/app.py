@@ -1,7 +1,8 @@
 """The Slack adapter: a slack-bolt `AsyncApp` that turns Slack payloads into `Incoming`, replies into blocks.
 
-It listens to the `/cs` slash command, app mentions, direct messages, the App Home tab and `cmd` buttons, and
-to NPS survey buttons (`nps`) and the survey comment modal, which it hands to `bot.surveys.SurveyDesk`;
+It listens to the `/cs` slash command, app mentions, direct messages, AI-assistant threads
+(`adapters/slack/assistant.py`), the App Home tab and `cmd` buttons, and to NPS survey buttons (`nps`) and the
+survey comment modal, which it hands to `bot.surveys.SurveyDesk`;
 every answer comes from `Router.handle`, run in a worker thread because it is synchronous and uses the
 database. HTTP mode is served at `POST /slack/events` (Starlette routes below); Socket Mode is started when
 an app-level token is configured. Nothing here decides anything about accounts: it only translates.
@@ -38,6 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from adapters.slack.assistant import build_assistant
 from adapters.slack.render import COMMENT_CALLBACK, prompt_answer, prompt_modal, to_blocks, to_text, view_blocks
 from bot.messages import Image, Incoming, Reply
 from bot.permissions import CUSTOMER_CHANNEL_FLAG
@@ -53,6 +55,8 @@ EVENTS_PATH = "/slack/events"
 RATE_LIMIT_RETRIES = 3
 CONNECTION_RETRIES = 2
 SEEN_EVENTS_TTL = 3600.0  # Slack retries an event three times within about an hour at most
+# How long a titled assistant thread is remembered; a question after that may rename an old thread, nothing worse.
+TITLED_THREAD_TTL = 30 * 24 * 3600.0
 PUBLIC_WORD = "public"
 CMD_ACTION = re.compile(r"^cmd(?::\d+)?$")
 SURVEY_ACTION = re.compile(r"^nps(?::\d+)?$")
@@ -169,10 +173,13 @@ def incoming_from_command(command: dict[str, Any]) -> tuple[Incoming, bool]:
 
 
 def incoming_from_event(
-    event: dict[str, Any], *, text: str, team_id: str | None, is_direct: bool, shared: bool = False
+    event: dict[str, Any], *, text: str, team_id: str | None, is_direct: bool, shared: bool = False,
+    thread_ts: str | None = None,
 ) -> Incoming:
     """A message or mention event as an `Incoming` (the caller has already cut the mention out of `text`);
-    `shared` is the envelope's Slack Connect flag."""
+    `shared` is the envelope's Slack Connect flag. `thread_ts` names the thread the answer goes to when that is
+    not the event's own (a top-level mention is answered in a new thread under it): the router keeps one
+    conversation per channel and thread, so later messages and button presses there find it again."""
     return Incoming(
         platform="slack",
         sender_id=event.get("user", ""),
@@ -181,14 +188,22 @@ def incoming_from_event(
         is_direct=is_direct,
         raw_ids=_ids(
             team_id=team_id or event.get("team"), channel_id=event.get("channel"), user_id=event.get("user"),
-            ts=event.get("ts"), thread_ts=event.get("thread_ts"),
+            ts=event.get("ts"), thread_ts=event.get("thread_ts") or thread_ts,
             **{CUSTOMER_CHANNEL_FLAG: _customer_flag(shared)},
         ),
     )
 
 
+def pressed_thread(body: dict[str, Any]) -> str | None:
+    """The thread of the message whose button was pressed (None for a top-level message or a view)."""
+    message, container = body.get("message") or {}, body.get("container") or {}
+    thread = message.get("thread_ts") or container.get("thread_ts")
+    return str(thread) if thread else None
+
+
 def incoming_from_action(body: dict[str, Any], action: dict[str, Any]) -> Incoming:
-    """A `cmd` button press as an `Incoming`: the button's value is the command the clicker runs."""
+    """A `cmd` button press as an `Incoming`: the button's value is the command the clicker runs, in the channel
+    and thread of the pressed message (the same conversation, so "yes" finds the question it answers)."""
     user = body.get("user") or {}
     channel = (body.get("channel") or {}).get("id", "")
     in_view = (body.get("container") or {}).get("type") == "view"
@@ -202,6 +217,7 @@ def incoming_from_action(body: dict[str, Any], action: dict[str, Any]) -> Incomi
         raw_ids=_ids(
             team_id=(body.get("team") or {}).get("id"), channel_id=channel, user_id=user.get("id"),
             trigger_id=body.get("trigger_id"), response_url=body.get("response_url"),
+            thread_ts=None if in_view else pressed_thread(body),
             **{CUSTOMER_CHANNEL_FLAG: _customer_flag(is_shared(body, body.get("channel")))},
         ),
     )
@@ -294,6 +310,13 @@ def build_slack_app(router: Router, settings: Settings) -> AsyncApp:
         return None
 
     app.middleware(ignore_retried_events)
+    # After the retry filter: an assistant-thread message is answered there and goes no further (the `message`
+    # listener below never sees it, so it gets one answer).
+    titled = SeenEvents(ttl=TITLED_THREAD_TTL, engine=router.services.engine, namespace="slack-title")
+    app.assistant(build_assistant(
+        router, answer=answer, post_reply=post_reply, incoming_from_event=incoming_from_event,
+        first_question=titled.first_time,
+    ))
 
     @app.command("/cs")
     async def slash_command(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond,
@@ -312,11 +335,11 @@ def build_slack_app(router: Router, settings: Settings) -> AsyncApp:
         event: dict[str, Any], body: dict[str, Any], client: AsyncWebClient, context: AsyncBoltContext
     ) -> None:
         text = strip_mention(event.get("text", ""), context.bot_user_id)
+        thread = event.get("thread_ts") or event.get("ts")
         incoming = incoming_from_event(
-            event, text=text, team_id=context.team_id, is_direct=False, shared=is_shared(body)
+            event, text=text, team_id=context.team_id, is_direct=False, shared=is_shared(body), thread_ts=thread
         )
         reply = await answer(incoming)
-        thread = event.get("thread_ts") or event.get("ts")
         if reply.private:
             await client.chat_postEphemeral(
                 channel=incoming.channel_id, user=incoming.sender_id, text=to_text(reply),
@@ -366,7 +389,12 @@ def build_slack_app(router: Router, settings: Settings) -> AsyncApp:
         await ack()
         incoming = incoming_from_action(body, action)
         reply = await answer(incoming)
-        if body.get("response_url"):
+        thread = incoming.raw_ids.get("thread_ts")
+        if thread and incoming.channel_id.startswith("D"):
+            # A press in a DM thread (an assistant thread): the answer belongs in that thread, where the
+            # question was; only the presser reads a DM.
+            await post_reply(client, incoming.channel_id, reply, thread_ts=thread)
+        elif body.get("response_url"):
             await respond_privately(respond, client, incoming.sender_id, reply)
         else:  # a button on the App Home has no response URL: answer in the DM
             await post_reply(client, await open_dm(client, incoming.sender_id), reply)

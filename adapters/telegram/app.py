@@ -180,8 +180,11 @@ def _addressed_text(message: Message, bot_username: str, bot_id: int) -> str | N
         and message.reply_to_message.from_user is not None
         and message.reply_to_message.from_user.id == bot_id
     )
-    if mention.casefold() in text.casefold():
-        return re.sub(re.escape(mention), " ", text, flags=re.IGNORECASE).strip()
+    # "@bot, how is Northwind?" → "how is Northwind?": the address goes, with a comma or colon after it; a longer
+    # username that merely starts with the bot's ("@csbot_test_bot2") is somebody else.
+    address = re.compile(rf"[ \t]*{re.escape(mention)}(?![A-Za-z0-9_])[,:]?[ \t]*", re.IGNORECASE)
+    if address.search(text):
+        return address.sub(" ", text).strip()
     return text if replied_to_bot else None
 
 

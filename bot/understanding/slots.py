@@ -34,6 +34,9 @@ _FIELD_WORDS: dict[str, tuple[str, ...]] = {
 }
 
 
+_MY_LEAD = re.compile(r"我(?!们|想|要|能|可以|觉得|看|问|需要|希望|请|该|应该|会|在|是|有|也|还|刚|已经|明白|知道|不)")
+
+
 @dataclass
 class Slot:
     start: int
@@ -206,6 +209,9 @@ def find_slots(text: str, *, today: date, index: AccountIndex, users: list[User]
     for match in matcher.find(text):
         if free(match.start, match.end):
             found.slots.append(_slot(match))
+    if _MY_LEAD.match(text) and free(0, 1) and not found.of("mine"):
+        # "我下个月的续约", "我未来60天内的续约": a question that starts with 我 about a list is about mine
+        found.slots.append(Slot(0, 1, "mine", "mine", "我"))
     for p in find_people(text, users, found.spans()):
         found.slots.append(Slot(p.start, p.end, "person", p.user, p.text))
     found.accounts += [a for a in index.mentions(text, vocabulary=vocabulary.words, taken=found.spans(),

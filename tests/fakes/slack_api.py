@@ -238,6 +238,9 @@ class FakeSlackAPI:
             "files.completeUploadExternal": self._complete_upload,
             "conversations.open": self._conversations_open,
             "conversations.history": self._conversations_history,
+            "assistant.threads.setStatus": self._assistant_thread,
+            "assistant.threads.setSuggestedPrompts": self._assistant_thread,
+            "assistant.threads.setTitle": self._assistant_thread,
         }
 
     def _next_ts(self) -> str:
@@ -302,6 +305,12 @@ class FakeSlackAPI:
             posted = list(reversed(self._history.get(str(params.get("channel")), [])))[:limit]
         messages = [m if with_metadata else {k: v for k, v in m.items() if k != "metadata"} for m in posted]
         return {"ok": True, "messages": messages, "has_more": False}
+
+    def _assistant_thread(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Status, suggested prompts and title of an assistant thread: Slack needs the channel and thread."""
+        if not params.get("channel_id") or not params.get("thread_ts"):
+            return {"ok": False, "error": "invalid_arguments"}
+        return {"ok": True}
 
     def _conversations_open(self, params: dict[str, Any]) -> dict[str, Any]:
         users = str(params.get("users", ""))
