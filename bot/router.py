@@ -30,7 +30,7 @@ from bot.permissions import NEEDS_RANK, Needs, identify
 from bot.permissions import ROLE_RANK as ROLE_RANK  # re-exported: `help` and older callers import it from here
 from bot.understanding.entities import AccountRef
 from bot.understanding.lexicon import lexicon
-from bot.understanding.memory import conversation_key, recall, remember
+from bot.understanding.memory import conversation_key, pending_elsewhere, recall, remember
 from bot.understanding.pipeline import (
     COMMAND_INTENT,
     Asker,
@@ -309,6 +309,10 @@ class Router:
         settings = self.services.settings
         key = conversation_key(incoming)
         state = recall(session, key, ttl_minutes=settings.context_ttl_minutes)
+        if "pending" not in state and _is_answer(incoming.text):
+            found = pending_elsewhere(session, incoming, ttl_minutes=settings.context_ttl_minutes)
+            if found is not None:
+                key, state = found
         asker = Asker(user=user, lang=user.lang, today=self.services.today())
         # Words that started with a command are read strictly: a misspelt name there keeps the command's own
         # "I can't find … Did you mean" instead of being guessed.
@@ -483,6 +487,13 @@ def _better_than_the_error(text: str, reading: Reading, failure: str) -> bool:
     if (name == "find" and re.search(r"[=<>]", text)) or " ".join(typed) == " ".join(said) or bare:
         return False  # filter syntax, the same words again, or a reading that kept none of the arguments
     return said[0] == name or (name in _LIST_COMMANDS and said[0] in _LIST_COMMANDS)
+
+
+def _is_answer(text: str) -> bool:
+    """A bare yes / no / number: an answer to a question csbot asked."""
+    word = text.strip().strip("?!.,。？！").casefold()
+    lex = lexicon()
+    return word in lex.words("yes") or word in lex.words("no") or word.isdigit()
 
 
 def _is_write(spec: CommandSpec, words: list[str]) -> bool:

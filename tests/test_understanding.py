@@ -363,3 +363,13 @@ def test_console_transcript_with_words(demo: Engine) -> None:
     again = io.StringIO()
     run_console(router, PRIYA, stdin=io.StringIO("why is it red?\n"), stdout=again)
     assert "Which account do you mean?" in again.getvalue()
+
+
+def test_a_yes_in_another_chat_finds_the_question(demo: Engine) -> None:
+    """Asked in a group, answered privately (where a customer group's answers go): the yes still finds it."""
+    router = _router(demo)
+    before = _notes(demo)
+    Chat(router, PRIYA, channel="group-1")("log a note on Quantum Freight: renewal call booked")
+    assert _notes(demo) == before
+    assert "Note saved on Quantum Freight" in Chat(router, PRIYA, channel="dm-1")("yes").text
+    assert _notes(demo) == before + 1

@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from bot.messages import Incoming
 from lifecycle.models import ConversationState, utcnow
@@ -38,6 +38,26 @@ def recall(session: Session, key: str, *, ttl_minutes: int) -> dict[str, Any]:
     except ValueError:
         return {}
     return state if isinstance(state, dict) else {}
+
+
+def pending_elsewhere(session: Session, incoming: Incoming, *, ttl_minutes: int) -> tuple[str, dict[str, Any]] | None:
+    """The sender's latest conversation with a question still waiting (within the idle time): a yes that arrives
+    where the question was not asked (it was asked in a group and answered in a private chat) still finds it."""
+    prefix = f"{incoming.platform}:{incoming.sender_id}:"
+    rows = session.exec(
+        select(ConversationState)
+        .where(col(ConversationState.key).startswith(prefix, autoescape=True),
+               col(ConversationState.updated_at) >= utcnow() - timedelta(minutes=ttl_minutes))
+        .order_by(col(ConversationState.updated_at).desc()).limit(5)
+    ).all()
+    for row in rows:
+        try:
+            state = json.loads(row.state)
+        except ValueError:
+            continue
+        if isinstance(state, dict) and isinstance(state.get("pending"), dict):
+            return row.key, state
+    return None
 
 
 def remember(session: Session, key: str, state: dict[str, Any]) -> None:
