@@ -47,8 +47,9 @@ def quick_run(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         mp.setattr(bench_main, "run_child", in_process)
         assert bench_main.main(["--quick", "--results", str(results)]) == 0
     written = {p.name for p in results.iterdir()}
-    assert written == {"latest.json", "recompute.json", "lookup.json", "outbox.json", "model.json", "ingest.json"}
-    for name in ("recompute", "lookup", "outbox", "model", "ingest"):
+    assert written == {"latest.json", "recompute.json", "lookup.json", "outbox.json", "model.json", "ingest.json",
+                       "nl.json"}
+    for name in ("recompute", "lookup", "outbox", "model", "ingest", "nl"):
         per_scenario = json.loads((results / f"{name}.json").read_text())
         assert per_scenario["scenario"] == name
         assert {"cpu_count", "python", "sqlite"} <= set(per_scenario["machine"])
@@ -59,8 +60,18 @@ def quick_run(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 def test_quick_run_records_the_machine_and_every_scenario(quick_run: dict[str, Any]) -> None:
     assert quick_run["quick"] is True
     assert quick_run["command"].startswith("python -m bench --quick")
-    assert set(quick_run["scenarios"]) == {"recompute", "lookup", "outbox", "model", "ingest"}
+    assert set(quick_run["scenarios"]) == {"recompute", "lookup", "outbox", "model", "ingest", "nl"}
     assert quick_run["table"], "the printed table is kept in the JSON too"
+
+
+def test_nl_reports_accuracy_per_language_latency_and_the_end_to_end_ratio(quick_run: dict[str, Any]) -> None:
+    nl = quick_run["scenarios"]["nl"]
+    assert set(nl["heldout"]["by_language"]) == {"en", "zh"}
+    for figures in nl["heldout"]["by_language"].values():
+        assert figures["utterances"] > 0 and 0 <= figures["accuracy"] <= 1
+    assert nl["parse_60"]["p95_ms"] > 0 and nl[f"parse_{nl['accounts_large']}"]["messages"] > 0
+    assert nl["end_to_end"]["ratio_median"] > 0
+    assert any(g["name"].startswith("nl ") for g in quick_run["goals"])
 
 
 def test_recompute_figures_have_every_key_and_the_orm_scores_match(quick_run: dict[str, Any]) -> None:
