@@ -314,10 +314,10 @@ class Router:
             if found is not None:
                 key, state = found
         asker = Asker(user=user, lang=user.lang, today=self.services.today())
-        # Words that started with a command are read strictly: a misspelt name there keeps the command's own
-        # "I can't find … Did you mean" instead of being guessed.
+        # A command followed by nothing but a misspelt name (`account Nortwind`) keeps its own "I can't find …
+        # Did you mean" instead of a guess; "nps score for northwnd traders" is a question and is read as one.
         reading = self.understanding().read(session, asker, incoming.text, state, engine=self.services.engine,
-                                            strict=fallback is not None)
+                                            strict=fallback is not None and _only_names(incoming.text))
         if fallback is not None and not _better_than_the_error(incoming.text, reading, fallback[1]):
             return fallback[0]
         lang = user.lang or reading.lang
@@ -486,7 +486,14 @@ def _better_than_the_error(text: str, reading: Reading, failure: str) -> bool:
         not all(w.casefold().strip("?!.,") in filler for w in typed[1:])
     if (name == "find" and re.search(r"[=<>]", text)) or " ".join(typed) == " ".join(said) or bare:
         return False  # filter syntax, the same words again, or a reading that kept none of the arguments
-    return said[0] == name or (name in _LIST_COMMANDS and said[0] in _LIST_COMMANDS)
+    # After a name that matched nothing ("stage kpis please"), any command the words make is a better answer.
+    return said[0] == name or failure == "not_found" or (name in _LIST_COMMANDS and said[0] in _LIST_COMMANDS)
+
+
+def _only_names(text: str) -> bool:
+    """Whether the words after the command are all name words (no question words around them)."""
+    filler = lexicon().stopwords("en") | lexicon().stopwords("zh")
+    return not any(w.casefold().strip("?!.,") in filler for w in _split(text)[1:])
 
 
 def _is_answer(text: str) -> bool:

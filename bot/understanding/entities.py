@@ -30,6 +30,9 @@ REFRESH_SECONDS = 15.0
 # another word of the same name.
 COMMON_WORD = 12
 SHOW_CANDIDATES = 5
+# Parts of Chinese company names that name no company on their own: cities, and what companies do.
+GENERIC_ZH = frozenset({"北京", "上海", "深圳", "广州", "杭州", "成都", "南京", "武汉", "天津", "重庆", "苏州", "西安",
+                        "科技", "数据", "软件", "物流", "教育", "电商", "公司", "集团", "中国", "网络", "信息", "技术"})
 _EXTERNAL_ID = re.compile(r"(?<![a-z0-9])[a-z]{1,8}[-_]?\d+(?![a-z0-9])")
 
 
@@ -215,7 +218,8 @@ class AccountIndex:
                         continue
                     if piece in self.zh_full:
                         add(Mention(start, end, piece, [self.ref(self.zh_full[piece])], "exact"))
-                    elif piece in self.zh_part and (size >= 3 or len(self.zh_part[piece]) == 1):
+                    elif piece in self.zh_part and piece not in GENERIC_ZH and \
+                            (size >= 3 or len(self.zh_part[piece]) == 1):
                         positions = self.zh_part[piece]
                         if len(positions) > COMMON_WORD:
                             continue

@@ -54,12 +54,15 @@ _NEGATIVE = re.compile(r"\b(not|n't|no|useless|unhelpful|wasn't|isnt|isn't|noise
                        r"|没用|无用|没有用|不有用|误报|不准|不是|没帮助|无效|否")
 _A, _Z = r"(?<![a-z0-9])", r"(?![a-z0-9])"  # word edges that a Chinese character next to the word does not break
 _REPORT_WORDS = [
-    ("nps", re.compile(rf"{_A}nps{_Z}|净推荐|推荐值|{_A}promoters?{_Z}|{_A}detractors?{_Z}|推荐者|贬损者")),
+    ("nps", re.compile(rf"{_A}nps{_Z}|净推荐|推荐值|{_A}promoters?{_Z}|{_A}detractors?{_Z}|推荐者|贬损者|满意度|"
+                       rf"{_A}rate us{_Z}")),
     ("retention", re.compile(rf"{_A}(?:nrr|grr|retention|net revenue retention){_Z}|留存")),
     ("funnel", re.compile(rf"{_A}funnel{_Z}|漏斗")),
     ("cohorts", re.compile(rf"{_A}cohorts?{_Z}|同期群")),
     ("kpis", re.compile(rf"{_A}kpis?{_Z}")),
 ]
+_ALERT_WORDS = re.compile(rf"{_A}(?:ack|acknowledge|snooze|useful|reassign|alert|alerts){_Z}"
+                          r"|告警|提醒|确认|暂缓|有用|没用")
 _TEXT_MARK = re.compile(r"[:：]|\s-\s|\s—\s|\b(?:saying|that says|says|text|reading)\b")
 _REASON_MARK = re.compile(r"\b(?:because|since|as|reason|due to|coz|cause|cuz|b/c|bc)\b[:\s]*"
                          r"|原因是|原因：|原因:|因为|理由是|理由|由于|[:：,，]")
@@ -207,8 +210,9 @@ class Understanding:
         found = find_slots(norm, today=asker.today, index=index, users=users, matcher=self._matcher(index),
                            vocabulary=_vocabulary(model))
         lang = asker.lang or found.lang
-        if strict:
-            found.accounts = [m for m in found.accounts if m.how != "fuzzy"]
+        if strict and any(m.how == "fuzzy" for m in found.accounts):
+            # words after a command named an account csbot will not guess: the command's own "Did you mean" stands
+            return Reading("say", asker.lang or found.lang, label="unknown")
         ctx = _Build(self, session, asker, found, state, index, users, model, lang, text)
         return ctx.read()
 
@@ -258,7 +262,9 @@ def _vocabulary_for(digest: str, words_: frozenset[str]) -> Vocabulary:
 
 
 def _vocabulary(model: IntentModel) -> Vocabulary:
-    return _vocabulary_for(model.digest, model.all_words)
+    # Words of the out-of-scope phrasings ("explain quantum computing") are no reason to miss "Quantum" as a name.
+    in_scope = frozenset().union(*(v for k, v in model.vocabulary.items() if k != "out_of_scope"))
+    return _vocabulary_for(model.digest, in_scope)
 
 
 class _Build:
@@ -361,8 +367,9 @@ class _Build:
         text = self.found.masked()
         ranked = self.model.rank(text, limit=3)
         best, p1 = ranked[0]
-        if best in LIST_INTENTS:
-            # A list never names a report: "企业客户的NPS" is the NPS of a segment, not a list of its accounts.
+        if best in (*LIST_INTENTS, "account"):
+            # A list or a card never names a report: "企业客户的NPS" is the NPS of a segment, not a list of its
+            # accounts; "northwind的nps" is Northwind's NPS, not its card.
             report = next((intent for intent, pattern in _REPORT_WORDS if pattern.search(self.found.text)), None)
             if report is not None:
                 return report, ranked
@@ -521,9 +528,9 @@ class _Build:
 
     def beside_unknown(self, mention: Mention) -> str:
         """For a partial or misspelt name, the whole phrase when an unknown word stands right next to it."""
-        if mention.how in ("exact", "id"):
+        if mention.how not in ("partial", "fuzzy"):
             return ""
-        left = self.leftover_words()
+        left = [w for w in self.leftover_words() if w[2].isascii()]  # Chinese has no spaces to tell names apart
         start, end = mention.start, mention.end
         grown = True
         while grown:
@@ -785,13 +792,17 @@ class _Build:
     # alert actions
 
     def alert_id(self) -> int | None:
-        slot = self.found.first("alert_id") or self.found.first("number")
+        slot = self.found.first("alert_id")
+        if slot is None and _ALERT_WORDS.search(self.found.text):
+            slot = self.found.first("number")  # "ack 12", "snooze 12 for a week"
         if slot is None:
             return None
         self.use(slot)
         return int(slot.value)
 
     def _need_alert(self, command: str) -> Reading:
+        if not _ALERT_WORDS.search(self.found.text):
+            return self.unsure([("out_of_scope", 0.0)])  # "what's 17 times 23" is not about an alert
         return self.say(t("nl_need_alert", self.lang, command=command))
 
     def b_ack(self) -> Reading:

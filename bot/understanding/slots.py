@@ -158,8 +158,9 @@ def lexicon_matcher(stages: list[tuple[str, str]], plans: list[str]) -> PhraseMa
     for stage, ws in lex.table("stages").items():
         entries += [(w, "stage", stage) for w in ws]
     for stage_id, label in stages:
-        entries += [(stage_id, "stage", stage_id), (f"{label} stage", "stage", stage_id), (f"{stage_id} stage",
-                                                                                           "stage", stage_id)]
+        if stage_id not in ("renewal", "renewals"):  # "up for renewal" is a renewal, not the Renewal stage
+            entries.append((stage_id, "stage", stage_id))
+        entries += [(f"{label} stage", "stage", stage_id), (f"{stage_id} stage", "stage", stage_id)]
         if label.casefold() not in ("renewal", "续约", "renewals"):
             entries.append((label, "stage", stage_id))
         entries.append((f"{label}阶段", "stage", stage_id))
