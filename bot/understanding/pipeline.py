@@ -61,6 +61,9 @@ _REPORT_WORDS = [
     ("cohorts", re.compile(rf"{_A}cohorts?{_Z}|同期群")),
     ("kpis", re.compile(rf"{_A}kpis?{_Z}")),
 ]
+_REPORTS = ("nps", "retention", "funnel", "cohorts", "kpis")
+_MOVE_WORDS = re.compile(rf"{_A}(?:move|moved|put|set|change|mark|shift|bump|push|send|advance|return|back){_Z}"
+                         r"|移|改|调|设为|设成|放到|转到|转入|推进|退回|进入")
 _ALERT_WORDS = re.compile(rf"{_A}(?:ack|acknowledge|snooze|useful|reassign|alert|alerts){_Z}"
                           r"|告警|提醒|确认|暂缓|有用|没用")
 _TEXT_MARK = re.compile(r"[:：]|\s-\s|\s—\s|\b(?:saying|that says|says|text|reading)\b")
@@ -210,6 +213,14 @@ class Understanding:
         found = find_slots(norm, today=asker.today, index=index, users=users, matcher=self._matcher(index),
                            vocabulary=_vocabulary(model))
         lang = asker.lang or found.lang
+        lone = found.accounts[0] if len(found.accounts) == 1 else None
+        if lone is not None and lone.how in ("partial", "fuzzy") and " " not in lone.text and \
+                lone.text in model.vocabulary.get("out_of_scope", ()) and \
+                model.rank(found.text, limit=1)[0][0] == "out_of_scope" and \
+                model.rank(found.masked(), limit=1)[0][1] < 0.9:
+            # "what's the capital of spain" is not about Granite Capital: an everyday word of a name, in a question
+            # that reads as out of scope with the word and only half-heartedly as a question about an account
+            found.accounts = []
         if strict and any(m.how == "fuzzy" for m in found.accounts):
             # words after a command named an account csbot will not guess: the command's own "Did you mean" stands
             return Reading("say", asker.lang or found.lang, label="unknown")
@@ -367,7 +378,7 @@ class _Build:
         text = self.found.masked()
         ranked = self.model.rank(text, limit=3)
         best, p1 = ranked[0]
-        if best in (*LIST_INTENTS, "account"):
+        if best not in WRITE_INTENTS and best not in ("help", "lang", *_REPORTS):
             # A list or a card never names a report: "企业客户的NPS" is the NPS of a segment, not a list of its
             # accounts; "northwind的nps" is Northwind's NPS, not its card.
             report = next((intent for intent, pattern in _REPORT_WORDS if pattern.search(self.found.text)), None)
@@ -378,7 +389,7 @@ class _Build:
         if self.found.accounts and not self.leftover_words(skip_vocabulary=False) and \
                 all(s.kind == "ref" for s in self.found.slots):
             return "account", ranked
-        if self.only_list_slots() and (best in LIST_INTENTS or p1 < UNSURE + 0.1):
+        if self.only_list_slots() and (best in LIST_INTENTS or p1 < CONFIDENT):
             return (best if best in LIST_INTENTS else "find"), ranked
         if p1 >= CONFIDENT or (p1 >= UNSURE + 0.1 and p1 - p2 >= MARGIN):
             return best, ranked
@@ -572,6 +583,10 @@ class _Build:
         return f"account {ref.name}"
 
     def build(self, intent: str) -> Reading:
+        if intent in LIST_INTENTS and any(m.resolved for m in self.found.accounts) and not any(
+                s.kind in ("grade", "risk", "segment", "tier", "plan", "stage", "compare", "person", "no_owner")
+                for s in self.found.slots):
+            intent = "account"  # "is Quantum Freight renewing soon?" is about that account: its card says
         handler = getattr(self, f"b_{intent}", None)
         if handler is None:
             return self.with_examples("nl_out_of_scope", "out-of-scope")
@@ -604,6 +619,8 @@ class _Build:
         return self._simple_account("survey", "survey")
 
     def b_stage_move(self) -> Reading:
+        if not _MOVE_WORDS.search(self.found.text):
+            return self.b_account()  # "has Acme churned?" asks; only "move Acme to churned" changes a stage
         ref = self.account_for("stage_move")
         if isinstance(ref, Reading):
             return ref

@@ -168,6 +168,8 @@ def lexicon_matcher(stages: list[tuple[str, str]], plans: list[str]) -> PhraseMa
         entries += [(w, "plan", plan) for w in ws]
     for plan in plans:
         entries += [(f"{plan} plan", "plan", plan), (f"{plan} 套餐", "plan", plan), (f"plan {plan}", "plan", plan)]
+        if " " in plan or plan == "starter":  # "enterprise plus" is a plan; "enterprise" alone a segment
+            entries.append((plan, "plan", plan))
     entries += [(w, "no_owner", "none") for w in lex.words("no_owner")]
     entries += [(w, "mine", "mine") for w in lex.words("mine")]
     entries += [(w, "all", "all") for w in lex.words("all")]
