@@ -8,7 +8,6 @@ red ones" can add a filter to the last list.
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
@@ -160,11 +159,3 @@ def quote_name(name: str, *, more: bool) -> str:
     if more and (" " in name or '"' in name):
         return '"' + name.replace('"', "") + '"'
     return name
-
-
-def split_command(command: str) -> list[str]:
-    try:
-        return shlex.split(command)
-    except ValueError:
-        return command.split()
-
