@@ -15,6 +15,7 @@ Run: `python -m bench --only nl` (or `python -m bench.nl` for this one alone); t
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import statistics
 import sys
@@ -65,7 +66,8 @@ def normal_command(command: str) -> str:
         return ""
     if words[0] == "find":
         return "find " + " ".join(sorted(w.casefold() for w in words[1:]))
-    return " ".join(w.casefold() for w in words)
+    # one period, two spellings: `1y` is `12m`
+    return " ".join(f"{12 * int(w[:-1])}m" if re.fullmatch(r"\d+y", w) else w.casefold() for w in words)
 
 
 def demo_engine(folder: Path, *, extra_accounts: int = 0) -> Engine:

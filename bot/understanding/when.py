@@ -351,7 +351,7 @@ def _zh_next_unit(m: re.Match[str], today: date) -> tuple[Window | None, str | N
     return _next(unit, today), None
 
 
-@_rule(r"(本周|这周|这个?星期|本月|这个月|当月|月底前|月底之前|本季度|这个?季度|本季|季度末前|今年|本年|年底前|年底之前|年内|月内)")
+@_rule(r"(本周|这周|这个?星期|本月|这个月|当月|(?<![\d一二三四五六七八九十])月底前|(?<![\d一二三四五六七八九十])月底之前|本季度|这个?季度|本季|季度末前|今年|本年|年底前|年底之前|年内|月内)")
 def _zh_this_unit(m: re.Match[str], today: date) -> tuple[Window | None, str | None]:
     word = m.group(1)
     unit = "week" if ("周" in word or "星期" in word) else "month" if "月" in word else \
@@ -365,6 +365,15 @@ def _zh_last_unit(m: re.Match[str], today: date) -> tuple[Window | None, str | N
     unit = "week" if ("周" in word or "星期" in word) else "month" if "月" in word else \
         "quarter" if "季" in word else "year"
     return None, _period(1, unit)
+
+
+@_rule(r"(\d{1,2}|[一二三四五六七八九十]{1,3})\s*月(?:份)?\s*(?:底|末)\s*(?:之前|以前|前)")
+def _zh_by_month_end(m: re.Match[str], today: date) -> tuple[Window | None, str | None]:
+    month = zh_number(m.group(1))  # "一月底前": up to the last day of January
+    if month is None or not 1 <= month <= 12:
+        return None, None
+    span = _month_span(month, None, today)
+    return Until(span.end - timedelta(days=1) if isinstance(span, Between) else span.last_day), None
 
 
 @_rule(r"(\d{1,2}|[一二三四五六七八九十]{1,3})\s*月(?:份)?\s*(?:(\d{1,2})\s*[日号])?\s*(之前|以前|前)")
