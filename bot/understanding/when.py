@@ -154,6 +154,12 @@ def _month_span(month: int, year: int | None, today: date) -> Between | Until:
     return Between(start, end)
 
 
+def _month_end(month: int, year: int | None, today: date) -> Until:
+    """Up to the last day of a month: "by the end of January", "一月底前"."""
+    span = _month_span(month, year, today)
+    return Until(span.end - timedelta(days=1)) if isinstance(span, Between) else span
+
+
 def _quarter_span(quarter: int, year: int | None, today: date) -> Between | Until:
     current = (today.month - 1) // 3 + 1
     if year is None:
@@ -236,8 +242,7 @@ def _by_end_of(m: re.Match[str], today: date) -> tuple[Window | None, str | None
 
 @_rule(r"\b(?:by|before|until|till|til)\s+(?:the\s+)?end\s+of\s+" + MONTH_EN + r"(?:\s+(\d{4}))?\b")
 def _by_end_of_month(m: re.Match[str], today: date) -> tuple[Window | None, str | None]:
-    span = _month_span(_MONTHS[m.group(1)], int(m.group(2)) if m.group(2) else None, today)
-    return Until(span.end - timedelta(days=1) if isinstance(span, Between) else span.last_day), None
+    return _month_end(_MONTHS[m.group(1)], int(m.group(2)) if m.group(2) else None, today), None
 
 
 @_rule(r"\b(?:(?:later|rest of|remainder of)\s+)?(?:in\s+)?(?:this|the current|current)\s+"
@@ -268,9 +273,7 @@ def _before_date(m: re.Match[str], today: date) -> tuple[Window | None, str | No
         year = int(month_only.group(2)) if month_only.group(2) else None
         span = _month_span(month, year, today)
         first = span.start if isinstance(span, Between) else date(today.year, month, 1)
-        if inclusive and m.group(0).startswith("by"):
-            return Until(first - timedelta(days=1)), None  # "by March": before March starts
-        return Until(first - timedelta(days=1)), None
+        return Until(first - timedelta(days=1)), None  # "before March" and "by March": before March starts
     day = _explicit_date(text, today)
     if day is None:
         return None, None
@@ -343,27 +346,28 @@ def _zh_last_n(m: re.Match[str], today: date) -> tuple[Window | None, str | None
     return None, _period(n, unit)
 
 
+def _zh_unit(word: str) -> str:
+    """The calendar unit a Chinese time word names: 下周 → week, 本月 → month, 下季度 → quarter, 明年 → year."""
+    if "周" in word or "星期" in word:
+        return "week"
+    return "month" if "月" in word else "quarter" if "季" in word else "year"
+
+
 @_rule(r"(下个?星期|下周|下个?月|下个?季度|下季|明年|来年)")
 def _zh_next_unit(m: re.Match[str], today: date) -> tuple[Window | None, str | None]:
-    word = m.group(1)
-    unit = "week" if ("周" in word or "星期" in word) else "month" if "月" in word else \
-        "quarter" if "季" in word else "year"
+    unit = _zh_unit(m.group(1))
     return _next(unit, today), None
 
 
 @_rule(r"(本周|这周|这个?星期|本月|这个月|当月|(?<![\d一二三四五六七八九十])月底前|(?<![\d一二三四五六七八九十])月底之前|本季度|这个?季度|本季|季度末前|今年|本年|年底前|年底之前|年内|月内)")
 def _zh_this_unit(m: re.Match[str], today: date) -> tuple[Window | None, str | None]:
-    word = m.group(1)
-    unit = "week" if ("周" in word or "星期" in word) else "month" if "月" in word else \
-        "quarter" if "季" in word else "year"
+    unit = _zh_unit(m.group(1))
     return _this(unit, today), None
 
 
 @_rule(r"(上个?月|上个?季度|上季|去年|上周|上个?星期)")
 def _zh_last_unit(m: re.Match[str], today: date) -> tuple[Window | None, str | None]:
-    word = m.group(1)
-    unit = "week" if ("周" in word or "星期" in word) else "month" if "月" in word else \
-        "quarter" if "季" in word else "year"
+    unit = _zh_unit(m.group(1))
     return None, _period(1, unit)
 
 
@@ -372,8 +376,7 @@ def _zh_by_month_end(m: re.Match[str], today: date) -> tuple[Window | None, str 
     month = zh_number(m.group(1))  # "一月底前": up to the last day of January
     if month is None or not 1 <= month <= 12:
         return None, None
-    span = _month_span(month, None, today)
-    return Until(span.end - timedelta(days=1) if isinstance(span, Between) else span.last_day), None
+    return _month_end(month, None, today), None
 
 
 @_rule(r"(\d{1,2}|[一二三四五六七八九十]{1,3})\s*月(?:份)?\s*(?:(\d{1,2})\s*[日号])?\s*(之前|以前|前)")
