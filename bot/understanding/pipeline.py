@@ -27,7 +27,7 @@ from bot.understanding.entities import AccountIndex, AccountRef, Mention, accoun
 from bot.understanding.intents import MASKS, IntentModel, intent_model
 from bot.understanding.lexicon import PhraseMatcher, lexicon
 from bot.understanding.query import Query, quote_name
-from bot.understanding.slots import Found, Slot, Vocabulary, find_slots, lexicon_matcher, period_of, window_of
+from bot.understanding.slots import Found, Slot, Vocabulary, find_slots, lexicon_matcher, window_of
 from bot.understanding.text import normalise, strip_punctuation, words, zh_words
 from bot.understanding.when import Between, Until, Within, window_days
 from lifecycle.models import User
@@ -153,7 +153,6 @@ add_messages(
             "zh": "我负责的客户哪些在 60 天内续约？",
         },
         "nl_example_risk": {"en": "Show me accounts at risk", "zh": "哪些客户有风险？"},
-        "nl_example_nps": {"en": "What's our NPS?", "zh": "我们的 NPS 是多少？"},
     }
 )
 
@@ -801,7 +800,7 @@ class _Build:
             if s.value.period:
                 self.use(s)
                 return str(s.value.period)
-        return period_of(self.found)
+        return None
 
     def b_cohorts(self) -> Reading:
         return self.run("cohorts", "cohorts")

@@ -240,10 +240,3 @@ def window_of(found: Found) -> TimeSlot | None:
         if s.value.window is not None:
             return s.value
     return None
-
-
-def period_of(found: Found) -> str | None:
-    for s in found.of("time"):
-        if s.value.period is not None:
-            return s.value.period
-    return None
