@@ -474,13 +474,17 @@ def _better_than_the_error(text: str, reading: Reading, failure: str) -> bool:
     stag=renewal` keeps its "did you mean `stage`"). A misspelt name keeps the command's own "Did you mean"
     (the reading is strict, see `_free_text`)."""
     typed, said = _split(text), _split(reading.command)
+    filler = lexicon().stopwords("en") | lexicon().stopwords("zh")
+    if failure == "not_found" and reading.label == "unknown" and len(typed) > 2 and typed[1].casefold() in filler:
+        return True  # "nps for Soylent Corp": the unknown name without the "for" the command took as part of it
+    if typed and typed[0].casefold() == "help" and reading.label == "out-of-scope":
+        return True  # "help me book a hotel": a request, not the help command with a bad argument
     if reading.kind not in ("run", "confirm") or len(typed) < 2 or not said:
         return False
     first = registry.lookup(typed[0].lstrip("/"))
     name = first.name if first else typed[0]
     if reading.ignored and failure == "syntax":
         return False  # the words say less than the command's own error ("renewals soon")
-    filler = lexicon().stopwords("en") | lexicon().stopwords("zh")
     # A bare command is a reading of "at-risk accounts" or "portfolio overview", not of "renewals soon".
     bare = len(said) < 2 and first is not None and bool(first.args) and failure == "syntax" and \
         not all(w.casefold().strip("?!.,") in filler for w in typed[1:])

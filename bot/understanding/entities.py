@@ -139,7 +139,7 @@ class AccountIndex:
                         positions.update(list(self.zh_part.get(run[i : i + size], ()))[:500])
         names = [self.entries[p].name for p in positions]
         matches = process.extract(key, names, scorer=fuzz.WRatio, processor=utils.default_process, limit=limit,
-                                  score_cutoff=50)
+                                  score_cutoff=60)
         return [m[0] for m in matches]
 
     def ref(self, pos: int) -> AccountRef:
@@ -285,12 +285,28 @@ _INDEXES: weakref.WeakKeyDictionary[Engine, tuple[float, AccountIndex]] = weakre
 _LOCK = threading.Lock()
 
 
-def account_index(session: Session, engine: Engine) -> AccountIndex:
+_account_ids = select(func.count()).select_from(Account).scalar_subquery()
+_last_account = select(func.max(col(Account.id))).scalar_subquery()
+_user_count = select(func.count()).select_from(User).where(col(User.active) == True).scalar_subquery()  # noqa: E712
+_user_change = select(func.max(col(User.updated_at))).where(col(User.active) == True).scalar_subquery()  # noqa: E712
+_STAMPS = select(_account_ids, _last_account, _user_count, _user_change)
+
+
+def stamps(session: Session) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """What tells, in one round trip, whether the account index and the people are still current: the accounts'
+    count and largest id, the active users' count and last change."""
+    row = tuple(session.execute(_STAMPS).one())
+    return row[:2], row[2:]
+
+
+def account_index(session: Session, engine: Engine, quick: tuple[Any, ...] | None = None) -> AccountIndex:
     """The index for this database, rebuilt when the account table changed: a new or removed account is seen at
-    once (count and largest id, read on every call from the primary key), a rename within `REFRESH_SECONDS`."""
+    once (count and largest id, read on every call from the primary key, or given as `quick` from `stamps`), a
+    rename within `REFRESH_SECONDS`."""
     now = time.monotonic()
     cached = _INDEXES.get(engine)
-    quick = tuple(session.execute(select(func.count(), func.max(col(Account.id)))).one())
+    if quick is None:
+        quick = stamps(session)[0]
     if cached is not None and cached[1].signature[:2] == quick and now - cached[0] < REFRESH_SECONDS:
         return cached[1]
     signature = (*quick, session.execute(select(func.max(col(Account.updated_at)))).scalar())
@@ -311,12 +327,12 @@ def account_index(session: Session, engine: Engine) -> AccountIndex:
 _USERS: weakref.WeakKeyDictionary[Engine, tuple[tuple[Any, ...], list[User]]] = weakref.WeakKeyDictionary()
 
 
-def active_users(session: Session, engine: Engine) -> list[User]:
-    """The active CS users, as detached copies, re-read when the user table changed (who may do what is always
-    checked by the router on the session's own rows)."""
+def active_users(session: Session, engine: Engine, stamp: tuple[Any, ...] | None = None) -> list[User]:
+    """The active CS users, as detached copies, re-read when the user table changed (`stamp` from `stamps`; who
+    may do what is always checked by the router on the session's own rows)."""
     cached = _USERS.get(engine)
-    stamp = tuple(session.execute(select(func.count(), func.max(col(User.updated_at)))
-                                  .where(col(User.active) == True)).one())  # noqa: E712
+    if stamp is None:
+        stamp = stamps(session)[1]
     if cached is not None and cached[0] == stamp:
         return cached[1]
     users = [User(id=u.id, email=u.email, name=u.name, role=u.role, slack_user_id=u.slack_user_id,
@@ -364,14 +380,30 @@ def _people_pattern(by_key: dict[str, list[User]]) -> re.Pattern[str] | None:
     return _PEOPLE_PATTERNS[cache_key]
 
 
-def find_people(text: str, users: Sequence[User], taken: Sequence[tuple[int, int]] = ()) -> list[PersonMention]:
-    """CS users named in a normalised message: email, full name, first name (when only one user has it), email
-    name, `@handle`, a Slack mention `<@U…>`; a leading `@` is allowed on any of them."""
+_KEYED: dict[int, tuple[Sequence[User], dict[str, list[User]], re.Pattern[str] | None]] = {}
+
+
+def _people_keys(users: Sequence[User]) -> tuple[dict[str, list[User]], re.Pattern[str] | None]:
+    """Every way of naming each user, and the pattern that finds them; kept while `active_users` returns the same
+    list."""
+    known = _KEYED.get(id(users))
+    if known is not None and known[0] is users:
+        return known[1], known[2]
     by_key: dict[str, list[User]] = defaultdict(list)
     for user in users:
         for key in dict.fromkeys(_person_keys(user)):
             by_key[key].append(user)
+    if len(_KEYED) > 16:
+        _KEYED.clear()
     pattern = _people_pattern(by_key)
+    _KEYED[id(users)] = (users, by_key, pattern)
+    return by_key, pattern
+
+
+def find_people(text: str, users: Sequence[User], taken: Sequence[tuple[int, int]] = ()) -> list[PersonMention]:
+    """CS users named in a normalised message: email, full name, first name (when only one user has it), email
+    name, `@handle`, a Slack mention `<@U…>`; a leading `@` is allowed on any of them."""
+    by_key, pattern = _people_keys(users)
     if pattern is None:
         return []
     out = []

@@ -12,12 +12,16 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
 
 from bot.messages import Incoming
 from lifecycle.models import ConversationState, utcnow
 
 MAX_STATE = 8_000  # characters: a state is a few hundred; anything larger is not ours
+_UPSERTS: dict[str, Any] = {"sqlite": sqlite_insert, "postgresql": pg_insert}
 
 
 def conversation_key(incoming: Incoming) -> str:
@@ -65,12 +69,23 @@ def remember(session: Session, key: str, state: dict[str, Any]) -> None:
     if len(text) > MAX_STATE:
         state = {k: v for k, v in state.items() if k != "pending"}
         text = json.dumps(state, ensure_ascii=False, default=str)[:MAX_STATE]
+    now = utcnow()
+    dialect = session.get_bind().dialect.name
+    if dialect in _UPSERTS:
+        # one statement, whether or not the conversation has a row yet (and no race between two replicas)
+        stmt = _UPSERTS[dialect](ConversationState).values(key=key, state=text, updated_at=now)
+        session.execute(stmt.on_conflict_do_update(index_elements=["key"],
+                                                   set_={"state": text, "updated_at": now}))
+        loaded = session.identity_map.get(identity_key(ConversationState, key))
+        if loaded is not None:
+            session.expire(loaded)  # read again if asked for in this session
+        return
     row = session.get(ConversationState, key)
     if row is None:
-        session.add(ConversationState(key=key, state=text, updated_at=utcnow()))
+        session.add(ConversationState(key=key, state=text, updated_at=now))
     else:
         row.state = text
-        row.updated_at = utcnow()
+        row.updated_at = now
         session.add(row)
 
 

@@ -23,12 +23,20 @@ from sqlmodel import Session
 
 from bot.i18n import add_messages, t
 from bot.messages import Button
-from bot.understanding.entities import AccountIndex, AccountRef, Mention, account_index, active_users, user_handle
+from bot.understanding.entities import (
+    AccountIndex,
+    AccountRef,
+    Mention,
+    account_index,
+    active_users,
+    stamps,
+    user_handle,
+)
 from bot.understanding.intents import MASKS, IntentModel, intent_model
 from bot.understanding.lexicon import PhraseMatcher, lexicon
 from bot.understanding.query import Query, quote_name
 from bot.understanding.slots import Found, Slot, Vocabulary, find_slots, lexicon_matcher, window_of
-from bot.understanding.text import normalise, strip_punctuation, words, zh_words
+from bot.understanding.text import normal_offsets, normalise, strip_punctuation, words, zh_words
 from bot.understanding.when import Between, Until, Within, window_days
 from lifecycle.models import User
 
@@ -58,12 +66,49 @@ _REPORT_WORDS = [
                        rf"{_A}rate us{_Z}")),
     ("retention", re.compile(rf"{_A}(?:nrr|grr|retention|net revenue retention){_Z}|留存")),
     ("funnel", re.compile(rf"{_A}funnel{_Z}|漏斗")),
-    ("cohorts", re.compile(rf"{_A}cohorts?{_Z}|同期群")),
+    ("cohorts", re.compile(rf"{_A}cohorts?{_Z}|{_A}by (?:contract |signup |sign-up )?(?:start )?quarter{_Z}|"
+                           r"同期群|队列|签约季度")),
     ("kpis", re.compile(rf"{_A}kpis?{_Z}")),
+    ("retention", re.compile(rf"{_A}(?:by|per) (?:churn )?reasons?{_Z}|{_A}churn reasons{_Z}|按原因|流失原因")),
+    ("funnel", re.compile(rf"{_A}stuck{_Z}|{_A}too long in{_Z}|{_A}in (?:a|their|one) stage too long{_Z}|"
+                          r"卡在|卡住|停滞|停留太久|停留时间|待太久|待了太久")),
+    ("alert_stats", re.compile(rf"{_A}alert (?:precision|accuracy|stats|statistics){_Z}|{_A}stats on (?:my )?alerts"
+                               rf"{_Z}|{_A}how many alerts (?:fired|were raised|triggered){_Z}|"
+                               r"(?:告警|提醒)的?(?:准确率|精确度|精确率|精度|命中率|统计)|触发了多少.{0,3}(?:告警|提醒)")),
 ]
+# "not green", "不是绿色的": every grade but the ones named
+_NOT_BEFORE = re.compile(r"(?:\bnot\s+(?:the\s+)?|\bnon-?\s*|\bisn't\s+|\baren't\s+|不是|非)$")
+# "how do I use the renewals command?", "续约命令怎么用": help about one command, named in the user's words
+_HELP_ABOUT = [
+    re.compile(r"(?:^|\b(?:use|with|on|for|about|does|explain|is)\s+)(?:the\s+)?[`\"']?(?P<t>[\w -]+?)[`\"']?\s+"
+               r"commands?\b"),
+    re.compile(r"^(?:怎么用|如何使用|如何用|怎么使用|解释一下|介绍一下)?(?P<t>[\w\u4e00-\u9fff -]+?)(?:的)?"
+               r"(?:命令|指令)(?:怎么用|如何用|如何使用|怎么使用|的用法|用法|是什么|是干什么的|干什么用|怎么写|怎么输入)"),
+    re.compile(r"^(?:怎么用|如何使用|如何用|怎么使用)(?P<t>[\w\u4e00-\u9fff -]+?)(?:的)?(?:命令|指令)"),
+]
+# "accounts with logistics in the name", "名称包含物流的客户": a filter on the account's name
+_NAME_FILTER = [
+    re.compile(r"\b(?:with|having|containing|that have|that contain|has|have)\s+[\"“']?(?P<n>[\w&.-]+(?: [\w&.-]+)?)"
+               r"[\"”']?\s+in\s+(?:the|their|its)\s+names?\b"),
+    re.compile(r"\b(?:whose\s+)?names?\s+(?:contains?|containing|includes?|including|has|with|like|matching|matches|"
+               r"starting with|starts with)\s+[\"“']?(?P<n>[\w&.-]+)[\"”']?"),
+    re.compile(r"\bnamed\s+like\s+[\"“']?(?P<n>[\w&.-]+)"),
+    re.compile(r"(?:名称|名字|名)(?:里|中)?(?:包含|含有|含|有|带有|带)[“\"']?(?P<n>[\w\u4e00-\u9fff&.-]+?)[”\"']?(?=的|$|[?？])"),
+]
+_ALERT_ACTIONS = ("ack", "snooze", "useful", "reassign")
 _REPORTS = ("nps", "retention", "funnel", "cohorts", "kpis")
 _MOVE_WORDS = re.compile(rf"{_A}(?:move|moved|put|set|change|mark|shift|bump|push|send|advance|return|back){_Z}"
-                         r"|移|改|调|设为|设成|放到|转到|转入|推进|退回|进入")
+                         r"|移|挪|改|调|设为|设成|放到|转到|转入|推进|退回|进入")
+# "move acme to renewal: …", "把 Harborview 挪到续约阶段": a stage move, whatever other words the reason has
+_MOVE_OPENING = re.compile(rf"^(?:please |pls |can you |could you )?(?:move|put|set|mark|shift|bump|push|advance)"
+                           rf"{_Z}|^(?:请|麻烦)?把.{{1,40}}?(?:移到|挪到|改到|改成|调到|设为|设成|放到|转到|转入|推进到|退回到|退回)")
+# "log for pinnacle: …", "note on acme - …": a note, whatever its text says
+_NOTE_OPENING = re.compile(rf"^(?:please |pls )?(?:log|note|jot(?: down)?|add (?:a )?note|record|write down){_Z}"
+                           r"|^(?:请|麻烦)?(?:给|在|帮我给|帮我在).{1,40}?(?:记一下|记一条|记个|记录|备注|加个备注|加一条备注)")
+# "mine only", "red ones only", "我负责的那些就行": a refinement said at the end
+_REFINE_CLOSING = re.compile(rf"{_A}(?:only|just those|then){_Z}[?!.]*$|(?:就行|就好|即可|就可以)[了吧]?[?？!！。.]*$")
+# never csbot's: a translation is not a question about accounts, whichever word is to be translated
+_NOT_OURS = re.compile(rf"{_A}translate{_Z}|翻译成|翻译一下|译成")
 _ALERT_WORDS = re.compile(rf"{_A}(?:ack|acknowledge|snooze|useful|reassign|alert|alerts){_Z}"
                           r"|告警|提醒|确认|暂缓|有用|没用")
 _TEXT_MARK = re.compile(r"[:：]|\s-\s|\s—\s|\b(?:saying|that says|says|text|reading)\b")
@@ -206,8 +251,9 @@ class Understanding:
              strict: bool = False) -> Reading:
         """Read one message. `strict`: a misspelt name is not guessed (for words that began with a command)."""
         norm = normalise(text)
-        index = account_index(session, engine)
-        users = active_users(session, engine)
+        accounts_stamp, users_stamp = stamps(session)
+        index = account_index(session, engine, accounts_stamp)
+        users = active_users(session, engine, users_stamp)
         model = intent_model()
         found = find_slots(norm, today=asker.today, index=index, users=users, matcher=self._matcher(index),
                            vocabulary=_vocabulary(model))
@@ -273,8 +319,42 @@ def _vocabulary_for(digest: str, words_: frozenset[str]) -> Vocabulary:
 
 def _vocabulary(model: IntentModel) -> Vocabulary:
     # Words of the out-of-scope phrasings ("explain quantum computing") are no reason to miss "Quantum" as a name.
-    in_scope = frozenset().union(*(v for k, v in model.vocabulary.items() if k != "out_of_scope"))
-    return _vocabulary_for(model.digest, in_scope)
+    known = _VOCABULARIES.get(model.digest)
+    if known is None:
+        in_scope = frozenset().union(*(v for k, v in model.vocabulary.items() if k != "out_of_scope"))
+        known = _VOCABULARIES[model.digest] = _vocabulary_for(model.digest, in_scope)
+    return known
+
+
+_VOCABULARIES: dict[str, Vocabulary] = {}
+
+
+def _intent_words(model: IntentModel, intent: str) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The words a reading of `intent` may leave unused without naming them, and the long ones of them (for typos)."""
+    known = _INTENT_WORDS.get((model.digest, intent))
+    if known is None:
+        vocab = model.vocabulary.get(intent, frozenset()) | _talk_words()
+        if intent in LIST_INTENTS:
+            for other in LIST_INTENTS:
+                vocab = vocab | model.vocabulary.get(other, frozenset())
+        known = _INTENT_WORDS[(model.digest, intent)] = (vocab, tuple(w for w in vocab if len(w) >= 4 and w.isascii()))
+    return known
+
+
+_INTENT_WORDS: dict[tuple[str, str], tuple[frozenset[str], tuple[str, ...]]] = {}
+
+
+@lru_cache(maxsize=4)
+def _opening(name: str) -> re.Pattern[str]:
+    """A message that starts with one of the lexicon's `name` words ("and …", "what about …", "只看…")."""
+    ws = sorted(lexicon().words(name), key=len, reverse=True)
+    return re.compile("|".join(rf"{re.escape(w)}\b" if w.isascii() else re.escape(w) for w in ws))
+
+
+@lru_cache(maxsize=1)
+def _stop_words() -> frozenset[str]:
+    lex = lexicon()
+    return lex.stopwords("en") | lex.stopwords("zh") | frozenset(MASKS.values())
 
 
 class _Build:
@@ -294,6 +374,9 @@ class _Build:
         self.raw = raw
         self.used: list[tuple[int, int]] = []
         self._tokens: list[tuple[int, int, str]] | None = None
+        self.unknown_name = ""  # a phrase that reads as a company's name and matches no account
+        self.name_filter: tuple[int, int, str] | None = None  # "with logistics in the name": (start, end, word)
+        self.help_topic = ""  # "续约" of "续约命令怎么用"
 
     # ---------------------------------------------------------------------------------------------- helpers
 
@@ -374,15 +457,49 @@ class _Build:
         return self.build(intent)
 
     def classify(self) -> tuple[str | None, list[tuple[str, float]]]:
+        if _NOT_OURS.search(self.found.text):
+            return "out_of_scope", [("out_of_scope", 1.0)]
+        about_account = bool(self.found.accounts) or self.found.first("ref") is not None
+        if about_account and self.found.first("stage") is not None and _MOVE_OPENING.search(self.found.text):
+            return "stage_move", [("stage_move", 1.0)]
+        if about_account and _NOTE_OPENING.search(self.found.text) and _TEXT_MARK.search(self.found.text):
+            return "note", [("note", 1.0)]
+        for pattern in _HELP_ABOUT:
+            m = pattern.search(self.found.text)
+            if m is not None and m.group("t").strip():
+                self.help_topic = m.group("t").strip()
+                return "help", [("help", 1.0)]
+        for pattern in _NAME_FILTER:
+            m = pattern.search(self.found.text)
+            if m is not None:
+                self.name_filter = (m.start(), m.end(), self.raw_span(m.start("n"), m.end("n")))
+                self.found.accounts = [a for a in self.found.accounts if a.end <= m.start() or a.start >= m.end()]
+                return "find", [("find", 1.0)]
         text = self.found.masked()
-        ranked = self.model.rank(text, limit=3)
+        ranked = self.model.rank(text, limit=4)
+        if not _ALERT_WORDS.search(self.found.text):
+            # "健康度不到 40": a number with no alert word is not an alert id to acknowledge
+            ranked = [r for r in ranked if r[0] not in _ALERT_ACTIONS] or ranked
+        named = self.name_like()
+        if named is not None:
+            # "腾飞重工怎么样", "nps for Soylent Corp": a name csbot does not know, in a question about an account
+            start, end = named
+            as_account = self.model.rank(self.found.text[:start] + f" {MASKS['account']} " + self.found.text[end:],
+                                         limit=3)
+            intent = next((i for i, p in as_account if p >= 0.15 and i in (*ACCOUNT_INTENTS, "nps", *LIST_INTENTS)),
+                          None)
+            if intent is not None:
+                self.unknown_name = self.raw_span(start, end).strip(" ?.!,")
+                return intent, as_account
         best, p1 = ranked[0]
-        if best not in WRITE_INTENTS and best not in ("help", "lang", *_REPORTS):
+        if best not in WRITE_INTENTS and best not in ("help", "lang"):
             # A list or a card never names a report: "企业客户的NPS" is the NPS of a segment, not a list of its
-            # accounts; "northwind的nps" is Northwind's NPS, not its card.
-            report = next((intent for intent, pattern in _REPORT_WORDS if pattern.search(self.found.text)), None)
+            # accounts; "northwind的nps" is Northwind's NPS, not its card; "小客户的留存" is retention by segment.
+            said = [(intent, m) for intent, pattern in _REPORT_WORDS if (m := pattern.search(self.found.text))]
+            report = next(((i, m) for i, m in said if i == best), None) or next(iter(said), None)
             if report is not None:
-                return report, ranked
+                self.used.append(report[1].span())
+                return report[0], ranked
         p2 = ranked[1][1] if len(ranked) > 1 else 0.0
         # A message that is nothing but an account name is a question about that account.
         if self.found.accounts and not self.leftover_words(skip_vocabulary=False) and \
@@ -401,11 +518,14 @@ class _Build:
             return None, ranked
         return None, ranked
 
-    def only_list_slots(self) -> bool:
+    def only_list_slots(self, *, ignore_leftover: bool = False) -> bool:
         kinds = {s.kind for s in self.found.slots}
+        if "compare" in kinds:
+            kinds.discard("keyword")  # "健康度不到40的企业客户": the measure compared
         listy = {"grade", "risk", "segment", "tier", "plan", "stage", "compare", "mine", "time", "person",
                  "no_owner"}
-        return bool(kinds) and kinds <= listy and not self.found.accounts and not self.leftover_words()
+        return bool(kinds) and kinds <= listy and not self.found.accounts and \
+            (ignore_leftover or not self.leftover_words())
 
     def unsure(self, ranked: list[tuple[str, float]]) -> Reading:
         best, p1 = ranked[0]
@@ -484,12 +604,8 @@ class _Build:
         last = self.remembered_account()
         if _WHY.match(text) and last is not None:
             return self.run("health", f"health {last.name}", account=last)
-        lex = lexicon()
-        starts_follow = any(re.match(rf"^{re.escape(w)}\b", text) for w in lex.words("follow_up") if w.isascii()) \
-            or any(text.startswith(w) for w in lex.words("follow_up") if not w.isascii()) \
-            or re.search(r"呢[?？]?$", text) is not None
-        refine = any(re.match(rf"^{re.escape(w)}\b", text) for w in lex.words("refine") if w.isascii()) or \
-            any(text.startswith(w) for w in lex.words("refine") if not w.isascii())
+        starts_follow = _opening("follow_up").match(text) is not None or re.search(r"呢[?？]?$", text) is not None
+        refine = _opening("refine").match(text) is not None or _REFINE_CLOSING.search(text) is not None
         query_data = self.state.get("query")
         if (refine or starts_follow) and isinstance(query_data, dict) and not self.found.accounts:
             extra = self.list_query("find")
@@ -527,7 +643,7 @@ class _Build:
         if last is not None and (ref is not None or not self.leftover_words()):
             self.use(ref)
             return last
-        unknown = self.leftover_phrase()
+        unknown = self.unknown_name or ("" if ref is not None else self.leftover_phrase())
         if unknown:
             return self.unknown_account(unknown, intent)
         if last is not None:
@@ -586,6 +702,9 @@ class _Build:
                 s.kind in ("grade", "risk", "segment", "tier", "plan", "stage", "compare", "person", "no_owner")
                 for s in self.found.slots):
             intent = "account"  # "is Quantum Freight renewing soon?" is about that account: its card says
+        if intent in LIST_INTENTS and not self.only_list_slots(ignore_leftover=True) and (
+                self.unknown_name or (self.found.first("ref") is not None and not self.found.accounts)):
+            intent = "account"  # "松鹤家具什么时候续约", "他们啥时候续约": about one account, known or not
         handler = getattr(self, f"b_{intent}", None)
         if handler is None:
             return self.with_examples("nl_out_of_scope", "out-of-scope")
@@ -623,7 +742,7 @@ class _Build:
         ref = self.account_for("stage_move")
         if isinstance(ref, Reading):
             return ref
-        stage = next((s for s in self.found.of("stage")), None)
+        stage = next((s for s in self.found.of("stage")), None) or self.stage_named_as_target()
         if stage is None:
             names = ", ".join(self.owner.machine.stage_names)
             return self.say(t("nl_need_stage", self.lang, stages=names))
@@ -631,6 +750,19 @@ class _Build:
         reason = self.text_after(stage.end, _REASON_MARK)
         command = f"stage {quote_name(ref.name, more=True)} {stage.value}" + (f" {reason}" if reason else "")
         return self.run("stage_move", command, account=ref)
+
+    def stage_named_as_target(self) -> Slot | None:
+        """The stage after "to"/"into"/"到" in a move ("move acme to renewal"): "renewal" alone is not read as the
+        stage elsewhere, because "up for renewal" is about the renewal date."""
+        names = sorted({n.casefold() for s in self.owner.machine.stages
+                        for n in (s.name, s.label, getattr(s, "label_zh", "")) if n}, key=len, reverse=True)
+        by_name = {n.casefold(): s.name for s in self.owner.machine.stages
+                   for n in (s.name, s.label, getattr(s, "label_zh", "")) if n}
+        pattern = "|".join(re.escape(n) for n in names)
+        m = re.search(rf"(?:{_A}(?:to|into|in)\s+(?:the\s+)?|到|为|成)(?P<s>{pattern})(?![a-z])", self.found.text)
+        if m is None:
+            return None
+        return Slot(m.start("s"), m.end("s"), "stage", by_name[m.group("s")], m.group("s"))
 
     def b_note(self) -> Reading:
         ref = self.account_for("note")
@@ -664,7 +796,12 @@ class _Build:
         f = self.found
         churn_compare = any(s.value[0] == "churn" for s in f.of("compare"))
         for s in f.of("grade"):
-            q.grades += s.value.split(",")
+            grades = s.value.split(",")
+            negated = _NOT_BEFORE.search(f.text[max(0, s.start - 8) : s.start])
+            if negated is not None:
+                grades = [g for g in ("red", "yellow", "green") if g not in grades]
+                self.used.append((negated.start() + max(0, s.start - 8), s.start))
+            q.grades += grades
             self.use(s)
         for s in f.of("risk"):
             if churn_compare and any(w in s.text for w in ("churn", "流失")):
@@ -691,6 +828,7 @@ class _Build:
             fname, op, value, _ = s.value
             q.comparisons.append((fname, op, value))
             self.use(s)
+            self.use(*f.of("keyword"))  # the measure compared: "健康度不到40"
         person = f.first("person")
         mine = f.first("mine")
         nobody = f.first("no_owner")
@@ -706,6 +844,9 @@ class _Build:
         for s in f.of("all") + f.of("team"):
             q.scope_all = q.owner is None
             self.use(s)
+        if self.name_filter is not None:
+            start, end, q.name = self.name_filter
+            self.used.append((start, end))
         window = window_of(f)
         if window is not None:
             q.set_window(window.window)
@@ -759,7 +900,7 @@ class _Build:
         return self.run("alert_stats", "alert-stats" + days + self.scope_word())
 
     def b_nps(self) -> Reading:
-        if self.found.accounts or self.found.first("ref"):
+        if self.found.accounts or self.found.first("ref") or self.unknown_name:
             ref = self.account_for("nps")
             if isinstance(ref, Reading):
                 return ref
@@ -787,6 +928,7 @@ class _Build:
         return self.run("funnel", "funnel" + (f" {period}" if period else ""))
 
     def b_retention(self) -> Reading:
+        self.use(*[s for s in self.found.of("stage") if s.value == "churned"])  # "churned ARR by reason"
         period = self.period()
         segment = self.found.first("segment")
         command = "retention" + (f" {period}" if period else "")
@@ -873,6 +1015,13 @@ class _Build:
             if spec is not None and spec.name != "help":
                 self.used.append((tok.start, tok.end))
                 return self.run("help", f"help {spec.name}")
+        if self.help_topic:
+            # the command the topic's words would run: "暂缓告警" → snooze
+            commands = {intent: command for command, intent in COMMAND_INTENT.items()}
+            for intent, p in self.model.rank(self.help_topic, limit=3):
+                if intent in commands and intent != "help" and p >= 0.15:
+                    self.used.append((0, len(self.found.text)))
+                    return self.run("help", f"help {commands[intent]}")
         return self.run("help", "help")
 
     def b_lang(self) -> Reading:
@@ -910,8 +1059,7 @@ class _Build:
     def leftover_words(self, *, skip_vocabulary: bool = True) -> list[tuple[int, int, str]]:
         """Words that no slot claimed and that are not question words (or, with `skip_vocabulary` false, not
         stop words only)."""
-        lex = lexicon()
-        stop = lex.stopwords("en") | lex.stopwords("zh") | set(MASKS.values())
+        stop = _stop_words()
         taken = self.found.spans()
         out = []
         for start, end, word in self.tokens():
@@ -926,9 +1074,35 @@ class _Build:
 
     def leftover_phrase(self) -> str:
         """The longest run of unclaimed, unknown words: what the user probably typed as an account name."""
+        span = self.leftover_span()
+        return self.raw_span(*span).strip(" ?.!,") if span else ""
+
+    def name_like(self) -> tuple[int, int] | None:
+        """Where the message names a company csbot has no account for: unknown words ending with a company word
+        ("Soylent Corp", "腾飞重工"), or Latin words in a Chinese question ("Initrode 的情况")."""
+        if self.found.accounts:
+            return None
+        span = self.leftover_span()
+        if span is None:
+            return None
+        phrase = self.found.text[span[0]:span[1]].strip(" ?.!,")
+        company = lexicon().table("company_words")
+        if re.search(r"[\u4e00-\u9fff]", phrase):
+            ok = any(phrase.endswith(w) and len(phrase) >= len(w) + 2 for w in company.get("zh", []))
+        elif self.found.lang == "zh":
+            ok = re.fullmatch(r"[a-z][a-z0-9&.' -]{3,}", phrase) is not None  # "NBA 昨晚的比分" names no company
+        else:
+            parts = phrase.split()
+            at_end = rf"\s+{re.escape(phrase)}\s*[?!.]*$"
+            ok = (len(parts) >= 2 and (parts[-1].strip(".") in company.get("en", []) or
+                                       re.search(rf"\b(?:on|with|for|of|about|at){at_end}", self.found.text))) or \
+                (len(phrase) >= 4 and re.search(rf"\bfor{at_end}", self.found.text) is not None)
+        return span if ok else None
+
+    def leftover_span(self) -> tuple[int, int] | None:
         left = self.leftover_words()
         if not left:
-            return ""
+            return None
         runs: list[list[tuple[int, int, str]]] = [[left[0]]]
         for item in left[1:]:
             gap = self.found.text[runs[-1][-1][1] : item[0]]
@@ -937,17 +1111,12 @@ class _Build:
             else:
                 runs.append([item])
         best = max(runs, key=lambda r: r[-1][1] - r[0][0])
-        return self.raw_span(best[0][0], best[-1][1]).strip(" ?.!,")
+        return best[0][0], best[-1][1]
 
     def ignored(self, intent: str) -> list[str]:
         """Words of the message that the reading did not use: named in the reply, never silently dropped."""
-        lex = lexicon()
-        stop = lex.stopwords("en") | lex.stopwords("zh") | set(MASKS.values()) | _talk_words()
-        vocab = self.model.vocabulary.get(intent, frozenset()) | _talk_words()
-        if intent in LIST_INTENTS:
-            for other in LIST_INTENTS:
-                vocab = vocab | self.model.vocabulary.get(other, frozenset())
-        fuzzy = tuple(w for w in vocab if len(w) >= 4 and w.isascii())
+        stop = _stop_words() | _talk_words()
+        vocab, fuzzy = _intent_words(self.model, intent)
         out: list[str] = []
         for start, end, word in self.tokens():
             if any(start < e and s < end for s, e in self.used):
@@ -996,9 +1165,10 @@ class _Build:
         if not piece.strip():
             return ""
         raw = " ".join(self.raw.split())
-        idx = raw.casefold().rfind(piece.strip().casefold()[:20]) if piece.strip() else -1
+        normal, offsets = normal_offsets(raw)
+        idx = normal.rfind(piece.strip()[:20])
         if idx >= 0:
-            return raw[idx:]
+            return raw[offsets[idx]:]
         return piece
 
     def confirm_question(self, intent: str, command: str, account: AccountRef | None) -> str:
@@ -1007,7 +1177,7 @@ class _Build:
         if intent == "note":
             return t("nl_confirm_note", self.lang, account=name)
         if intent == "stage_move":
-            stage = self.found.first("stage")
+            stage = self.found.first("stage") or self.stage_named_as_target()
             label = self.owner.machine.label(stage.value, self.lang) if stage else ""
             return t("nl_confirm_stage", self.lang, account=name, stage=label)
         if intent == "owner_change":

@@ -31,6 +31,7 @@ class Query:
     window: dict[str, Any] | None = None
     comparisons: list[tuple[str, str, float]] = field(default_factory=list)
     status: str | None = None
+    name: str | None = None  # a word of the account's name: "with logistics in the name", "名称包含物流"
 
     # -- memory
 
@@ -81,18 +82,19 @@ class Query:
         merged.comparisons = [c for c in self.comparisons if c[0] not in {o[0] for o in other.comparisons}] + \
             list(other.comparisons)
         merged.status = other.status or self.status
+        merged.name = other.name or self.name
         return merged
 
     # -- the command
 
     def _filters_beside_window(self) -> bool:
         return bool(self.grades or self.risk or self.stages or self.segments or self.plans or self.tiers
-                    or self.comparisons or self.status or (self.owner not in (None, "me")))
+                    or self.comparisons or self.status or self.name or (self.owner not in (None, "me")))
 
     def command(self, today: date) -> str:
         window = self.get_window()
         only_scope = not (self.grades or self.stages or self.plans or self.tiers or self.comparisons or self.status
-                          or window is not None or self.owner not in (None, "me"))
+                          or self.name or window is not None or self.owner not in (None, "me"))
         if (self.risk or self.base == "at_risk") and only_scope and len(self.segments) <= 1 and \
                 not (self.segments and self.owner == "me"):
             if self.segments:
@@ -126,6 +128,8 @@ class Query:
             out += [f"renewal>={window.start.isoformat()}", f"renewal<{window.end.isoformat()}"]
         if self.owner:
             out.append(f"owner={self.owner}")
+        if self.name:
+            out.append(_quoted(f"name={self.name}"))
         out += [_compare("arr", op, v) for f, op, v in self.comparisons if f == "arr"]
         out += [_compare("seats", op, v) for f, op, v in self.comparisons if f == "seats"]
         if self.segments:

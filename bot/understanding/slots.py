@@ -127,12 +127,11 @@ def _field_near(text: str, start: int, end: int, raw_number: str) -> str:
                     best, distance = fname, d
     if raw_number.strip().endswith("%"):
         return "churn" if best in (None, "churn") else best
-    if best is not None:
-        return best
     value = amount(raw_number) or 0
-    if re.search(r"[kmw万千亿$€£¥]", raw_number) or value >= 1000:
-        return "arr"
-    return "arr"
+    money = re.search(r"[kmw万千亿$€£¥]", raw_number) is not None or value > 100
+    if best is None or (money and best in ("health", "churn")):
+        return "arr"  # "healthy accounts over 200k": a score is 0-100, so 200k is money
+    return best
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,18 @@ def normalise(text: str) -> str:
     return _SPACES.sub(" ", folded).strip()
 
 
+def normal_offsets(text: str) -> tuple[str, list[int]]:
+    """`text` normalised character by character, with the position in `text` of each normalised character: where a
+    span of the normal form came from in what the user typed ("，" is "," once normalised)."""
+    out: list[str] = []
+    offsets: list[int] = []
+    for i, ch in enumerate(text):
+        piece = normalise(ch) if not ch.isspace() else " "
+        out.append(piece)
+        offsets += [i] * len(piece)
+    return "".join(out), offsets
+
+
 def language(text: str) -> str:
     """`zh` when `text` (the message with account names cut out: "how is 北京星辰科技 doing?" is English) has
     Chinese characters, else `en`."""
