@@ -1094,8 +1094,8 @@ class _Build:
         else:
             parts = phrase.split()
             at_end = rf"\s+{re.escape(phrase)}\s*[?!.]*$"
-            ok = (len(parts) >= 2 and (parts[-1].strip(".") in company.get("en", []) or
-                                       re.search(rf"\b(?:on|with|for|of|about|at){at_end}", self.found.text))) or \
+            after_word = re.search(rf"\b(?:on|with|for|of|about|at){at_end}", self.found.text) is not None
+            ok = (len(parts) >= 2 and (parts[-1].strip(".") in company.get("en", []) or after_word)) or \
                 (len(phrase) >= 4 and re.search(rf"\bfor{at_end}", self.found.text) is not None)
         return span if ok else None
 
