@@ -37,8 +37,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "`{command}` 需要参数 {argument}。用法：`{usage}`",
     },
     "bad_argument": {
-        "en": "`{value}` isn't a valid {argument} for `{command}`. Usage: `{usage}`",
-        "zh": "`{value}` 不是 `{command}` 的有效参数 {argument}。用法：`{usage}`",
+        "en": "`{value}` isn't a valid {argument} for `{command}`.{hint} Usage: `{usage}`",
+        "zh": "`{value}` 不是 `{command}` 的有效参数 {argument}。{hint}用法：`{usage}`",
     },
     "no_account": {
         "en": "I can't find an account called “{name}”.",
@@ -51,6 +51,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "我这边出错了。请重试；如果一直出错，请把错误编号 {error_id} 告诉管理员。",
     },
     "help_title": {"en": "What I can do", "zh": "我能做什么"},
+    "help_examples": {"en": "Examples: {examples}", "zh": "示例：{examples}"},
     "help_footer": {
         "en": "Account names are case-insensitive; quote names with spaces when more words follow, e.g. "
         '`stage "Acme Corp" adoption kickoff done`.',

@@ -18,13 +18,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from bot import permissions
-from bot.i18n import add_messages, t
+from bot.arguments import Arg, Param, WordError, did_you_mean, parse_arguments, usage_of
+from bot.arguments import UserError as UserError  # commands import it from here
+from bot.i18n import MESSAGES, add_messages, t
 from bot.messages import Incoming, Reply
 from bot.permissions import NEEDS_RANK, Needs, identify
 from bot.permissions import ROLE_RANK as ROLE_RANK  # re-exported: `help` and older callers import it from here
@@ -40,7 +42,6 @@ from bot.understanding.pipeline import (
     remembered,
     warm_up,
 )
-from lifecycle.accounts import find_account, find_account_prefix
 from lifecycle.config import Settings
 from lifecycle.errors import CsbotError, NotFoundError
 from lifecycle.models import Account, Alert, AuditLog, User, utcnow
@@ -62,6 +63,9 @@ add_messages(
             "en": "I couldn't turn that into something I can do. Type `help` to see what I can do.",
             "zh": "我没能把这句话变成我能做的事。输入 `help` 查看我能做什么。",
         },
+        "no_such": {"en": "There is no {kind} “{name}”.", "zh": "没有名为“{name}”的{kind}。"},
+        "kind_stage": {"en": "stage", "zh": "阶段"},
+        "kind_user": {"en": "user", "zh": "用户"},
         "too_long": {
             "en": "That message is too long for me ({length:,} characters; at most {limit:,}). Please shorten it.",
             "zh": "这条消息太长了（{length:,} 个字符；最多 {limit:,} 个）。请缩短后再试。",
@@ -74,28 +78,6 @@ add_messages(
 SAID = "said"
 
 
-class UserError(CsbotError):
-    """A problem with what the user asked; the message is shown to them as it is."""
-
-
-@dataclass(frozen=True)
-class Param:
-    """How one handler parameter is read from the words after the command."""
-
-    kind: Literal["account", "word", "int", "rest"]
-    choices: tuple[str, ...] = ()
-    access: Literal["read", "write"] = "read"
-    label: str = ""
-
-
-@dataclass(frozen=True)
-class _Arg:
-    name: str
-    param: Param
-    optional: bool
-    default: Any
-
-
 @dataclass
 class CommandSpec:
     name: str
@@ -104,14 +86,11 @@ class CommandSpec:
     help_zh: str
     needs: Needs
     aliases: tuple[str, ...]
-    args: list[_Arg]
+    args: list[Arg]
+    examples: tuple[str, ...] = ()  # shown by `help <command>`; `<account>`, `<alert id>`… stand for your own
 
     def usage(self) -> str:
-        parts = [self.name]
-        for a in self.args:
-            label = a.param.label or ("|".join(a.param.choices) if a.param.choices else a.name.replace("_", "-"))
-            parts.append(f"[{label}]" if a.optional else f"<{label}>")
-        return " ".join(parts)
+        return usage_of(self.name, self.args)
 
     def help(self, lang: str) -> str:
         return self.help_zh if lang == "zh" and self.help_zh else self.help_en
@@ -125,11 +104,12 @@ class Registry:
         self.aliases: dict[str, str] = {}
 
     def command(
-        self, name: str, *, needs: Needs = "read", aliases: tuple[str, ...] = (), zh: str = ""
+        self, name: str, *, needs: Needs = "read", aliases: tuple[str, ...] = (), zh: str = "",
+        examples: tuple[str, ...] = (),
     ) -> Callable[[Callable[..., Reply]], Callable[..., Reply]]:
         def register(fn: Callable[..., Reply]) -> Callable[..., Reply]:
             hints = get_type_hints(fn, include_extras=True)
-            args: list[_Arg] = []
+            args: list[Arg] = []
             for pname, p in list(inspect.signature(fn).parameters.items())[1:]:
                 hint = hints.get(pname)
                 marker = (
@@ -140,9 +120,9 @@ class Registry:
                 if marker is None:
                     raise TypeError(f"parameter {pname} of command {name} needs Annotated[..., Param(...)]")
                 optional = p.default is not inspect.Parameter.empty
-                args.append(_Arg(pname, marker, optional, None if not optional else p.default))
+                args.append(Arg(pname, marker, optional, None if not optional else p.default))
             doc = inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0].replace("\n", " ")
-            spec = CommandSpec(name, fn, doc, zh, needs, aliases, args)
+            spec = CommandSpec(name, fn, doc, zh, needs, aliases, args, examples)
             self.commands[name] = spec
             for alias in aliases:
                 self.aliases[alias.casefold()] = name
@@ -279,7 +259,7 @@ class Router:
         if spec is None:
             return self._free_text(session, incoming, user)
         reply, ctx, failure = self._dispatch(session, incoming, user, lang, spec, words)
-        if failure:
+        if failure and failure != "misspelt":  # a typo of a valid word keeps its "Did you mean"
             # Not valid command syntax after all ("renewals next quarter", "health of northwind"): read it as words,
             # and keep the command's own error when the words say nothing better.
             return self._free_text(session, incoming, user, fallback=(reply, failure))
@@ -370,7 +350,8 @@ class Router:
         self, session: Session, incoming: Incoming, user: User, lang: str, spec: CommandSpec, words: list[str]
     ) -> tuple[Reply, Context | None, str]:
         """Authorise, parse and run one command; returns the reply, the handler's context, and why the words could
-        not be read as the command (`syntax`, `not_found`; empty when they could: the reply is the answer)."""
+        not be read as the command (`syntax`, `not_found`, `misspelt`: a word with a near valid value; empty when
+        they could: the reply is the answer)."""
         customer = permissions.is_customer_channel(session, incoming)
         ctx = Context(session, self.services, incoming, user, lang, spec, customer_channel=customer)
         if not permissions.role_allows(user.role, spec.needs):
@@ -379,11 +360,11 @@ class Router:
         try:
             kwargs = self._parse(ctx, spec, words[1:])
         except NotFoundError as exc:
-            return _not_found_reply(ctx, exc), None, "not_found"
+            return _not_found_reply(ctx, exc), None, _not_found_failure(exc)
         except _Denied as denied:
             return _denied_reply(ctx, denied), None, ""
         except CsbotError as exc:
-            return Reply(text=str(exc), private=True), None, "syntax"
+            return Reply(text=str(exc), private=True), None, _syntax_failure(exc)
         try:
             reply = spec.handler(ctx, **kwargs)
         except _Denied as denied:
@@ -391,7 +372,7 @@ class Router:
             return _denied_reply(ctx, denied), None, ""
         except NotFoundError as exc:
             session.rollback()
-            return _not_found_reply(ctx, exc), None, "not_found"
+            return _not_found_reply(ctx, exc), None, _not_found_failure(exc)
         except CsbotError as exc:
             tried = [a.id for a in ctx.accounts] or [None]
             session.rollback()
@@ -400,7 +381,7 @@ class Router:
                 _audit(session, user, incoming, f"failed:{spec.name}", account_id, detail=f"{incoming.text} → {exc}")
             # A UserError is the handler not reading its words (`retention over the last 6 months`): the caller
             # may read them as a question instead.
-            return Reply(text=str(exc), private=True), None, "syntax" if isinstance(exc, UserError) else ""
+            return Reply(text=str(exc), private=True), None, _syntax_failure(exc) if isinstance(exc, UserError) else ""
         account_ids = [a.id for a in ctx.accounts] or [None]
         for account_id in account_ids:
             _audit(session, user, incoming, spec.name, account_id)
@@ -412,56 +393,7 @@ class Router:
         return reply, ctx, ""
 
     def _parse(self, ctx: Context, spec: CommandSpec, words: list[str]) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {}
-        rest = list(words)
-        for i, arg in enumerate(spec.args):
-            p = arg.param
-            if not rest:
-                if not arg.optional:
-                    raise UserError(ctx.t("missing_argument", command=spec.name, argument=arg.name, usage=spec.usage()))
-                kwargs[arg.name] = arg.default
-                continue
-            if p.kind == "account":
-                if i == len(spec.args) - 1:
-                    account, used = find_account(ctx.session, " ".join(rest)), len(rest)
-                else:
-                    account, used = find_account_prefix(ctx.session, rest)
-                allowed = ctx.can_write(account) if p.access == "write" else ctx.can_read(account)
-                if not allowed:
-                    raise _Denied(account, p.access)
-                ctx.accounts.append(account)
-                kwargs[arg.name] = account
-                rest = rest[used:]
-            elif p.kind == "rest":
-                kwargs[arg.name] = " ".join(rest)
-                rest = []
-            elif p.kind == "int":
-                token = rest[0].lower().removesuffix("d")
-                if token.isdigit():
-                    kwargs[arg.name] = int(token)
-                    rest = rest[1:]
-                elif arg.optional:
-                    kwargs[arg.name] = arg.default
-                else:
-                    raise UserError(
-                        ctx.t("bad_argument", value=rest[0], argument=arg.name, command=spec.name, usage=spec.usage())
-                    )
-            else:  # word
-                token = rest[0]
-                if p.choices and token.casefold() not in p.choices:
-                    if arg.optional:
-                        kwargs[arg.name] = arg.default
-                        continue
-                    raise UserError(
-                        ctx.t("bad_argument", value=token, argument=arg.name, command=spec.name, usage=spec.usage())
-                    )
-                kwargs[arg.name] = token.casefold() if p.choices else token
-                rest = rest[1:]
-        if rest:
-            raise UserError(
-                ctx.t("bad_argument", value=" ".join(rest), argument="…", command=spec.name, usage=spec.usage())
-            )
-        return kwargs
+        return parse_arguments(ctx, spec.name, spec.usage(), spec.args, words, registry=self.registry)
 
 
 _LIST_COMMANDS = frozenset({"find", "renewals", "at-risk"})
@@ -477,14 +409,16 @@ def _better_than_the_error(text: str, reading: Reading, failure: str) -> bool:
     filler = lexicon().stopwords("en") | lexicon().stopwords("zh")
     if failure == "not_found" and reading.label == "unknown" and len(typed) > 2 and typed[1].casefold() in filler:
         return True  # "nps for Soylent Corp": the unknown name without the "for" the command took as part of it
-    if typed and typed[0].casefold() == "help" and reading.label == "out-of-scope":
-        return True  # "help me book a hotel": a request, not the help command with a bad argument
+    if typed and typed[0].casefold() == "help" and reading.label == "out-of-scope" and not _only_names(text):
+        return True  # "help me book a hotel": a request, not the help command with a bad argument ("help foo")
     if reading.kind not in ("run", "confirm") or len(typed) < 2 or not said:
         return False
     first = registry.lookup(typed[0].lstrip("/"))
     name = first.name if first else typed[0]
-    if reading.ignored and failure == "syntax":
-        return False  # the words say less than the command's own error ("renewals soon")
+    if reading.ignored:
+        return False  # the words say less than the command's own error, which names the word ("renewals soon")
+    if any(w.isdigit() for w in typed[1:]) and not any(re.search(r"\d", w) for w in said[1:]):
+        return False  # a reading that lost the number typed ("cohorts 12", "renewals 60 mine soon")
     # A bare command is a reading of "at-risk accounts" or "portfolio overview", not of "renewals soon".
     bare = len(said) < 2 and first is not None and bool(first.args) and failure == "syntax" and \
         not all(w.casefold().strip("?!.,") in filler for w in typed[1:])
@@ -525,10 +459,27 @@ def _denied_reply(ctx: Context, denied: _Denied) -> Reply:
 
 
 def _not_found_reply(ctx: Context, exc: NotFoundError) -> Reply:
-    text = ctx.t("no_account", name=exc.name)
-    if exc.suggestions:
-        text += ctx.t("suggestions", names=", ".join(exc.suggestions))
+    if exc.kind == "account":
+        text = ctx.t("no_account", name=exc.name)
+        if exc.suggestions:
+            text += ctx.t("suggestions", names=", ".join(exc.suggestions))
+    else:
+        kind = ctx.t(f"kind_{exc.kind}") if f"kind_{exc.kind}" in MESSAGES else exc.kind
+        text = ctx.t("no_such", kind=kind, name=exc.name)
+        text += did_you_mean(ctx, exc.suggestions)
     return Reply(text=text, private=True)
+
+
+def _not_found_failure(exc: NotFoundError) -> str:
+    """An account name that matches nothing may be words of a question ("health of northwind"); a stage or a user
+    named after the command is the command's own word, and a near miss of a valid one is a typo."""
+    if exc.kind == "account":
+        return "not_found"
+    return "misspelt" if exc.suggestions else "syntax"
+
+
+def _syntax_failure(exc: CsbotError) -> str:
+    return "misspelt" if isinstance(exc, WordError) and exc.suggestions else "syntax"
 
 
 def _audit(

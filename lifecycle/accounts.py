@@ -30,6 +30,13 @@ def suggest_names(session: Session, name: str, limit: int = 3) -> list[str]:
     return [m[0] for m in matches]
 
 
+def segment_names(session: Session) -> list[str]:
+    """The segments the accounts are in, in lower case and sorted (segments are compared case-insensitively, so
+    `SMB` and `smb` are one); what a command's `segment <name>` is checked against."""
+    segment = func.lower(col(Account.segment))
+    return sorted({s for (s,) in session.execute(select(segment).distinct()).all() if s})
+
+
 def _exact(session: Session, text: str) -> Account | None:
     key = _key(text)
     return session.exec(

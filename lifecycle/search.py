@@ -262,7 +262,8 @@ def parse_filters(text: str, machine: StageMachine | None = None) -> list[Filter
     """Read `stage=renewal,expansion grade=red renewal<60d owner=me arr>=50k …` into filters.
 
     Values are validated (grades, numbers with k/m, day windows, dates; stages against `machine` when given).
-    A bare word after a `name=` or `owner=` filter continues its value, so `name=Acme Corp` needs no quotes.
+    A bare word after a `name=` or `owner=` filter continues its value, so `name=Acme Corp` needs no quotes (not
+    after `owner=me`, `owner=none` or an e-mail, which are complete).
     Raises FilterError for anything it cannot read.
     """
     filters: list[Filter] = []
@@ -275,8 +276,11 @@ def parse_filters(text: str, machine: StageMachine | None = None) -> list[Filter
                 filters.append(Filter(fname, "=", (raw,)))
                 continue
             last = filters[-1] if filters else None
-            if last is not None and last.field in ("name", "owner") and len(last.values) == 1:
-                previous = str(last.values[0])
+            previous = str(last.values[0]) if last is not None and len(last.values) == 1 else ""
+            # `owner=me`, `owner=none` and an e-mail are complete: a word after them is not part of a name
+            complete = previous.casefold() in ("me", "我", *NO_OWNER) or "@" in previous
+            if last is not None and last.field in ("name", "owner") and previous and \
+                    not (last.field == "owner" and complete):
                 word = token if last.field == "owner" else folded
                 filters[-1] = Filter(last.field, last.op, (f"{previous} {word}",))
                 continue

@@ -260,8 +260,23 @@ def test_retention_over_the_year_in_english(book: Engine) -> None:
 def test_bad_period_and_bad_words_get_a_usage_hint(book: Engine) -> None:
     router = _router(book)
     assert ask(router, "funnel soon", who="bo@example.com").text.startswith("`soon` isn't a period.")
-    assert "Usage: `retention [period] [segment <s>]`" in ask(router, "retention 6m smb", who="bo@example.com").text
-    assert "segment" in ask(router, "retention segment", who="bo@example.com").text
+    assert ask(router, "retention 6m smbb", who="bo@example.com").text == (
+        "`smbb` isn't a valid `segment <s>` for `retention`. Did you mean `smb`? "
+        "Usage: `retention [period] [segment <s>]`")
+    assert ask(router, "retention segment", who="bo@example.com").text.startswith(
+        "`retention` needs a segment name after `segment` (segments: ")
+
+
+def test_periods_are_written_in_words_too(book: Engine) -> None:
+    router = _router(book)
+    title = ask(router, "retention 6m segment smb", who="bo@example.com").cards[0].title
+    for words in ("retention 6 months segment smb", "retention smb 6 months", "retention 6个月 细分 smb",
+                  "retention 6 个月 smb"):
+        assert ask(router, words, who="bo@example.com").cards[0].title == title, words
+    assert ask(router, "funnel 2 weeks", who="bo@example.com").cards[0].title.startswith("Funnel, last 14 days")
+    assert ask(router, "funnel 2周", who="bo@example.com").cards[0].title.startswith("Funnel, last 14 days")
+    assert ask(router, "funnel 6 mnths", who="bo@example.com").text.startswith(
+        "`mnths` isn't a unit of time. Did you mean `months`?")
 
 
 def test_commands_have_chinese_aliases(book: Engine) -> None:

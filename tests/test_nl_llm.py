@@ -24,6 +24,7 @@ from bot.messages import Incoming
 from bot.router import Context, Router, Services, _split, registry
 from bot.understanding import llm
 from bot.understanding.llm import SYSTEM_PROMPT, LlmChoice, LlmFallback, command_line, tool_definitions
+from lifecycle.analytics import Period
 from lifecycle.config import load_settings
 from lifecycle.models import Account, User
 
@@ -273,9 +274,9 @@ def test_tool_definitions_of_the_real_registry() -> None:
         assert params["required"] == [a.name for a in spec.args if not a.optional]
         for arg in spec.args:
             prop = params["properties"][arg.name]
-            assert prop["type"] == ("integer" if arg.param.kind == "int" else "string")
+            assert prop["type"] == ("integer" if arg.param.kind in ("int", "days") else "string")
             assert prop["description"]
-            if arg.param.choices:
+            if arg.param.choices and arg.param.kind == "word":
                 assert prop["enum"] == list(arg.param.choices)
             else:
                 assert "enum" not in prop
@@ -283,7 +284,10 @@ def test_tool_definitions_of_the_real_registry() -> None:
     assert by_name["note"]["parameters"]["required"] == ["acct", "text"]
     assert by_name["note"]["parameters"]["properties"]["acct"]["description"] == "the account's name"
     assert by_name["at-risk"]["parameters"]["required"] == []
-    assert by_name["at-risk"]["parameters"]["properties"]["which"]["enum"] == ["mine", "all", "segment"]
+    assert by_name["at-risk"]["parameters"]["properties"]["which"]["enum"] == ["mine", "all"]
+    assert by_name["at-risk"]["parameters"]["properties"]["segment"]["description"] == "a customer segment's name"
+    assert by_name["stage"]["parameters"]["properties"]["to_stage"]["description"] == \
+        "a lifecycle stage's name, or auto"
     assert by_name["renewals"]["parameters"]["properties"]["days"]["type"] == "integer"
     assert "default 90" in by_name["renewals"]["parameters"]["properties"]["days"]["description"]
     assert by_name["cohorts"]["parameters"]["properties"] == {}
@@ -302,7 +306,7 @@ def parse(engine: Engine) -> Iterator[Callable[[str], tuple[str, dict[str, Any]]
         s.flush()
         for i, name in enumerate(["Northwind Traders", "Northwind", "O'Brien & Sons", "Globex"]):
             s.add(Account(external_id=f"ACC-{i}", name=name, name_key=name.casefold(), owner_id=boss.id,
-                          arr=10_000, seats=5, stage="adoption"))
+                          arr=10_000, seats=5, stage="adoption", segment="enterprise"))
         s.commit()
     router = Router(Services(engine=engine, settings=load_settings(database_url="sqlite://", csm_read_scope="all")))
     with Session(engine) as session:
@@ -354,8 +358,14 @@ def line(command: str, **arguments: Any) -> str:
         ("renewals", {"days": 30, "which": "MINE"}, "renewals 30 mine", {"days": 30, "which": "mine"}),
         ("alerts", {"which": "all"}, "alerts all", {"which": "all"}),
         ("alerts", {"which": ""}, "alerts", {"which": None}),
-        ("at-risk", {"which": "segment", "segment": "enterprise"}, "at-risk segment enterprise",
-         {"which": "segment", "segment": "enterprise"}),
+        ("at-risk", {"segment": "enterprise"}, "at-risk segment enterprise", {"which": None, "segment": "enterprise"}),
+        ("at-risk", {"which": "mine", "segment": "enterprise"}, "at-risk mine segment enterprise",
+         {"which": "mine", "segment": "enterprise"}),
+        ("renewals", {"which": "mine"}, "renewals mine", {"days": 90, "which": "mine"}),
+        ("retention", {"period": "6m", "segment": "enterprise"}, "retention 6m segment enterprise",
+         {"period": Period(6, "m"), "segment": "enterprise"}),
+        ("kpis", {"stage": "adoption"}, "kpis adoption", {"stage": "adoption"}),
+        ("help", {"topic": "renewals"}, "help renewals", {"topic": "renewals"}),
         ("snooze", {"alert_id": 12, "days": 3}, "snooze 12 3", {"alert_id": 12, "days": 3}),
         ("find", {"filters": "grade=red segment=enterprise"}, "find grade=red segment=enterprise",
          {"filters": "grade=red segment=enterprise"}),
@@ -390,8 +400,7 @@ def test_command_line_round_trips(
         ("note", {"acct": "Northwind", "text": "called\nthe CFO"}, "control character"),
         ("note", {"acct": "North\x07wind", "text": "called"}, "control character"),
         ("note", {"acct": "Northwind", "text": "called\u2028the CFO"}, "control character"),
-        ("renewals", {"which": "mine"}, "which given without days"),
-        ("at-risk", {"segment": "enterprise"}, "segment given without which"),
+        ("funnel", {"period": "soon"}, "must be a period"),
         ("stage", {"acct": "Northwind", "reason": "because"}, "reason given without to_stage"),
     ],
 )

@@ -274,7 +274,10 @@ def test_nps_command_for_one_account_and_a_segment(router: Router) -> None:
     assert [s.title for s in card.sections] == ["Latest comments"]
     assert lines(card, "Latest comments")[0] == "🟢 10 · 2026-05-20 — “Love it”"
     seg = ask(router, "nps segment SMB").cards[0]
-    assert seg.title == "NPS — segment SMB" and fields(seg)["Responses"] == "3"
+    assert seg.title == "NPS — segment smb" and fields(seg)["Responses"] == "3"  # the segment as stored
+    assert ask(router, "nps smb").cards[0] == seg  # a segment's name alone, when no account is called so
+    assert ask(router, "nps segment smbb").text == (
+        "There is no segment “smbb” (segments: enterprise, smb). Did you mean `smb`?")
 
 
 def test_nps_zero_reads_as_balanced(router: Router) -> None:
@@ -289,7 +292,9 @@ def test_nps_without_responses_says_so(router: Router) -> None:
     reply = ask(router, "nps Umbrella")
     assert reply.text == "No NPS responses yet for Umbrella in the last 12 months."
     assert not reply.cards and not reply.images
-    assert "needs segment" in ask(router, "nps segment").text
+    assert ask(router, "nps segment").text == (
+        "`nps` needs a segment name after `segment` (segments: enterprise, smb). "
+        "Usage: `nps [account|mine|segment <s>]`")
 
 
 def test_nps_with_negative_score(router: Router, engine: Engine, ids: Ids) -> None:

@@ -103,7 +103,7 @@ def test_console_transcript(engine: Engine, tmp_path: Path) -> None:
     )
     text = out.getvalue()
     assert code == 0
-    assert "`account <name>` — The account card" in text
+    assert "`account <account>` — The account card" in text
     assert "━━ Northwind Traders  (ACC-00006) ━━" in text
     assert "Health          " in text and "Why this health:" in text
     assert "Measures:" in text and "licence utilisation:" in text
@@ -113,7 +113,7 @@ def test_console_transcript(engine: Engine, tmp_path: Path) -> None:
     assert "Northwind Traders moved from Renewal to Expansion (asked for 200 more seats)" in text
     assert "Expansion: 2026" in text and "→ now" in text
     assert "I can't find an account called “Nortwind”. Did you mean: Northwind Traders" in text
-    assert "`soon` isn't a valid … for `renewals`. Usage: `renewals [days] [mine|all]`" in text
+    assert "`soon` isn't a valid `<days>` or `mine|all` for `renewals`. Usage: `renewals [days] [mine|all]`" in text
 
 
 USERS_CSV = """email,name,role,slack_user_id,telegram_user_id,timezone,manager_email

@@ -68,14 +68,14 @@ def ask(router: Router, text: str, who: str = "maya@example.com", platform: str 
 
 def test_help_lists_commands_from_docstrings(router: Router) -> None:
     reply = ask(router, "help")
-    assert "`account <name>`" in reply.text
+    assert "`account <account>`" in reply.text
     assert registry.commands["account"].help_en in reply.text
-    assert "`stage <name> [stage] [reason]`" in reply.text
+    assert "`stage <account> [stage] [reason]`" in reply.text
 
 
 def test_help_for_viewer_hides_write_commands(router: Router) -> None:
     reply = ask(router, "help", who="777", platform="telegram")
-    assert "`account <name>`" in reply.text
+    assert "`account <account>`" in reply.text
     assert "`note " not in reply.text
 
 
@@ -159,12 +159,13 @@ def test_stage_move_to_unknown_stage_suggests(router: Router) -> None:
 
 def test_missing_argument_shows_usage(router: Router) -> None:
     reply = ask(router, "account")
-    assert "Usage: `account <name>`" in reply.text
+    assert reply.text == "`account` needs `<account>`. Usage: `account <account>`"
 
 
 def test_bad_int_argument(router: Router) -> None:
     reply = ask(router, "renewals soon")
-    assert "isn't a valid" in reply.text
+    assert reply.text == (
+        "`soon` isn't a valid `<days>` or `mine|all` for `renewals`. Usage: `renewals [days] [mine|all]`")
 
 
 def test_internal_error_shows_id_not_trace(router: Router, caplog: pytest.LogCaptureFixture) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Annotated
 
+from bot.arguments import extra_word
 from bot.cards import account_card, stage_label
 from bot.charts import health_trend_image
 from bot.commands.analytics import account_kpi_section
@@ -17,8 +18,9 @@ from lifecycle.models import Account
 from lifecycle.stages import StageVisit, move_stage, stage_history, unpin
 
 
-@command("account", aliases=("客户", "acct"), zh="客户卡片：负责人、ARR、阶段、健康度及原因、续约、NPS、工单。")
-def account(ctx: Context, acct: Annotated[Account, Param("account", label="name")]) -> Reply:
+@command("account", aliases=("客户", "acct"), zh="客户卡片：负责人、ARR、阶段、健康度及原因、续约、NPS、工单。",
+         examples=("account <account>",))
+def account(ctx: Context, acct: Annotated[Account, Param("account")]) -> Reply:
     """The account card: owner, ARR, stage, health with its reasons, renewal, NPS and tickets."""
     card = _card(ctx, acct, detail=False)
     machine = ctx.services.stage_machine()
@@ -41,20 +43,22 @@ def _card(ctx: Context, acct: Account, *, detail: bool) -> Card:
     )
 
 
-@command("health", aliases=("健康", "健康度"), zh="健康度明细：每项指标的数值、得分和权重，以及变化原因。")
-def health(ctx: Context, acct: Annotated[Account, Param("account", label="name")]) -> Reply:
+@command("health", aliases=("健康", "健康度"), zh="健康度明细：每项指标的数值、得分和权重，以及变化原因。",
+         examples=("health <account>",))
+def health(ctx: Context, acct: Annotated[Account, Param("account")]) -> Reply:
     """Health in detail: each measure's value, points and weight, and what moved the score."""
     card = _card(ctx, acct, detail=True)
     chart = health_trend_image(ctx.session, acct, lang=ctx.lang, scorecard=ctx.services.scorecard())
     return Reply(cards=[card], images=[chart] if chart else [])
 
 
-@command("stage", needs="read", aliases=("阶段",), zh="查看阶段历史；或手动移动阶段并说明原因（`auto` 交回自动规则）。")
+@command("stage", needs="read", aliases=("阶段",), zh="查看阶段历史；或手动移动阶段并说明原因（`auto` 交回自动规则）。",
+         examples=("stage <account>", "stage <account> expansion signed the upsell", "stage <account> auto"))
 def stage(
     ctx: Context,
-    acct: Annotated[Account, Param("account", label="name")],
-    to_stage: Annotated[str | None, Param("word", label="stage")] = None,
-    reason: Annotated[str, Param("rest", label="reason")] = "",
+    acct: Annotated[Account, Param("account")],
+    to_stage: Annotated[str | None, Param("stage", choices=("auto",))] = None,
+    reason: Annotated[str, Param("text", label="reason")] = "",
 ) -> Reply:
     """Show the stage history; or move the account to a stage, with a reason (`auto` hands it back to the rules)."""
     machine = ctx.services.stage_machine()
@@ -71,7 +75,9 @@ def stage(
             ]
         )
     ctx.require_write(acct)
-    if to_stage.casefold() == "auto":
+    if to_stage == "auto":
+        if reason.strip():  # handing back to the rules takes no reason: a word after `auto` is not silently lost
+            raise extra_word(ctx, f"{ctx.spec.name} {acct.name} auto", reason.split()[0], ctx.spec.usage())
         unpin(ctx.session, acct, actor_id=ctx.user.id)
         return Reply(text=ctx.t("stage_unpinned", account=acct.name))
     if not reason.strip():
@@ -98,11 +104,12 @@ def _visit_line(v: StageVisit, machine: object, lang: str) -> str:
     return f"{stage_label(machine, v.stage, lang)}: {entered} → {left}{days}{why}"
 
 
-@command("note", needs="write", aliases=("备注",), zh="给客户记一条备注/接触记录。")
+@command("note", needs="write", aliases=("备注",), zh="给客户记一条备注/接触记录。",
+         examples=("note <account> called the CFO, renewal looks safe",))
 def note(
     ctx: Context,
-    acct: Annotated[Account, Param("account", access="write", label="name")],
-    text: Annotated[str, Param("rest", label="text")],
+    acct: Annotated[Account, Param("account", access="write")],
+    text: Annotated[str, Param("text", label="text")],
 ) -> Reply:
     """Log a note or touchpoint on the account."""
     add_note(ctx.session, acct, text, author_id=ctx.user.id)

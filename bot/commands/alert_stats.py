@@ -45,10 +45,11 @@ def _percent(useful: int, rated: int, ctx: Context) -> str:
     "alert-stats",
     aliases=("告警统计", "alertstats"),
     zh="各告警规则最近 N 天（默认 90）的触发次数和精确度（有帮助 ÷ 已评价）。",
+    examples=("alert-stats", "alert-stats 30 mine", "alert-stats 6 months all"),
 )
 def alert_stats_cmd(
     ctx: Context,
-    days: Annotated[int, Param("int", label="days")] = 90,
+    days: Annotated[int, Param("days")] = 90,
     which: Annotated[str | None, Param("word", choices=("mine", "all"))] = None,
 ) -> Reply:
     """Per-rule alert counts and precision (useful ÷ rated) over the last N days (default 90)."""

@@ -87,6 +87,7 @@ def _is_manager(ctx: Context) -> bool:
     "alerts",
     aliases=("告警", "提醒"),
     zh="我的未处理告警（最严重、最新的在前）；经理/管理员可用 `alerts all` 查看全部。",
+    examples=("alerts", "alerts all"),
 )
 def alerts(
     ctx: Context, which: Annotated[str | None, Param("word", choices=("all", "mine"))] = None
@@ -159,8 +160,9 @@ def _own_alert(ctx: Context, alert_id: int) -> tuple[Alert, Account]:
     return alert, account
 
 
-@command("ack", needs="write", aliases=("确认",), zh="确认一条告警（负责人或经理）。")
-def ack(ctx: Context, alert_id: Annotated[int, Param("int", label="id")]) -> Reply:
+@command("ack", needs="write", aliases=("确认",), zh="确认一条告警（负责人或经理）。",
+         examples=("ack <alert id>",))
+def ack(ctx: Context, alert_id: Annotated[int, Param("int", label="alert id")]) -> Reply:
     """Acknowledge an alert: it leaves the open list (its owner, or a manager)."""
     alert, account = _own_alert(ctx, alert_id)
     if alert.status == "acknowledged":
@@ -172,11 +174,12 @@ def ack(ctx: Context, alert_id: Annotated[int, Param("int", label="id")]) -> Rep
     return Reply(text=ctx.t("alert_acked", id=alert_id, account=account.name, title=alert.title or alert.rule))
 
 
-@command("snooze", needs="write", aliases=("暂缓",), zh="把一条告警暂缓 N 天（默认 7 天），到期仍未处理会再次出现。")
+@command("snooze", needs="write", aliases=("暂缓",), zh="把一条告警暂缓 N 天（默认 7 天），到期仍未处理会再次出现。",
+         examples=("snooze <alert id>", "snooze <alert id> 2 weeks"))
 def snooze(
     ctx: Context,
-    alert_id: Annotated[int, Param("int", label="id")],
-    days: Annotated[int, Param("int", label="days")] = SNOOZE_DAYS,
+    alert_id: Annotated[int, Param("int", label="alert id")],
+    days: Annotated[int, Param("days")] = SNOOZE_DAYS,
 ) -> Reply:
     """Snooze an alert for N days (default 7); it comes back if still open then."""
     if not 1 <= days <= MAX_SNOOZE_DAYS:

@@ -20,7 +20,7 @@ from bot.charts import chart_lang
 from bot.format import money
 from bot.i18n import add_messages, t
 from bot.messages import Card, CardField, Image, Reply, Section
-from bot.router import Context, Param, UserError, command
+from bot.router import Context, Param, command
 from lifecycle.analytics import (
     CohortTable,
     FunnelReport,
@@ -32,13 +32,11 @@ from lifecycle.analytics import (
     StageKpi,
     cohorts,
     funnel,
-    parse_period,
     retention,
     retention_monthly,
     stage_distribution_monthly,
     stage_kpis,
 )
-from lifecycle.errors import CsbotError
 from lifecycle.overview import portfolio_totals
 from lifecycle.stages import StageMachine
 
@@ -56,10 +54,6 @@ add_messages(
         "an_scope_segment": {"en": "segment {segment}", "zh": "细分 {segment}"},
         "an_scope_team": {"en": "your team", "zh": "你的团队"},
         "wk_lifecycle": {"en": "Retention and funnel", "zh": "留存与漏斗"},
-        "an_bad_period": {
-            "en": "`{value}` isn't a period. Write it like 90d, 12w, 6m or 1y. Usage: `{usage}`",
-            "zh": "`{value}` 不是有效的时间段，请写成 90d、12w、6m 或 1y。用法：`{usage}`",
-        },
         "an_empty": {"en": "No accounts yet ({scope}).", "zh": "还没有客户（{scope}）。"},
         # kpis
         "kpi_title": {"en": "Stage KPIs — {scope}", "zh": "阶段指标 — {scope}"},
@@ -190,15 +184,6 @@ def _scope(ctx: Context, segment: str | None = None) -> tuple[Slice, str, str]:
             t(key, shown, segment=segment or ""))
 
 
-def _period(ctx: Context, text: str | None, default: Period) -> Period:
-    if not text:
-        return default
-    try:
-        return parse_period(text)
-    except CsbotError:
-        raise UserError(ctx.t("an_bad_period", value=text, usage=ctx.spec.usage())) from None
-
-
 def kpi_value(unit: str, value: float | None, currency: str, lang: str) -> str:
     """A KPI value in its unit: `46 d`, `57 %`, `2.7`, `$12,000`."""
     if value is None or np.isnan(value):
@@ -278,12 +263,13 @@ def account_kpi_section(results: list[KpiResult], machine: StageMachine, currenc
 
 
 @command("kpis", aliases=("kpi", "指标", "阶段指标"),
-         zh="阶段指标：各阶段（或某一阶段 `kpis <阶段>`）的指标与目标对比（附图）。")
-def kpis(ctx: Context, stage: Annotated[str, Param("rest", label="stage")] = "") -> Reply:
+         zh="阶段指标：各阶段（或某一阶段 `kpis <阶段>`）的指标与目标对比（附图）。",
+         examples=("kpis", "kpis adoption"))
+def kpis(ctx: Context, stage: Annotated[str | None, Param("stage")] = None) -> Reply:
     """Stage KPIs against their goals for the portfolio, or one stage (`kpis adoption`), with a chart."""
     machine: StageMachine = ctx.services.stage_machine()
     scope, scope_text, chart_scope = _scope(ctx)
-    wanted = machine.resolve(stage) if stage.strip() else None
+    wanted = stage
     found = stage_kpis(ctx.session, machine, today=ctx.today, stage=wanted, scope=scope)
     if not found:
         label = stage_label(machine, wanted, ctx.lang) if wanted else scope_text
@@ -347,11 +333,13 @@ def _days_text(value: float) -> str:
 
 @command("funnel", aliases=("漏斗",),
          zh="漏斗：各阶段进入下一阶段的比例、停留时长中位数和 p90、停滞客户，以及每月阶段分布（附图）；"
-            "时间段如 90d、6m。")
-def funnel_cmd(ctx: Context, period: Annotated[str | None, Param("word", label="period")] = None) -> Reply:
-    """The stage funnel over a period (default 90d; e.g. 6m): who moved on, time in stage, stuck accounts, charts."""
+            "时间段如 90d、6m、2周、6个月。",
+         examples=("funnel", "funnel 6m", "funnel 2 weeks"))
+def funnel_cmd(ctx: Context, period: Annotated[Period | None, Param("period")] = None) -> Reply:
+    """The stage funnel over a period (default 90d; e.g. 6m or 2 weeks): who moved on, time in stage, stuck
+    accounts, charts."""
     machine: StageMachine = ctx.services.stage_machine()
-    span = _period(ctx, period, DEFAULT_FUNNEL)
+    span = period or DEFAULT_FUNNEL
     scope, scope_text, _chart_scope = _scope(ctx)
     report = funnel(ctx.session, machine, span, today=ctx.today, scope=scope)
     table = report.stages
@@ -405,23 +393,16 @@ def _months(period: Period) -> int:
 
 @command("retention", aliases=("留存", "nrr"),
          zh="留存：NRR、GRR、客户流失率、按原因的流失 ARR、挽回率（默认最近 12 个月，"
-            "可加时间段和 `segment <细分>`，附图）。")
-def retention_cmd(ctx: Context, args: Annotated[str, Param("rest", label="period] [segment <s>")] = "") -> Reply:
-    """Logo churn, GRR and NRR (monthly and over the period, default 12m), churned ARR by reason, win-back."""
-    words = args.split()
-    period_word: str | None = None
-    segment: str | None = None
-    if words and words[0].casefold() not in ("segment", "细分"):
-        period_word = words.pop(0)
-    if words:
-        if words[0].casefold() not in ("segment", "细分"):
-            raise UserError(ctx.t("bad_argument", value=" ".join(words), argument="…", command=ctx.spec.name,
-                                  usage=ctx.spec.usage()))
-        segment = " ".join(words[1:]).strip()
-        if not segment:
-            raise UserError(ctx.t("missing_argument", command=ctx.spec.name, argument="segment",
-                                  usage=ctx.spec.usage()))
-    span = _period(ctx, period_word, DEFAULT_RETENTION)
+            "可加时间段和 `segment <细分>`，附图）。",
+         examples=("retention", "retention 6 months", "retention 1y segment enterprise", "retention smb"))
+def retention_cmd(
+    ctx: Context,
+    period: Annotated[Period | None, Param("period")] = None,
+    segment: Annotated[str | None, Param("segment")] = None,
+) -> Reply:
+    """Logo churn, GRR and NRR (monthly and over the period, default 12m; e.g. 6 months), churned ARR by reason,
+    win-back; for one segment with `segment <s>`."""
+    span = period or DEFAULT_RETENTION
     scope, scope_text, chart_scope = _scope(ctx, segment)
     summary = retention(ctx.session, span, today=ctx.today, scope=scope)
     currency = _currency(ctx, scope)
@@ -481,7 +462,8 @@ def _cohort_points(row: pd.Series) -> str:
     return " · ".join(f"Q{int(k)} {100 * float(values[k]):.0f} %" for k in shown)
 
 
-@command("cohorts", aliases=("cohort", "同期群", "队列"), zh="同期群：按签约季度的客户留存曲线（附图）。")
+@command("cohorts", aliases=("cohort", "同期群", "队列"), zh="同期群：按签约季度的客户留存曲线（附图）。",
+         examples=("cohorts",))
 def cohorts_cmd(ctx: Context) -> Reply:
     """Logo retention curves by contract-start quarter, with a chart."""
     scope, scope_text, _chart_scope = _scope(ctx)

@@ -47,10 +47,11 @@ def _alert(ctx: Context, alert_id: int) -> tuple[Alert, Account]:
     return alert, account
 
 
-@command("useful", needs="write", aliases=("有用",), zh="评价一条告警是否有帮助：`useful <编号> yes|no`。")
+@command("useful", needs="write", aliases=("有用",), zh="评价一条告警是否有帮助：`useful <编号> yes|no`。",
+         examples=("useful <alert id> yes", "useful <alert id> no"))
 def useful(
     ctx: Context,
-    alert_id: Annotated[int, Param("int", label="id")],
+    alert_id: Annotated[int, Param("int", label="alert id")],
     verdict: Annotated[str, Param("word", choices=tuple(USEFUL), label="yes|no")],
 ) -> Reply:
     """Rate an alert: `useful <id> yes` or `no` (its owner, or a manager); feeds the rules' precision."""
@@ -66,10 +67,11 @@ def useful(
     needs="manage",
     aliases=("转交告警",),
     zh="把告警所属客户转交给他人（经理/管理员）：`reassign <编号> <用户>`。",
+    examples=("reassign <alert id> <user>",),
 )
 def reassign(
     ctx: Context,
-    alert_id: Annotated[int, Param("int", label="id")],
+    alert_id: Annotated[int, Param("int", label="alert id")],
     who: Annotated[str | None, Param("rest", label="user")] = None,
 ) -> Reply:
     """Hand an alert's account, with its open alerts, to another owner (managers and admins): `reassign <id> <user>`."""

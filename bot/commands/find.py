@@ -198,8 +198,9 @@ def _line(row: FoundAccount, ctx: Context) -> str:
     "find",
     aliases=("查找", "筛选", "search"),
     zh="按条件查找客户，例如 `find stage=renewal grade=red renewal<60d owner=me`（只输入 `find` 查看说明）。",
+    examples=("find stage=renewal grade=red renewal<60d owner=me",),
 )
-def find(ctx: Context, filters: Annotated[str, Param("rest", label="filters…")] = "") -> Reply:
+def find(ctx: Context, filters: Annotated[str, Param("rest", label="filters")] = "") -> Reply:
     """Find accounts by filters, e.g. `find stage=renewal grade=red renewal<60d owner=me` (`find` alone explains)."""
     if not filters.strip():
         return Reply(text=t("find_help", ctx.lang, fields=", ".join(FIELDS)), private=True)

@@ -4,57 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from rapidfuzz import fuzz, process
-from sqlalchemy import select
-from sqlmodel import col
-
 from bot.format import grade, money, signed
 from bot.i18n import t
 from bot.messages import Card, Reply, Section
-from bot.router import Context, Param, UserError, command
-from lifecycle.models import Account
+from bot.router import Context, Param, command
 from lifecycle.portfolio import PortfolioRow, Scope, at_risk, renewals
 
 SHOW = 15
 
 
-_MINE_WORDS = ("mine", "my", "我的", "我负责的")
-_ALL_WORDS = ("all", "全部", "所有")
-
-
-def _known_segment(ctx: Context, word: str) -> str:
-    """A segment named in a list command, checked against the stored segments: a misspelt one ("enterprize") is
-    refused with the nearest, never silently answered for everyone."""
-    segments = sorted({s for (s,) in ctx.session.execute(select(col(Account.segment)).distinct()).all() if s})
-    for segment in segments:
-        if segment.casefold() == word.casefold():
-            return segment
-    close = process.extract(word, segments, scorer=fuzz.WRatio, limit=2, score_cutoff=70)
-    hint = ctx.t("suggestions", names=", ".join(f"`{c[0]}`" for c in close)) if close else ""
-    raise UserError(ctx.t("unknown_segment", segment=word, segments=", ".join(segments) or "—") + hint)
-
-
 def _scope(ctx: Context, which: str | None, segment: str | None) -> tuple[Scope, str]:
-    if which is None and segment is not None:  # `at-risk enterprise`, `风险 我的`: the word after the command
-        folded = segment.casefold()
-        which, segment = ("mine", None) if folded in _MINE_WORDS else ("all", None) if folded in _ALL_WORDS \
-            else ("segment", segment)
     owner_id = ctx.user.id if which == "mine" else None
     if ctx.user.role == "csm" and ctx.services.settings.csm_read_scope == "own":
         owner_id = ctx.user.id
-    if which == "segment" or (which == "mine" and segment):
-        if not segment:
-            raise UserError(
-                ctx.t("missing_argument", command=ctx.spec.name, argument="<segment>", usage=ctx.spec.usage())
-            )
-        name = _known_segment(ctx, segment)
-        label = t("scope_segment", ctx.lang, segment=name)
+    if segment:
+        label = t("scope_segment", ctx.lang, segment=segment)
         if owner_id is not None:
             label = f"{t('scope_mine', ctx.lang)} · {label}"
-        return Scope(owner_id=owner_id, segment=name), label
-    if segment:
-        raise UserError(ctx.t("bad_argument", value=segment, argument="<segment>", command=ctx.spec.name,
-                              usage=ctx.spec.usage()))
+        return Scope(owner_id=owner_id, segment=segment), label
     if owner_id is not None:
         return Scope(owner_id=owner_id), t("scope_mine", ctx.lang)
     return Scope(), t("scope_all", ctx.lang)
@@ -74,13 +41,14 @@ def _line(row: PortfolioRow, ctx: Context, *, renewal: bool) -> str:
     return " · ".join(parts)
 
 
-@command("at-risk", aliases=("风险", "atrisk"), zh="风险客户（红色或快速下滑），按涉及 ARR 从大到小。")
+@command("at-risk", aliases=("风险", "atrisk"), zh="风险客户（红色或快速下滑），按涉及 ARR 从大到小。",
+         examples=("at-risk", "at-risk mine", "at-risk enterprise", "at-risk mine segment enterprise"))
 def at_risk_cmd(
     ctx: Context,
-    which: Annotated[str | None, Param("word", choices=("mine", "all", "segment"))] = None,
-    segment: Annotated[str | None, Param("word", label="segment")] = None,
+    which: Annotated[str | None, Param("word", choices=("mine", "all"))] = None,
+    segment: Annotated[str | None, Param("segment")] = None,
 ) -> Reply:
-    """Accounts that are red or falling fast, largest ARR at stake first."""
+    """Accounts that are red or falling fast, largest ARR at stake first; `mine` and a segment narrow them."""
     scope, label = _scope(ctx, which, segment)
     rows, count, arr = at_risk(ctx.session, scope, limit=SHOW)
     if not count:
@@ -95,10 +63,11 @@ def at_risk_cmd(
     )
 
 
-@command("renewals", aliases=("续约",), zh="未来 N 天（默认 90）内续约的客户，最近的在前。")
+@command("renewals", aliases=("续约",), zh="未来 N 天（默认 90）内续约的客户，最近的在前。",
+         examples=("renewals", "renewals 30 mine", "renewals 3 months all"))
 def renewals_cmd(
     ctx: Context,
-    days: Annotated[int, Param("int", label="days")] = 90,
+    days: Annotated[int, Param("days")] = 90,
     which: Annotated[str | None, Param("word", choices=("mine", "all"))] = None,
 ) -> Reply:
     """Accounts renewing in the next N days (default 90), soonest first, with their health."""

@@ -9,14 +9,17 @@ from bot.messages import Reply
 from bot.router import _NEEDS_RANK, ROLE_RANK, Context, Param, command, registry
 
 
-@command("help", aliases=("帮助", "?"), zh="列出我能做的事，或某个命令的用法。")
-def help_(ctx: Context, topic: Annotated[str | None, Param("word", label="command")] = None) -> Reply:
+@command("help", aliases=("帮助", "?"), zh="列出我能做的事，或某个命令的用法。", examples=("help", "help renewals"))
+def help_(ctx: Context, topic: Annotated[str | None, Param("command")] = None) -> Reply:
     """List what I can do, or how to use one command."""
     if topic:
         spec = registry.lookup(topic.lstrip("/"))
         if spec is not None:
             aliases = f" ({', '.join(spec.aliases)})" if spec.aliases else ""
-            return Reply(text=f"`{spec.usage()}`{aliases}\n{spec.help(ctx.lang)}", private=True)
+            text = f"`{spec.usage()}`{aliases}\n{spec.help(ctx.lang)}"
+            if spec.examples:
+                text += "\n" + t("help_examples", ctx.lang, examples=" · ".join(f"`{e}`" for e in spec.examples))
+            return Reply(text=text, private=True)
     rank = ROLE_RANK.get(ctx.user.role, 0)
     lines = [f"*{t('help_title', ctx.lang)}*"]
     for spec in registry.commands.values():

@@ -7,13 +7,24 @@ from typing import Annotated, Literal
 
 import pandas as pd
 
+from bot.arguments import (
+    SEGMENT_WORDS,
+    SYNONYMS,
+    WordError,
+    did_you_mean,
+    extra_word,
+    known_segment,
+    named_account,
+    near,
+)
 from bot.cards import stage_label
 from bot.charts import chart_lang, has_cjk, nps_trend_png
 from bot.format import signed
 from bot.i18n import add_messages, t
 from bot.messages import Card, CardField, Image, Reply, Section
 from bot.router import Context, Param, UserError, command
-from lifecycle.accounts import find_account, nps_category
+from lifecycle.accounts import nps_category, segment_names
+from lifecycle.errors import NotFoundError
 from lifecycle.models import Account
 from lifecycle.nps import NpsComment, NpsSummary, latest_comments, month_start, nps_by, nps_summary, nps_trend
 
@@ -137,38 +148,62 @@ def _comment_line(c: NpsComment, *, with_account: bool) -> str:
     return f"{_CATEGORY_ICON[category]} {c.score}{who} · {c.day.isoformat()} — “{c.comment[:200]}”"
 
 
+def _target(ctx: Context, words: list[str]) -> tuple[Account | None, str | None, bool]:
+    """What `nps …` is about: (an account, a segment, whether `mine`); nothing for the whole portfolio. Every word
+    is used or refused: a typo of `mine`, `segment` or a segment's name gets "Did you mean"."""
+    if not words:
+        return None, None, False
+    first = words[0].casefold()
+    if first in SEGMENT_WORDS:
+        if len(words) == 1:
+            raise UserError(ctx.t("segment_needs_name", command=ctx.spec.name, word=words[0],
+                                  segments=", ".join(segment_names(ctx.session)) or "—", usage=ctx.spec.usage()))
+        return None, known_segment(ctx, words[1:], done=f"{ctx.spec.name} {words[0]}", usage=ctx.spec.usage()), False
+    if SYNONYMS.get(first, first) == "mine":
+        if len(words) > 1:
+            raise extra_word(ctx, f"{ctx.spec.name} {words[0]}", words[1], ctx.spec.usage())
+        return None, None, True
+    try:
+        return named_account(ctx, words, access="read", done=ctx.spec.name, usage=ctx.spec.usage()), None, False
+    except NotFoundError:
+        segments = segment_names(ctx.session)
+        wanted = " ".join(words).casefold()
+        if wanted in segments:
+            return None, wanted, False  # `nps enterprise`: a segment's name alone
+        if len(words) > 1 and near(first, SEGMENT_WORDS):  # `nps sgement enterprise`
+            close = near(first, SEGMENT_WORDS)
+            text = ctx.t("bad_argument", value=words[0], argument="`account|mine|segment <s>`", command=ctx.spec.name,
+                         hint=did_you_mean(ctx, close), usage=ctx.spec.usage())
+            raise WordError(text, word=words[0], suggestions=close) from None
+        close = near(wanted, ["mine", *SEGMENT_WORDS, *segments]) if len(words) == 1 else []
+        if not close:
+            raise
+        raise WordError(ctx.t("no_account", name=words[0]) + did_you_mean(ctx, close), word=words[0],
+                        suggestions=close) from None
+
+
 @command(
     "nps",
     aliases=("净推荐值",),
     zh="NPS：全部、某个客户（`nps <客户>`）或某个细分（`nps segment <细分>`），含趋势图和最新评论。",
+    examples=("nps", "nps <account>", "nps mine", "nps segment enterprise"),
 )
 def nps(
     ctx: Context,
     target: Annotated[str, Param("rest", label="account|mine|segment <s>")] = "",
 ) -> Reply:
     """NPS overall, for one account (`nps <account>`) or a segment (`nps segment <s>`): counts, trend and comments."""
-    words = target.split()
     own_only = ctx.user.role == "csm" and ctx.services.settings.csm_read_scope == "own"
     owner_id = ctx.user.id if own_only else None
-    account: Account | None = None
-    segment: str | None = None
-    if words and words[0].casefold() in ("segment", "细分"):
-        segment = " ".join(words[1:]).strip()
-        if not segment:
-            raise UserError(
-                ctx.t("missing_argument", command=ctx.spec.name, argument="segment", usage=ctx.spec.usage())
-            )
-        scope = ctx.t("nps_scope_segment", segment=segment)
-    elif words and words[0].casefold() in ("mine", "我的") and len(words) == 1:
-        owner_id = ctx.user.id
-        scope = ctx.t("nps_scope_mine")
-    elif words:
-        account = find_account(ctx.session, target)
-        ctx.require_read(account)
+    account, segment, mine = _target(ctx, target.split())
+    if account is not None:
         ctx.accounts.append(account)
-        owner_id = None  # the account itself is the whole scope, and reading it was allowed above
+        owner_id = None  # the account itself is the whole scope, and reading it was allowed
         scope = account.name
+    elif segment is not None:
+        scope = ctx.t("nps_scope_segment", segment=segment)
     else:
+        owner_id = ctx.user.id if mine else owner_id
         scope = ctx.t("nps_scope_mine" if owner_id is not None else "nps_scope_all")
 
     today: date = ctx.today

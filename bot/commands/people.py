@@ -7,6 +7,7 @@ from typing import Annotated
 from sqlalchemy import update
 from sqlmodel import col
 
+from bot.arguments import extra_word
 from bot.i18n import add_messages, t
 from bot.messages import Reply
 from bot.router import Context, Param, UserError, command
@@ -56,10 +57,11 @@ add_messages(
     needs="manage",
     aliases=("assign", "转交"),
     zh="更换客户负责人（经理/管理员）；用户可用邮箱、姓名、Slack/Telegram ID 或 @名字。名称含空格时请加引号。",
+    examples=("owner <account> <user>",),
 )
 def owner(
     ctx: Context,
-    acct: Annotated[Account, Param("account", access="write", label="account")],
+    acct: Annotated[Account, Param("account", access="write")],
     who: Annotated[str, Param("rest", label="user")],
 ) -> Reply:
     """Give an account to another CS owner (managers and admins); the user by email, name, chat id or @name."""
@@ -89,6 +91,13 @@ def _unknown_user_text(ctx: Context, acct: Account, who: str, exc: NotFoundError
     """Why the user is unknown; when the last words do name a user, the first ones were probably a mistyped
     account name (`owner Acme Crop kim` takes "Acme" as Acme Corp), so say so and show the quoted form."""
     words = who.split()
+    for i in range(len(words) - 1, 0, -1):  # `owner Acme kim thanks`: a user, then words that are nobody
+        try:
+            find_user(ctx.session, " ".join(words[:i]))
+        except NotFoundError:
+            continue
+        typed = ctx.incoming.text.split()  # `owner <account> <user>` or `reassign <alert id> <user>`, as typed
+        return str(extra_word(ctx, " ".join(typed[:len(typed) - len(words) + i]), words[i], ctx.spec.usage()))
     for i in range(1, len(words)):
         try:
             user = find_user(ctx.session, " ".join(words[i:]))
@@ -101,7 +110,8 @@ def _unknown_user_text(ctx: Context, acct: Account, who: str, exc: NotFoundError
     return text
 
 
-@command("lang", aliases=("语言", "language"), zh="查看或设置我回复你的语言：`lang en` 或 `lang zh`。")
+@command("lang", aliases=("语言", "language"), zh="查看或设置我回复你的语言：`lang en` 或 `lang zh`。",
+         examples=("lang", "lang zh"))
 def lang(
     ctx: Context,
     choice: Annotated[str | None, Param("word", choices=tuple(LANG_CODES), label="en|zh")] = None,

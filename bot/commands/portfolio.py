@@ -121,6 +121,7 @@ def _value_fields(ctx: Context, owner_id: int | None, currency: str) -> list[Car
     "portfolio",
     aliases=("组合", "概览", "overview"),
     zh="客户组合概览：ARR 按健康度分布、平均健康度、各阶段客户（附图）。",
+    examples=("portfolio", "portfolio mine"),
 )
 def portfolio(
     ctx: Context,

@@ -8,36 +8,41 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from rapidfuzz import fuzz, process
 from sqlalchemy import select
 from sqlmodel import col
 
+from bot.arguments import WordError, did_you_mean, extra_word, near
 from bot.messages import Reply
 from bot.router import Context, Param, UserError, command
 from bot.surveys import enqueue_questions, survey_config
 from lifecycle import surveys as core
 from lifecycle.models import Account, Contact, utcnow
 
-FUZZY_CUTOFF = 80
-
 
 def _contact(ctx: Context, account: Account, name: str) -> Contact:
-    """The account's contact called `name` (name, e-mail or key; case-insensitive, close spellings accepted)."""
+    """The account's contact called `name`: their name, e-mail or key (any case), or the one contact whose name has
+    `name` as a word or starts with it (`Olivia`). A near miss is refused with the nearest names: a survey goes to
+    a customer, so csbot does not guess who."""
     contacts = list(ctx.session.execute(
         select(Contact).where(col(Contact.account_id) == account.id).order_by(col(Contact.id))
     ).scalars().all())
-    wanted = name.casefold().strip()
+    if not contacts:
+        raise UserError(ctx.t("svc_no_contacts", account=account.name))
+    wanted = " ".join(name.casefold().split())
     for contact in contacts:
         if wanted in {contact.name.casefold(), (contact.email or "").casefold(), contact.key.casefold()}:
             return contact
-    best = process.extractOne(wanted, {c.id: c.name.casefold() for c in contacts}, scorer=fuzz.WRatio,
-                              score_cutoff=FUZZY_CUTOFF)
-    if best is not None:
-        return next(c for c in contacts if c.id == best[2])
-    if not contacts:
-        raise UserError(ctx.t("svc_no_contacts", account=account.name))
-    raise UserError(ctx.t("svc_no_contact", account=account.name, name=name,
-                          names=", ".join(c.name for c in contacts)))
+    words = wanted.split()
+    for i in range(len(words) - 1, 0, -1):  # `survey Acme Olivia Moore today`: a contact, then words that are nobody
+        if any(" ".join(words[:i]) == c.name.casefold() for c in contacts):
+            raise extra_word(ctx, f"{ctx.spec.name} {account.name} {' '.join(name.split()[:i])}", name.split()[i],
+                             ctx.spec.usage())
+    partial = [c for c in contacts if c.name.casefold().startswith(wanted) or wanted in c.name.casefold().split()]
+    if len(partial) == 1:
+        return partial[0]
+    close = near(wanted, [c.name for c in contacts]) or [c.name for c in partial]
+    text = ctx.t("svc_no_contact", account=account.name, name=name, names=", ".join(c.name for c in contacts))
+    raise WordError(text + did_you_mean(ctx, close), word=name, suggestions=close)
 
 
 @command(
@@ -45,6 +50,7 @@ def _contact(ctx: Context, account: Account, name: str) -> Contact:
     needs="write",
     aliases=("问卷",),
     zh="立即向客户的联系人（或指定联系人）发送 NPS 问卷：`survey <客户> [<联系人>]`。",
+    examples=("survey <account>", "survey <account> <contact>"),
 )
 def survey(
     ctx: Context,

@@ -21,8 +21,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from lifecycle.analytics import parse_period
+from lifecycle.errors import CsbotError
+
 if TYPE_CHECKING:
-    from bot.router import CommandSpec, _Arg
+    from bot.arguments import Arg
+    from bot.router import CommandSpec
     from lifecycle.config import Settings
 
 log = logging.getLogger("csbot.llm")
@@ -75,18 +79,26 @@ def tool_definitions(specs: Iterable[CommandSpec]) -> list[dict[str, Any]]:
     return tools
 
 
-def _property(arg: _Arg) -> dict[str, Any]:
+def _property(arg: Arg) -> dict[str, Any]:
     p = arg.param
+    what = p.label or arg.name.replace("_", " ")
     if p.kind == "account":
         prop: dict[str, Any] = {"type": "string", "description": "the account's name"}
-    elif p.kind == "int":
-        prop = {"type": "integer", "minimum": 0, "description": p.label or arg.name.replace("_", " ")}
+    elif p.kind in ("int", "days"):
+        prop = {"type": "integer", "minimum": 0, "description": what}
     elif p.kind == "word" and p.choices:
-        prop = {"type": "string", "enum": list(p.choices), "description": p.label or arg.name.replace("_", " ")}
-    elif p.kind == "word":
-        prop = {"type": "string", "description": f"{p.label or arg.name.replace('_', ' ')} (one word)"}
-    else:  # rest
-        prop = {"type": "string", "description": f"{p.label or arg.name.replace('_', ' ')} (free text)"}
+        prop = {"type": "string", "enum": list(p.choices), "description": what}
+    elif p.kind == "period":
+        prop = {"type": "string", "description": "a period such as 90d, 2w, 6m or 1y"}
+    elif p.kind == "segment":
+        prop = {"type": "string", "description": "a customer segment's name"}
+    elif p.kind == "stage":
+        prop = {"type": "string", "description": "a lifecycle stage's name"
+                + "".join(f", or {c}" for c in p.choices)}
+    elif p.kind in ("word", "command"):
+        prop = {"type": "string", "description": f"{what} (one word)"}
+    else:  # text, rest
+        prop = {"type": "string", "description": f"{what} (free text)"}
     if arg.optional and arg.default not in (None, ""):
         prop["description"] += f"; default {arg.default}"
     return prop
@@ -98,8 +110,8 @@ def command_line(spec: CommandSpec, arguments: Mapping[str, Any]) -> str:
 
     None or a blank string counts as not given. Raises ValueError for an unknown argument, a missing required
     one, a value of the wrong type, a choice outside the command's choices, a word with spaces, a value with a
-    newline or another control character, or an optional argument given after one left out (the router reads
-    arguments by position, so it could not tell which one was meant).
+    newline or another control character, or a free-text argument given after an optional one left out (the
+    router would read its first word as the one left out).
     """
     known = {arg.name for arg in spec.args}
     unknown = sorted(set(arguments) - known)
@@ -111,10 +123,11 @@ def command_line(spec: CommandSpec, arguments: Mapping[str, Any]) -> str:
         if arg.name not in given:
             if not arg.optional:
                 raise ValueError(f"{spec.name}: missing argument {arg.name}")
-            later = [a.name for a in spec.args[i + 1:] if a.name in given]
+            # A recognisable value (a choice, days, a segment) is read out of order; free text is not.
+            later = [a.name for a in spec.args[i + 1:] if a.name in given and a.greedy]
             if later:
                 raise ValueError(f"{spec.name}: {', '.join(later)} given without {arg.name}")
-            break
+            continue
         more = any(a.name in given for a in spec.args[i + 1:])
         parts.append(_token(spec.name, arg, given[arg.name], more=more))
     return " ".join(parts)
@@ -124,11 +137,11 @@ def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _token(command: str, arg: _Arg, value: Any, *, more: bool) -> str:
+def _token(command: str, arg: Arg, value: Any, *, more: bool) -> str:
     """One argument as the router reads it back."""
     p = arg.param
     where = f"{command}: argument {arg.name}"
-    if p.kind == "int":
+    if p.kind in ("int", "days"):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{where} must be a whole number ≥ 0, not {value!r}")
         return str(value)
@@ -144,15 +157,26 @@ def _token(command: str, arg: _Arg, value: Any, *, more: bool) -> str:
         if (more and " " in value) or _SHELLISH & set(value):
             return _quoted(value)
         return value
-    if p.kind == "word":
+    if p.kind == "period":
+        try:
+            parse_period(value)
+        except CsbotError:
+            raise ValueError(f"{where} must be a period such as 90d or 6m, not {value!r}") from None
+        return value
+    if p.kind == "segment":
+        value = " ".join(value.replace('"', "").split())
+        if not value:
+            raise ValueError(f"{where} is empty")
+        return "segment " + (_quoted(value) if " " in value or _SHELLISH & set(value) else value)
+    if p.kind in ("word", "stage", "command"):
         if any(c.isspace() for c in value) or _SHELLISH & set(value):
             raise ValueError(f"{where} must be one word, not {value!r}")
-        if p.choices:
+        if p.choices and p.kind == "word":
             if value.casefold() not in p.choices:
                 raise ValueError(f"{where} must be one of {', '.join(p.choices)}, not {value!r}")
             return value.casefold()
         return value
-    # rest: the remaining words, as they were, unless a quote or backslash would confuse the router's splitter
+    # text, rest: the remaining words, as they were, unless a quote or backslash would confuse the router's splitter
     return _quoted(value) if _SHELLISH & set(value) else value
 
 
