@@ -308,7 +308,7 @@ class _Parse:
                 account, used = named_account(ctx, rest, access=p.access, done=self.name, usage=self.usage), len(rest)
             else:
                 account, used = find_account_prefix(ctx.session, rest)
-            _check(ctx, account, p.access)
+                _check(ctx, account, p.access)
             ctx.accounts.append(account)
             return account, used
         if p.kind in ("text", "rest"):
@@ -403,10 +403,11 @@ def _check(ctx: Reader, account: Account, access: str) -> None:
 
 
 def named_account(ctx: Reader, words: Sequence[str], *, access: str, done: str, usage: str) -> Account:
-    """The account all of `words` name (see `find_account`). When only the first words name one
-    (`health Northwind Traders trend`), the next word is refused by name; else NotFoundError with suggestions."""
+    """The account all of `words` name (see `find_account`), if the asker may see it (or change it, for
+    `access="write"`; else the polite refusal). When only the first words name one (`health Northwind Traders
+    trend`), the next word is refused by name; else NotFoundError with suggestions."""
     try:
-        return find_account(ctx.session, " ".join(words))
+        account = find_account(ctx.session, " ".join(words))
     except NotFoundError as missing:
         if len(words) < 2:
             raise
@@ -416,6 +417,8 @@ def named_account(ctx: Reader, words: Sequence[str], *, access: str, done: str, 
             raise missing from None
         _check(ctx, account, access)
         raise extra_word(ctx, " ".join([done, *words[:used]]), words[used], usage) from None
+    _check(ctx, account, access)
+    return account
 
 
 def known_segment(ctx: Reader, words: Sequence[str], *, done: str, usage: str) -> str:
