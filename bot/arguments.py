@@ -55,8 +55,8 @@ add_messages(
     {
         "arg_or": {"en": " or ", "zh": " 或 "},
         "extra_word": {
-            "en": "I don't know what to do with `{value}`: `{done}` takes nothing more.{hint} Usage: `{usage}`",
-            "zh": "我不知道 `{value}` 是什么意思：`{done}` 后面不能再加内容。{hint}用法：`{usage}`",
+            "en": "I don't know what to do with `{value}`: `{done}` takes nothing more. Usage: `{usage}`",
+            "zh": "我不知道 `{value}` 是什么意思：`{done}` 后面不能再加内容。用法：`{usage}`",
         },
         "bad_period": {
             "en": "`{value}` isn't a period. Write it like 90d, 2 weeks, 6 months or 1y.{hint} Usage: `{usage}`",
@@ -235,10 +235,6 @@ def _days(period: Period) -> int:
     return period.amount // 12 * 365 + period.amount % 12 * 30
 
 
-def _segments(ctx: Reader) -> list[str]:
-    return segment_names(ctx.session)
-
-
 def _named(candidates: Sequence[str], words: Sequence[str], *, all_of_them: bool) -> tuple[str, int] | None:
     """The candidate the leading words name (any case, `-`/`_`/space alike), longest first, and how many words."""
     by_fold = {_fold(c): c for c in candidates}
@@ -263,6 +259,13 @@ class _Parse:
         self.ctx, self.name, self.usage, self.args, self.registry = ctx, name, usage, list(args), registry
         self.rest = list(words)
         self.done = [name]  # the words read so far, for "`renewals 60 mine` takes nothing more"
+        self._segments: list[str] | None = None
+
+    @property
+    def segments(self) -> list[str]:
+        if self._segments is None:
+            self._segments = segment_names(self.ctx.session)
+        return self._segments
 
     def run(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -293,8 +296,7 @@ class _Parse:
             else:
                 raise self.refusal(self.rest[0], candidates)
         if self.rest:
-            raise WordError(self.ctx.t("extra_word", value=self.rest[0], done=" ".join(self.done), hint="",
-                                       usage=self.usage), word=self.rest[0])
+            raise extra_word(self.ctx, " ".join(self.done), self.rest[0], self.usage)
         return kwargs
 
     # ----------------------------------------------------------------------------------------------- kinds
@@ -344,8 +346,7 @@ class _Parse:
         raise TypeError(f"unknown argument kind {p.kind!r}")
 
     def segment(self, *, last: bool) -> tuple[str, int] | None:
-        rest, ctx = self.rest, self.ctx
-        segments = _segments(ctx)
+        rest, ctx, segments = self.rest, self.ctx, self.segments
         keyword = rest[0].casefold() in SEGMENT_WORDS
         words = rest[1:] if keyword else rest
         if keyword and not words:
@@ -356,7 +357,7 @@ class _Parse:
             return found[0], found[1] + (1 if keyword else 0)
         if not keyword:
             return None
-        raise known_segment_error(ctx, " ".join(words) if last else words[0], segments)
+        raise _unknown_segment(ctx, " ".join(words) if last else words[0], segments)
 
     # -------------------------------------------------------------------------------------------- refusals
 
@@ -370,7 +371,7 @@ class _Parse:
         p = arg.param
         words = {c: c for c in p.choices} | {s: c for s, c in SYNONYMS.items() if c in p.choices}
         if p.kind == "segment":
-            words |= {s: s for s in (*_segments(self.ctx), *SEGMENT_WORDS)}
+            words |= {s: s for s in (*self.segments, *SEGMENT_WORDS)}
         elif p.kind == "stage":
             words |= _stage_aliases(self.ctx)
         elif p.kind == "command":
@@ -424,16 +425,16 @@ def named_account(ctx: Reader, words: Sequence[str], *, access: str, done: str, 
 def known_segment(ctx: Reader, words: Sequence[str], *, done: str, usage: str) -> str:
     """The stored segment all of `words` name (any case). When only the first words name one, the next word is
     refused by name (`done` is the command read so far); else a WordError naming them, with the nearest segments."""
-    segments = _segments(ctx)
+    segments = segment_names(ctx.session)
     found = _named(segments, words, all_of_them=True)
     if found is None:
-        raise known_segment_error(ctx, " ".join(words), segments)
+        raise _unknown_segment(ctx, " ".join(words), segments)
     if found[1] < len(words):
         raise extra_word(ctx, " ".join([done, *words[:found[1]]]), words[found[1]], usage)
     return found[0]
 
 
-def known_segment_error(ctx: Reader, name: str, segments: Sequence[str]) -> WordError:
+def _unknown_segment(ctx: Reader, name: str, segments: Sequence[str]) -> WordError:
     hint = near(name, segments)
     return WordError(ctx.t("unknown_segment", segment=name, segments=", ".join(segments) or "—")
                      + did_you_mean(ctx, hint), word=name, suggestions=hint)
@@ -441,7 +442,7 @@ def known_segment_error(ctx: Reader, name: str, segments: Sequence[str]) -> Word
 
 def extra_word(ctx: Reader, done: str, word: str, usage: str) -> WordError:
     """The refusal of a word after a complete command (`done`, e.g. `nps mine`)."""
-    return WordError(ctx.t("extra_word", value=word, done=done, hint="", usage=usage), word=word)
+    return WordError(ctx.t("extra_word", value=word, done=done, usage=usage), word=word)
 
 
 def parse_arguments(ctx: Reader, name: str, usage: str, args: Sequence[Arg], words: Sequence[str], *,

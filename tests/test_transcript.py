@@ -280,7 +280,7 @@ async def test_the_same_transcript_says_the_same_on_console_slack_and_telegram(
         assert owner is not None
     help_, card, health, at_risk, renewals, note, stage = console
     assert help_.lines[0] == "What I can do"
-    assert "• account <name> — The account card: owner, ARR, stage, health with its reasons, renewal, NPS and " \
+    assert "• account <account> — The account card: owner, ARR, stage, health with its reasons, renewal, NPS and " \
         "tickets." in help_.lines
     assert card.lines[:3] == [ACCOUNT, acme.external_id, f"Owner {owner.name}"]
     assert f"ARR ${acme.arr:,.0f}" in card.lines and f"Seats {acme.seats}" in card.lines

@@ -336,8 +336,7 @@ def _days_text(value: float) -> str:
             "时间段如 90d、6m、2周、6个月。",
          examples=("funnel", "funnel 6m", "funnel 2 weeks"))
 def funnel_cmd(ctx: Context, period: Annotated[Period | None, Param("period")] = None) -> Reply:
-    """The stage funnel over a period (default 90d; e.g. 6m or 2 weeks): who moved on, time in stage, stuck
-    accounts, charts."""
+    """The stage funnel over a period (default 90d; e.g. 6m): who moved on, time in stage, stuck accounts, charts."""
     machine: StageMachine = ctx.services.stage_machine()
     span = period or DEFAULT_FUNNEL
     scope, scope_text, _chart_scope = _scope(ctx)
@@ -400,8 +399,7 @@ def retention_cmd(
     period: Annotated[Period | None, Param("period")] = None,
     segment: Annotated[str | None, Param("segment")] = None,
 ) -> Reply:
-    """Logo churn, GRR and NRR (monthly and over the period, default 12m; e.g. 6 months), churned ARR by reason,
-    win-back; for one segment with `segment <s>`."""
+    """Logo churn, GRR and NRR (monthly and over the period, default 12m), churned ARR by reason, win-back."""
     span = period or DEFAULT_RETENTION
     scope, scope_text, chart_scope = _scope(ctx, segment)
     summary = retention(ctx.session, span, today=ctx.today, scope=scope)

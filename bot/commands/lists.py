@@ -48,7 +48,7 @@ def at_risk_cmd(
     which: Annotated[str | None, Param("word", choices=("mine", "all"))] = None,
     segment: Annotated[str | None, Param("segment")] = None,
 ) -> Reply:
-    """Accounts that are red or falling fast, largest ARR at stake first; `mine` and a segment narrow them."""
+    """Accounts that are red or falling fast, largest ARR at stake first."""
     scope, label = _scope(ctx, which, segment)
     rows, count, arr = at_risk(ctx.session, scope, limit=SHOW)
     if not count:
