@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from lifecycle.churn import ValueSettings
-from lifecycle.models import Account
+from lifecycle.models import Account, Owners, owned_by
 
 DAYS_PER_YEAR = 365.0
 
@@ -67,13 +67,12 @@ class PortfolioValue:
         return 100.0 * self.arr_at_risk / self.scored_arr if self.scored_arr else 0.0
 
 
-def portfolio_value(session: Session, *, horizon_days: int, config: ValueSettings, owner_id: int | None = None,
+def portfolio_value(session: Session, *, horizon_days: int, config: ValueSettings, owner_id: Owners = None,
                     segment: str | None = None) -> PortfolioValue:
     """ARR at risk and total CLV of the active accounts (one query over the account table)."""
     stmt = select(col(Account.arr), col(Account.churn_probability), col(Account.currency)).where(
         col(Account.status) == "active")
-    if owner_id is not None:
-        stmt = stmt.where(col(Account.owner_id) == owner_id)
+    stmt = owned_by(stmt, owner_id)
     if segment is not None:
         stmt = stmt.where(func.lower(col(Account.segment)) == segment.casefold())
     frame = pd.DataFrame.from_records(session.execute(stmt).all(), columns=["arr", "p", "currency"])

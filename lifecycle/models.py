@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import NaiveDatetime
 from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint, text
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 ROLES = ("admin", "manager", "csm", "viewer")
 ACCOUNT_STATUSES = ("active", "churned")
@@ -414,3 +414,15 @@ class AuditLog(SQLModel, table=True):
     action: str
     account_id: int | None = Field(default=None, foreign_key="account.id", index=True)
     detail: str = ""
+
+
+Owners = int | tuple[int, ...] | None  # one owner, any of several (a manager's team), or everyone
+
+
+def owned_by(stmt: Any, owners: Owners) -> Any:
+    """`stmt` limited to the accounts of one owner or of several; unchanged for everyone."""
+    if owners is None:
+        return stmt
+    if isinstance(owners, int):
+        return stmt.where(col(Account.owner_id) == owners)
+    return stmt.where(col(Account.owner_id).in_(list(owners)))

@@ -16,14 +16,13 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from lifecycle.models import Account, HealthSnapshot
+from lifecycle.models import Account, HealthSnapshot, Owners, owned_by
 
 GRADE_COLUMNS = ("red", "yellow", "green", "unknown")
 
 
-def _owned(stmt: Any, owner_id: int | None, segment: str | None) -> Any:
-    if owner_id is not None:
-        stmt = stmt.where(col(Account.owner_id) == owner_id)
+def _owned(stmt: Any, owner_id: Owners, segment: str | None) -> Any:
+    stmt = owned_by(stmt, owner_id)
     if segment is not None:
         stmt = stmt.where(func.lower(col(Account.segment)) == segment.casefold())
     return stmt
@@ -32,7 +31,7 @@ def _owned(stmt: Any, owner_id: int | None, segment: str | None) -> Any:
 def stage_distribution(
     session: Session,
     *,
-    owner_id: int | None = None,
+    owner_id: Owners = None,
     segment: str | None = None,
     order: Sequence[str] = (),
 ) -> pd.DataFrame:
@@ -80,7 +79,7 @@ class PortfolioTotals:
         return 100.0 * self.arr_by_grade.get(grade, 0.0) / self.arr if self.arr else 0.0
 
 
-def portfolio_totals(session: Session, *, owner_id: int | None = None, segment: str | None = None) -> PortfolioTotals:
+def portfolio_totals(session: Session, *, owner_id: Owners = None, segment: str | None = None) -> PortfolioTotals:
     """Accounts active and churned, ARR in total and per grade, and average health, in one GROUP BY."""
     grade = func.coalesce(col(Account.health_grade), "unknown")
     stmt = select(

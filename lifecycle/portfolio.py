@@ -11,7 +11,7 @@ from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
-from lifecycle.models import Account, HealthSnapshot, User
+from lifecycle.models import Account, HealthSnapshot, Owners, User, owned_by
 
 _S = TypeVar("_S", bound=Select)
 
@@ -20,14 +20,13 @@ FALLING_POINTS = 10.0  # a yellow account that lost this many points in 7 or in 
 
 @dataclass(frozen=True)
 class Scope:
-    """Which accounts a list covers: one owner's, one segment's, or all."""
+    """Which accounts a list covers: one owner's, a team's, one segment's, or all."""
 
-    owner_id: int | None = None
+    owner_id: Owners = None  # one owner, a team (several), or everyone
     segment: str | None = None
 
     def apply(self, stmt: _S) -> _S:
-        if self.owner_id is not None:
-            stmt = stmt.where(col(Account.owner_id) == self.owner_id)
+        stmt = owned_by(stmt, self.owner_id)
         if self.segment is not None:
             stmt = stmt.where(func.lower(col(Account.segment)) == self.segment.casefold())
         return stmt

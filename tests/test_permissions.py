@@ -60,6 +60,7 @@ class Sample:
 SAMPLES: dict[str, tuple[Sample, ...]] = {
     "help": (Sample("help", "free"),),
     "lang": (Sample("lang", "free"),),
+    "whoami": (Sample("whoami", "free"),),
     "account": (Sample("account {account}", "read"),),
     "health": (Sample("health {account}", "read"),),
     "stage": (Sample("stage {account}", "read"), Sample("stage {account} auto", "write", write_after_read=True)),
@@ -501,7 +502,7 @@ PHRASED: dict[str, str] = {
     "note": "log a note on {account}: matrix check",
     "survey": "send the NPS survey to {account}",
     "owner": "make {owner} the owner of {account}",
-    "alerts": "show me my alerts",
+    "alerts": "show me the alerts",
     "ack": "acknowledge alert {alert}",
     "snooze": "snooze alert {alert} for 7 days",
     "useful": "alert {alert} was not useful",

@@ -11,6 +11,7 @@ from sqlmodel import col
 from bot.format import grade, money, signed
 from bot.i18n import t
 from bot.messages import Card, Reply, Section
+from bot.permissions import coverage
 from bot.router import Context, Param, UserError, command
 from lifecycle.models import Account
 from lifecycle.portfolio import PortfolioRow, Scope, at_risk, renewals
@@ -39,9 +40,9 @@ def _scope(ctx: Context, which: str | None, segment: str | None) -> tuple[Scope,
         folded = segment.casefold()
         which, segment = ("mine", None) if folded in _MINE_WORDS else ("all", None) if folded in _ALL_WORDS \
             else ("segment", segment)
-    owner_id = ctx.user.id if which == "mine" else None
-    if ctx.user.role == "csm" and ctx.services.settings.csm_read_scope == "own":
-        owner_id = ctx.user.id
+    covered = coverage(ctx.session, ctx.user, ctx.services.settings.csm_read_scope,
+                       which if which in ("mine", "all") else "all" if which == "segment" else None)
+    owner_id = covered.ids
     if which == "segment" or (which == "mine" and segment):
         if not segment:
             raise UserError(
@@ -50,14 +51,12 @@ def _scope(ctx: Context, which: str | None, segment: str | None) -> tuple[Scope,
         name = _known_segment(ctx, segment)
         label = t("scope_segment", ctx.lang, segment=name)
         if owner_id is not None:
-            label = f"{t('scope_mine', ctx.lang)} · {label}"
+            label = f"{t(f'scope_{covered.key}', ctx.lang)} · {label}"
         return Scope(owner_id=owner_id, segment=name), label
     if segment:
         raise UserError(ctx.t("bad_argument", value=segment, argument="<segment>", command=ctx.spec.name,
                               usage=ctx.spec.usage()))
-    if owner_id is not None:
-        return Scope(owner_id=owner_id), t("scope_mine", ctx.lang)
-    return Scope(), t("scope_all", ctx.lang)
+    return Scope(owner_id=owner_id), t(f"scope_{covered.key}", ctx.lang)
 
 
 def _line(row: PortfolioRow, ctx: Context, *, renewal: bool) -> str:

@@ -9,7 +9,9 @@ from bot.charts import chart_lang, stage_distribution_png
 from bot.format import grade, money
 from bot.i18n import add_messages, t
 from bot.messages import Card, CardField, Image, Reply, Section
+from bot.permissions import coverage
 from bot.router import Context, Param, command
+from lifecycle.models import Owners
 from lifecycle.overview import PortfolioTotals, portfolio_totals, stage_distribution
 
 add_messages(
@@ -96,7 +98,7 @@ def _reading(ctx: Context, totals: PortfolioTotals, red_by_stage: dict[str, int]
     return text[:1].upper() + text[1:] + ("。" if ctx.lang == "zh" else ".")
 
 
-def _value_fields(ctx: Context, owner_id: int | None, currency: str) -> list[CardField]:
+def _value_fields(ctx: Context, owner_id: Owners, currency: str) -> list[CardField]:
     """ARR at risk and lifetime value from the churn model, each with what it means."""
     from lifecycle.churn import default_insight_config, latest_model_info
     from lifecycle.clv import portfolio_value
@@ -127,9 +129,9 @@ def portfolio(
     which: Annotated[str | None, Param("word", choices=("mine", "all"))] = None,
 ) -> Reply:
     """The portfolio at a glance: ARR by health grade, average health and accounts per stage, with a chart."""
-    own_only = ctx.user.role == "csm" and ctx.services.settings.csm_read_scope == "own"
-    owner_id = ctx.user.id if (which == "mine" or own_only) else None
-    scope = t("scope_mine" if owner_id is not None else "scope_all", ctx.lang)
+    covered = coverage(ctx.session, ctx.user, ctx.services.settings.csm_read_scope, which)
+    owner_id = covered.ids
+    scope = t(f"scope_{covered.key}", ctx.lang)
     totals = portfolio_totals(ctx.session, owner_id=owner_id)
     if not totals.active and not totals.churned:
         return Reply(text=ctx.t("portfolio_empty", scope=scope))
@@ -182,7 +184,7 @@ def portfolio(
         shown = chart_lang(ctx.lang)
         png = stage_distribution_png(
             dist,
-            f"{t('pf_chart_title', shown)} ({t('scope_mine' if owner_id is not None else 'scope_all', shown)})",
+            f"{t('pf_chart_title', shown)} ({t(f'scope_{covered.key}', shown)})",
             lang=shown,
             stage_labels={str(s): stage_label(machine, str(s), shown) for s in dist.index},
             currency=totals.currency,
