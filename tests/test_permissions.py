@@ -527,6 +527,7 @@ def _body(reply: Reply) -> str:
     return "\n".join(lines[1:] if lines and lines[0].startswith("I read this as") else lines)
 
 
+@pytest.mark.sqlite_only  # how words are read does not depend on the database; the typed matrix runs on both
 def test_permission_matrix_asked_in_words(engine: Engine, world: World, security_count: SecurityCount) -> None:
     """Phrasing changes nothing: each phrased case gets what its command gives (a refusal, or the same cards and
     privacy), a change is only ever asked about, and customer channels get nothing public."""
