@@ -45,7 +45,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "sqlite_only: about SQLite itself (or not about the database); skipped with --db postgres")
+    config.addinivalue_line(
+        "markers", "sqlite_only: about SQLite itself (or not about the database); skipped with --db postgres"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
