@@ -56,6 +56,7 @@ class Kind(StrEnum):
     usage = "usage"
     tickets = "tickets"
     nps = "nps"
+    rates = "rates"
 
 
 def _settings() -> Settings:
