@@ -4,6 +4,7 @@ missing, the rates import (all-or-nothing), and how the factors are found (direc
 
 from __future__ import annotations
 
+import math
 from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -15,6 +16,7 @@ from sqlmodel import Session, col
 from bot.format import money
 from bot.messages import Card, Incoming
 from bot.router import Router, Services
+from lifecycle.analytics import Period, retention
 from lifecycle.config import load_settings
 from lifecycle.errors import ImportFailed
 from lifecycle.importers import import_csv
@@ -78,9 +80,9 @@ def mixed(engine: Engine, tmp_path: Path) -> Engine:
     return engine
 
 
-def _router(engine: Engine) -> Router:
+def _router(engine: Engine, today: date = TODAY) -> Router:
     settings = load_settings(database_url="sqlite://")
-    return Router(Services(engine=engine, settings=settings, today=lambda: TODAY))
+    return Router(Services(engine=engine, settings=settings, today=lambda: today))
 
 
 def _card(router: Router, text: str) -> Card:
@@ -160,6 +162,26 @@ def test_a_currency_without_a_rate_is_shown_per_currency_never_summed(mixed: Eng
     zh = router.handle(Incoming(platform="console", sender_id=MANAGER, text="lang zh"))
     assert zh.text
     assert "SEK 没有汇率" in _card(router, "风险").freshness
+
+
+def test_retention_converts_at_constant_rates_or_splits_per_currency(mixed: Engine, tmp_path: Path) -> None:
+    # The import recorded each account as a new logo on the day it ran.
+    imported = date.today()
+    with Session(mixed) as s:
+        rates = load_rates(s, "USD", on=TODAY)
+        summary = retention(s, Period(12, "m"), today=imported, rates=rates)
+        assert (summary.currency, summary.new_logos, round(summary.new_arr, 2)) == ("USD", 6, hand_total(*ARR))
+        assert summary.currencies == ("USD", "EUR", "GBP")
+        _import(s, tmp_path, "accounts", "external_id,name,arr,currency\nS1,Stockholm Design,500000,SEK\n")
+        split = retention(s, Period(12, "m"), today=imported, rates=rates)
+    assert split.currency is None and math.isnan(split.new_arr) and split.new_logos == 7
+    assert {c: round(p.new_arr, 2) for c, p in split.by_currency.items()} == {
+        "USD": 165500.65, "EUR": 92346.0, "GBP": 107000.0, "SEK": 500000.0,
+    }  # fmt: skip
+    card = _card(_router(mixed, today=imported), "retention")
+    fields = {f.label: f.value for f in card.fields}
+    assert fields["New logos"] == "7 · $165,501 + €92,346 + £107,000 + 500,000 SEK ARR"
+    assert "no exchange rate for SEK" in card.freshness
 
 
 def test_a_malformed_rates_file_reports_its_rows_and_writes_nothing(mixed: Engine, tmp_path: Path) -> None:
