@@ -113,8 +113,8 @@ def _figure(title: str) -> tuple[Figure, Axes]:
 
 def _png(fig: Figure, caption: str = "") -> bytes:
     """The figure as PNG; `caption` is a small line under the plot (what its totals rest on)."""
-    if caption:
-        fig.text(0.01, 0.012, caption, fontsize=8, color="#555555", ha="left", va="bottom")
+    if caption:  # chat markup means nothing in a picture
+        fig.text(0.01, 0.012, caption.replace("`", ""), fontsize=8, color="#555555", ha="left", va="bottom")
     families = [BASE_FONT, cjk] if (cjk := cjk_font()) else [BASE_FONT]
     for text in fig.findobj(Text):
         text.set_fontfamily(families)

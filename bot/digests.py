@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from bot.alert_cards import RENEWAL_PROMPT, SEVERITY_ICON, alert_title
-from bot.charts import stage_distribution_png
+from bot.charts import chart_lang, stage_distribution_png
 from bot.commands.analytics import lifecycle_summary
 from bot.format import grade, money, signed
 from bot.i18n import add_messages, t
@@ -306,7 +306,7 @@ def weekly_reply(
     )
     png = stage_distribution_png(dist, t("wk_chart", lang), lang=lang, stage_labels=labels,
                                  arr_labels={str(s): total_text(a) for s, a in dist["arr"].items()},
-                                 note=totals_note(rates, *dist["arr"], lang=lang))
+                                 note=totals_note(rates, *dist["arr"], lang=chart_lang(lang)))
     sections = [Section(t("wk_stages", lang), lines)]
     images = [Image(png=png, filename="stages.png", title=t("wk_chart", lang))]
     if lifecycle is not None:
