@@ -33,7 +33,7 @@ from bot.commands.analytics import lifecycle_summary
 from bot.format import grade, money, signed
 from bot.i18n import add_messages, t
 from bot.messages import Card, CardField, Image, Reply, Section
-from bot.money import share_text, total_text, totals_note
+from bot.money import total_text, totals_note, with_share
 from bot.notifier import reply_to_payload
 from bot.routing import Target, to_local, user_target
 from lifecycle.alerts import AlertConfig
@@ -291,8 +291,7 @@ def weekly_reply(
     for g in ("green", "yellow", "red"):
         if g in arr_by_grade:
             arr = arr_by_grade[g]
-            fields.append(CardField(t("wk_arr_grade", lang, grade=grade(g, lang)),
-                                    f"{total_text(arr)} ({share_text(arr, total_arr)})"))
+            fields.append(CardField(t("wk_arr_grade", lang, grade=grade(g, lang)), with_share(arr, total_arr)))
     scored = int(part["scored"].sum())
     if scored:
         fields.append(CardField(t("wk_avg", lang), f"{float(part['score_sum'].sum()) / scored:.0f}"))

@@ -43,10 +43,10 @@ def total_text(total: Total) -> str:
     return " + ".join(money(value, code) for code, value in total.by_currency.items())
 
 
-def share_text(part: Total, whole: Total) -> str:
-    """`42 %`, or `—` when the totals are only known per currency."""
+def with_share(part: Total, whole: Total) -> str:
+    """`$120,000 (42 %)`; without the share when the totals are only known per currency."""
     share = part.share_of(whole)
-    return "—" if share is None else f"{share:.0f} %"
+    return total_text(part) + ("" if share is None else f" ({share:.0f} %)")
 
 
 def totals_note(rates: Rates, *totals: Total, lang: str) -> str:

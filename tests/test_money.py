@@ -9,10 +9,12 @@ from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from sqlalchemy import Engine, func, select, update
 from sqlmodel import Session, col
 
+from bot.digests import weekly_reply
 from bot.format import money
 from bot.messages import Card, Incoming
 from bot.router import Router, Services
@@ -21,7 +23,7 @@ from lifecycle.config import load_settings
 from lifecycle.errors import ImportFailed
 from lifecycle.importers import import_csv
 from lifecycle.models import Account, ExchangeRate
-from lifecycle.money import builtin_rates, load_rates
+from lifecycle.money import Rates, builtin_rates, load_rates
 from lifecycle.overview import portfolio_totals
 from lifecycle.portfolio import Scope, at_risk, renewals
 from lifecycle.search import parse_filters, search
@@ -227,3 +229,20 @@ def test_rates_convert_directly_inverted_or_across_a_base(session: Session) -> N
     assert (basis.days, basis.missing, basis.builtin) == ((date(2026, 11, 30),), (), None)
     # Rates dated after the day asked about are not used.
     assert load_rates(session, "USD", on=date(2026, 11, 30)).factor("GBP") is None
+
+
+def test_the_weekly_digest_converts_its_totals_and_says_so() -> None:
+    part = pd.DataFrame({
+        "owner_id": [1, 1, 1], "stage": ["renewal", "adoption", "adoption"], "grade": ["red", "green", "green"],
+        "currency": ["USD", "EUR", "USD"], "accounts": [1, 2, 1], "arr": [100.0, 200.0, 50.0],
+        "score_sum": [30.0, 160.0, 90.0], "scored": [1, 2, 1],
+    })
+    rates = Rates("USD", {"EUR": 1.1}, {"EUR": date(2026, 12, 1)})
+    card = weekly_reply(part, lang="en", team=True, local_day=TODAY, rates=rates).cards[0]
+    fields = {f.label: f.value for f in card.fields}
+    assert fields["ARR"] == "$370" and fields["ARR 🟢 green"] == "$270 (73 %)"
+    assert card.sections[0].lines[0] == "adoption: 3 · $270 · 🔴 0 🟡 0 🟢 3"  # no stage machine given: raw names
+    assert card.freshness == "totals in USD at rates of 2026-12-01"
+    missing = weekly_reply(part, lang="en", team=True, local_day=TODAY, rates=Rates("USD")).cards[0]
+    assert {f.label: f.value for f in missing.fields}["ARR"] == "$150 + €200"
+    assert missing.freshness.startswith("no exchange rate for EUR")
