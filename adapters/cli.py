@@ -56,6 +56,7 @@ class Kind(StrEnum):
     usage = "usage"
     tickets = "tickets"
     nps = "nps"
+    rates = "rates"
 
 
 def _settings() -> Settings:
@@ -434,12 +435,16 @@ def serve(
 
 @app.command(name="accounts")
 def accounts_cmd(limit: int = typer.Option(20, help="How many to list.")) -> None:
-    """List accounts with their stage and health (largest ARR first)."""
+    """List accounts with their stage and health (largest ARR in the reporting currency first)."""
+    from lifecycle.money import load_rates
+
     settings = _settings()
     engine = _engine(settings)
     table = Table("external id", "name", "stage", "health", "ARR")
     with Session(engine) as s:
-        for a in s.exec(select(Account).order_by(col(Account.arr).desc()).limit(limit)).all():
+        largest = load_rates(s, settings.reporting_currency).in_sql(col(Account.arr), col(Account.currency),
+                                                                     as_written=True)
+        for a in s.exec(select(Account).order_by(largest.desc()).limit(limit)).all():
             score = f"{a.health_score:.0f} {a.health_grade}" if a.health_score is not None else "—"
             table.add_row(a.external_id, a.name, a.stage, score, f"{a.arr:,.0f} {a.currency}")
     console.print(table)

@@ -280,6 +280,21 @@ class ArrChange(SQLModel, table=True):
     created_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
+class ExchangeRate(SQLModel, table=True):
+    """One exchange rate on one day: 1 `currency` = `rate` `base` (imported with `csbot import rates`). Totals
+    convert into the reporting currency with each pair's latest rate on or before the day they are for."""
+
+    __tablename__ = "exchange_rate"
+    __table_args__ = (UniqueConstraint("day", "currency", "base", name="uq_exchange_rate_day_currency_base"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    day: date
+    currency: str
+    base: str
+    rate: float
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
+
+
 class HealthSnapshot(SQLModel, table=True):
     """The health of an account on one day, with each measure's value and contribution."""
 

@@ -11,6 +11,7 @@ from sqlmodel import col
 from bot.format import grade, money, signed
 from bot.i18n import t
 from bot.messages import Card, Reply, Section
+from bot.money import reply_rates, total_text, totals_note
 from bot.permissions import coverage
 from bot.router import Context, Param, UserError, command
 from lifecycle.models import Account
@@ -81,16 +82,17 @@ def at_risk_cmd(
 ) -> Reply:
     """Accounts that are red or falling fast, largest ARR at stake first."""
     scope, label = _scope(ctx, which, segment)
-    rows, count, arr = at_risk(ctx.session, scope, limit=SHOW)
+    rates = reply_rates(ctx)
+    rows, count, arr = at_risk(ctx.session, scope, limit=SHOW, rates=rates)
     if not count:
         return Reply(text=ctx.t("at_risk_empty", scope=label))
     lines = [_line(r, ctx, renewal=False) for r in rows]
     if count > len(rows):
         lines.append(ctx.t("more_rows", count=count - len(rows)))
-    currency = rows[0].currency if rows else "USD"
-    summary = ctx.t("at_risk_summary", count=count, arr=money(arr, currency))
+    summary = ctx.t("at_risk_summary", count=count, arr=total_text(arr))
     return Reply(
-        cards=[Card(title=ctx.t("at_risk_title", scope=label), subtitle=summary, sections=(Section("", tuple(lines)),))]
+        cards=[Card(title=ctx.t("at_risk_title", scope=label), subtitle=summary, sections=(Section("", tuple(lines)),),
+                    freshness=totals_note(rates, arr, lang=ctx.lang))]
     )
 
 
@@ -102,19 +104,21 @@ def renewals_cmd(
 ) -> Reply:
     """Accounts renewing in the next N days (default 90), soonest first, with their health."""
     scope, label = _scope(ctx, which, None)
-    rows, count, arr, risky = renewals(ctx.session, scope, days=days, today=ctx.today, limit=SHOW)
+    rates = reply_rates(ctx)
+    rows, count, arr, risky = renewals(ctx.session, scope, days=days, today=ctx.today, limit=SHOW, rates=rates)
     if not count:
         return Reply(text=ctx.t("renewals_empty", days=days, scope=label))
     lines = [_line(r, ctx, renewal=True) for r in rows]
     if count > len(rows):
         lines.append(ctx.t("more_rows", count=count - len(rows)))
-    summary = ctx.t("renewals_summary", count=count, arr=money(arr, rows[0].currency), risky=risky)
+    summary = ctx.t("renewals_summary", count=count, arr=total_text(arr), risky=risky)
     return Reply(
         cards=[
             Card(
                 title=ctx.t("renewals_title", days=days, scope=label),
                 subtitle=summary,
                 sections=(Section("", tuple(lines)),),
+                freshness=totals_note(rates, arr, lang=ctx.lang),
             )
         ]
     )
