@@ -56,6 +56,7 @@ class Kind(StrEnum):
     usage = "usage"
     tickets = "tickets"
     nps = "nps"
+    rates = "rates"
 
 
 def _settings() -> Settings:
@@ -111,6 +112,12 @@ def _chat(engine: Engine, settings: Settings, as_email: str | None) -> int:
     if not actor:
         err.print("[red]No users yet: import users first (`csbot import users FILE`) or run `csbot demo`.[/red]")
         return 2
+    from bot.commands.people import greeting_text
+
+    with Session(engine) as s:
+        user = s.exec(select(User).where(col(User.email) == actor)).first()
+        if user is not None:  # who the console speaks as (an unknown email gets the router's own refusal)
+            err.print(greeting_text(s, user, settings.lang).replace("*", ""), markup=False, highlight=False)
     router = Router(Services(engine=engine, settings=settings))
     router.warm_up()
     return run_console(router, actor)
@@ -134,6 +141,24 @@ def _recompute(engine: Engine, settings: Settings, as_of: date | None = None, *,
     err.print(
         f"Recomputed {summary.accounts:,} accounts as of {summary.as_of}: {grades}; "
         f"{summary.stage_moves} stage move(s); {summary.seconds:.2f} s ({steps}); peak memory {peak_mb:,.0f} MB."
+    )
+
+
+def _tonight(engine: Engine, settings: Settings) -> None:
+    """The demo's nightly run as of today: alert rules, renewal prompts, surveys and digests, so `alerts`,
+    `alert-stats` and `csbot deliveries` have something to show. Nothing leaves the machine: the messages wait
+    in the outbox until Slack or Telegram is configured."""
+    from bot.jobs import run_job
+
+    result = run_job("nightly", engine, settings)
+    counts = {step.name: step.counts for step in result.steps}
+    alerts = counts.get("alerts", {})
+    err.print(
+        f"Ran tonight's rules as of {result.today}: {alerts.get('new', 0)} alert(s) raised, "
+        f"{counts.get('renewal_prompts', {}).get('prompts', 0)} renewal prompt(s), "
+        f"{counts.get('surveys', {}).get('sent', 0)} NPS survey(s), "
+        f"{counts.get('digests', {}).get('digests', 0)} digest(s); they wait in the outbox (`csbot deliveries`) "
+        "until Slack or Telegram is configured."
     )
 
 
@@ -171,6 +196,8 @@ def demo(
         )
         # A month of weekly health history gives the demo its trends (skipped for large scale portfolios).
         _recompute(engine, settings, history=DEMO_HISTORY if accounts <= 5_000 else ())
+        if accounts <= 5_000:
+            _tonight(engine, settings)
     else:
         with Session(engine) as s:
             count = s.exec(select(func.count()).select_from(Account)).one()
@@ -408,14 +435,40 @@ def serve(
 
 @app.command(name="accounts")
 def accounts_cmd(limit: int = typer.Option(20, help="How many to list.")) -> None:
-    """List accounts with their stage and health (largest ARR first)."""
+    """List accounts with their stage and health (largest ARR in the reporting currency first)."""
+    from lifecycle.money import load_rates
+
     settings = _settings()
     engine = _engine(settings)
     table = Table("external id", "name", "stage", "health", "ARR")
     with Session(engine) as s:
-        for a in s.exec(select(Account).order_by(col(Account.arr).desc()).limit(limit)).all():
+        largest = load_rates(s, settings.reporting_currency).in_sql(col(Account.arr), col(Account.currency),
+                                                                     as_written=True)
+        for a in s.exec(select(Account).order_by(largest.desc()).limit(limit)).all():
             score = f"{a.health_score:.0f} {a.health_grade}" if a.health_score is not None else "—"
             table.add_row(a.external_id, a.name, a.stage, score, f"{a.arr:,.0f} {a.currency}")
+    console.print(table)
+
+
+@app.command(name="users")
+def users_cmd(
+    all_users: bool = typer.Option(False, "--all", help="Include deactivated people."),
+) -> None:
+    """List people with their ids: email (what `csbot chat --as` takes), role, manager, chat ids, language."""
+    settings = _settings()
+    engine = _engine(settings)
+    table = Table("id", "email", "name", "role", "manager", "Slack id", "Telegram id", "lang", "accounts")
+    with Session(engine) as s:
+        owned = dict(s.exec(select(Account.owner_id, func.count()).where(col(Account.owner_id).is_not(None))
+                            .group_by(col(Account.owner_id))).all())
+        people = s.exec(select(User).order_by(col(User.role), col(User.name))).all()
+        names = {u.id: u.name for u in people}
+        for u in people:
+            if not u.active and not all_users:
+                continue
+            table.add_row(str(u.id), u.email, u.name + ("" if u.active else " (inactive)"), u.role,
+                          names.get(u.manager_id, "—") if u.manager_id else "—", u.slack_user_id or "—",
+                          u.telegram_user_id or "—", u.lang or f"{settings.lang} (default)", str(owned.get(u.id, 0)))
     console.print(table)
 
 

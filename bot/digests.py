@@ -28,11 +28,12 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from bot.alert_cards import RENEWAL_PROMPT, SEVERITY_ICON, alert_title
-from bot.charts import stage_distribution_png
+from bot.charts import chart_lang, stage_distribution_png
 from bot.commands.analytics import lifecycle_summary
 from bot.format import grade, money, signed
 from bot.i18n import add_messages, t
 from bot.messages import Card, CardField, Image, Reply, Section
+from bot.money import total_text, totals_note, with_share
 from bot.notifier import reply_to_payload
 from bot.routing import Target, to_local, user_target
 from lifecycle.alerts import AlertConfig
@@ -40,8 +41,9 @@ from lifecycle.analytics import Slice
 from lifecycle.errors import ConfigError
 from lifecycle.health import trends
 from lifecycle.models import Account, Alert, Delivery, User
+from lifecycle.money import Rates, load_rates
 from lifecycle.outbox import enqueue
-from lifecycle.overview import GRADE_COLUMNS
+from lifecycle.overview import GRADE_COLUMNS, stage_table
 
 DIGEST_KIND = "digest"
 WEEKLY_KIND = "weekly"
@@ -262,20 +264,6 @@ def _portfolio_frame(session: Session) -> pd.DataFrame:
     return frame
 
 
-def stage_table(part: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
-    """The shape of `lifecycle.overview.stage_distribution` (accounts, arr, a count per grade, by stage) for a
-    slice of `_portfolio_frame`."""
-    counts = part.pivot_table(index="stage", columns="grade", values="accounts", aggfunc="sum", fill_value=0)
-    counts = counts.reindex(columns=list(GRADE_COLUMNS), fill_value=0).astype(int)
-    totals = part.groupby("stage").agg(accounts=("accounts", "sum"), arr=("arr", "sum"))
-    out = totals.join(counts)
-    out["accounts"] = out["accounts"].astype(int)
-    out["arr"] = out["arr"].astype(float)
-    known = [s for s in order if s in out.index]
-    rest = sorted(s for s in out.index if s not in set(order))
-    return out.reindex(pd.Index(known + rest, name="stage"))[["accounts", "arr", *GRADE_COLUMNS]]
-
-
 def _stage_machine() -> Any:
     from lifecycle.stages import load_stage_machine
 
@@ -286,46 +274,46 @@ def _stage_machine() -> Any:
 
 
 def weekly_reply(
-    part: pd.DataFrame, *, lang: str, team: bool, local_day: date, machine: Any = None,
+    part: pd.DataFrame, *, lang: str, team: bool, local_day: date, rates: Rates, machine: Any = None,
     lifecycle: tuple[Section, Image] | None = None,
 ) -> Reply:
     """A portfolio summary (accounts, ARR by grade, average health, stages) with the stage chart; `lifecycle`
-    (a section and a chart, `bot.commands.analytics.lifecycle_summary`) joins it when given."""
+    (a section and a chart, `bot.commands.analytics.lifecycle_summary`) joins it when given. Totals convert with
+    `rates`."""
     scope = t("wk_scope_team" if team else "wk_scope_all", lang)
     text = t("wk_text", lang, scope=scope)
     if part.empty or not int(part["accounts"].sum()):
         return Reply(text=text + "\n" + t("wk_empty", lang))
-    by_currency = part.groupby("currency")["arr"].sum()
-    currency = str(by_currency.idxmax())
-    total_arr = float(part["arr"].sum())
+    total_arr = rates.sum(part["arr"], part["currency"])
     fields = [CardField(t("wk_accounts", lang), str(int(part["accounts"].sum()))),
-              CardField(t("wk_arr", lang), money(total_arr, currency))]
-    arr_by_grade = part.groupby("grade")["arr"].sum()
+              CardField(t("wk_arr", lang), total_text(total_arr))]
+    arr_by_grade = rates.totals(part, "grade")
     for g in ("green", "yellow", "red"):
-        if g in arr_by_grade.index:
-            arr = float(arr_by_grade[g])
-            share = 100.0 * arr / total_arr if total_arr else 0.0
-            fields.append(CardField(t("wk_arr_grade", lang, grade=grade(g, lang)),
-                                    f"{money(arr, currency)} ({share:.0f} %)"))
+        if g in arr_by_grade:
+            arr = arr_by_grade[g]
+            fields.append(CardField(t("wk_arr_grade", lang, grade=grade(g, lang)), with_share(arr, total_arr)))
     scored = int(part["scored"].sum())
     if scored:
         fields.append(CardField(t("wk_avg", lang), f"{float(part['score_sum'].sum()) / scored:.0f}"))
     order = list(machine.stage_names) if machine is not None else []
-    dist = stage_table(part, order)
+    dist = stage_table(part, order, rates)
     labels = {str(s): (machine.label(str(s), lang) if machine is not None else str(s)) for s in dist.index}
     lines = tuple(
-        t("wk_stage_line", lang, stage=labels[str(stage)], count=int(r["accounts"]), arr=money(r["arr"], currency),
+        t("wk_stage_line", lang, stage=labels[str(stage)], count=int(r["accounts"]), arr=total_text(r["arr"]),
           red=int(r["red"]), yellow=int(r["yellow"]), green=int(r["green"]))
         for stage, r in dist.iterrows()
     )
-    png = stage_distribution_png(dist, t("wk_chart", lang), lang=lang, stage_labels=labels, currency=currency)
+    png = stage_distribution_png(dist, t("wk_chart", lang), lang=lang, stage_labels=labels,
+                                 arr_labels={str(s): total_text(a) for s, a in dist["arr"].items()},
+                                 note=totals_note(rates, *dist["arr"], lang=chart_lang(lang)))
     sections = [Section(t("wk_stages", lang), lines)]
     images = [Image(png=png, filename="stages.png", title=t("wk_chart", lang))]
     if lifecycle is not None:
         sections.append(lifecycle[0])
         images.append(lifecycle[1])
     card = Card(title=t("wk_title", lang, date=local_day.isoformat()), subtitle=scope, fields=tuple(fields),
-                sections=tuple(sections))
+                sections=tuple(sections),
+                freshness=totals_note(rates, total_arr, *arr_by_grade.values(), *dist["arr"], lang=lang))
     return Reply(text=text, cards=[card], images=images)
 
 
@@ -341,6 +329,7 @@ def manager_weekly(session: Session, *, now: datetime, config: AlertConfig, mach
         return 0
     machine = machine if machine is not None else _stage_machine()
     frame = _portfolio_frame(session)
+    rates = load_rates(session, on=now.date())
     reports = pd.DataFrame.from_records(
         session.execute(select(col(User.id), col(User.manager_id)).where(col(User.manager_id).is_not(None))).all(),
         columns=["id", "manager_id"],
@@ -357,11 +346,10 @@ def manager_weekly(session: Session, *, now: datetime, config: AlertConfig, mach
             owners = tuple(sorted(int(i) for i in team if i is not None))
         lifecycle = None
         if machine is not None and not part.empty:
-            currency = str(part.groupby("currency")["arr"].sum().idxmax())
             lifecycle = lifecycle_summary(session, machine, today=local.date(), scope=Slice(owner_ids=owners),
-                                          lang=target.lang, currency=currency)
-        reply = weekly_reply(part, lang=target.lang, team=not everyone, local_day=local.date(), machine=machine,
-                             lifecycle=lifecycle)
+                                          lang=target.lang, rates=rates)
+        reply = weekly_reply(part, lang=target.lang, team=not everyone, local_day=local.date(), rates=rates,
+                             machine=machine, lifecycle=lifecycle)
         payload = {**reply_to_payload(reply), "dedupe": f"weekly:{user.id}:{local.date().isoformat()}"}
         _stamp(enqueue(session, platform=target.platform, target=target.target, payload=payload, kind=WEEKLY_KIND),
                now)

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     survey_secret: str | None = Field(
         default=None, min_length=16, repr=False, validation_alias=AliasChoices("CSBOT_SURVEY_SECRET")
     )
+    # Every total (portfolio, renewals, at-risk, find, retention, CLV, digests, charts) is converted into this
+    # currency with the exchange-rate table (lifecycle/money.py); each account's own ARR stays in its own.
+    reporting_currency: str = Field(default="USD", validation_alias=AliasChoices("CSBOT_REPORTING_CURRENCY"))
     csm_read_scope: Literal["own", "all"] = Field(default="all", validation_alias=AliasChoices("CSBOT_CSM_READ_SCOPE"))
     nightly_cron: str = Field(default="0 2 * * *", validation_alias=AliasChoices("CSBOT_NIGHTLY_CRON"))
     # What `csbot serve` logs: INFO records every job run (and every run a replica skipped) and outbox retries.
@@ -107,6 +110,14 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Berlin)") from exc
         return value
+
+    @field_validator("reporting_currency")
+    @classmethod
+    def _currency_code(cls, value: str) -> str:
+        code = value.strip().upper()
+        if not re.fullmatch(r"[A-Z]{3}", code):
+            raise ValueError(f"not a 3-letter currency code {value!r} (use an ISO 4217 code such as USD or EUR)")
+        return code
 
     @field_validator("nightly_cron")
     @classmethod

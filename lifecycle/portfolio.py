@@ -11,7 +11,8 @@ from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
-from lifecycle.models import Account, HealthSnapshot, User
+from lifecycle.models import Account, HealthSnapshot, Owners, User, owned_by
+from lifecycle.money import Rates, Total, load_rates
 
 _S = TypeVar("_S", bound=Select)
 
@@ -20,14 +21,13 @@ FALLING_POINTS = 10.0  # a yellow account that lost this many points in 7 or in 
 
 @dataclass(frozen=True)
 class Scope:
-    """Which accounts a list covers: one owner's, one segment's, or all."""
+    """Which accounts a list covers: one owner's, a team's, one segment's, or all."""
 
-    owner_id: int | None = None
+    owner_id: Owners = None  # one owner, a team (several), or everyone
     segment: str | None = None
 
     def apply(self, stmt: _S) -> _S:
-        if self.owner_id is not None:
-            stmt = stmt.where(col(Account.owner_id) == self.owner_id)
+        stmt = owned_by(stmt, self.owner_id)
         if self.segment is not None:
             stmt = stmt.where(func.lower(col(Account.segment)) == self.segment.casefold())
         return stmt
@@ -124,11 +124,19 @@ def _collect(session: Session, found: Sequence[Any], day: date | None, limit: in
     ]
 
 
-def at_risk(session: Session, scope: Scope, *, limit: int | None = None) -> tuple[list[PortfolioRow], int, float]:
+def _arr_total(found: Sequence[Any], rates: Rates) -> Total:
+    """The ARR of every matched row (`arr`, `currency`), as one total."""
+    return rates.sum([r.arr or 0.0 for r in found], [r.currency for r in found])
+
+
+def at_risk(
+    session: Session, scope: Scope, *, limit: int | None = None, rates: Rates | None = None
+) -> tuple[list[PortfolioRow], int, Total]:
     """Active accounts that are red, or yellow and down 10+ points in 7 or 30 days; largest ARR first.
 
     Returns (rows, total count, total ARR at stake) — the totals cover all matches even when `limit` cuts the rows.
     """
+    rates = rates or load_rates(session)
     day = _latest_day(session)
     stmt, delta_7 = _listing(day)
     month = aliased(HealthSnapshot)
@@ -149,15 +157,15 @@ def at_risk(session: Session, scope: Scope, *, limit: int | None = None) -> tupl
                 ),
             ),
         )
-        .order_by(col(Account.arr).desc(), col(Account.name))
+        .order_by(rates.in_sql(col(Account.arr), col(Account.currency), as_written=True).desc(), col(Account.name))
     )
     found = session.execute(scope.apply(stmt)).all()
-    return _collect(session, found, day, limit), len(found), float(sum(r.arr or 0 for r in found))
+    return _collect(session, found, day, limit), len(found), _arr_total(found, rates)
 
 
 def renewals(
-    session: Session, scope: Scope, *, days: int, today: date, limit: int | None = None
-) -> tuple[list[PortfolioRow], int, float, int]:
+    session: Session, scope: Scope, *, days: int, today: date, limit: int | None = None, rates: Rates | None = None
+) -> tuple[list[PortfolioRow], int, Total, int]:
     """Active accounts renewing within `days` of `today`, soonest first.
 
     Returns (rows, count, ARR renewing, how many of them are yellow or red).
@@ -169,4 +177,5 @@ def renewals(
     ).order_by(col(Account.renewal_date), col(Account.name))
     found = session.execute(scope.apply(stmt)).all()
     risky = sum(1 for r in found if r.grade in ("yellow", "red"))
-    return _collect(session, found, day, limit), len(found), float(sum(r.arr or 0 for r in found)), risky
+    total = _arr_total(found, rates or load_rates(session, on=today))
+    return _collect(session, found, day, limit), len(found), total, risky

@@ -464,6 +464,14 @@ def test_truncation_never_splits_an_escape() -> None:
     assert text == "a" * 2996 + "…" and len(text) <= 3000
 
 
+def test_a_long_text_is_split_between_lines_not_cut() -> None:
+    lines = [f"• `command{i} <account>` — what it does, in words" for i in range(80)]  # `help` on a long registry
+    blocks = to_blocks(Reply(text="\n".join(lines)))
+    texts = [b["text"]["text"] for b in blocks]
+    assert len(texts) == 2 and all(len(t) <= 3000 for t in texts)
+    assert "\n".join(texts).split("\n") == [line.replace("<", "&lt;").replace(">", "&gt;") for line in lines]
+
+
 def test_action_ids_are_unique_across_cards_and_reply_buttons() -> None:
     card = Card(title="One", buttons=(Button("Health", "cmd", "health ACC-1", style="primary"),))
     reply = Reply(cards=[card, card], buttons=[Button("Help", "cmd", "help")])

@@ -287,8 +287,8 @@ async def test_the_same_transcript_says_the_same_on_console_slack_and_telegram(
     assert "Why this health" in card.lines and "Latest notes" in card.lines
     assert card.buttons == [("Health", f"health {acme.external_id}"), ("Stage history", f"stage {acme.external_id}")]
     assert "Measures" in health.lines and health.charts == [f"{ACCOUNT} — health, last 90 days"]
-    assert at_risk.lines[0] == "At-risk accounts (all)"
-    assert renewals.lines[0] == "Renewals in the next 90 days (all)"
+    assert at_risk.lines[0] == "At-risk accounts (your team)"  # a manager, by default
+    assert renewals.lines[0] == "Renewals in the next 90 days (your team)"
     assert note.lines == [f"Note saved on {ACCOUNT}."]
     assert stage.lines[:3] == [ACCOUNT, acme.external_id, "Stage history"]
     assert re.fullmatch(r".+: \d{4}-\d\d-\d\d → now \(\d+ d\) — .+", stage.lines[-1])

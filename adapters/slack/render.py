@@ -123,12 +123,28 @@ def mention_text(reply: Reply) -> str:
     return f"<@{reply.mention.user_id}> " if reply.mention and reply.mention.user_id.isalnum() else ""
 
 
+def _text_blocks(text: str, mention: str) -> list[Block]:
+    """A reply's text as sections of at most SECTION_MAX characters, split between lines (a long list such as
+    `help` becomes several sections instead of being cut); only a single line longer than a section is cut."""
+    chunks: list[str] = []
+    current = ""
+    for line in escape(text).split("\n"):
+        limit = SECTION_MAX - (0 if chunks else len(mention))
+        if current and len(current) + 1 + len(line) > limit:
+            chunks.append(current)
+            current = line
+        else:
+            current = f"{current}\n{line}" if current else line
+    chunks.append(current)
+    return [{"type": "section", "text": {"type": "mrkdwn", "text": (mention if i == 0 else "")
+                                         + cut(chunk, SECTION_MAX - (len(mention) if i == 0 else 0)) or " "}}
+            for i, chunk in enumerate(chunks)]
+
+
 def _reply_blocks(reply: Reply, numbers: _ButtonNumbers) -> list[Block]:
     blocks: list[Block] = []
     if reply.text:
-        mention = mention_text(reply)
-        blocks.append({"type": "section", "text": {
-            "type": "mrkdwn", "text": mention + cut(escape(reply.text), SECTION_MAX - len(mention))}})
+        blocks += _text_blocks(reply.text, mention_text(reply))
     elif reply.mention:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": mention_text(reply) or " "}})
     for i, card in enumerate(reply.cards):

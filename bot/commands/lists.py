@@ -7,6 +7,8 @@ from typing import Annotated
 from bot.format import grade, money, signed
 from bot.i18n import t
 from bot.messages import Card, Reply, Section
+from bot.money import reply_rates, total_text, totals_note
+from bot.permissions import coverage
 from bot.router import Context, Param, command
 from lifecycle.portfolio import PortfolioRow, Scope, at_risk, renewals
 
@@ -14,17 +16,16 @@ SHOW = 15
 
 
 def _scope(ctx: Context, which: str | None, segment: str | None) -> tuple[Scope, str]:
-    owner_id = ctx.user.id if which == "mine" else None
-    if ctx.user.role == "csm" and ctx.services.settings.csm_read_scope == "own":
-        owner_id = ctx.user.id
+    # A segment without `mine` covers everyone's accounts in it, as `at-risk segment <s>` always has.
+    covered = coverage(ctx.session, ctx.user, ctx.services.settings.csm_read_scope,
+                       which if which is not None else "all" if segment else None)
+    owner_id = covered.ids
     if segment:
         label = t("scope_segment", ctx.lang, segment=segment)
         if owner_id is not None:
-            label = f"{t('scope_mine', ctx.lang)} · {label}"
+            label = f"{t(f'scope_{covered.key}', ctx.lang)} · {label}"
         return Scope(owner_id=owner_id, segment=segment), label
-    if owner_id is not None:
-        return Scope(owner_id=owner_id), t("scope_mine", ctx.lang)
-    return Scope(), t("scope_all", ctx.lang)
+    return Scope(owner_id=owner_id), t(f"scope_{covered.key}", ctx.lang)
 
 
 def _line(row: PortfolioRow, ctx: Context, *, renewal: bool) -> str:
@@ -50,16 +51,17 @@ def at_risk_cmd(
 ) -> Reply:
     """Accounts that are red or falling fast, largest ARR at stake first."""
     scope, label = _scope(ctx, which, segment)
-    rows, count, arr = at_risk(ctx.session, scope, limit=SHOW)
+    rates = reply_rates(ctx)
+    rows, count, arr = at_risk(ctx.session, scope, limit=SHOW, rates=rates)
     if not count:
         return Reply(text=ctx.t("at_risk_empty", scope=label))
     lines = [_line(r, ctx, renewal=False) for r in rows]
     if count > len(rows):
         lines.append(ctx.t("more_rows", count=count - len(rows)))
-    currency = rows[0].currency if rows else "USD"
-    summary = ctx.t("at_risk_summary", count=count, arr=money(arr, currency))
+    summary = ctx.t("at_risk_summary", count=count, arr=total_text(arr))
     return Reply(
-        cards=[Card(title=ctx.t("at_risk_title", scope=label), subtitle=summary, sections=(Section("", tuple(lines)),))]
+        cards=[Card(title=ctx.t("at_risk_title", scope=label), subtitle=summary, sections=(Section("", tuple(lines)),),
+                    freshness=totals_note(rates, arr, lang=ctx.lang))]
     )
 
 
@@ -72,19 +74,21 @@ def renewals_cmd(
 ) -> Reply:
     """Accounts renewing in the next N days (default 90), soonest first, with their health."""
     scope, label = _scope(ctx, which, None)
-    rows, count, arr, risky = renewals(ctx.session, scope, days=days, today=ctx.today, limit=SHOW)
+    rates = reply_rates(ctx)
+    rows, count, arr, risky = renewals(ctx.session, scope, days=days, today=ctx.today, limit=SHOW, rates=rates)
     if not count:
         return Reply(text=ctx.t("renewals_empty", days=days, scope=label))
     lines = [_line(r, ctx, renewal=True) for r in rows]
     if count > len(rows):
         lines.append(ctx.t("more_rows", count=count - len(rows)))
-    summary = ctx.t("renewals_summary", count=count, arr=money(arr, rows[0].currency), risky=risky)
+    summary = ctx.t("renewals_summary", count=count, arr=total_text(arr), risky=risky)
     return Reply(
         cards=[
             Card(
                 title=ctx.t("renewals_title", days=days, scope=label),
                 subtitle=summary,
                 sections=(Section("", tuple(lines)),),
+                freshness=totals_note(rates, arr, lang=ctx.lang),
             )
         ]
     )
