@@ -90,12 +90,15 @@ class UserError(CsbotError):
 
 class WordError(UserError):
     """A word that no argument takes, named in the message; `suggestions` are the near valid values (a typo, so the
-    refusal stands and the words are not read as a question instead)."""
+    refusal stands and the words are not read as a question instead). `a_name`: the word was read as a name (of a
+    stage) that matches nothing, which, like an unknown account, may be a question's word ("kpi check for all
+    stages")."""
 
-    def __init__(self, message: str, *, word: str, suggestions: Sequence[str] = ()) -> None:
+    def __init__(self, message: str, *, word: str, suggestions: Sequence[str] = (), a_name: bool = False) -> None:
         super().__init__(message)
         self.word = word
         self.suggestions = list(suggestions)
+        self.a_name = a_name
 
 
 @dataclass(frozen=True)
@@ -388,8 +391,10 @@ class _Parse:
             return self.word_error("bad_days", token, suggestions, value=token)
         if kinds == {"stage"}:
             machine = self.ctx.services.stage_machine()
-            return self.word_error("unknown_stage", token, suggestions, stage=token,
-                                   stages=", ".join(machine.stage_names))
+            refusal = self.word_error("unknown_stage", token, suggestions, stage=token,
+                                      stages=", ".join(machine.stage_names))
+            refusal.a_name = True
+            return refusal
         if kinds == {"command"}:
             hint = did_you_mean(self.ctx, suggestions)
             return WordError(self.ctx.t("unknown_command", command=token, hint=hint), word=token,

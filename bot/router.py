@@ -479,7 +479,9 @@ def _not_found_failure(exc: NotFoundError) -> str:
 
 
 def _syntax_failure(exc: CsbotError) -> str:
-    return "misspelt" if isinstance(exc, WordError) and exc.suggestions else "syntax"
+    if isinstance(exc, WordError) and exc.suggestions:
+        return "misspelt"
+    return "not_found" if isinstance(exc, WordError) and exc.a_name else "syntax"
 
 
 def _audit(

@@ -274,6 +274,7 @@ def test_refusals_speak_the_help_text(copy: Engine) -> None:
                                                         "Traders auto` takes nothing more. Usage: "
                                                         "`stage <account> [stage] [reason]`")
     assert said("kpis adoptoin").startswith("There is no stage “adoptoin” (stages: onboarding, adoption, ")
+    assert said("kpi check for all stages").startswith("I read this as `kpis`.")  # a question, not a stage name
     assert "Did you mean `adoption`?" in said("kpis adoptoin")
     assert said("funnel 90") == ("`90` isn't a period. Write it like 90d, 2 weeks, 6 months or 1y. "
                                  "Usage: `funnel [period]`")
