@@ -1,9 +1,10 @@
 """The command router: parse → identify → authorise → run the handler → audit, the same on every platform.
 
 Commands are declared once with `@command(...)`: the docstring is the help text, and the handler's annotated
-parameters (`Annotated[Account, Param("account", access="write")]`, `Annotated[int, Param("int")]`, …) say how the
-words after the command are parsed. Every permission check happens before a handler runs, and no error ever shows a
-stack trace in chat: unexpected ones are logged with an id the user can quote.
+parameters (`Annotated[Account, Param("account", access="write")]`, `Annotated[int, Param("days")]`, …) say how the
+words after the command are read (`bot.arguments`: every word is used or refused by name), and `examples=` are shown
+by `help <command>`. Every permission check happens before a handler runs, and no error ever shows a stack trace in
+chat: unexpected ones are logged with an id the user can quote.
 """
 
 from __future__ import annotations
