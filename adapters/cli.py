@@ -43,7 +43,6 @@ app.add_typer(model_app, name="model")
 ingest_app = typer.Typer(help="Usage ingest (POST /api/usage): data freshness and upkeep.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 console = Console()
-DEMO_HISTORY = (30, 21, 14, 7)
 SHOWN_ROWS = 50  # skipped row numbers listed after an import
 err = Console(stderr=True)
 _redaction_installed = False
@@ -116,24 +115,25 @@ def _chat(engine: Engine, settings: Settings, as_email: str | None) -> int:
     return run_console(router, actor)
 
 
-def _recompute(engine: Engine, settings: Settings, as_of: date | None = None, *, history: tuple[int, ...] = ()) -> None:
+def _recompute(engine: Engine, settings: Settings, as_of: date | None = None, *, backfill: bool = True) -> None:
     from lifecycle.health import load_scorecard
-    from lifecycle.recompute import backfill_health, recompute
+    from lifecycle.recompute import recompute
     from lifecycle.stages import load_stage_machine
 
     scorecard = load_scorecard(settings.scorecard_file)
     machine = load_stage_machine(settings.stages_file)
     day = as_of or date.today()
     with session_scope(engine) as session:
-        if history:
-            backfill_health(session, today=day, offsets=history, scorecard=scorecard, machine=machine)
-        summary = recompute(session, as_of=day, scorecard=scorecard, machine=machine)
+        summary = recompute(session, as_of=day, scorecard=scorecard, machine=machine, backfill=backfill)
     grades = ", ".join(f"{g} {n}" for g, n in sorted(summary.grades.items()))
     steps = ", ".join(f"{k} {v:.2f} s" for k, v in summary.timings.items())
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    backfilled = (f"; {summary.backfilled:,} past daily snapshot(s) backfilled for accounts scored for the first time"
+                  if summary.backfilled else "")
     err.print(
         f"Recomputed {summary.accounts:,} accounts as of {summary.as_of}: {grades}; "
-        f"{summary.stage_moves} stage move(s); {summary.seconds:.2f} s ({steps}); peak memory {peak_mb:,.0f} MB."
+        f"{summary.stage_moves} stage move(s){backfilled}; {summary.seconds:.2f} s ({steps}); "
+        f"peak memory {peak_mb:,.0f} MB."
     )
 
 
@@ -169,8 +169,9 @@ def demo(
             f"{summary.users} users, {summary.usage_rows:,} usage rows over {summary.days} days, "
             f"{summary.tickets:,} tickets, {summary.nps_responses:,} NPS answers, {summary.notes:,} notes."
         )
-        # A month of weekly health history gives the demo its trends (skipped for large scale portfolios).
-        _recompute(engine, settings, history=DEMO_HISTORY if accounts <= 5_000 else ())
+        # The first recompute backfills a month of daily health, which gives the demo its trends (skipped for large
+        # scale portfolios, where it would take minutes).
+        _recompute(engine, settings, backfill=accounts <= 5_000)
     else:
         with Session(engine) as s:
             count = s.exec(select(func.count()).select_from(Account)).one()

@@ -366,6 +366,9 @@ def test_health_attaches_trend_chart(router: Router) -> None:
     reply = ask(router, "health Acme Corp")
     assert reply.cards and len(reply.images) == 1
     image = reply.images[0]
-    assert image.filename == "health-ACC-1.png" and image.title == "Acme Corp — health, last 90 days"
+    # Weekly snapshots: the last 90 days hold 13 of them, from 12 weeks ago to today.
+    start = (TODAY - timedelta(days=84)).isoformat()
+    assert image.filename == "health-ACC-1.png"
+    assert image.title == f"Acme Corp — health, {start} → {TODAY.isoformat()} (85 days)"
     assert_png(image.png)
     assert ask(router, "health Globex").images == []  # never snapshotted: no empty chart

@@ -44,7 +44,10 @@ def test_recompute_is_idempotent_per_day(session: Session) -> None:
     _run(session)
     first = _snapshots(session)
     transitions = session.exec(select(func.count()).select_from(StageTransition)).one()
-    assert len(first) == 55  # every active account scored once; churned ones are not rescored
+    # Every active account scored once for today (churned ones are not rescored), after a backfilled month of
+    # daily health: the first recompute of never-scored accounts.
+    assert len([row for row in first if row[1] == TODAY]) == 55
+    assert {d for _, d, _, _ in first} == {date.fromordinal(TODAY.toordinal() - n) for n in range(31)}
     assert _run(session) == 0
     assert _snapshots(session) == first
     assert session.exec(select(func.count()).select_from(StageTransition)).one() == transitions
@@ -173,4 +176,5 @@ def test_import_and_recompute_on_postgresql(pg_engine: Engine, engine: Engine, t
     assert on_pg == on_sqlite
     _reimport_changes_nothing(pg_engine, tmp_path)
     with Session(pg_engine) as session:
-        assert session.exec(select(func.count()).select_from(HealthSnapshot)).one() == 2
+        # Today's two, and the month before backfilled by the first recompute (both have 60 days of usage).
+        assert session.exec(select(func.count()).select_from(HealthSnapshot)).one() == 2 * 31
