@@ -912,7 +912,7 @@ def explain(
     2 urgent tickets open (−5); usage data 1 day old".
 
     Critical signals come first, right after the score: "49, red, down 19 in 7 days; critical: usage −92 % in the
-    last 30 days vs the 30 before (capped at red; 68 on the measures alone): …". Red and yellow accounts
+    last 30 days vs the 30 before (capped at red; 68 on the measures alone); main drags: …". Red and yellow accounts
     then list the top three drags, each with the points it costs against a perfect score (effective weight ×
     (100 − points)); green ones list what holds them up, with their contributions. The 7-day trend is given
     (the 30-day one when there is no 7-day reference). Measures without data are named at the end. `measures`
@@ -952,10 +952,14 @@ def explain(
         f"{value_text(name, entry, lang, card)}{brackets[:-1]}{sign}{amount}{brackets[-1]}"
         for name, entry, amount in items
     ]
-    body = f"{colon}{intro}{comma.join(parts)}" if parts else ""
+    critical = _critical_part(measures, score, lang, card)
+    if critical and parts and grade != "green":
+        # After the critical signals the drags need their own name, or they read as more critical signals.
+        intro = "主要拖累：" if zh else "main drags: "
+    body = (f"{sep if critical else colon}{intro}{comma.join(parts)}") if parts else ""
     grade_text = _GRADE_ZH.get(grade, grade) if zh else grade
     head = f"{_round(score)}{comma}{grade_text}{_trend_text(delta_7, delta_30, zh)}"
-    return f"{head}{_critical_part(measures, score, lang, card)}{body}{sep}{fresh}{no_data}"
+    return f"{head}{critical}{body}{sep}{fresh}{no_data}"
 
 
 def _critical_part(measures: Mapping[str, Any], score: float, lang: Lang, card: Scorecard) -> str:

@@ -4,9 +4,10 @@ Health is scored with each account's current stage weights; the stage rules then
 made here therefore shows in the health weights from the next recompute on. Running it twice on one day gives the
 same snapshots and moves nothing the second time.
 
-The first recompute of an account (one never scored, e.g. just imported with its history) first backfills its daily
-health for the `BACKFILL_DAYS` days before, from its first usage day on, so that "down 14 in 7 days", the at-risk
-list's "falling" and the health-drop alert are known on day one instead of a month later.
+The first recompute of an account (one never scored, e.g. just imported with its history, or whose usage arrived
+after a recompute that could not score it) first backfills its daily health for the `BACKFILL_DAYS` days before,
+from its first usage day on, so that "down 14 in 7 days", the at-risk list's "falling" and the health-drop alert
+are known on day one instead of a month later.
 
 Insight comes last: the churn model is trained when there is none (or it is older than `retrain_days`), every active
 account is scored with its probability and reasons, and cohorts and tiers are refreshed. It runs inside a savepoint:
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 import pandas as pd
-from sqlalchemy import text
+from sqlalchemy import Date, bindparam, text
 from sqlmodel import Session
 
 from lifecycle.churn import InsightConfig, default_insight_config
@@ -158,15 +159,18 @@ def backfill_health(
     return written
 
 
-# Active accounts never scored (no health day yet) and the first day of their account-total usage, if any: an index
-# lookup per account.
+# Active accounts never scored — no grade yet or "unknown", and no snapshot before the day (so an account whose usage
+# was imported after a recompute that could not score it still counts) — with the first day of their account-total
+# usage: index lookups per account.
 _NEVER_SCORED_SQL = text(
     """
     SELECT a.id AS account_id,
            (SELECT MIN(u.day) FROM usage_daily u WHERE u.account_id = a.id AND u.feature = '') AS first_day
-    FROM account a WHERE a.status = 'active' AND a.health_at IS NULL
+    FROM account a
+    WHERE a.status = 'active' AND (a.health_grade IS NULL OR a.health_grade = 'unknown')
+      AND NOT EXISTS (SELECT 1 FROM health_snapshot h WHERE h.account_id = a.id AND h.day < :as_of)
     """
-)
+).bindparams(bindparam("as_of", type_=Date()))
 
 
 def backfill_new_accounts(
@@ -174,7 +178,7 @@ def backfill_new_accounts(
 ) -> int:
     """Daily health of the `days` days before `as_of` for the active accounts never scored, each from its first usage
     day on (accounts without usage before `as_of` have no history to score). Returns the snapshots written."""
-    rows = session.execute(_NEVER_SCORED_SQL).all()
+    rows = session.execute(_NEVER_SCORED_SQL, {"as_of": as_of}).all()
     starts = pd.Series({int(a): pd.Timestamp(d) for a, d in rows if d is not None}, dtype="datetime64[ns]")
     starts = starts[starts < pd.Timestamp(as_of)]
     if starts.empty:

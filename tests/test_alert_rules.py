@@ -555,3 +555,26 @@ def test_demo_portfolio_raises_a_plausible_set_of_alerts_once(session: Session) 
     session.commit()
     assert (second.new, second.resolved, second.reopened) == ([], 0, [])
     assert len(_alerts(session)) == len(first.new)
+
+
+def test_at_risk_alerts_what_no_other_rule_says_and_waits_while_grade_red_stands(
+    session: Session, book: dict[str, int]
+) -> None:
+    acme, globex = book["acme"], book["globex"]
+    red = {"health_score": 40.0, "health_grade": "red", "prev_grade": "yellow", "score_7": 45.0, "score_30": 45.0}
+    falling = {"health_score": 60.0, "score_7": 72.0, "score_30": 72.0}
+    # Night 1: Acme turns red (grade_red says it; no second message), Globex is yellow and fell 12 points.
+    first = _raise(session, AS_OF, {acme: red, globex: falling})
+    assert sorted((a.account_id, a.rule) for a in first.new) == [(acme, "grade_red"), (globex, "at_risk")]
+    warning = next(a for a in first.new if a.rule == "at_risk")
+    assert (warning.owner_id, warning.severity) == (book["kim"], "warning")
+    assert warning.title == "At risk: down 12 points in 7 days"
+    assert warning.details["title_zh"] == "风险客户：7 天内下降 12 分"
+    # Night 2: both still hold; nothing new (Acme's grade_red stands, Globex's at_risk is open).
+    later = AS_OF + timedelta(days=1)
+    assert _raise(session, later, {acme: {**red, "prev_grade": "red"}, globex: falling}).new == []
+    # Night 3: Globex recovered, so its at_risk alert is resolved; Acme's grade_red still holds.
+    done = _raise(session, later + timedelta(days=1), {acme: {**red, "prev_grade": "red"}, globex: {}})
+    assert done.resolved == 1 and done.new == []
+    assert {(a.account_id, a.rule): a.status for a in _alerts(session)} == {
+        (acme, "grade_red"): "open", (globex, "at_risk"): "resolved"}

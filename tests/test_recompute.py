@@ -178,3 +178,44 @@ def test_import_and_recompute_on_postgresql(pg_engine: Engine, engine: Engine, t
     with Session(pg_engine) as session:
         # Today's two, and the month before backfilled by the first recompute (both have 60 days of usage).
         assert session.exec(select(func.count()).select_from(HealthSnapshot)).one() == 2 * 31
+
+
+def test_the_first_recompute_of_an_account_backfills_its_month_and_only_its_own(engine: Engine, tmp_path: Path) -> None:
+    _import_and_recompute(engine, tmp_path)
+    later = date.fromordinal(TODAY.toordinal() + 1)
+    newcomer = tmp_path / "newcomer"
+    newcomer.mkdir()
+    (newcomer / "accounts.csv").write_text(
+        "external_id,name,owner_email,seats,contract_start,renewal_date\n"
+        "P-3,Pecan Soft,csm@example.com,10,2026-10-01,2027-10-01\n"
+        "P-4,Plum Empty,csm@example.com,10,2026-10-01,2027-10-01\n", encoding="utf-8")
+    # Pecan's usage starts 12 days before the recompute: its backfill starts there, not a month back.
+    (newcomer / "usage.csv").write_text("account_external_id,date,active_users,logins,events\n" + "".join(
+        f"P-3,{date.fromordinal(later.toordinal() - n).isoformat()},6,9,200\n" for n in range(12, 0, -1)),
+        encoding="utf-8")
+    with Session(engine) as session:
+        for kind in ("accounts", "usage"):
+            import_csv(session, kind, newcomer / f"{kind}.csv")
+        session.commit()
+        summary = recompute(session, as_of=later, scorecard=default_scorecard(), machine=load_stage_machine())
+        session.commit()
+        assert summary.backfilled == 12
+        days: dict[str, list[date]] = {}
+        for name, day in session.exec(
+            select(Account.name, HealthSnapshot.day).join(HealthSnapshot, col(HealthSnapshot.account_id) == Account.id)
+            .order_by(col(HealthSnapshot.day))
+        ).all():
+            days.setdefault(name, []).append(day)
+    assert days["Pecan Soft"] == [date.fromordinal(later.toordinal() - n) for n in range(12, -1, -1)]
+    assert "Plum Empty" not in days  # no usage to score: nothing backfilled, and no score today
+    # Plum's usage arrives after that recompute: the next one still backfills it (it was never scored).
+    (newcomer / "usage.csv").write_text("account_external_id,date,active_users,logins,events\n" + "".join(
+        f"P-4,{date.fromordinal(later.toordinal() - n).isoformat()},6,9,200\n" for n in range(20, 0, -1)),
+        encoding="utf-8")
+    with Session(engine) as session:
+        import_csv(session, "usage", newcomer / "usage.csv")
+        session.commit()
+        assert recompute(session, as_of=later, scorecard=default_scorecard(), machine=load_stage_machine(),
+                         with_insight=False).backfilled == 20
+    # The accounts scored before keep their history as it was: one more day, nothing rewritten.
+    assert days["Polar Labs"] == [date.fromordinal(TODAY.toordinal() - n) for n in range(30, -2, -1)]
