@@ -48,7 +48,6 @@ UNKNOWN_GRADE = "unknown"
 GRADES = ("red", "yellow", "green")
 FRESHNESS_KEY = "_freshness"  # reserved key of the snapshot's measures JSON
 CRITICAL_KEY = "_critical"  # reserved key: the critical signals that held, when any did
-CAPS = ("red", "yellow")
 Lang = Literal["en", "zh"]
 
 # Signals copied next to each measure so that the explanation can say more than the value.

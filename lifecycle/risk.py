@@ -23,8 +23,6 @@ import pandas as pd
 from lifecycle.health import Lang, RiskDefinition, Scorecard, critical_text
 
 ReasonKind = Literal["red", "critical", "falling", "churn"]
-# Columns `reasons` reads; any of them may be missing (no data).
-RISK_INPUTS = ("health_grade", "delta_7", "delta_30", "churn_probability", "critical")
 
 
 @dataclass(frozen=True)
@@ -38,9 +36,6 @@ class RiskReason:
     name: str | None = None
     value: float | None = None
     days: int | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, "value": self.value, "days": self.days}
 
 
 def _numbers(frame: pd.DataFrame, column: str) -> np.ndarray:
@@ -69,9 +64,9 @@ def reasons(frame: pd.DataFrame, definition: RiskDefinition) -> pd.Series:
     """Per account of `frame`, its reasons for being at risk (an empty list when it is not), red first, then
     the critical signals in scorecard order, the fall, the churn probability.
 
-    `frame` has the columns of `RISK_INPUTS`: `health_grade`, `delta_7` and `delta_30` (score change in points),
-    `churn_probability`, and `critical` (per account the critical signals that hold: a list of {"name",
-    "value"}, or a snapshot's `_critical` entry, or None). The caller passes active accounts only.
+    `frame` has the columns `health_grade`, `delta_7` and `delta_30` (score change in points), `churn_probability`,
+    and `critical` (per account the critical signals that hold: a list of {"name", "value"}, or a snapshot's
+    `_critical` entry, or None); a missing column is no data. The caller passes active accounts only.
     """
     n = len(frame)
     grade = frame["health_grade"].astype(object).to_numpy() if "health_grade" in frame.columns else np.full(n, None)

@@ -104,7 +104,7 @@ def test_the_health_scorecard_ranks_a_labelled_file_from_its_mapped_columns() ->
     # The figure the README reports; the shipped scorecard before critical signals gave the same 0.644.
     assert health.scores.roc_auc == pytest.approx(0.644, abs=0.0005)
     assert health.critical == {"no_login": 743}  # rows without a login for 14+ days, capped at red
-    with pytest.raises(EvaluationError, match="no column 'Logins.Last'"):
+    with pytest.raises(EvaluationError, match=r"no column 'Logins\.Last'"):
         health_scores(frame, frame["Churn"].to_numpy(), {"Logins.Last": "days_since_last_login"}, default_scorecard())
     with pytest.raises(EvaluationError, match="the scorecard reads no signal 'customer_months'"):
         health_scores(frame, frame["Churn"].to_numpy(), {"Customer.Months": "customer_months"}, default_scorecard())

@@ -73,8 +73,17 @@ def test_backfill_gives_trends(session: Session) -> None:
     session.commit()
     backfill_health(session, today=TODAY, offsets=(30, 7), scorecard=default_scorecard(), machine=load_stage_machine())
     _run(session)
-    days = {d for _, d, _, _ in _snapshots(session)}
-    assert days == {date(2026, 10, 24), date(2026, 11, 16), TODAY}
+    days: dict[int, set[date]] = {}
+    for account_id, day, _, _ in _snapshots(session):
+        days.setdefault(account_id, set()).add(day)
+    # Accounts the backfill scored keep those days (the ones that began after the first of them, the later ones);
+    # an account it could not score at all (usage too young) gets its own daily backfill from the recompute, as
+    # any account scored for the first time: every day from its first usage day on.
+    kept = [{date(2026, 10, 24), date(2026, 11, 16), TODAY}, {date(2026, 11, 16), TODAY}]
+    assert sum(1 for d in days.values() if d == kept[0]) > 40
+    for d in days.values():
+        first = min(d)
+        assert d in kept or d == {date.fromordinal(n) for n in range(first.toordinal(), TODAY.toordinal() + 1)}
 
 
 def test_console_transcript(engine: Engine, tmp_path: Path) -> None:
@@ -110,7 +119,8 @@ def test_console_transcript(engine: Engine, tmp_path: Path) -> None:
     assert "━━ Northwind Traders  (ACC-00006) ━━" in text
     assert "Health          " in text and "Why this health:" in text
     assert "Measures:" in text and "licence utilisation:" in text
-    assert "At-risk accounts (all)" in text and "red or falling" in text
+    assert "At-risk accounts (all)" in text and "at risk (red, a critical signal, falling fast" in text
+    assert "· why: red" in text
     assert "Renewals in the next 45 days (all)" in text
     assert "Note saved on Northwind Traders." in text
     assert "Northwind Traders moved from Renewal to Expansion (asked for 200 more seats)" in text
