@@ -734,7 +734,7 @@ def _ranked(due: pd.DataFrame, trigger: np.ndarray) -> pd.DataFrame:
     """Due contacts with their trigger, most important first: the trigger's rank, then the larger ARR."""
     due = due.copy()
     due["trigger"] = trigger
-    due["rank"] = due["trigger"].map({"pre_renewal": 0, "after_onboarding": 1, "relationship": 2, "manual": 3})
+    due["rank"] = due["trigger"].map({"pre_renewal": 0, "after_onboarding": 1, "relationship": 2})
     due["arr"] = due["arr"].astype(float)
     return due.sort_values(["rank", "arr", "contact_id"], ascending=[True, False, True])
 
@@ -847,15 +847,13 @@ def plan_manual(
     plan.throttled = [(str(n), pd.Timestamp(u).to_pydatetime()) for n, u in zip(late["name"], until[late.index],
                                                                                  strict=True)]
     free = ~has_open & ~throttled
-    due = _ranked(frame.loc[reachable & free], np.full(int((reachable & free).sum()), "manual", dtype=object))
-    due = due.sort_values("contact_id")
+    due = frame.loc[reachable & free].assign(trigger="manual")
     start = datetime.combine(now.date(), time.min)
     left = max(config.delivery.daily_cap - int(session.execute(_TODAYS_SQL, {"start": start}).scalar_one()), 0)
     plan.over_cap = due["name"].astype(str).tolist()[left:]
     stuck = frame.loc[blocked & free]
     plan.undeliverable = [int(c) for c in stuck["contact_id"]]
-    new_stuck = stuck.loc[~stuck["has_undeliverable"].to_numpy(bool)]
-    fresh = _as_undeliverable(_ranked(new_stuck, np.full(len(new_stuck), "manual", dtype=object)))
+    fresh = _as_undeliverable(stuck.loc[~stuck["has_undeliverable"].to_numpy(bool)].assign(trigger="manual"))
     plan.due = _joined(due.head(left).assign(undeliverable=False), fresh)
     return plan
 
