@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
@@ -55,6 +56,7 @@ class Kind(StrEnum):
     usage = "usage"
     tickets = "tickets"
     nps = "nps"
+    rates = "rates"
 
 
 def _settings() -> Settings:
@@ -110,6 +112,12 @@ def _chat(engine: Engine, settings: Settings, as_email: str | None) -> int:
     if not actor:
         err.print("[red]No users yet: import users first (`csbot import users FILE`) or run `csbot demo`.[/red]")
         return 2
+    from bot.commands.people import greeting_text
+
+    with Session(engine) as s:
+        user = s.exec(select(User).where(col(User.email) == actor)).first()
+        if user is not None:  # who the console speaks as (an unknown email gets the router's own refusal)
+            err.print(greeting_text(s, user, settings.lang).replace("*", ""), markup=False, highlight=False)
     router = Router(Services(engine=engine, settings=settings))
     router.warm_up()
     return run_console(router, actor)
@@ -134,6 +142,25 @@ def _recompute(engine: Engine, settings: Settings, as_of: date | None = None, *,
         f"Recomputed {summary.accounts:,} accounts as of {summary.as_of}: {grades}; "
         f"{summary.stage_moves} stage move(s){backfilled}; {summary.seconds:.2f} s ({steps}); "
         f"peak memory {peak_mb:,.0f} MB."
+    )
+
+
+def _tonight(engine: Engine, settings: Settings) -> None:
+    """The demo's nightly run as of today: alert rules, renewal prompts, surveys and digests, so `alerts`,
+    `alert-stats` and `csbot deliveries` have something to show. Nothing leaves the machine: without Slack or
+    Telegram the messages are kept as undeliverable, to be retried once a platform is configured."""
+    from bot.jobs import run_job
+
+    result = run_job("nightly", engine, settings)
+    counts = {step.name: step.counts for step in result.steps}
+    alerts = counts.get("alerts", {})
+    err.print(
+        f"Ran tonight's rules as of {result.today}: {alerts.get('new', 0)} alert(s) raised, "
+        f"{counts.get('renewal_prompts', {}).get('prompts', 0)} renewal prompt(s), "
+        f"{counts.get('surveys', {}).get('sent', 0)} NPS survey(s), "
+        f"{counts.get('digests', {}).get('digests', 0)} digest(s). Nothing left this machine: with neither Slack "
+        "nor Telegram configured they are kept as undeliverable (`csbot deliveries`), and `csbot deliveries --retry` "
+        "sends them once one is."
     )
 
 
@@ -172,6 +199,8 @@ def demo(
         # The first recompute backfills a month of daily health, which gives the demo its trends (skipped for large
         # scale portfolios, where it would take minutes).
         _recompute(engine, settings, backfill=accounts <= 5_000)
+        if accounts <= 5_000:
+            _tonight(engine, settings)
     else:
         with Session(engine) as s:
             count = s.exec(select(func.count()).select_from(Account)).one()
@@ -409,14 +438,40 @@ def serve(
 
 @app.command(name="accounts")
 def accounts_cmd(limit: int = typer.Option(20, help="How many to list.")) -> None:
-    """List accounts with their stage and health (largest ARR first)."""
+    """List accounts with their stage and health (largest ARR in the reporting currency first)."""
+    from lifecycle.money import load_rates
+
     settings = _settings()
     engine = _engine(settings)
     table = Table("external id", "name", "stage", "health", "ARR")
     with Session(engine) as s:
-        for a in s.exec(select(Account).order_by(col(Account.arr).desc()).limit(limit)).all():
+        largest = load_rates(s, settings.reporting_currency).in_sql(col(Account.arr), col(Account.currency),
+                                                                     as_written=True)
+        for a in s.exec(select(Account).order_by(largest.desc()).limit(limit)).all():
             score = f"{a.health_score:.0f} {a.health_grade}" if a.health_score is not None else "—"
             table.add_row(a.external_id, a.name, a.stage, score, f"{a.arr:,.0f} {a.currency}")
+    console.print(table)
+
+
+@app.command(name="users")
+def users_cmd(
+    all_users: bool = typer.Option(False, "--all", help="Include deactivated people."),
+) -> None:
+    """List people with their ids: email (what `csbot chat --as` takes), role, manager, chat ids, language."""
+    settings = _settings()
+    engine = _engine(settings)
+    table = Table("id", "email", "name", "role", "manager", "Slack id", "Telegram id", "lang", "accounts")
+    with Session(engine) as s:
+        owned = dict(s.exec(select(Account.owner_id, func.count()).where(col(Account.owner_id).is_not(None))
+                            .group_by(col(Account.owner_id))).all())
+        people = s.exec(select(User).order_by(col(User.role), col(User.name))).all()
+        names = {u.id: u.name for u in people}
+        for u in people:
+            if not u.active and not all_users:
+                continue
+            table.add_row(str(u.id), u.email, u.name + ("" if u.active else " (inactive)"), u.role,
+                          names.get(u.manager_id, "—") if u.manager_id else "—", u.slack_user_id or "—",
+                          u.telegram_user_id or "—", u.lang or f"{settings.lang} (default)", str(owned.get(u.id, 0)))
     console.print(table)
 
 
@@ -472,18 +527,23 @@ class DeliveryStatus(StrEnum):
     sending = "sending"
     sent = "sent"
     failed = "failed"
+    undeliverable = "undeliverable"
 
 
 @app.command(name="deliveries")
 def deliveries_cmd(
-    ids: list[int] | None = typer.Argument(None, help="With --retry: the failed deliveries to requeue."),
-    status: DeliveryStatus | None = typer.Option(None, help="Only deliveries in this state."),
+    ids: list[int] | None = typer.Argument(None, help="With --retry: the deliveries to requeue."),
+    status: DeliveryStatus | None = typer.Option(
+        None, help="Only deliveries in this state (with --retry: failed or undeliverable)."
+    ),
     limit: int = typer.Option(50, min=1, help="How many to list (newest first)."),
-    retry: bool = typer.Option(False, "--retry", help="Requeue failed deliveries (the given ids, or all)."),
+    retry: bool = typer.Option(
+        False, "--retry", help="Requeue failed deliveries and route undeliverable ones again (the given ids, or all)."
+    ),
 ) -> None:
-    """The delivery outbox: list messages and their state, or requeue failed ones with --retry."""
+    """The delivery outbox: list messages and their state (an undeliverable one with why), or requeue failed
+    and undeliverable ones with --retry."""
     from lifecycle import outbox
-    from lifecycle.models import Delivery
 
     settings = _settings()
     engine = _engine(settings)
@@ -491,32 +551,76 @@ def deliveries_cmd(
         err.print("[red]Delivery ids are only taken with --retry.[/red]")
         raise typer.Exit(2)
     if retry:
-        with Session(engine) as s:
-            if ids:
-                found = {d.id: d.status for d in s.exec(select(Delivery).where(col(Delivery.id).in_(ids))).all()}
-                missing = [i for i in ids if i not in found]
-                if missing:
-                    err.print(f"[red]No delivery with id {', '.join(map(str, missing))}.[/red]")
-                    raise typer.Exit(1)
-                for i in ids:
-                    if found[i] != outbox.FAILED:
-                        err.print(f"[yellow]Delivery {i} is {found[i]}, not failed: left as it is.[/yellow]")
-            requeued = outbox.retry_failed(s, ids or None)
-        noun = "delivery" if requeued == 1 else "deliveries"
-        console.print(f"Requeued {requeued} failed {noun}; they go out on the next run.")
+        if status not in (None, DeliveryStatus.failed, DeliveryStatus.undeliverable):
+            err.print("[red]--retry takes --status failed or --status undeliverable.[/red]")
+            raise typer.Exit(2)
+        _retry_deliveries(engine, settings, ids or None, status)
         return
     with Session(engine) as s:
         rows = outbox.list_deliveries(s, status.value if status else None, limit=limit)
+        counts = outbox.status_counts(s)
     table = Table("id", "platform", "target", "kind", "status", "attempts", "next attempt", "last error")
     for d in rows:
         waiting = d.status in (outbox.PENDING, outbox.SENDING)
         table.add_row(
-            str(d.id), d.platform, d.target, d.kind, d.status, str(d.attempts),
-            _local_time(d.next_attempt_at, settings) if waiting else "—", d.last_error or "",
+            str(d.id), d.platform or "—", d.target or "—", d.kind, d.status, str(d.attempts),
+            _local_time(d.next_attempt_at, settings) if waiting else "—", Text(d.last_error or ""),
         )
     console.print(table)
     if not rows:
         console.print("No deliveries" + (f" {status.value}." if status else "."))
+    if status is not None:
+        return
+    if any(counts.values()):
+        summary = ", ".join(f"{n:,} {state}" for state, n in counts.items() if n)
+        console.print(f"Outbox: {summary}.", highlight=False)
+    if counts[outbox.UNDELIVERABLE]:
+        console.print(
+            "Undeliverable: no configured platform reaches the recipient; the reason is under \"last error\". "
+            "Set up the platform (SLACK_BOT_TOKEN, TELEGRAM_BOT_TOKEN), the person's chat id or the team channel, "
+            "then `csbot deliveries --retry` routes them again.", highlight=False,
+        )
+
+
+def _retry_deliveries(engine: Engine, settings: Settings, ids: list[int] | None, status: DeliveryStatus | None) -> None:
+    """`csbot deliveries --retry`: failed rows back in the queue; undeliverable rows routed again."""
+    from bot.undelivered import Routes, requeue
+    from lifecycle import outbox
+    from lifecycle.models import Delivery, utcnow
+
+    kinds = {outbox.FAILED, outbox.UNDELIVERABLE} if status is None else {status.value}
+    with session_scope(engine) as s:
+        failed_ids = stuck_ids = None
+        if ids:
+            found = {d.id: d.status for d in s.exec(select(Delivery).where(col(Delivery.id).in_(ids))).all()}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                err.print(f"[red]No delivery with id {', '.join(map(str, missing))}.[/red]")
+                raise typer.Exit(1)
+            for i in ids:
+                if found[i] not in kinds:
+                    err.print(f"[yellow]Delivery {i} is {found[i]}, not {' or '.join(sorted(kinds))}: left as it "
+                              "is.[/yellow]")
+            failed_ids = [i for i in ids if found[i] == outbox.FAILED]
+            stuck_ids = [i for i in ids if found[i] == outbox.UNDELIVERABLE]
+        if outbox.FAILED in kinds and (failed_ids is None or failed_ids):
+            requeued = outbox.retry_failed(s, failed_ids)
+            noun = "delivery" if requeued == 1 else "deliveries"
+            console.print(f"Requeued {requeued} failed {noun}; they go out on the next run.")
+        if outbox.UNDELIVERABLE not in kinds or stuck_ids == []:
+            return
+        moved = requeue(s, Routes.from_settings(settings), now=utcnow(), ids=stuck_ids)
+    total = moved.routed + len(moved.reasons) + moved.stale
+    if not total and status is None and not ids:
+        return
+    noun = "delivery" if total == 1 else "deliveries"
+    console.print(f"Routed {total} undeliverable {noun} again: {moved.routed} go out on the next run, "
+                  f"{len(moved.reasons)} still cannot be delivered.", highlight=False)
+    for delivery_id, reason in moved.reasons:
+        console.print(f"  #{delivery_id}: {reason}", markup=False, highlight=False)
+    if moved.stale:
+        console.print(f"  {moved.stale} survey message(s) left as they are: the survey was answered, expired or "
+                      "replaced by a newer one.", highlight=False)
 
 
 def main() -> None:

@@ -144,8 +144,9 @@ def stage_mix_png(
     return _png(fig)
 
 
-def retention_png(monthly: pd.DataFrame, title: str, *, lang: str) -> bytes:
-    """Monthly NRR and GRR as lines, with the monthly logo churn rate as bars underneath."""
+def retention_png(monthly: pd.DataFrame, title: str, *, lang: str, note: str = "") -> bytes:
+    """Monthly NRR and GRR as lines, with the monthly logo churn rate as bars underneath; `note` says what the
+    revenue figures rest on (NRR and GRR are left out where they would mix currencies without a rate)."""
     fig, ax = _figure(title)
     if monthly.empty or not int(monthly["logos_start"].sum()):
         _empty(ax, t("ac_no_data", lang))
@@ -171,7 +172,7 @@ def retention_png(monthly: pd.DataFrame, title: str, *, lang: str) -> bytes:
     ax.legend(fontsize=8, frameon=False, loc="center left", ncols=3)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    return _png(fig)
+    return _png(fig, note)
 
 
 def cohorts_png(logos: pd.DataFrame, sizes: pd.Series, title: str, *, lang: str, limit: int = 8) -> bytes:

@@ -23,7 +23,7 @@ from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 from sqlmodel import Session
 
-from bot.format import money, signed
+from bot.format import signed
 from bot.i18n import add_messages, t
 from bot.messages import Image
 from lifecycle.health import Scorecard
@@ -115,7 +115,10 @@ def _figure(title: str) -> tuple[Figure, Axes]:
     return fig, ax
 
 
-def _png(fig: Figure) -> bytes:
+def _png(fig: Figure, caption: str = "") -> bytes:
+    """The figure as PNG; `caption` is a small line under the plot (what its totals rest on)."""
+    if caption:  # chat markup means nothing in a picture
+        fig.text(0.01, 0.012, caption.replace("`", ""), fontsize=8, color="#555555", ha="left", va="bottom")
     families = [BASE_FONT, cjk] if (cjk := cjk_font()) else [BASE_FONT]
     for text in fig.findobj(Text):
         text.set_fontfamily(families)
@@ -123,7 +126,7 @@ def _png(fig: Figure) -> bytes:
     with warnings.catch_warnings():
         # Without a CJK font, Chinese account names draw as boxes; the warning per glyph says nothing new.
         warnings.filterwarnings("ignore", message="Glyph .* missing from")
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.045, 1, 1) if caption else None)
         fig.savefig(buf, format="png", dpi=DPI)
     return buf.getvalue()
 
@@ -185,11 +188,13 @@ def stage_distribution_png(
     *,
     lang: str = "en",
     stage_labels: Mapping[str, str] | None = None,
-    currency: str = "USD",
+    arr_labels: Mapping[str, str] | None = None,
+    note: str = "",
 ) -> bytes:
-    """Accounts per stage as bars stacked by grade, each bar topped with its count and ARR.
+    """Accounts per stage as bars stacked by grade, each bar topped with its count and its ARR as written in
+    `arr_labels` (by stage); `note` says what the ARR totals rest on.
 
-    `dist` is `lifecycle.overview.stage_distribution`: indexed by stage, with `accounts`, `arr` and grade columns.
+    `dist` is `lifecycle.overview.stage_distribution`: indexed by stage, with `accounts` and grade columns.
     """
     lang = chart_lang(lang)
     fig, ax = _figure(title)
@@ -206,8 +211,10 @@ def stage_distribution_png(
         ax.bar(x, values, bottom=bottom, color=COLOURS[grade_name], label=t(f"grade_{grade_name}", lang), width=0.65)
         bottom += values
     top = float(bottom.max()) if len(bottom) else 0.0
-    for xi, count, arr in zip(x.tolist(), dist["accounts"].tolist(), dist["arr"].tolist(), strict=True):
-        ax.text(xi, count + top * 0.02, f"{int(count)}\n{money(arr, currency)}", ha="center", va="bottom", fontsize=9)
+    for xi, stage, count in zip(x.tolist(), dist.index, dist["accounts"].tolist(), strict=True):
+        arr = (arr_labels or {}).get(str(stage))
+        label = f"{int(count)}\n{arr}" if arr else f"{int(count)}"
+        ax.text(xi, count + top * 0.02, label, ha="center", va="bottom", fontsize=9)
     ax.set_ylim(0, max(top * 1.25, 1))
     ax.set_xticks(x, labels)
     ax.set_xlabel(t("chart_stage_axis", lang))
@@ -216,7 +223,7 @@ def stage_distribution_png(
     ax.legend(loc="upper right", fontsize=9, frameon=False, ncols=4)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    return _png(fig)
+    return _png(fig, note)
 
 
 def nps_trend_png(trend: pd.DataFrame, title: str, *, lang: str = "en") -> bytes:

@@ -107,6 +107,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "没有名为“{segment}”的细分（现有细分：{segments}）。",
     },
     "scope_all": {"en": "all", "zh": "全部"},
+    "scope_team": {"en": "your team", "zh": "我的团队"},
     "scope_segment": {"en": "segment {segment}", "zh": "细分 {segment}"},
     "renewals_title": {"en": "Renewals in the next {days} days ({scope})", "zh": "未来 {days} 天续约（{scope}）"},
     "renewals_empty": {

@@ -7,9 +7,10 @@ private (ephemeral, or a direct message), so account data is never posted where 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from bot.i18n import add_messages
 from bot.messages import Incoming
@@ -20,7 +21,7 @@ ROLE_RANK: dict[str, int] = {"viewer": 0, "csm": 1, "manager": 2, "admin": 3}
 NEEDS_RANK: dict[str, int] = {"read": 0, "write": 1, "manage": 2, "admin": 3}
 
 # Commands whose answers never carry account data; every other command's answer is treated as account data.
-DATA_FREE_COMMANDS: frozenset[str] = frozenset({"help", "lang"})
+DATA_FREE_COMMANDS: frozenset[str] = frozenset({"help", "lang", "whoami"})
 
 # Set by an adapter that knows the channel is shared with another organisation (Slack Connect).
 CUSTOMER_CHANNEL_FLAG = "customer_channel"
@@ -38,6 +39,29 @@ add_messages(
         },
     }
 )
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Whose accounts a list or report covers: `ids` (None for everyone) and which of mine / team / all it is."""
+
+    ids: tuple[int, ...] | None
+    key: Literal["mine", "team", "all"]
+
+
+def coverage(session: Session, user: User, csm_read_scope: str, which: str | None) -> Coverage:
+    """`mine` → my accounts; `all` → everyone's (a CSM whose read scope is `own` still gets only theirs); nothing
+    said → a CSM gets theirs, a manager their team's (their direct reports' and their own; everyone's while nobody
+    reports to them), an admin or a viewer everyone's."""
+    mine = Coverage((int(user.id or 0),), "mine")
+    if which == "mine" or (user.role == "csm" and (which is None or csm_read_scope == "own")):
+        return mine
+    if which == "all" or user.role != "manager":
+        return Coverage(None, "all")
+    reports = session.exec(select(User.id).where(col(User.manager_id) == user.id, col(User.active) == True)).all()  # noqa: E712
+    if not reports:  # a manager nobody reports to (yet) oversees the whole portfolio
+        return Coverage(None, "all")
+    return Coverage((int(user.id or 0), *(int(r) for r in reports if r is not None)), "team")
 
 
 def role_allows(role: str, needs: Needs) -> bool:

@@ -239,6 +239,17 @@ class RoutingConfig(_Strict):
     escalate_after_hours: float = Field(default=24, gt=0)
     digest_at: time = time(9, 0)
     weekly_day: int = Field(default=0, ge=0, le=6)  # Monday = 0, as date.weekday()
+    # The platforms messages can be delivered on. Not a setting of this file: csbot fills it in from the bot tokens
+    # (`bot.routing.with_platforms`). None = not known, every platform is taken to be configured.
+    platforms: tuple[str, ...] | None = Field(default=None, exclude=True)
+
+    @field_validator("platforms", mode="before")
+    @classmethod
+    def _not_from_the_file(cls, value: object) -> object:
+        if value is not None:
+            raise ValueError("is not set here: csbot delivers on every platform whose bot token is set "
+                             "(SLACK_BOT_TOKEN, TELEGRAM_BOT_TOKEN)")
+        return value
 
     @field_validator("team_timezone")
     @classmethod

@@ -19,6 +19,10 @@ the end of `today`; an account's ARR at a moment is the ARR after its last chang
 - Win-back rate = accounts that came back (a reactivation in the period) ÷ accounts that were churned at some
   point of the period (churned at the start, or churning during it).
 Monthly retention (`retention_monthly`) applies the same to each calendar month (the current one up to today).
+Money: every ARR is converted into the reporting currency first (`lifecycle.money`, constant currency: today's
+rates for every date). When an account's currency has no rate, the revenue figures cannot be combined: the
+summary then holds them per currency (`by_currency`; the logo figures still cover everyone), and the monthly and
+cohort ARR ratios that would mix currencies are NaN.
 
 Cohorts (`cohorts`): accounts grouped by the quarter of their first contract start (their first revenue change);
 the curve gives, k quarters later (k × 3 months after each account's own start), the share of the cohort still a
@@ -34,7 +38,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
@@ -45,6 +49,7 @@ from sqlmodel import Session, col
 
 from lifecycle.errors import CsbotError
 from lifecycle.models import Account, Note, NpsResponse, StageTransition, UsageDaily, utcnow
+from lifecycle.money import Rates, load_rates
 from lifecycle.revenue import Slice, revenue_events, state_at
 from lifecycle.stages import KpiDef, StageMachine
 
@@ -130,6 +135,9 @@ class RetentionSummary:
     won_back: int
     churn_by_reason: dict[str, float] = field(default_factory=dict)
     churn_events: int = 0
+    currency: str | None = None  # of every amount above; None when they are only known per currency:
+    by_currency: dict[str, RetentionSummary] = field(default_factory=dict)  # … then here, one summary each
+    currencies: tuple[str, ...] = ()  # the accounts' own currencies
 
     @property
     def logo_churn_rate(self) -> float | None:
@@ -190,10 +198,37 @@ def _retention_from(events: pd.DataFrame, start: date, end: date) -> RetentionSu
     )
 
 
-def retention(session: Session, period: Period, *, today: date, scope: Slice | None = None) -> RetentionSummary:
-    """Retention of the slice over `period` ending on `today` (one query, pandas)."""
+_MONEY_FIELDS = tuple(f.name for f in fields(RetentionSummary) if f.type == "float")
+
+
+def _events(session: Session, scope: Slice | None, today: date, rates: Rates) -> pd.DataFrame:
+    """The slice's revenue events, with `own_currency` (the account's). When every currency in them has a rate,
+    ARR is in the reporting currency (`currency`); otherwise it stays as recorded, to be read per currency."""
     events = revenue_events(session, scope, until=today)
-    return _retention_from(events, period.start(today), today)
+    events["own_currency"] = events["currency"].astype(str).str.upper()
+    if rates.basis_of(events["own_currency"]).missing:
+        events["currency"] = events["own_currency"]
+        return events
+    return rates.in_reporting(events, ["arr_before", "arr_after"])
+
+
+def _retention(events: pd.DataFrame, start: date, end: date, rates: Rates) -> RetentionSummary:
+    summary = _retention_from(events, start, end)
+    own = tuple(sorted(set(events["own_currency"]), key=lambda c: (c != rates.currency, c)))
+    currencies = sorted(set(events["currency"]), key=lambda c: (c != rates.currency, c))
+    if len(currencies) <= 1:
+        return replace(summary, currency=currencies[0] if currencies else rates.currency, currencies=own)
+    per = {c: replace(_retention_from(events.loc[events["currency"] == c], start, end), currency=c, currencies=(c,))
+           for c in currencies}
+    unknown: dict[str, Any] = {name: float("nan") for name in _MONEY_FIELDS}
+    return replace(summary, **unknown, churn_by_reason={}, by_currency=per, currencies=own)
+
+
+def retention(session: Session, period: Period, *, today: date, scope: Slice | None = None,
+              rates: Rates | None = None) -> RetentionSummary:
+    """Retention of the slice over `period` ending on `today` (one query, pandas)."""
+    rates = rates or load_rates(session, on=today)
+    return _retention(_events(session, scope, today, rates), period.start(today), today, rates)
 
 
 def _month_ends(today: date, months: int) -> list[tuple[date, date]]:
@@ -207,16 +242,19 @@ def _month_ends(today: date, months: int) -> list[tuple[date, date]]:
     return out
 
 
-def retention_monthly(session: Session, *, today: date, months: int = 12, scope: Slice | None = None) -> pd.DataFrame:
+def retention_monthly(session: Session, *, today: date, months: int = 12, scope: Slice | None = None,
+                      rates: Rates | None = None) -> pd.DataFrame:
     """Retention per calendar month for the last `months` months (the current one up to today), oldest first.
 
     Indexed by each month's first day (`month`); columns logos_start, logos_churned, logo_churn_rate, arr_start,
-    arr_end, grr, nrr, new_logos, new_arr, reactivated, churned_arr. Rates are NaN without starting logos.
+    arr_end, grr, nrr, new_logos, new_arr, reactivated, churned_arr. Rates are NaN without starting logos, the
+    ARR columns and GRR/NRR NaN when they would mix currencies without a rate.
     """
-    events = revenue_events(session, scope, until=today)
+    rates = rates or load_rates(session, on=today)
+    events = _events(session, scope, today, rates)
     rows = []
     for before, last in _month_ends(today, months):
-        r = _retention_from(events, before, last)
+        r = _retention(events, before, last, rates)
         rows.append({
             "month": pd.Timestamp(before + timedelta(days=1)), "logos_start": r.logos_start,
             "logos_churned": r.logos_churned, "logo_churn_rate": _nan(r.logo_churn_rate), "arr_start": r.arr_start,
@@ -239,9 +277,11 @@ class CohortTable:
     sizes: pd.Series  # accounts per cohort
 
 
-def cohorts(session: Session, *, today: date, scope: Slice | None = None, max_quarters: int = 12) -> CohortTable:
-    """Logo and ARR retention of each contract-start quarter's cohort, k = 0 … quarters later (k × 3 months)."""
-    events = revenue_events(session, scope, until=today)
+def cohorts(session: Session, *, today: date, scope: Slice | None = None, max_quarters: int = 12,
+            rates: Rates | None = None) -> CohortTable:
+    """Logo and ARR retention of each contract-start quarter's cohort, k = 0 … quarters later (k × 3 months); a
+    cohort whose accounts are in currencies without a common rate has no ARR retention (NaN)."""
+    events = _events(session, scope, today, rates or load_rates(session, on=today))
     empty = CohortTable(pd.DataFrame(dtype=float), pd.DataFrame(dtype=float), pd.Series(dtype="int64"))
     if events.empty:
         return empty
@@ -261,7 +301,7 @@ def cohorts(session: Session, *, today: date, scope: Slice | None = None, max_qu
     # A cohort's point k appears only when every member is that old, i.e. its quarter's end + k quarters is past.
     cohort_mature = grid.groupby(["cohort", "k"])["mature"].transform("max")
     grid = grid.loc[cohort_mature <= _ts(today)].sort_values("check")
-    right = events[["account_id", "day", "kind", "arr_after"]].sort_values("day")
+    right = events[["account_id", "day", "kind", "arr_after", "currency"]].sort_values("day")
     found = pd.merge_asof(grid, right, left_on="check", right_on="day", by="account_id", direction="backward")
     found["alive"] = found["kind"].notna() & (found["kind"] != "churn")
     found["arr_then"] = found["arr_after"].where(found["alive"], 0.0).astype(float)
@@ -269,7 +309,10 @@ def cohorts(session: Session, *, today: date, scope: Slice | None = None, max_qu
     sums = found.groupby(["cohort", "k"]).agg(alive=("alive", "sum"), n=("alive", "size"), arr=("arr_then", "sum"),
                                               arr0=("arr0", "sum"))
     logos = (sums["alive"] / sums["n"]).unstack("k").sort_index()
-    arr = (sums["arr"] / sums["arr0"].where(sums["arr0"] > 0)).unstack("k").sort_index()
+    arr_ratio = sums["arr"] / sums["arr0"].where(sums["arr0"] > 0)
+    mixed = found.groupby("cohort")["currency"].nunique() > 1
+    arr_ratio[arr_ratio.index.get_level_values("cohort").isin(mixed.index[mixed])] = np.nan
+    arr = arr_ratio.unstack("k").sort_index()
     sizes = quarter.astype(str).value_counts().sort_index()
     sizes = sizes.reindex(logos.index).astype("int64")
     return CohortTable(logos=logos, arr=arr, sizes=sizes)
@@ -471,10 +514,12 @@ class StageKpi(KpiValue):
 
 def _accounts(session: Session, scope: Slice) -> pd.DataFrame:
     stmt = select(col(Account.id), col(Account.stage), col(Account.status), col(Account.seats),
-                  col(Account.contract_start), col(Account.renewal_date), col(Account.created_at))
+                  col(Account.contract_start), col(Account.renewal_date), col(Account.created_at),
+                  col(Account.currency))
     rows = session.execute(scope.where(stmt)).all()
     frame = pd.DataFrame.from_records(
-        rows, columns=["account_id", "stage", "status", "seats", "contract_start", "renewal_date", "created_at"])
+        rows, columns=["account_id", "stage", "status", "seats", "contract_start", "renewal_date", "created_at",
+                       "currency"])
     frame["start"] = pd.to_datetime(frame["contract_start"]).fillna(pd.to_datetime(frame["created_at"]).dt.normalize())
     frame["renewal_date"] = pd.to_datetime(frame["renewal_date"])
     return frame.set_index("account_id")
@@ -495,13 +540,20 @@ def _usage() -> Any:
     return u, a, u.join(a, a.c.id == u.c.account_id)
 
 
+def _kpi_events(session: Session, scope: Slice, today: date, rates: Rates) -> pd.DataFrame:
+    """Revenue events with each account's ARR in the reporting currency where its currency has a rate (per-account
+    KPI values; an account without a rate gets no money value)."""
+    return rates.in_reporting(revenue_events(session, scope, until=today), ["arr_before", "arr_after"])
+
+
 def _window(kpi: KpiDef, today: date) -> tuple[date, date]:
     return today - timedelta(days=kpi.days - 1), today
 
 
 def _metric(session: Session, kpi: KpiDef, accounts: pd.DataFrame, scope: Slice, machine: StageMachine,
-            today: date, events: pd.DataFrame | None) -> tuple[pd.Series, pd.Series]:
-    """Per account (of `accounts`): the KPI's value, and a note ("not_reached" for time to value)."""
+            today: date, events: pd.DataFrame | None, rates: Rates) -> tuple[pd.Series, pd.Series]:
+    """Per account (of `accounts`): the KPI's value, and a note ("not_reached" for time to value). Money values
+    are in the reporting currency; an account whose currency has no rate has none."""
     idx = accounts.index
     notes = pd.Series("", index=idx, dtype=object)
     u, a, usage = _usage()
@@ -539,11 +591,12 @@ def _metric(session: Session, kpi: KpiDef, accounts: pd.DataFrame, scope: Slice,
                 .where(u.c.feature == feature, used, u.c.day >= lo, u.c.day <= hi).group_by(u.c.account_id))
         return _grouped(session, scope, stmt).reindex(idx).fillna(0.0), notes
     if m in ("seat_growth", "upsell_arr"):
-        ev = events if events is not None else revenue_events(session, scope, until=today)
+        ev = events if events is not None else _kpi_events(session, scope, today, rates)
         if m == "upsell_arr":
             window = ev.loc[(ev["kind"] == "expansion") & (ev["day"] >= _ts(lo)) & (ev["day"] <= _ts(hi))]
             gained = (window["arr_after"] - window["arr_before"]).groupby(window["account_id"]).sum()
-            return gained.reindex(idx).fillna(0.0), notes
+            no_rate = np.isnan(rates.convert(np.ones(len(accounts)), accounts["currency"]))
+            return gained.reindex(idx).fillna(0.0).where(~no_rate, np.nan), notes
         now_state = state_at(ev, today)
         then_state = state_at(ev, lo - timedelta(days=1))
         first_seats = ev.groupby("account_id")["seats_after"].first().astype(float)
@@ -552,7 +605,7 @@ def _metric(session: Session, kpi: KpiDef, accounts: pd.DataFrame, scope: Slice,
         now_seats = now_state["seats"].astype(float).where(now_state["active"]).reindex(idx)
         return (100.0 * (now_seats - then) / then.where(then > 0)), notes
     if m == "renewal_rate":
-        ev = events if events is not None else revenue_events(session, scope, until=today)
+        ev = events if events is not None else _kpi_events(session, scope, today, rates)
         return _renewal_rate(accounts, ev, today - timedelta(days=kpi.days), today), notes
     if m == "renewal_coverage":
         n = Note.__table__  # type: ignore[attr-defined]
@@ -621,10 +674,11 @@ def _renewal_rate(accounts: pd.DataFrame, events: pd.DataFrame, after: date, unt
 
 
 def _kpi_frame(session: Session, machine: StageMachine, kpis: Sequence[KpiDef], scope: Slice, today: date,
-               accounts: pd.DataFrame) -> list[tuple[KpiDef, pd.Series, pd.Series]]:
+               accounts: pd.DataFrame, rates: Rates | None) -> list[tuple[KpiDef, pd.Series, pd.Series]]:
+    rates = rates or load_rates(session, on=today)
     needs_events = any(k.metric in ("seat_growth", "upsell_arr", "renewal_rate") for k in kpis)
-    events = revenue_events(session, scope, until=today) if needs_events else None
-    return [(k, *_metric(session, k, accounts, scope, machine, today, events)) for k in kpis]
+    events = _kpi_events(session, scope, today, rates) if needs_events else None
+    return [(k, *_metric(session, k, accounts, scope, machine, today, events, rates)) for k in kpis]
 
 
 def _population(kpi: KpiDef, accounts: pd.DataFrame) -> pd.Series:
@@ -636,16 +690,18 @@ def _population(kpi: KpiDef, accounts: pd.DataFrame) -> pd.Series:
 
 
 def stage_kpis(
-    session: Session, machine: StageMachine, *, today: date, stage: str | None = None, scope: Slice | None = None
+    session: Session, machine: StageMachine, *, today: date, stage: str | None = None, scope: Slice | None = None,
+    rates: Rates | None = None,
 ) -> list[StageKpi]:
-    """Every stage KPI (or those of `stage`) over the slice, in the configuration's order."""
+    """Every stage KPI (or those of `stage`) over the slice, in the configuration's order (money KPIs in the
+    reporting currency)."""
     scope = scope or Slice()
     kpis = [k for k in machine.kpis if stage is None or k.stage == stage]
     if not kpis:
         return []
     accounts = _accounts(session, scope)
     out = []
-    for kpi, values, _notes in _kpi_frame(session, machine, kpis, scope, today, accounts):
+    for kpi, values, _notes in _kpi_frame(session, machine, kpis, scope, today, accounts, rates):
         v = values.loc[_population(kpi, accounts)].dropna()
         value = None if v.empty else float(v.median() if kpi.spec.aggregate == "median" else v.mean())
         met_each = v.map(kpi.met) if len(v) else pd.Series(dtype=bool)
@@ -654,10 +710,12 @@ def stage_kpis(
     return out
 
 
-def account_kpis(session: Session, machine: StageMachine, account_id: int, *, today: date) -> list[KpiResult]:
+def account_kpis(session: Session, machine: StageMachine, account_id: int, *, today: date,
+                 rates: Rates | None = None) -> list[KpiResult]:
     """The KPIs of the account's current stage, each with the account's value and whether it meets the goal.
 
-    For the account card. Renewal KPIs give no value (None) when the account had no renewal in the window.
+    For the account card. Renewal KPIs give no value (None) when the account had no renewal in the window; money
+    KPIs are in the reporting currency, like their goals.
     """
     scope = Slice(account_id=account_id)
     accounts = _accounts(session, scope)
@@ -666,7 +724,7 @@ def account_kpis(session: Session, machine: StageMachine, account_id: int, *, to
     stage = str(accounts["stage"].iloc[0])
     kpis = machine.stage_kpis(stage)
     out = []
-    for kpi, values, notes in _kpi_frame(session, machine, kpis, scope, today, accounts):
+    for kpi, values, notes in _kpi_frame(session, machine, kpis, scope, today, accounts, rates):
         raw = values.get(account_id)
         value = None if raw is None or pd.isna(raw) else float(raw)
         out.append(KpiResult(**KpiResult.fields_of(kpi, value), note=str(notes.get(account_id, "") or "")))

@@ -8,7 +8,8 @@ With p = probability of churning within the model's horizon of H days, and a con
     ARR at risk           = Σ ARR × p   (the ARR expected to leave within the horizon)
 
 Accounts without a probability (no model yet) have no CLV and add nothing to the ARR at risk; the totals say
-how many accounts they cover. ARR is summed as stored, in the portfolio's main currency (as the overview does).
+how many accounts they cover. CLV and ARR at risk are computed per account in its own currency and totalled with
+`lifecycle.money` (converted into the reporting currency, or per currency where a rate is missing).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from lifecycle.churn import ValueSettings
-from lifecycle.models import Account
+from lifecycle.models import Account, Owners, owned_by
+from lifecycle.money import Rates, Total, load_rates
 
 DAYS_PER_YEAR = 365.0
 
@@ -52,43 +54,41 @@ def lifetime_value(arr: npt.ArrayLike, probability: npt.ArrayLike, horizon_days:
 class PortfolioValue:
     """ARR at risk and lifetime value of the active accounts with a churn probability."""
 
-    arr_at_risk: float
-    lifetime_value: float
+    arr_at_risk: Total
+    lifetime_value: Total
     scored: int  # active accounts with a probability
     active: int
-    scored_arr: float
-    currency: str
+    scored_arr: Total
     horizon_days: int
     gross_margin: float
 
     @property
-    def risk_share(self) -> float:
-        """ARR at risk as a percentage of the scored ARR."""
-        return 100.0 * self.arr_at_risk / self.scored_arr if self.scored_arr else 0.0
+    def risk_share(self) -> float | None:
+        """ARR at risk as a percentage of the scored ARR; None when they are only known per currency."""
+        return self.arr_at_risk.share_of(self.scored_arr)
 
 
-def portfolio_value(session: Session, *, horizon_days: int, config: ValueSettings, owner_id: int | None = None,
-                    segment: str | None = None) -> PortfolioValue:
+def portfolio_value(session: Session, *, horizon_days: int, config: ValueSettings, owner_id: Owners = None,
+                    segment: str | None = None, rates: Rates | None = None) -> PortfolioValue:
     """ARR at risk and total CLV of the active accounts (one query over the account table)."""
     stmt = select(col(Account.arr), col(Account.churn_probability), col(Account.currency)).where(
         col(Account.status) == "active")
-    if owner_id is not None:
-        stmt = stmt.where(col(Account.owner_id) == owner_id)
+    stmt = owned_by(stmt, owner_id)
     if segment is not None:
         stmt = stmt.where(func.lower(col(Account.segment)) == segment.casefold())
     frame = pd.DataFrame.from_records(session.execute(stmt).all(), columns=["arr", "p", "currency"])
     arr = frame["arr"].astype(float).fillna(0.0).to_numpy()
     p = pd.to_numeric(frame["p"], errors="coerce").to_numpy(dtype=float)
     known = ~np.isnan(p)
-    by_currency = frame.groupby("currency")["arr"].sum()
+    currency = frame["currency"].to_numpy(dtype=object)[known]
     clv = lifetime_value(arr[known], p[known], horizon_days, config)
+    rates = rates or load_rates(session)
     return PortfolioValue(
-        arr_at_risk=float(np.sum(arr[known] * p[known])),
-        lifetime_value=float(np.sum(clv)),
+        arr_at_risk=rates.sum(arr[known] * p[known], currency),
+        lifetime_value=rates.sum(clv, currency),
         scored=int(known.sum()),
         active=len(frame),
-        scored_arr=float(arr[known].sum()),
-        currency=str(by_currency.idxmax()) if len(by_currency) else "USD",
+        scored_arr=rates.sum(arr[known], currency),
         horizon_days=horizon_days,
         gross_margin=config.gross_margin,
     )

@@ -22,6 +22,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from lifecycle.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "config"
+# The chat platforms csbot can post to, in the order it prefers them for a person who has both, each with the
+# variable whose token makes it configured.
+PLATFORM_TOKENS: dict[str, str] = {"slack": "SLACK_BOT_TOKEN", "telegram": "TELEGRAM_BOT_TOKEN"}
 
 
 class Settings(BaseSettings):
@@ -50,6 +53,9 @@ class Settings(BaseSettings):
     survey_secret: str | None = Field(
         default=None, min_length=16, repr=False, validation_alias=AliasChoices("CSBOT_SURVEY_SECRET")
     )
+    # Every total (portfolio, renewals, at-risk, find, retention, CLV, digests, charts) is converted into this
+    # currency with the exchange-rate table (lifecycle/money.py); each account's own ARR stays in its own.
+    reporting_currency: str = Field(default="USD", validation_alias=AliasChoices("CSBOT_REPORTING_CURRENCY"))
     csm_read_scope: Literal["own", "all"] = Field(default="all", validation_alias=AliasChoices("CSBOT_CSM_READ_SCOPE"))
     nightly_cron: str = Field(default="0 2 * * *", validation_alias=AliasChoices("CSBOT_NIGHTLY_CRON"))
     # What `csbot serve` logs: INFO records every job run (and every run a replica skipped) and outbox retries.
@@ -108,6 +114,14 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Berlin)") from exc
         return value
 
+    @field_validator("reporting_currency")
+    @classmethod
+    def _currency_code(cls, value: str) -> str:
+        code = value.strip().upper()
+        if not re.fullmatch(r"[A-Z]{3}", code):
+            raise ValueError(f"not a 3-letter currency code {value!r} (use an ISO 4217 code such as USD or EUR)")
+        return code
+
     @field_validator("nightly_cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
@@ -129,6 +143,12 @@ class Settings(BaseSettings):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def delivery_platforms(self) -> tuple[str, ...]:
+        """The platforms messages can be delivered on: those whose bot token is set (see `PLATFORM_TOKENS`)."""
+        tokens = {"slack": self.slack_bot_token, "telegram": self.telegram_bot_token}
+        return tuple(name for name in PLATFORM_TOKENS if tokens[name])
 
     def secrets(self) -> list[str]:
         """Every configured credential (tokens, secrets, the database password): what logs must never show."""

@@ -1,4 +1,4 @@
-"""CSV import of users, accounts, contacts, usage, tickets and NPS answers.
+"""CSV import of users, accounts, contacts, usage, tickets, NPS answers and exchange rates.
 
 Every import validates the whole file first (pydantic row models for the small kinds, pandas/NumPy masks
 for the potentially huge usage kind, both producing the same `row N, column C: reason` messages) and only
@@ -35,7 +35,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from sqlalchemy import String, Table, cast, func, insert, or_, select, update
 from sqlmodel import Session, SQLModel
 
-from lifecycle.config import CONFIG_DIR, read_toml
+from lifecycle.config import CONFIG_DIR, get_settings, read_toml
 from lifecycle.db import upsert
 from lifecycle.errors import ConfigError, ImportFailed
 from lifecycle.models import (
@@ -44,6 +44,7 @@ from lifecycle.models import (
     TICKET_PRIORITIES,
     Account,
     Contact,
+    ExchangeRate,
     NpsResponse,
     StageTransition,
     Ticket,
@@ -138,6 +139,13 @@ KINDS: dict[str, KindSpec] = {
             optional=("contact_email", "comment", "response_id"),
             key=("account_external_id", "contact_email", "responded_at"),
             description="NPS answers, score 0-10; rows without a score are skipped (unanswered surveys)",
+        ),
+        KindSpec(
+            "rates",
+            required=("date", "currency", "rate"),
+            optional=("base",),
+            key=("date", "currency", "base"),
+            description="exchange rates: 1 currency = rate base on date; base defaults to the reporting currency",
         ),
     )
 }
@@ -886,6 +894,13 @@ def _parse_currency(text: str) -> str:
     return text.upper()
 
 
+def _parse_rate(text: str) -> float:
+    value = parse_amount(text)
+    if value == 0:
+        raise ValueError(f"an exchange rate must be above 0 ({text!r})")
+    return value
+
+
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
@@ -970,6 +985,15 @@ class AccountRow(_Row):
     renewal_date: OptDate = None
     status: Annotated[str | None, BeforeValidator(_optional(_one_of(ACCOUNT_STATUSES)))] = None
     stage: Annotated[str | None, BeforeValidator(_optional(str.lower))] = None
+
+
+class RateRow(_Row):
+    """1 `currency` = `rate` `base` on `date`."""
+
+    date: Annotated[date, BeforeValidator(_required(parse_date))]
+    currency: Annotated[str, BeforeValidator(_required(_parse_currency))]
+    rate: Annotated[float, BeforeValidator(_required(_parse_rate))]
+    base: Annotated[str | None, BeforeValidator(_optional(_parse_currency))] = None
 
 
 class _AccountRowBase(_Row):
@@ -1579,6 +1603,41 @@ def _refresh_last_usage(session: Session, account_ids: Sequence[int]) -> None:
         )
 
 
+def _import_rates(
+    session: Session, frame: pd.DataFrame, rownums: np.ndarray, problems: _Problems, meter: _Meter,
+    dry_run: bool,
+) -> _Counts:
+    rows = _validate(frame, rownums, RateRow, problems, meter)
+    reporting = get_settings().reporting_currency
+    repeat = _first_seen(problems, "currency", "date, currency and base")
+    keyed: list[tuple[tuple[date, str, str], float]] = []
+    for rownum, r in rows:
+        base = r.base or reporting
+        if r.currency == base:
+            problems.add(rownum, "currency", f"the same currency as the base ({base}): nothing to convert")
+            continue
+        if not repeat((r.date, r.currency, base), rownum):
+            keyed.append(((r.date, r.currency, base), r.rate))
+    problems.raise_if_any()
+
+    table = _table(ExchangeRate)
+    stored: dict[tuple[date, str, str], dict[str, Any]] = {}
+    if keyed:
+        days = [k[0] for k, _ in keyed]
+        query = select(table.c.id, table.c.day, table.c.currency, table.c.base, table.c.rate).where(
+            table.c.day >= min(days), table.c.day <= max(days))
+        stored = {(r["day"], r["currency"], r["base"]): dict(r) for r in session.execute(query).mappings()}
+    now = utcnow()
+    plan = _Plan()
+    for (day, currency, base), rate in keyed:
+        target = {"day": day, "currency": currency, "base": base, "rate": rate}
+        if plan.add(target, stored.get((day, currency, base)), ("rate",)) == "inserted":
+            plan.inserts[-1]["created_at"] = now
+    if not dry_run:
+        _write(session, ExchangeRate, plan, ["day", "currency", "base"], meter)
+    return plan.counts()
+
+
 _Importer = Callable[[Session, pd.DataFrame, np.ndarray, _Problems, _Meter, bool], _Counts]
 _IMPORTERS: dict[str, _Importer] = {
     "users": _import_users,
@@ -1587,4 +1646,5 @@ _IMPORTERS: dict[str, _Importer] = {
     "usage": _import_usage,
     "tickets": _import_tickets,
     "nps": _import_nps,
+    "rates": _import_rates,
 }

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import NaiveDatetime
 from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint, text
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 ROLES = ("admin", "manager", "csm", "viewer")
 ACCOUNT_STATUSES = ("active", "churned")
@@ -280,6 +280,21 @@ class ArrChange(SQLModel, table=True):
     created_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
+class ExchangeRate(SQLModel, table=True):
+    """One exchange rate on one day: 1 `currency` = `rate` `base` (imported with `csbot import rates`). Totals
+    convert into the reporting currency with each pair's latest rate on or before the day they are for."""
+
+    __tablename__ = "exchange_rate"
+    __table_args__ = (UniqueConstraint("day", "currency", "base", name="uq_exchange_rate_day_currency_base"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    day: date
+    currency: str
+    base: str
+    rate: float
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
+
+
 class HealthSnapshot(SQLModel, table=True):
     """The health of an account on one day, with each measure's value and contribution."""
 
@@ -414,3 +429,15 @@ class AuditLog(SQLModel, table=True):
     action: str
     account_id: int | None = Field(default=None, foreign_key="account.id", index=True)
     detail: str = ""
+
+
+Owners = int | tuple[int, ...] | None  # one owner, any of several (a manager's team), or everyone
+
+
+def owned_by(stmt: Any, owners: Owners) -> Any:
+    """`stmt` limited to the accounts of one owner or of several; unchanged for everyone."""
+    if owners is None:
+        return stmt
+    if isinstance(owners, int):
+        return stmt.where(col(Account.owner_id) == owners)
+    return stmt.where(col(Account.owner_id).in_(list(owners)))

@@ -1,8 +1,8 @@
 """Portfolio overview: stage distribution, totals (accounts, ARR by grade, average health) and one account's history.
 
 Everything portfolio-wide is one GROUP BY over the account table, which carries each account's latest stage and
-health; the per-grade and per-stage shapes are pivoted in pandas. ARR is summed as stored: a portfolio in several
-currencies is reported in its main one (the one with the most ARR) without conversion.
+health; the per-grade and per-stage shapes are pivoted in pandas. ARR is grouped per currency too, and every total
+is a `lifecycle.money.Total`: converted into the reporting currency, or per currency where a rate is missing.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from lifecycle.models import Account, HealthSnapshot
+from lifecycle.models import Account, HealthSnapshot, Owners, owned_by
+from lifecycle.money import Rates, Total, load_rates
 
 GRADE_COLUMNS = ("red", "yellow", "green", "unknown")
 
 
-def _owned(stmt: Any, owner_id: int | None, segment: str | None) -> Any:
-    if owner_id is not None:
-        stmt = stmt.where(col(Account.owner_id) == owner_id)
+def _owned(stmt: Any, owner_id: Owners, segment: str | None) -> Any:
+    stmt = owned_by(stmt, owner_id)
     if segment is not None:
         stmt = stmt.where(func.lower(col(Account.segment)) == segment.casefold())
     return stmt
@@ -32,30 +32,39 @@ def _owned(stmt: Any, owner_id: int | None, segment: str | None) -> Any:
 def stage_distribution(
     session: Session,
     *,
-    owner_id: int | None = None,
+    owner_id: Owners = None,
     segment: str | None = None,
     order: Sequence[str] = (),
+    rates: Rates | None = None,
 ) -> pd.DataFrame:
-    """Active accounts per stage: `accounts`, `arr` and a count per grade (`red`, `yellow`, `green`, `unknown`).
+    """Active accounts per stage: `accounts`, `arr` (a `Total`) and a count per grade (`red`, `yellow`, `green`,
+    `unknown`).
 
     Indexed by stage, in `order` first (the stage machine's order) and any other stage after, by name. Stages
     listed in `order` without accounts are left out.
     """
     grade = func.coalesce(col(Account.health_grade), "unknown")
     stmt = (
-        select(col(Account.stage), grade, func.count(col(Account.id)), func.coalesce(func.sum(col(Account.arr)), 0.0))
+        select(col(Account.stage), grade, col(Account.currency), func.count(col(Account.id)),
+               func.coalesce(func.sum(col(Account.arr)), 0.0))
         .where(col(Account.status) == "active")
-        .group_by(col(Account.stage), grade)
+        .group_by(col(Account.stage), grade, col(Account.currency))
     )
     rows = session.execute(_owned(stmt, owner_id, segment)).all()
-    frame = pd.DataFrame.from_records(rows, columns=["stage", "grade", "accounts", "arr"])
+    frame = pd.DataFrame.from_records(rows, columns=["stage", "grade", "currency", "accounts", "arr"])
+    return stage_table(frame, order, rates or load_rates(session))
+
+
+def stage_table(frame: pd.DataFrame, order: Sequence[str], rates: Rates) -> pd.DataFrame:
+    """`stage_distribution`'s shape from rows of (stage, grade, currency, accounts, arr) sums."""
+    frame = frame.copy()
     frame.loc[~frame["grade"].isin(GRADE_COLUMNS), "grade"] = "unknown"
     counts = frame.pivot_table(index="stage", columns="grade", values="accounts", aggfunc="sum", fill_value=0)
     counts = counts.reindex(columns=list(GRADE_COLUMNS), fill_value=0).astype(int)
-    totals = frame.groupby("stage").agg(accounts=("accounts", "sum"), arr=("arr", "sum"))
-    out = totals.join(counts)
+    out = frame.groupby("stage").agg(accounts=("accounts", "sum")).join(counts)
     out["accounts"] = out["accounts"].astype(int)
-    out["arr"] = out["arr"].astype(float)
+    arr = rates.totals(frame, "stage") if len(frame) else {}
+    out["arr"] = pd.Series([arr.get(s, rates.total({})) for s in out.index], index=out.index, dtype=object)
     known = [s for s in order if s in out.index]
     rest = sorted(s for s in out.index if s not in set(order))
     out = out.reindex(pd.Index(known + rest, name="stage"))
@@ -68,19 +77,20 @@ class PortfolioTotals:
 
     active: int
     churned: int
-    arr: float  # active accounts
-    churned_arr: float
-    currency: str
-    arr_by_grade: dict[str, float] = field(default_factory=dict)
+    arr: Total  # active accounts
+    churned_arr: Total
+    arr_by_grade: dict[str, Total] = field(default_factory=dict)
     accounts_by_grade: dict[str, int] = field(default_factory=dict)
     average_health: float | None = None  # mean score of the active accounts that have one
 
-    def arr_share(self, grade: str) -> float:
-        """Percentage of the active ARR in `grade` (0 without ARR)."""
-        return 100.0 * self.arr_by_grade.get(grade, 0.0) / self.arr if self.arr else 0.0
+    def arr_share(self, grade: str) -> float | None:
+        """Percentage of the active ARR in `grade` (0 without ARR); None when the ARR is only known per currency."""
+        part = self.arr_by_grade.get(grade)
+        return part.share_of(self.arr) if part is not None else 0.0
 
 
-def portfolio_totals(session: Session, *, owner_id: int | None = None, segment: str | None = None) -> PortfolioTotals:
+def portfolio_totals(session: Session, *, owner_id: Owners = None, segment: str | None = None,
+                     rates: Rates | None = None) -> PortfolioTotals:
     """Accounts active and churned, ARR in total and per grade, and average health, in one GROUP BY."""
     grade = func.coalesce(col(Account.health_grade), "unknown")
     stmt = select(
@@ -96,20 +106,19 @@ def portfolio_totals(session: Session, *, owner_id: int | None = None, segment: 
     columns = ["status", "grade", "currency", "accounts", "arr", "score_sum", "scored"]
     frame = pd.DataFrame.from_records(rows, columns=columns)
     frame.loc[~frame["grade"].isin(GRADE_COLUMNS), "grade"] = "unknown"
+    rates = rates or load_rates(session)
     active = frame[frame["status"] != "churned"]
     churned = frame[frame["status"] == "churned"]
-    by_currency = frame.groupby("currency")["arr"].sum()
-    currency = str(by_currency.idxmax()) if len(by_currency) else "USD"
     scored = int(active["scored"].sum())
-    by_grade = active.groupby("grade")[["arr", "accounts"]].sum()
+    by_grade = active.groupby("grade")["accounts"].sum()
+    arr_by_grade = rates.totals(active, "grade") if len(active) else {}
     return PortfolioTotals(
         active=int(active["accounts"].sum()),
         churned=int(churned["accounts"].sum()),
-        arr=float(active["arr"].sum()),
-        churned_arr=float(churned["arr"].sum()),
-        currency=currency,
-        arr_by_grade={g: float(by_grade["arr"].get(g, 0.0)) for g in GRADE_COLUMNS},
-        accounts_by_grade={g: int(by_grade["accounts"].get(g, 0)) for g in GRADE_COLUMNS},
+        arr=rates.sum(active["arr"], active["currency"]),
+        churned_arr=rates.sum(churned["arr"], churned["currency"]),
+        arr_by_grade={g: arr_by_grade.get(g, rates.total({})) for g in GRADE_COLUMNS},
+        accounts_by_grade={g: int(by_grade.get(g, 0)) for g in GRADE_COLUMNS},
         average_health=round(float(active["score_sum"].sum()) / scored, 1) if scored else None,
     )
 

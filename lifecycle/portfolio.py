@@ -15,7 +15,8 @@ from sqlmodel import Session, col
 
 from lifecycle import risk
 from lifecycle.health import CRITICAL_KEY, Scorecard, default_scorecard, trends
-from lifecycle.models import Account, HealthSnapshot, User
+from lifecycle.models import Account, HealthSnapshot, Owners, User, owned_by
+from lifecycle.money import Rates, Total, load_rates
 from lifecycle.risk import RiskReason
 
 _S = TypeVar("_S", bound=Select)
@@ -23,14 +24,13 @@ _S = TypeVar("_S", bound=Select)
 
 @dataclass(frozen=True)
 class Scope:
-    """Which accounts a list covers: one owner's, one segment's, or all."""
+    """Which accounts a list covers: one owner's, a team's, one segment's, or all."""
 
-    owner_id: int | None = None
+    owner_id: Owners = None  # one owner, a team (several), or everyone
     segment: str | None = None
 
     def apply(self, stmt: _S) -> _S:
-        if self.owner_id is not None:
-            stmt = stmt.where(col(Account.owner_id) == self.owner_id)
+        stmt = owned_by(stmt, self.owner_id)
         if self.segment is not None:
             stmt = stmt.where(func.lower(col(Account.segment)) == self.segment.casefold())
         return stmt
@@ -128,9 +128,15 @@ def _collect(session: Session, found: Sequence[Any], day: date | None, limit: in
     ]
 
 
+def _arr_total(found: Sequence[Any], rates: Rates) -> Total:
+    """The ARR of every matched row (`arr`, `currency`), as one total."""
+    return rates.sum([r.arr or 0.0 for r in found], [r.currency for r in found])
+
+
 def at_risk(
-    session: Session, scope: Scope, *, limit: int | None = None, scorecard: Scorecard | None = None
-) -> tuple[list[PortfolioRow], int, float]:
+    session: Session, scope: Scope, *, limit: int | None = None, rates: Rates | None = None,
+    scorecard: Scorecard | None = None,
+) -> tuple[list[PortfolioRow], int, Total]:
     """Active accounts at risk by the definition of lifecycle/risk.py (red, a critical signal, yellow or red and
     falling fast, or a churn probability at or above the threshold), each with its reasons; largest ARR first.
 
@@ -139,6 +145,7 @@ def at_risk(
     snapshot day, as in the health trend and the alert rules.
     """
     card = scorecard or default_scorecard()
+    rates = rates or load_rates(session)
     day = _latest_day(session)
     stmt, _ = _listing(day)
     latest = aliased(HealthSnapshot)
@@ -151,24 +158,24 @@ def at_risk(
                                 col(latest.day) == col(Account.health_at)))
         .where(or_(col(Account.health_grade).in_(("red", "yellow")),
                    col(Account.churn_probability) >= card.at_risk.churn_probability))
+        .order_by(rates.in_sql(col(Account.arr), col(Account.currency), as_written=True).desc(), col(Account.name))
     )
     candidates = session.execute(scope.apply(stmt)).all()
     if not candidates or day is None:
-        return [], 0, 0.0
+        return [], 0, _arr_total([], rates)
     frame = pd.DataFrame.from_records(
         [(r.account_id, r.grade, r.churn_probability, r.critical) for r in candidates],
         columns=["account_id", "health_grade", "churn_probability", "critical"],
     ).set_index("account_id")
     frame = frame.join(trends(session, frame.index.tolist(), day)[["delta_7", "delta_30"]])
     why = risk.reasons(frame, card.at_risk)
-    found = sorted((r for r in candidates if why[r.account_id]),
-                   key=lambda r: (-float(r.arr or 0), r.name))
+    found = [r for r in candidates if why[r.account_id]]
     rows = _collect(session, found, day, limit)
     rows = [
         replace(row, delta_7=_present(frame.at[row.account_id, "delta_7"]), reasons=tuple(why[row.account_id]))
         for row in rows
     ]
-    return rows, len(found), float(sum(r.arr or 0 for r in found))
+    return rows, len(found), _arr_total(found, rates)
 
 
 def _present(value: Any) -> float | None:
@@ -176,8 +183,8 @@ def _present(value: Any) -> float | None:
 
 
 def renewals(
-    session: Session, scope: Scope, *, days: int, today: date, limit: int | None = None
-) -> tuple[list[PortfolioRow], int, float, int]:
+    session: Session, scope: Scope, *, days: int, today: date, limit: int | None = None, rates: Rates | None = None
+) -> tuple[list[PortfolioRow], int, Total, int]:
     """Active accounts renewing within `days` of `today`, soonest first.
 
     Returns (rows, count, ARR renewing, how many of them are yellow or red).
@@ -189,4 +196,5 @@ def renewals(
     ).order_by(col(Account.renewal_date), col(Account.name))
     found = session.execute(scope.apply(stmt)).all()
     risky = sum(1 for r in found if r.grade in ("yellow", "red"))
-    return _collect(session, found, day, limit), len(found), float(sum(r.arr or 0 for r in found)), risky
+    total = _arr_total(found, rates or load_rates(session, on=today))
+    return _collect(session, found, day, limit), len(found), total, risky

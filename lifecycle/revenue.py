@@ -130,8 +130,8 @@ class Slice:
 def revenue_events(session: Session, scope: Slice | None = None, *, until: date | None = None) -> pd.DataFrame:
     """Every ARR change of the slice's accounts (up to `until`), oldest first, in one query.
 
-    Columns EVENT_COLUMNS plus `segment` and `contract_start`; accounts without recorded history get the
-    derived rows described in the module docstring.
+    Columns EVENT_COLUMNS plus `segment`, `contract_start` and `currency` (the account's: ARR is as recorded);
+    accounts without recorded history get the derived rows described in the module docstring.
     """
     scope = scope or Slice()
     a = Account.__table__  # type: ignore[attr-defined]
@@ -140,15 +140,15 @@ def revenue_events(session: Session, scope: Slice | None = None, *, until: date 
     start = func.coalesce(a.c.contract_start, func.date(a.c.created_at))
     recorded = select(
         c.c.account_id, c.c.day, c.c.kind, c.c.arr_before, c.c.arr_after, c.c.seats_before, c.c.seats_after,
-        c.c.reason, a.c.segment, a.c.contract_start,
+        c.c.reason, a.c.segment, a.c.contract_start, a.c.currency,
     ).select_from(c.join(a, a.c.id == c.c.account_id))
     derived_new = select(
         a.c.id, start, literal("new"), literal(0.0), a.c.arr, literal(0), a.c.seats, literal(None),
-        a.c.segment, a.c.contract_start,
+        a.c.segment, a.c.contract_start, a.c.currency,
     ).where(~has_history)
     derived_churn = select(
         a.c.id, a.c.churned_on, literal("churn"), a.c.arr, literal(0.0), a.c.seats, literal(0), a.c.churn_reason,
-        a.c.segment, a.c.contract_start,
+        a.c.segment, a.c.contract_start, a.c.currency,
     ).where(~has_history, and_(a.c.status == "churned", a.c.churned_on.is_not(None)))
     parts = []
     for part in (recorded, derived_new, derived_churn):
@@ -157,7 +157,7 @@ def revenue_events(session: Session, scope: Slice | None = None, *, until: date 
             part = part.where(list(part.selected_columns)[1] <= until)
         parts.append(part)
     rows = session.execute(union_all(*parts)).all()
-    frame = pd.DataFrame.from_records(rows, columns=[*EVENT_COLUMNS, "segment", "contract_start"])
+    frame = pd.DataFrame.from_records(rows, columns=[*EVENT_COLUMNS, "segment", "contract_start", "currency"])
     frame["day"] = pd.to_datetime(frame["day"])
     frame["contract_start"] = pd.to_datetime(frame["contract_start"])
     for name in ("arr_before", "arr_after"):

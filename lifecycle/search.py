@@ -1,8 +1,10 @@
 """Account search: a small filter language (`stage=renewal grade=red renewal<60d owner=me`) and one SQL query.
 
 `parse_filters` turns the words into a list of `Filter`s without touching the database (pure, so the grammar is
-tested on its own); `search` applies them to the `account` table as one SELECT with window aggregates, so the total
-count and ARR come back with the first page of rows. Users are matched here too (`find_user`), because filters and
+tested on its own); `search` applies them to the `account` table: one SELECT for the first page of rows (largest
+ARR in the reporting currency first, with the total count as a window aggregate) and one GROUP BY per currency for
+the total ARR (`lifecycle.money`). `arr` filters read amounts in the reporting currency too (an account whose
+currency has no rate is compared as written). Users are matched here too (`find_user`), because filters and
 commands name owners the same way: by email, name, chat id or `@handle`.
 """
 
@@ -21,6 +23,7 @@ from sqlmodel import Session, col
 
 from lifecycle.errors import CsbotError, NotFoundError
 from lifecycle.models import Account, User
+from lifecycle.money import Rates, Total, load_rates
 from lifecycle.stages import StageMachine
 
 Op = Literal["=", "!=", "<", "<=", ">", ">="]
@@ -353,10 +356,9 @@ class FoundAccount:
 class SearchResult:
     """The first `limit` matches (largest ARR first) and the totals over all of them."""
 
+    arr: Total
     rows: list[FoundAccount] = field(default_factory=list)
     count: int = 0
-    arr: float = 0.0
-    currency: str | None = "USD"  # the one currency of every match; None when they mix currencies
 
 
 def _compare(column: Any, op: Op, value: Any) -> ColumnElement[bool]:
@@ -430,7 +432,9 @@ def _owner(f: Filter, users: Sequence[User], me_id: int | None) -> ColumnElement
     )
 
 
-def _condition(f: Filter, today: date, users: Sequence[User], me_id: int | None) -> ColumnElement[bool]:
+def _condition(
+    f: Filter, today: date, users: Sequence[User], me_id: int | None, arr: ColumnElement[Any]
+) -> ColumnElement[bool]:
     kind = FIELDS[f.field]
     if kind == "renewal":
         return _renewal(f, today)
@@ -449,9 +453,9 @@ def _condition(f: Filter, today: date, users: Sequence[User], me_id: int | None)
         column = col(Account.churn_probability)
         return and_(column.is_not(None),
                     _any_or_none(f.op, [_compare(column, f.op, float(v) / 100.0) for v in f.values]))  # type: ignore[arg-type]
-    column = {"arr": col(Account.arr), "seats": col(Account.seats), "health": col(Account.health_score),
-              "cohort": col(Account.cohort)}[f.field]
-    return _any_or_none(f.op, [_compare(column, f.op, v) for v in f.values])
+    measure = {"arr": arr, "seats": col(Account.seats), "health": col(Account.health_score),
+               "cohort": col(Account.cohort)}[f.field]
+    return _any_or_none(f.op, [_compare(measure, f.op, v) for v in f.values])
 
 
 def mentions_status(filters: Sequence[Filter]) -> bool:
@@ -467,16 +471,21 @@ def search(
     me_id: int | None = None,
     only_owner_id: int | None = None,
     limit: int = 20,
+    rates: Rates | None = None,
 ) -> SearchResult:
-    """Accounts matching every filter, largest ARR first; `only_owner_id` confines a search to one owner's book.
+    """Accounts matching every filter, largest ARR (in the reporting currency) first; `only_owner_id` confines a
+    search to one owner's book.
 
     Churned accounts are left out unless a filter names a status or a stage (`churned`, `status=…`, `stage=…`).
-    One query: the count and the total ARR over all matches come from window aggregates next to the first rows.
+    The count comes as a window aggregate next to the first rows; the total ARR from a GROUP BY per currency.
     """
+    rates = rates or load_rates(session, on=today)
     users: list[User] = []
     if any(f.field == "owner" for f in filters):
         users = list(session.execute(select(User)).scalars())
-    conditions = [_condition(f, today, users, me_id) for f in filters]
+    # The ARR in the reporting currency, or as written where the account's currency has no rate.
+    arr = rates.in_sql(col(Account.arr), col(Account.currency), as_written=True)
+    conditions = [_condition(f, today, users, me_id, arr) for f in filters]
     if not mentions_status(filters):
         conditions.append(col(Account.status) == "active")
     if only_owner_id is not None:
@@ -495,18 +504,20 @@ def search(
             col(Account.status),
             col(Account.renewal_date),
             func.count().over().label("total_count"),
-            func.sum(col(Account.arr)).over().label("total_arr"),
-            func.min(col(Account.currency)).over().label("min_currency"),
-            func.max(col(Account.currency)).over().label("max_currency"),
         )
         .outerjoin(User, col(User.id) == col(Account.owner_id))
         .where(and_(true(), *conditions))
-        .order_by(col(Account.arr).desc(), col(Account.name))
+        .order_by(arr.desc(), col(Account.name))
         .limit(limit)
     )
     found = session.execute(stmt).all()
     if not found:
-        return SearchResult()
+        return SearchResult(arr=rates.total({}))
+    per_currency = session.execute(
+        select(col(Account.currency), func.sum(col(Account.arr)))
+        .where(and_(true(), *conditions))
+        .group_by(col(Account.currency))
+    ).all()
     rows = [
         FoundAccount(
             account_id=r[0],
@@ -523,6 +534,5 @@ def search(
         )
         for r in found
     ]
-    first = found[0]
-    currency = first[13] if first[13] == first[14] else None
-    return SearchResult(rows=rows, count=int(first[11]), arr=float(first[12] or 0), currency=currency)
+    total = rates.total({str(c): float(v or 0.0) for c, v in per_currency})
+    return SearchResult(rows=rows, count=int(found[0][11]), arr=total)

@@ -2,7 +2,9 @@
 
 The database is SQLite by default; `pytest --db postgres` (or CSBOT_TEST_DB=postgres) gives every test that uses
 `db_url`/`engine`/`session` a fresh PostgreSQL database instead, from the temporary server in conftest_pg.py.
-`scripts/test.sh` runs the suite both ways. A test that is about SQLite itself is marked `sqlite_only`.
+`scripts/test.sh` runs the suite both ways. A test that is about SQLite itself, or whose outcome cannot depend on
+the database (the permission matrix asked in words repeats the typed matrix's database work), is marked
+`sqlite_only`.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "sqlite_only: the test is about SQLite itself; skipped with --db postgres")
+    config.addinivalue_line(
+        "markers", "sqlite_only: about SQLite itself (or not about the database); skipped with --db postgres"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

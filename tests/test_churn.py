@@ -305,12 +305,14 @@ def test_model_report_and_backtest_commands_on_the_demo(demo: Engine, monkeypatc
 
 def test_portfolio_shows_arr_at_risk_and_lifetime_value_with_their_meaning(demo: Engine) -> None:
     from lifecycle.clv import portfolio_value
+    from lifecycle.money import load_rates
 
     with Session(demo) as s:
         value = portfolio_value(s, horizon_days=90, config=churn.ValueSettings())
         rows = s.exec(select(Account).where(Account.status == "active")).all()
-    expected = sum(a.arr * float(a.churn_probability or 0) for a in rows)
-    assert value.arr_at_risk == pytest.approx(expected) and value.scored == len(rows)
+        rates = load_rates(s)  # the demo's euro accounts convert at the built-in rates
+    expected = sum(a.arr * float(a.churn_probability or 0) * (rates.factor(a.currency) or 0.0) for a in rows)
+    assert value.arr_at_risk.amount == pytest.approx(expected, abs=0.01) and value.scored == len(rows)
     reply = _router(demo).handle(Incoming(platform="console", sender_id="maya.chen@csbot-demo.example",
                                           text="portfolio"))
     fields = _fields(reply)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -61,9 +62,14 @@ def count(db: Path, table: str) -> int:
 
 
 def test_demo_seeds_then_answers_piped_commands(tmp_path: Path) -> None:
-    run = csbot("demo", cwd=tmp_path, stdin="account Northwind Traders\nat-risk\nrenewals 90\nquit\n")
+    run = csbot("demo", cwd=tmp_path, stdin="account Northwind Traders\nat-risk\nrenewals 90\nalerts\nquit\n")
     assert run.returncode == 0, run.stderr
     out = run.stdout
+    # a living demo: tonight's rules ran, and the console says who you are and whom to chat as instead
+    assert re.search(r"Ran tonight's rules as of \d{4}-\d{2}-\d{2}: [1-9]\d* alert\(s\) raised", run.stderr)
+    assert "You are Alex Morgan (alex.morgan@csbot-demo.example), admin." in run.stderr
+    assert "csbot chat --as " in run.stderr.replace("\n", " ")
+    assert re.search(r"All open alerts: [1-9]", out)
     assert "csbot> account Northwind Traders" in out
     assert "━━ Northwind Traders  (ACC-00006) ━━" in out
     for label in ("Owner", "ARR", "Stage", "Health", "Renewal", "Why this health"):
@@ -77,6 +83,15 @@ def test_demo_seeds_then_answers_piped_commands(tmp_path: Path) -> None:
     assert again.returncode == 0
     assert "already holds 60 accounts" in again.stderr
     assert "Northwind Traders" in again.stdout
+
+
+def test_users_lists_people_with_their_ids(tmp_path: Path) -> None:
+    assert csbot("demo", "--no-chat", cwd=tmp_path).returncode == 0
+    run = csbot("users", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    row = next(line for line in run.stdout.splitlines() if "priya.raman@csbot-demo.example" in line)
+    assert "csm" in row and "Maya Chen" in row and "U0DEMO05" in row and "700000005" in row
+    assert "maya.chen@csbot-demo.example" in run.stdout and "manager" in run.stdout
 
 
 def test_unknown_account_gets_suggestions_and_exit_1(tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ def test_portfolio_value_sums_arr_at_risk_and_clv_over_scored_active_accounts(se
     ])
     session.flush()
     value = portfolio_value(session, horizon_days=365, config=VALUE)
-    assert value.arr_at_risk == pytest.approx(100_000 * 0.25 + 40_000 * 0.5)  # 45,000
-    assert value.lifetime_value == pytest.approx(100_000 * 0.8 * 4.0 + 40_000 * 0.8 * 2.0)  # 384,000
-    assert (value.scored, value.active, value.scored_arr) == (2, 3, 140_000)
+    assert value.arr_at_risk.amount == pytest.approx(100_000 * 0.25 + 40_000 * 0.5)  # 45,000
+    assert value.lifetime_value.amount == pytest.approx(100_000 * 0.8 * 4.0 + 40_000 * 0.8 * 2.0)  # 384,000
+    assert (value.scored, value.active, value.scored_arr.amount) == (2, 3, 140_000)
     assert value.risk_share == pytest.approx(100 * 45_000 / 140_000)

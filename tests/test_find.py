@@ -14,7 +14,7 @@ from bot.router import Router, Services
 from lifecycle.config import load_settings
 from lifecycle.db import upsert
 from lifecycle.errors import NotFoundError
-from lifecycle.models import Account, User
+from lifecycle.models import Account, ExchangeRate, User
 from lifecycle.search import Filter, FilterError, InDays, match_user, parse_filters, search
 from lifecycle.stages import StageMachine, load_stage_machine
 
@@ -205,7 +205,7 @@ def test_search_headline_query(engine: Engine, portfolio: dict[str, int]) -> Non
     with Session(engine) as s:
         result = search(s, parse_filters("stage=renewal grade=red renewal<60d"), today=TODAY)
     assert [r.name for r in result.rows] == ["Acme Corp"]
-    assert (result.count, result.arr, result.currency) == (1, 120_000.0, "USD")
+    assert (result.count, result.arr.amount, result.arr.currencies) == (1, 120_000.0, ("USD",))
     row = result.rows[0]
     assert (row.owner, row.score, row.grade, row.renewal_date) == ("Sam Ortiz", 35, "red", date(2026, 7, 1))
 
@@ -255,17 +255,31 @@ def test_search_totals_cover_all_matches_beyond_the_limit(engine: Engine, portfo
     with Session(engine) as s:
         result = search(s, parse_filters("arr>0"), today=TODAY, limit=2)
     assert [r.name for r in result.rows] == ["Umbrella Labs", "Acme Corp"]
-    assert (result.count, result.arr) == (5, 530_000.0)
+    assert (result.count, result.arr.amount) == (5, 530_000.0)
 
 
-def test_search_flags_mixed_currencies(engine: Engine, portfolio: dict[str, int]) -> None:
+def test_search_converts_other_currencies_and_keeps_one_without_a_rate_apart(
+    engine: Engine, portfolio: dict[str, int]
+) -> None:
     with Session(engine) as s:
         globex = s.exec(select(Account).where(Account.name == "Globex")).one()
         globex.currency = "EUR"
         s.add(globex)
+        s.add(ExchangeRate(day=TODAY, currency="EUR", base="USD", rate=1.1))
         s.commit()
-        assert search(s, parse_filters("stage=renewal"), today=TODAY).currency is None
-        assert search(s, parse_filters("grade=red"), today=TODAY).currency == "USD"
+        result = search(s, parse_filters("stage=renewal"), today=TODAY)
+        usd = result.arr.by_currency["USD"]
+        assert result.arr.by_currency["EUR"] == globex.arr
+        assert result.arr.amount == round(usd + globex.arr * 1.1, 2)
+        # `arr` filters and the order read the ARR in the reporting currency.
+        assert [r.name for r in search(s, parse_filters(f"arr>{globex.arr}"), today=TODAY).rows][-1] == "Globex"
+        assert search(s, parse_filters("grade=red"), today=TODAY).arr.currencies == ("USD",)
+        globex_arr = globex.arr
+        globex.currency = "SEK"
+        s.add(globex)
+        s.commit()
+        apart = search(s, parse_filters("stage=renewal"), today=TODAY).arr
+    assert (apart.amount, apart.missing, apart.by_currency) == (None, ("SEK",), {"USD": usd, "SEK": globex_arr})
 
 
 def test_search_unknown_owner_suggests(engine: Engine, portfolio: dict[str, int]) -> None:

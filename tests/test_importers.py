@@ -354,6 +354,7 @@ GOOD_FILES = {
     "usage": "account_external_id,date,feature,logins\nA1,2026-03-01,,3\nA1,2026-03-01,reports,1\n",
     "tickets": "account_external_id,ticket_id,opened_at,closed_at\nA1,T1,2026-03-01T10:00:00+01:00,\n",
     "nps": "account_external_id,contact_email,responded_at,score\nA1,a@acme.com,2026-03-01T10:00:00Z,8\n",
+    "rates": "date,currency,rate,base\n2026-03-01,EUR,1.0812,\n2026-03-01,USD,0.7874,GBP\n",
 }
 
 
@@ -433,7 +434,7 @@ def test_unknown_kind_and_empty_file(session: Session, tmp_path: Path) -> None:
     with pytest.raises(ImportFailed) as unknown:
         import_csv(session, "deals", write(tmp_path, "x.csv", "a\n1\n"))
     assert unknown.value.problems == [
-        "unknown kind 'deals'; choose one of: users, accounts, contacts, usage, tickets, nps"
+        "unknown kind 'deals'; choose one of: users, accounts, contacts, usage, tickets, nps, rates"
     ]
     with pytest.raises(ImportFailed) as failed:
         import_csv(session, "users", write(tmp_path, "empty.csv", ""))

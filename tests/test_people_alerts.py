@@ -134,11 +134,11 @@ def test_lang_shows_and_switches_later_replies(router: Router, engine: Engine) -
     assert ask(router, "lang", who=sam).text.startswith("I reply to you in English (the team default).")
     assert ask(router, "lang zh", who=sam).text == "好的：今后我会用中文回复你。"
     assert _user(engine, sam).lang == "zh"
-    assert ask(router, "alerts", who=sam).text == "没有未处理的告警。🎉"
+    assert ask(router, "alerts", who=sam).text == "没有未处理的告警（我的）。🎉"
     assert ask(router, "lang", who=sam).text.startswith("我用中文回复你。")
     assert ask(router, "语言 english", who=sam).text == "Done: I'll reply to you in English from now on."
-    assert ask(router, "alerts", who=sam).text == "No open alerts. 🎉"
-    assert ask(router, "alerts").text == "No open alerts. 🎉"  # another user's language is untouched
+    assert ask(router, "alerts", who=sam).text == "No open alerts (mine). 🎉"
+    assert ask(router, "alerts").text == "No open alerts (all). 🎉"  # another user's language is untouched
 
 
 def test_lang_rejects_unknown_language(router: Router) -> None:
@@ -221,7 +221,7 @@ def test_alerts_all_for_managers_only(router: Router, alert_ids: dict[str, int])
     assert reply.cards[3].subtitle.endswith("· for Maya Chen")
     assert reply.cards[0].subtitle.endswith("· for Sam Ortiz")
     assert ask(router, "alerts all", who="sam@example.com").text.startswith("Only managers and admins")
-    assert ask(router, "alerts", who="kim@example.com").text == "No open alerts. 🎉"
+    assert ask(router, "alerts", who="kim@example.com").text == "No open alerts (mine). 🎉"
 
 
 def test_ack_by_owner_and_by_manager(router: Router, engine: Engine, alert_ids: dict[str, int]) -> None:
@@ -300,3 +300,59 @@ def test_age_words() -> None:
     assert age(now - timedelta(hours=23, minutes=59), now, "en") == "23 h ago"
     assert age(now - timedelta(days=2, hours=3), now, "en") == "2 d ago"
     assert age(now - timedelta(days=2), now, "zh") == "2 天前"
+
+
+def test_a_manager_sees_their_teams_alerts_and_lists_by_default(
+    router: Router, engine: Engine, alert_ids: dict[str, int]
+) -> None:
+    with Session(engine) as s:  # Sam now reports to Maya; Kim does not
+        sam = s.exec(select(User).where(User.email == "sam@example.com")).one()
+        sam.manager_id = _user(engine, "maya@example.com").id
+        s.add(sam)
+        s.commit()
+    team = ask(router, "alerts")
+    assert team.text == "Open alerts for your team: 5"  # Sam's four and Maya's own
+    assert {c.subtitle.rsplit("· for ", 1)[1] for c in team.cards} == {"Sam Ortiz", "Maya Chen"}
+    assert ask(router, "alerts mine").text == "Your open alerts: 1"
+    for command in ("at-risk", "renewals"):  # the header (or the empty answer) says whose accounts these are
+        reply = ask(router, command)
+        assert "(your team)" in _said(reply), reply.text
+        assert "(mine)" in _said(ask(router, command, who="sam@example.com"))
+    assert ask(router, "portfolio").cards[0].title == "Portfolio (your team)"
+    assert ask(router, "portfolio all").cards[0].title == "Portfolio (all)"
+    assert ask(router, "portfolio", who="sam@example.com").cards[0].title == "Portfolio (mine)"
+    # in words, "the team's" is the manager's default, not everyone's
+    assert ask(router, "show my team's alerts").understood == "alerts"
+
+
+def _said(reply: Reply) -> str:
+    return reply.cards[0].title if reply.cards else reply.text
+
+
+def test_a_cut_alert_list_ends_with_how_many_more_and_how_to_see_them(
+    router: Router, alert_ids: dict[str, int]
+) -> None:
+    reply = ask(router, "alerts 2", who="sam@example.com")
+    assert reply.text == "Your open alerts: 4"
+    assert [c.title for c in reply.cards] == [
+        "🔴 Acme Corp — Title crit", "🟠 Acme Corp — Title newer",
+        "… and 2 more not shown: `alerts 4` lists them.",
+    ]
+    assert len(ask(router, "alerts 4", who="sam@example.com").cards) == 4
+    assert ask(router, "alerts 0", who="sam@example.com").text == "Show 1 to 50 alerts at a time, e.g. `alerts 25`."
+
+
+def test_whoami_says_who_role_team_and_language(router: Router, engine: Engine) -> None:
+    with Session(engine) as s:
+        sam = s.exec(select(User).where(User.email == "sam@example.com")).one()
+        sam.manager_id = _user(engine, "maya@example.com").id
+        s.add(sam)
+        s.commit()
+    maya = ask(router, "whoami").text
+    assert maya.startswith("You are *Maya Chen* (maya@example.com), manager of 1 (Sam Ortiz).")
+    assert "Accounts you own: 1. Replies in English (the team default)." in maya
+    assert "Chat ids: Slack UMAYA." in maya
+    ask(router, "lang zh", who="sam@example.com")
+    sam_text = ask(router, "我是谁", who="sam@example.com").text
+    assert sam_text.startswith("你是 *Sam Ortiz*（sam@example.com），客户成功经理。你的经理：Maya Chen。")
+    assert "回复语言：中文。" in sam_text and "Telegram 555" in sam_text

@@ -60,6 +60,7 @@ class Sample:
 SAMPLES: dict[str, tuple[Sample, ...]] = {
     "help": (Sample("help", "free"),),
     "lang": (Sample("lang", "free"),),
+    "whoami": (Sample("whoami", "free"),),
     "account": (Sample("account {account}", "read"),),
     "health": (Sample("health {account}", "read"),),
     "stage": (Sample("stage {account}", "read"), Sample("stage {account} auto", "write", write_after_read=True)),
@@ -501,7 +502,7 @@ PHRASED: dict[str, str] = {
     "note": "log a note on {account}: matrix check",
     "survey": "send the NPS survey to {account}",
     "owner": "make {owner} the owner of {account}",
-    "alerts": "show me my alerts",
+    "alerts": "show me the alerts",
     "ack": "acknowledge alert {alert}",
     "snooze": "snooze alert {alert} for 7 days",
     "useful": "alert {alert} was not useful",
@@ -526,6 +527,7 @@ def _body(reply: Reply) -> str:
     return "\n".join(lines[1:] if lines and lines[0].startswith("I read this as") else lines)
 
 
+@pytest.mark.sqlite_only  # how words are read does not depend on the database; the typed matrix runs on both
 def test_permission_matrix_asked_in_words(engine: Engine, world: World, security_count: SecurityCount) -> None:
     """Phrasing changes nothing: each phrased case gets what its command gives (a refusal, or the same cards and
     privacy), a change is only ever asked about, and customer channels get nothing public."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from datetime import date
 from pathlib import Path
 
@@ -119,14 +120,20 @@ def test_console_transcript(engine: Engine, tmp_path: Path) -> None:
     assert "━━ Northwind Traders  (ACC-00006) ━━" in text
     assert "Health          " in text and "Why this health:" in text
     assert "Measures:" in text and "licence utilisation:" in text
-    assert "At-risk accounts (all)" in text and "at risk (red, a critical signal, falling fast" in text
-    assert "· why: red" in text
-    assert "Renewals in the next 45 days (all)" in text
+    assert "At-risk accounts (your team)" in text  # Maya manages four CSMs
+    assert "at risk (red, a critical signal, falling fast" in text and "· why: red" in text
+    assert "Renewals in the next 45 days (your team)" in text
     assert "Note saved on Northwind Traders." in text
     assert "Northwind Traders moved from Renewal to Expansion (asked for 200 more seats)" in text
     assert "Expansion: 2026" in text and "→ now" in text
     assert "I can't find an account called “Nortwind”. Did you mean: Northwind Traders" in text
     assert "`soon` isn't a valid … for `renewals`. Usage: `renewals [days] [mine|all]`" in text
+
+    # without a chart folder of its own, the session's charts go when it ends
+    out = io.StringIO()
+    run_console(router, "maya.chen@csbot-demo.example", stdin=io.StringIO("portfolio\n"), stdout=out)
+    charts = re.findall(r"→ (\S+\.png)\]", out.getvalue())
+    assert charts and not any(Path(c).exists() for c in charts)
 
 
 USERS_CSV = """email,name,role,slack_user_id,telegram_user_id,timezone,manager_email

@@ -193,6 +193,7 @@ BASE_ROWS: dict[str, dict[str, str]] = {
                 "closed_at": "2025-03-02T10:00:00", "priority": "high", "status": "closed"},
     "nps": {"account_external_id": "ACC-1", "score": "7", "responded_at": "2025-03-01T10:00:00",
             "contact_email": "ann@acme.test", "comment": "fine", "response_id": "R-1"},
+    "rates": {"date": "2025-03-01", "currency": "EUR", "rate": "1.08", "base": "USD"},
 }
 
 
@@ -220,12 +221,12 @@ def test_csv_cells_of_any_kind_give_a_row_and_column_error_or_a_clean_import(
     column = data.draw(st.sampled_from(sorted(base)), label="column")
     cell = data.draw(nasty_text, label="cell")
     rows = [dict(base), dict(base) | {column: cell}]
-    if kind in ("users", "accounts", "contacts", "tickets", "nps"):  # two rows must differ in their key
+    if kind in ("users", "accounts", "contacts", "tickets", "nps", "rates"):  # two rows must differ in their key
         key = {"users": "email", "accounts": "external_id", "contacts": "email", "tickets": "ticket_id",
-               "nps": "response_id"}[kind]
+               "nps": "response_id", "rates": "currency"}[kind]
         if column != key:
             rows[1][key] = {"email": "zoe@example.com", "external_id": "ACC-10", "ticket_id": "T-2",
-                            "response_id": "R-2"}[key] if kind != "contacts" else "carl@acme.test"
+                            "response_id": "R-2", "currency": "GBP"}[key] if kind != "contacts" else "carl@acme.test"
     path = tmp_path / f"{kind}.csv"
     path.write_text(_csv(rows), encoding="utf-8")
     before = data_fingerprint(engine, skip=())

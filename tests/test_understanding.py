@@ -203,6 +203,56 @@ def test_an_ambiguous_name_gets_a_question_and_a_number_picks(demo: Engine) -> N
     assert picked.cards and picked.cards[0].title == second
 
 
+@pytest.mark.parametrize(("text", "command"), [
+    # help about one command, in words
+    ("how do I use the renewals command?", "help renewals"),
+    ("续约命令怎么用", "help renewals"),
+    ("暂缓告警的命令怎么用", "help snooze"),
+    # rules: a name filter, negated grades, money is not a score, moves to Renewal, notes, report words
+    ("accounts with logistics in the name", "find name=logistics"),
+    ("名称包含物流的客户", "find name=物流"),
+    ("my accounts that are not green", "find grade=red,yellow owner=me"),
+    ("我的客户里不是绿色的", "find grade=red,yellow owner=me"),
+    ("healthy accounts over 200k", "find grade=green arr>200000"),
+    ("move quantum freight to renewal: contract ends in april",
+     'stage "Quantum Freight" renewal contract ends in april'),
+    ("把 Quantum Freight 挪到续约阶段，原因是客户要了续约报价", 'stage "Quantum Freight" renewal 客户要了续约报价'),
+    ("log for quantum freight: They are evaluating a competitor.",
+     'note "Quantum Freight" They are evaluating a competitor'),
+    ("给 Quantum Freight 记一下：启动会很顺利，下一步配置SSO", 'note "Quantum Freight" 启动会很顺利，下一步配置SSO'),
+    ("最近30天的告警准确率", "alert-stats 30"),
+    ("which accounts are stuck in their stage", "funnel"),
+    ("按原因看流失的 ARR", "retention"),
+    ("小客户的留存", "retention segment smb"),
+    # out of scope, whatever csbot word is in it
+    ("how do I bake bread?", "out-of-scope"),
+    ("把“续约”翻译成德语", "out-of-scope"),
+])
+def test_rules_read_before_the_classifier(demo: Engine, text: str, command: str) -> None:
+    assert Chat(_router(demo))(text).understood == command
+
+
+@pytest.mark.parametrize(("text", "name"), [
+    ("腾飞重工怎么样", "腾飞重工"),
+    ("金桥物业什么时候续约", "金桥物业"),
+    ("Initrode Labs 的情况", "Initrode Labs"),
+    ("nps for soylent corp", "soylent corp"),
+    ("any news on sterling cooper", "sterling cooper"),
+])
+def test_a_company_csbot_does_not_know_is_echoed_back(demo: Engine, text: str, name: str) -> None:
+    reply = Chat(_router(demo))(text)
+    assert reply.understood == "unknown"
+    assert f"“{name}”" in reply.text and not reply.cards
+
+
+def test_refinements_said_at_the_end_and_lists_about_it(demo: Engine) -> None:
+    chat = Chat(_router(demo))
+    assert chat("renewals in the next 60 days").understood == "renewals 60"
+    assert chat("mine only").understood == "renewals 60 mine"
+    chat("account Quantum Freight")
+    assert chat("when do they renew?").understood == "account Quantum Freight"
+
+
 def test_a_name_that_matches_nothing_is_echoed_never_answered_for_another(demo: Engine) -> None:
     reply = Chat(_router(demo))("how is Foobar Industries doing?")
     assert reply.understood == "unknown"

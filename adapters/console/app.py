@@ -32,11 +32,15 @@ def run_console(
     stdout: TextIO | None = None,
     chart_dir: Path | None = None,
 ) -> int:
-    """Chat as the user `as_email`. Returns the exit code (0: input ended or `quit`)."""
+    """Chat as the user `as_email`. Returns the exit code (0: input ended or `quit`). Charts are saved in
+    `chart_dir`, or in a temporary folder removed when the chat ends."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     interactive = stdin.isatty()
-    folder = chart_dir or Path(tempfile.mkdtemp(prefix="csbot-charts-"))
+    if chart_dir is None:  # charts live as long as the session: the folder goes when the chat ends
+        with tempfile.TemporaryDirectory(prefix="csbot-charts-") as temporary:
+            return run_console(router, as_email, stdin=stdin, stdout=stdout, chart_dir=Path(temporary))
+    folder = chart_dir
     # One conversation per console session: what "it" means does not carry over from an earlier session.
     session_id = f"session-{uuid.uuid4().hex[:12]}"
     if interactive:

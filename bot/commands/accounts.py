@@ -10,6 +10,7 @@ from bot.charts import health_trend_image
 from bot.commands.analytics import account_kpi_section
 from bot.i18n import t
 from bot.messages import Card, Reply, Section
+from bot.money import reply_rates
 from bot.router import Context, Param, UserError, command
 from lifecycle.accounts import account_view, add_note
 from lifecycle.analytics import account_kpis
@@ -23,8 +24,9 @@ def account(ctx: Context, acct: Annotated[Account, Param("account", label="name"
     card = _card(ctx, acct, detail=False)
     machine = ctx.services.stage_machine()
     assert acct.id is not None
-    kpis = account_kpi_section(account_kpis(ctx.session, machine, acct.id, today=ctx.today), machine, acct.currency,
-                               ctx.lang)
+    rates = reply_rates(ctx)  # money KPIs are in the reporting currency, like their goals
+    kpis = account_kpi_section(account_kpis(ctx.session, machine, acct.id, today=ctx.today, rates=rates), machine,
+                               rates.currency, ctx.lang)
     if kpis is not None:
         card = replace(card, sections=(*card.sections, kpis))
     return Reply(cards=[card])

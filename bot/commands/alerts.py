@@ -11,10 +11,12 @@ from sqlmodel import col
 
 from bot.i18n import add_messages, t
 from bot.messages import Button, Card, Reply
+from bot.permissions import coverage
 from bot.router import ROLE_RANK, Context, Param, UserError, command
 from lifecycle.models import Account, Alert, User, utcnow
 
 SHOW = 10
+MAX_SHOW = 50
 SNOOZE_DAYS = 7
 MAX_SNOOZE_DAYS = 90
 SEVERITY_ICON = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
@@ -27,7 +29,16 @@ add_messages(
     {
         "alerts_mine": {"en": "Your open alerts: {count}", "zh": "你的未处理告警：{count} 条"},
         "alerts_all": {"en": "All open alerts: {count}", "zh": "全部未处理告警：{count} 条"},
-        "alerts_empty": {"en": "No open alerts. 🎉", "zh": "没有未处理的告警。🎉"},
+        "alerts_team": {"en": "Open alerts for your team: {count}", "zh": "团队的未处理告警：{count} 条"},
+        "alerts_empty": {"en": "No open alerts ({scope}). 🎉", "zh": "没有未处理的告警（{scope}）。🎉"},
+        "alerts_more": {
+            "en": "… and {count} more not shown: `{command}` lists them.",
+            "zh": "……还有 {count} 条未显示：`{command}` 可全部列出。",
+        },
+        "alerts_bad_count": {
+            "en": "Show 1 to {max} alerts at a time, e.g. `alerts 25`.",
+            "zh": "一次可显示 1 到 {max} 条告警，例如 `alerts 25`。",
+        },
         "alerts_all_refused": {
             "en": "Only managers and admins can see everyone's alerts; `alerts` shows yours.",
             "zh": "只有经理和管理员可以查看所有人的告警；`alerts` 显示你自己的。",
@@ -86,15 +97,22 @@ def _is_manager(ctx: Context) -> bool:
 @command(
     "alerts",
     aliases=("告警", "提醒"),
-    zh="我的未处理告警（最严重、最新的在前）；经理/管理员可用 `alerts all` 查看全部。",
+    zh="未处理告警（最严重、最新的在前）：客户成功经理看自己的，经理看团队的，管理员看全部；`mine` 只看自己的，"
+    "`all`（经理/管理员）看所有人的；加数字可多显示。",
 )
 def alerts(
-    ctx: Context, which: Annotated[str | None, Param("word", choices=("all", "mine"))] = None
+    ctx: Context,
+    which: Annotated[str | None, Param("word", choices=("all", "mine"))] = None,
+    show: Annotated[int, Param("int", label="how many")] = SHOW,
 ) -> Reply:
-    """My open alerts, most severe and newest first, with buttons to acknowledge or snooze; `all` for managers."""
-    everyone = which == "all"
-    if everyone and not _is_manager(ctx):
+    """Open alerts, most severe and newest first, with buttons to acknowledge or snooze: a CSM's own, a manager's
+    team's, an admin's all; `mine` for your own, `all` (managers and admins) for everyone's; a number shows more."""
+    if which == "all" and not _is_manager(ctx):
         raise UserError(ctx.t("alerts_all_refused"))
+    if not 1 <= show <= MAX_SHOW:
+        raise UserError(ctx.t("alerts_bad_count", max=MAX_SHOW))
+    covered = coverage(ctx.session, ctx.user, "own", which if _is_manager(ctx) else "mine")
+    everyone = covered.key != "mine"
     now = utcnow()
     owner = aliased(User)
     due = or_(
@@ -107,13 +125,13 @@ def alerts(
         .outerjoin(owner, col(owner.id) == col(Alert.owner_id))
         .where(due)
         .order_by(_SEVERITY_RANK.desc(), col(Alert.created_at).desc(), col(Alert.id).desc())
-        .limit(SHOW)
+        .limit(show)
     )
-    if not everyone:
-        stmt = stmt.where(col(Alert.owner_id) == ctx.user.id)
+    if covered.ids is not None:
+        stmt = stmt.where(col(Alert.owner_id).in_(covered.ids))
     found = ctx.session.execute(stmt).all()
     if not found:
-        return Reply(text=ctx.t("alerts_empty"))
+        return Reply(text=ctx.t("alerts_empty", scope=t(f"scope_{covered.key}", ctx.lang)))
     total = int(found[0][3])
     cards = []
     for alert, account_name, owner_name, _total in found:
@@ -138,9 +156,10 @@ def alerts(
                 ),
             )
         )
-    text = ctx.t("alerts_all" if everyone else "alerts_mine", count=total)
-    if total > len(found):
-        text += "\n" + ctx.t("more_rows", count=total - len(found))
+    text = ctx.t(f"alerts_{covered.key}", count=total)
+    if total > len(found):  # after the list, where the reader gets to: how many are not shown, and how to see them
+        words = " ".join(w for w in ("alerts", which or "", str(min(total, MAX_SHOW))) if w)
+        cards.append(Card(title=ctx.t("alerts_more", count=total - len(found), command=words)))
     return Reply(text=text, cards=cards)
 
 

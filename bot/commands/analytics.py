@@ -20,6 +20,7 @@ from bot.charts import chart_lang
 from bot.format import money
 from bot.i18n import add_messages, t
 from bot.messages import Card, CardField, Image, Reply, Section
+from bot.money import basis_note, reply_rates
 from bot.router import Context, Param, UserError, command
 from lifecycle.analytics import (
     CohortTable,
@@ -39,7 +40,7 @@ from lifecycle.analytics import (
     stage_kpis,
 )
 from lifecycle.errors import CsbotError
-from lifecycle.overview import portfolio_totals
+from lifecycle.money import Rates
 from lifecycle.stages import StageMachine
 
 DEFAULT_FUNNEL = Period(90, "d")
@@ -230,11 +231,6 @@ def _gap(k: StageKpi) -> float:
     return 1.0 - ratio
 
 
-def _currency(ctx: Context, scope: Slice) -> str:
-    return portfolio_totals(ctx.session, owner_id=scope.owner_ids[0] if scope.owner_ids else None,
-                            segment=scope.segment).currency
-
-
 # ------------------------------------------------------------------------------------------------------ kpis
 
 
@@ -284,11 +280,12 @@ def kpis(ctx: Context, stage: Annotated[str, Param("rest", label="stage")] = "")
     machine: StageMachine = ctx.services.stage_machine()
     scope, scope_text, chart_scope = _scope(ctx)
     wanted = machine.resolve(stage) if stage.strip() else None
-    found = stage_kpis(ctx.session, machine, today=ctx.today, stage=wanted, scope=scope)
+    rates = reply_rates(ctx)
+    found = stage_kpis(ctx.session, machine, today=ctx.today, stage=wanted, scope=scope, rates=rates)
     if not found:
         label = stage_label(machine, wanted, ctx.lang) if wanted else scope_text
         return Reply(text=ctx.t("kpi_none", stage=label))
-    currency = _currency(ctx, scope)
+    currency = rates.currency  # money KPIs, like their goals, are in the reporting currency
     sections = []
     for name in [s for s in machine.stage_names if any(k.stage == s for k in found)]:
         lines = []
@@ -386,16 +383,47 @@ def funnel_cmd(ctx: Context, period: Annotated[str | None, Param("word", label="
 # ------------------------------------------------------------------------------------------------- retention
 
 
-def retention_reading(r: RetentionSummary, period: Period, currency: str, lang: str) -> str:
+def _parts(r: RetentionSummary) -> list[RetentionSummary]:
+    """The summary's revenue figures: one summary in one currency, or one per currency (a rate is missing)."""
+    return list(r.by_currency.values()) or [r]
+
+
+def _money_of(r: RetentionSummary, name: str) -> str:
+    """A revenue amount of the summary (`new_arr`, …): in its currency, or per currency joined with " + "."""
+    return " + ".join(money(getattr(p, name), p.currency or "") for p in _parts(r))
+
+
+def _ratio_of(r: RetentionSummary, name: str, digits: int = 0) -> str:
+    """NRR or GRR: one percentage, or one per currency (`101 % USD / 98 % SEK`)."""
+    if not r.by_currency:
+        return _pct(getattr(r, name), digits)
+    return " / ".join(f"{_pct(getattr(p, name), digits)} {p.currency}" for p in _parts(r))
+
+
+def retention_reading(r: RetentionSummary, period: Period, lang: str) -> str:
     """Two lines: NRR, GRR and logo churn over the period; win-back and new logos."""
     if not r.logos_start:
         first = t("rt_reading_empty", lang)
     else:
-        first = t("rt_reading", lang, nrr=_pct(r.nrr), grr=_pct(r.grr), period=period.label(lang),
+        first = t("rt_reading", lang, nrr=_ratio_of(r, "nrr"), grr=_ratio_of(r, "grr"), period=period.label(lang),
                   churned=r.logos_churned, start=r.logos_start, pct=_pct(r.logo_churn_rate))
     second = t("rt_reading_winback", lang, back=r.won_back, pool=r.churned_pool, pct=_pct(r.win_back_rate),
-               new=r.new_logos, arr=money(r.new_arr, currency))
+               new=r.new_logos, arr=_money_of(r, "new_arr"))
     return first + "\n" + second
+
+
+def _reason_lines(r: RetentionSummary, lang: str) -> tuple[str, ...]:
+    """Churned ARR per reason, largest first (per currency when a rate is missing)."""
+    reasons = list(dict.fromkeys(reason for p in _parts(r) for reason in p.churn_by_reason))
+    return tuple(
+        t("rt_reason_line", lang, reason=reason, arr=" + ".join(
+            money(p.churn_by_reason[reason], p.currency or "") for p in _parts(r) if reason in p.churn_by_reason))
+        for reason in reasons
+    )
+
+
+def _retention_note(rates: Rates, r: RetentionSummary, lang: str) -> str:
+    return basis_note(rates.basis_of(r.currencies), lang)
 
 
 def _months(period: Period) -> int:
@@ -423,35 +451,42 @@ def retention_cmd(ctx: Context, args: Annotated[str, Param("rest", label="period
                                   usage=ctx.spec.usage()))
     span = _period(ctx, period_word, DEFAULT_RETENTION)
     scope, scope_text, chart_scope = _scope(ctx, segment)
-    summary = retention(ctx.session, span, today=ctx.today, scope=scope)
-    currency = _currency(ctx, scope)
+    rates = reply_rates(ctx)
+    summary = retention(ctx.session, span, today=ctx.today, scope=scope, rates=rates)
+    several = len(_parts(summary)) > 1
 
-    def m(value: float) -> str:
-        return money(value, currency)
+    def revenue(key: str, ratio: str, end: str) -> str:
+        texts = [ctx.t(key, pct=_pct(getattr(p, ratio), 1), end=money(getattr(p, end), p.currency or ""),
+                       start=money(p.arr_start, p.currency or "")) for p in _parts(summary)]
+        if several:
+            texts = [f"{p.currency}: {text}" for p, text in zip(_parts(summary), texts, strict=True)]
+        return " · ".join(texts)
 
+    moves = [ctx.t("rt_moves_value", exp=money(p.expansion_arr, p.currency or ""),
+                   con=money(p.contraction_arr, p.currency or ""), churn=money(p.churned_arr, p.currency or ""))
+             for p in _parts(summary)]
     fields = (
-        CardField(ctx.t("rt_nrr"), ctx.t("rt_arr_value", pct=_pct(summary.nrr, 1), end=m(summary.arr_end),
-                                         start=m(summary.arr_start))),
-        CardField(ctx.t("rt_grr"), ctx.t("rt_arr_value", pct=_pct(summary.grr, 1), end=m(summary.arr_retained),
-                                         start=m(summary.arr_start))),
+        CardField(ctx.t("rt_nrr"), revenue("rt_arr_value", "nrr", "arr_end")),
+        CardField(ctx.t("rt_grr"), revenue("rt_arr_value", "grr", "arr_retained")),
         CardField(ctx.t("rt_logo"), ctx.t("rt_logo_value", pct=_pct(summary.logo_churn_rate, 1),
                                           churned=summary.logos_churned, start=summary.logos_start)),
-        CardField(ctx.t("rt_moves"), ctx.t("rt_moves_value", exp=m(summary.expansion_arr),
-                                           con=m(summary.contraction_arr), churn=m(summary.churned_arr))),
-        CardField(ctx.t("rt_new"), ctx.t("rt_new_value", count=summary.new_logos, arr=m(summary.new_arr))),
+        CardField(ctx.t("rt_moves"), " · ".join(f"{p.currency}: {m}" if several else m
+                                                for p, m in zip(_parts(summary), moves, strict=True))),
+        CardField(ctx.t("rt_new"), ctx.t("rt_new_value", count=summary.new_logos, arr=_money_of(summary, "new_arr"))),
         CardField(ctx.t("rt_winback"), ctx.t("rt_winback_value", pct=_pct(summary.win_back_rate),
                                              back=summary.won_back, pool=summary.churned_pool)),
     )
     sections = []
-    if summary.churn_by_reason:
-        sections.append(Section(ctx.t("rt_reasons"), tuple(
-            ctx.t("rt_reason_line", reason=reason, arr=m(arr)) for reason, arr in summary.churn_by_reason.items())))
+    reasons = _reason_lines(summary, ctx.lang)
+    if reasons:
+        sections.append(Section(ctx.t("rt_reasons"), reasons))
     card = Card(title=ctx.t("rt_title", period=span.label(ctx.lang), scope=scope_text),
-                subtitle=retention_reading(summary, span, currency, ctx.lang), fields=fields,
-                sections=tuple(sections))
-    monthly = retention_monthly(ctx.session, today=ctx.today, months=_months(span), scope=scope)
+                subtitle=retention_reading(summary, span, ctx.lang), fields=fields,
+                sections=tuple(sections), freshness=_retention_note(rates, summary, ctx.lang))
+    monthly = retention_monthly(ctx.session, today=ctx.today, months=_months(span), scope=scope, rates=rates)
     shown = chart_lang(ctx.lang)
-    png = retention_png(monthly, t("rt_chart_title", shown, scope=chart_scope), lang=shown)
+    png = retention_png(monthly, t("rt_chart_title", shown, scope=chart_scope), lang=shown,
+                        note=_retention_note(rates, summary, shown))
     return Reply(cards=[card], images=[Image(png=png, filename="retention.png",
                                              title=ctx.t("rt_chart_title", scope=scope_text))])
 
@@ -485,7 +520,7 @@ def _cohort_points(row: pd.Series) -> str:
 def cohorts_cmd(ctx: Context) -> Reply:
     """Logo retention curves by contract-start quarter, with a chart."""
     scope, scope_text, _chart_scope = _scope(ctx)
-    table = cohorts(ctx.session, today=ctx.today, scope=scope)
+    table = cohorts(ctx.session, today=ctx.today, scope=scope, rates=reply_rates(ctx))
     if table.logos.empty:
         return Reply(text=ctx.t("co_empty", scope=scope_text))
     rows = table.logos.tail(COHORT_LINES)
@@ -499,17 +534,19 @@ def cohorts_cmd(ctx: Context) -> Reply:
 
 
 def lifecycle_summary(
-    session: Session, machine: StageMachine, *, today: date, scope: Slice, lang: str, currency: str
+    session: Session, machine: StageMachine, *, today: date, scope: Slice, lang: str, rates: Rates
 ) -> tuple[Section, Image]:
     """The weekly summary's lifecycle part: the retention (12 months) and funnel (90 days) readings, and the
     monthly retention chart."""
-    summary = retention(session, DEFAULT_RETENTION, today=today, scope=scope)
+    summary = retention(session, DEFAULT_RETENTION, today=today, scope=scope, rates=rates)
     report = funnel(session, machine, DEFAULT_FUNNEL, today=today, scope=scope)
-    lines = (*retention_reading(summary, DEFAULT_RETENTION, currency, lang).split("\n"),
-             *funnel_reading(report, machine, DEFAULT_FUNNEL, lang).split("\n"))
+    note = _retention_note(rates, summary, lang)
+    lines = (*retention_reading(summary, DEFAULT_RETENTION, lang).split("\n"),
+             *funnel_reading(report, machine, DEFAULT_FUNNEL, lang).split("\n"), *((f"({note})",) if note else ()))
     shown = chart_lang(lang)
-    monthly = retention_monthly(session, today=today, months=12, scope=scope)
+    monthly = retention_monthly(session, today=today, months=12, scope=scope, rates=rates)
     png = retention_png(monthly, t("rt_chart_title", shown, scope=t("an_scope_team" if scope.owner_ids else
-                                                                    "an_scope_all", shown)), lang=shown)
+                                                                    "an_scope_all", shown)), lang=shown,
+                        note=_retention_note(rates, summary, shown))
     title = t("rt_chart_title", lang, scope=t("an_scope_team" if scope.owner_ids else "an_scope_all", lang))
     return Section(t("wk_lifecycle", lang), lines), Image(png=png, filename="retention.png", title=title)

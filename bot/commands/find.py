@@ -8,6 +8,7 @@ from bot.cards import stage_label
 from bot.format import grade, money
 from bot.i18n import add_messages, t
 from bot.messages import Card, Reply, Section
+from bot.money import reply_rates, total_text, totals_note
 from bot.router import Context, Param, UserError, command
 from lifecycle.search import FIELDS, Filter, FilterError, FoundAccount, InDays, parse_filters, search
 
@@ -18,7 +19,6 @@ add_messages(
         "find_title": {"en": "Accounts — {filters}", "zh": "客户筛选 — {filters}"},
         "find_summary": {"en": "{count} accounts, {arr} ARR", "zh": "{count} 个客户，ARR {arr}"},
         "find_summary_one": {"en": "1 account, {arr} ARR", "zh": "1 个客户，ARR {arr}"},
-        "find_mixed": {"en": "{amount} (mixed currencies, summed as is)", "zh": "{amount}（多种货币，按原值相加）"},
         "find_own_only": {"en": " (your accounts only)", "zh": "（仅限你负责的客户）"},
         "find_empty": {"en": "No accounts match {filters}.", "zh": "没有符合条件的客户：{filters}。"},
         "find_help": {
@@ -136,8 +136,9 @@ def _renewal_words(f: Filter, lang: str) -> str:
     return t("find_or", lang).join(parts)
 
 
-def describe(f: Filter, lang: str, machine: object) -> str:
-    """One filter in words: `stage: Renewal or Expansion`, `ARR ≥ $50,000`, `renewing within 60 d`."""
+def describe(f: Filter, lang: str, machine: object, currency: str = "USD") -> str:
+    """One filter in words: `stage: Renewal or Expansion`, `ARR ≥ $50,000` (in the reporting `currency`),
+    `renewing within 60 d`."""
     if f.field == "renewal":
         return _renewal_words(f, lang)
     if f.field == "name":
@@ -151,7 +152,7 @@ def describe(f: Filter, lang: str, machine: object) -> str:
         elif f.field == "grade":
             words.append(grade(str(v), lang) if v != "unknown" else t("find_not_scored", lang))
         elif f.field == "arr":
-            words.append(money(float(v)))  # type: ignore[arg-type]
+            words.append(money(float(v), currency))  # type: ignore[arg-type]
         elif f.field in ("seats", "health", "cohort"):
             words.append(f"{float(v):g}")  # type: ignore[arg-type]
         elif f.field == "churn":
@@ -205,6 +206,7 @@ def find(ctx: Context, filters: Annotated[str, Param("rest", label="filters…")
         return Reply(text=t("find_help", ctx.lang, fields=", ".join(FIELDS)), private=True)
     machine = ctx.services.stage_machine()
     own_only = ctx.user.role == "csm" and ctx.services.settings.csm_read_scope == "own"
+    rates = reply_rates(ctx)
     try:
         parsed = parse_filters(filters, machine)
         result = search(
@@ -214,16 +216,14 @@ def find(ctx: Context, filters: Annotated[str, Param("rest", label="filters…")
             me_id=ctx.user.id,
             only_owner_id=ctx.user.id if own_only else None,
             limit=SHOW,
+            rates=rates,
         )
     except FilterError as exc:
         raise UserError(filter_error_text(exc, ctx.lang)) from None
-    words = " · ".join(describe(f, ctx.lang, machine) for f in parsed)
+    words = " · ".join(describe(f, ctx.lang, machine, rates.currency) for f in parsed)
     if not result.count:
         return Reply(text=ctx.t("find_empty", filters=words) + (ctx.t("find_own_only") if own_only else ""))
-    if result.currency is None:
-        total = ctx.t("find_mixed", amount=money(result.arr, "").strip())
-    else:
-        total = money(result.arr, result.currency)
+    total = total_text(result.arr)
     summary = (
         ctx.t("find_summary_one", arr=total)
         if result.count == 1
@@ -235,5 +235,6 @@ def find(ctx: Context, filters: Annotated[str, Param("rest", label="filters…")
     if result.count > len(result.rows):
         lines.append(ctx.t("more_rows", count=result.count - len(result.rows)))
     return Reply(
-        cards=[Card(title=ctx.t("find_title", filters=words), subtitle=summary, sections=(Section("", tuple(lines)),))]
+        cards=[Card(title=ctx.t("find_title", filters=words), subtitle=summary, sections=(Section("", tuple(lines)),),
+                    freshness=totals_note(rates, result.arr, lang=ctx.lang))]
     )

@@ -11,6 +11,8 @@ from sqlmodel import col
 from bot.format import grade, money, signed
 from bot.i18n import add_messages, t
 from bot.messages import Card, Reply, Section
+from bot.money import reply_rates, total_text, totals_note
+from bot.permissions import coverage
 from bot.router import Context, Param, UserError, command
 from lifecycle.models import Account
 from lifecycle.portfolio import PortfolioRow, Scope, at_risk, renewals
@@ -42,9 +44,9 @@ def _scope(ctx: Context, which: str | None, segment: str | None) -> tuple[Scope,
         folded = segment.casefold()
         which, segment = ("mine", None) if folded in _MINE_WORDS else ("all", None) if folded in _ALL_WORDS \
             else ("segment", segment)
-    owner_id = ctx.user.id if which == "mine" else None
-    if ctx.user.role == "csm" and ctx.services.settings.csm_read_scope == "own":
-        owner_id = ctx.user.id
+    covered = coverage(ctx.session, ctx.user, ctx.services.settings.csm_read_scope,
+                       which if which in ("mine", "all") else "all" if which == "segment" else None)
+    owner_id = covered.ids
     if which == "segment" or (which == "mine" and segment):
         if not segment:
             raise UserError(
@@ -53,14 +55,12 @@ def _scope(ctx: Context, which: str | None, segment: str | None) -> tuple[Scope,
         name = _known_segment(ctx, segment)
         label = t("scope_segment", ctx.lang, segment=name)
         if owner_id is not None:
-            label = f"{t('scope_mine', ctx.lang)} · {label}"
+            label = f"{t(f'scope_{covered.key}', ctx.lang)} · {label}"
         return Scope(owner_id=owner_id, segment=name), label
     if segment:
         raise UserError(ctx.t("bad_argument", value=segment, argument="<segment>", command=ctx.spec.name,
                               usage=ctx.spec.usage()))
-    if owner_id is not None:
-        return Scope(owner_id=owner_id), t("scope_mine", ctx.lang)
-    return Scope(), t("scope_all", ctx.lang)
+    return Scope(owner_id=owner_id), t(f"scope_{covered.key}", ctx.lang)
 
 
 def _line(row: PortfolioRow, ctx: Context, *, renewal: bool) -> str:
@@ -89,16 +89,17 @@ def at_risk_cmd(
     """Accounts at risk (red, a critical signal, falling fast, or a high churn risk), each with why; largest ARR
     at stake first."""
     scope, label = _scope(ctx, which, segment)
-    rows, count, arr = at_risk(ctx.session, scope, limit=SHOW, scorecard=ctx.services.scorecard())
+    rates = reply_rates(ctx)
+    rows, count, arr = at_risk(ctx.session, scope, limit=SHOW, rates=rates, scorecard=ctx.services.scorecard())
     if not count:
         return Reply(text=ctx.t("at_risk_empty", scope=label))
     lines = [_line(r, ctx, renewal=False) for r in rows]
     if count > len(rows):
         lines.append(ctx.t("more_rows", count=count - len(rows)))
-    currency = rows[0].currency if rows else "USD"
-    summary = ctx.t("at_risk_summary", count=count, arr=money(arr, currency))
+    summary = ctx.t("at_risk_summary", count=count, arr=total_text(arr))
     return Reply(
-        cards=[Card(title=ctx.t("at_risk_title", scope=label), subtitle=summary, sections=(Section("", tuple(lines)),))]
+        cards=[Card(title=ctx.t("at_risk_title", scope=label), subtitle=summary, sections=(Section("", tuple(lines)),),
+                    freshness=totals_note(rates, arr, lang=ctx.lang))]
     )
 
 
@@ -110,19 +111,21 @@ def renewals_cmd(
 ) -> Reply:
     """Accounts renewing in the next N days (default 90), soonest first, with their health."""
     scope, label = _scope(ctx, which, None)
-    rows, count, arr, risky = renewals(ctx.session, scope, days=days, today=ctx.today, limit=SHOW)
+    rates = reply_rates(ctx)
+    rows, count, arr, risky = renewals(ctx.session, scope, days=days, today=ctx.today, limit=SHOW, rates=rates)
     if not count:
         return Reply(text=ctx.t("renewals_empty", days=days, scope=label))
     lines = [_line(r, ctx, renewal=True) for r in rows]
     if count > len(rows):
         lines.append(ctx.t("more_rows", count=count - len(rows)))
-    summary = ctx.t("renewals_summary", count=count, arr=money(arr, rows[0].currency), risky=risky)
+    summary = ctx.t("renewals_summary", count=count, arr=total_text(arr), risky=risky)
     return Reply(
         cards=[
             Card(
                 title=ctx.t("renewals_title", days=days, scope=label),
                 subtitle=summary,
                 sections=(Section("", tuple(lines)),),
+                freshness=totals_note(rates, arr, lang=ctx.lang),
             )
         ]
     )

@@ -1,11 +1,12 @@
-"""Commands about people: `owner` (hand an account to another CS owner) and `lang` (my reply language)."""
+"""Commands about people: `owner` (hand an account to another CS owner), `lang` (my reply language) and `whoami`
+(who csbot takes me for)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from sqlalchemy import update
-from sqlmodel import col
+from sqlalchemy import func, select, update
+from sqlmodel import Session, col
 
 from bot.i18n import add_messages, t
 from bot.messages import Reply
@@ -43,6 +44,24 @@ add_messages(
             "zh": "我用{name}回复你{default}。切换请输入 `lang en`（English）或 `lang zh`。",
         },
         "lang_default": {"en": " (the team default)", "zh": "（团队默认）"},
+        "whoami": {
+            "en": "You are *{name}* ({email}), {role}{team}.{manager}\nAccounts you own: {accounts}. Replies in "
+            "{language}{default}.{ids}",
+            "zh": "你是 *{name}*（{email}），{role}{team}。{manager}\n你负责的客户：{accounts} 个。回复语言："
+            "{language}{default}。{ids}",
+        },
+        "whoami_team": {"en": " of {count} ({names})", "zh": "，团队 {count} 人（{names}）"},
+        "whoami_manager": {"en": " Your manager: {name}.", "zh": "你的经理：{name}。"},
+        "whoami_ids": {"en": "\nChat ids: {ids}.", "zh": "\n聊天账号：{ids}。"},
+        "whoami_try_csm": {
+            "en": "You own no accounts, so `mine` is empty for you; to chat as a CSM: `csbot chat --as {email}`.",
+            "zh": "你名下没有客户，所以 `mine` 为空；想以客户成功经理身份对话：`csbot chat --as {email}`。",
+        },
+        "role_admin": {"en": "admin", "zh": "管理员"},
+        "role_manager": {"en": "manager", "zh": "经理"},
+        "role_csm": {"en": "CSM", "zh": "客户成功经理"},
+        "role_viewer": {"en": "viewer", "zh": "只读用户"},
+        "team_csms": {"en": "{count} CSMs", "zh": "{count} 位客户成功经理"},
         "lang_set": {
             "en": "Done: I'll reply to you in English from now on.",
             "zh": "好的：今后我会用中文回复你。",
@@ -117,3 +136,55 @@ def lang(
     ctx.session.add(ctx.user)
     ctx.lang = code
     return Reply(text=t("lang_set", code), private=True)
+
+
+def team_of(session: Session, user: User) -> list[User]:
+    """The active people who report to `user` (a manager's team), by name."""
+    return list(session.execute(
+        select(User).where(col(User.manager_id) == user.id, col(User.active) == True)  # noqa: E712
+        .order_by(col(User.name))
+    ).scalars())
+
+
+def whoami_text(session: Session, user: User, lang: str, default_lang: str) -> str:
+    """Who csbot takes `user` for: name, role, team, manager, accounts owned, reply language, chat ids."""
+    team = team_of(session, user)
+    team_text = ""
+    if team:
+        names = ", ".join(u.name for u in team[:6]) + (" …" if len(team) > 6 else "")
+        team_text = t("whoami_team", lang, count=len(team), names=names)
+    manager = session.get(User, user.manager_id) if user.manager_id is not None else None
+    owned = session.execute(select(func.count()).select_from(Account).where(
+        col(Account.owner_id) == user.id, col(Account.status) == "active")).scalar_one()
+    ids = ", ".join(f"{platform} {value}" for platform, value in
+                    (("Slack", user.slack_user_id), ("Telegram", user.telegram_user_id)) if value)
+    current = user.lang or default_lang
+    return t(
+        "whoami", lang, name=user.name, email=user.email, role=t(f"role_{user.role}", lang), team=team_text,
+        manager=t("whoami_manager", lang, name=manager.name) if manager is not None else "", accounts=owned,
+        language=LANG_NAMES.get(current, current), default="" if user.lang else t("lang_default", lang),
+        ids=t("whoami_ids", lang, ids=ids) if ids else "",
+    )
+
+
+@command("whoami", aliases=("我是谁", "me"), zh="我是谁：身份、角色、团队、负责的客户数和回复语言。")
+def whoami(ctx: Context) -> Reply:
+    """Who I am to csbot: name, role, team, manager, accounts I own and the language I get replies in."""
+    return Reply(text=whoami_text(ctx.session, ctx.user, ctx.lang, ctx.services.settings.lang), private=True)
+
+
+def greeting_text(session: Session, user: User, default_lang: str) -> str:
+    """What a console session opens with: who you are and, when you own no accounts, whom to chat as instead."""
+    lang = user.lang or default_lang
+    text = whoami_text(session, user, lang, default_lang)
+    owns = session.execute(
+        select(func.count()).select_from(Account).where(col(Account.owner_id) == user.id)).scalar_one()
+    if not owns:
+        busiest = session.execute(
+            select(col(User.email)).join(Account, col(Account.owner_id) == col(User.id))
+            .where(col(User.role) == "csm", col(User.active) == True)  # noqa: E712
+            .group_by(col(User.id), col(User.email)).order_by(func.count().desc(), col(User.email)).limit(1)
+        ).scalar()
+        if busiest:
+            text += "\n" + t("whoami_try_csm", lang, email=busiest)
+    return text

@@ -6,10 +6,14 @@ from typing import Annotated
 
 from bot.cards import stage_label
 from bot.charts import chart_lang, stage_distribution_png
-from bot.format import grade, money
+from bot.format import grade
 from bot.i18n import add_messages, t
 from bot.messages import Card, CardField, Image, Reply, Section
+from bot.money import reply_rates, total_text, totals_note
+from bot.permissions import coverage
 from bot.router import Context, Param, command
+from lifecycle.models import Owners
+from lifecycle.money import Rates, Total
 from lifecycle.overview import PortfolioTotals, portfolio_totals, stage_distribution
 
 add_messages(
@@ -25,6 +29,9 @@ add_messages(
         "pf_arr_grade": {"en": "ARR {grade}", "zh": "ARR {grade}"},
         "pf_arr_grade_value": {"en": "{arr} ({pct} %, {count} accounts)", "zh": "{arr}（{pct}%，{count} 个客户）"},
         "pf_arr_grade_value_one": {"en": "{arr} ({pct} %, 1 account)", "zh": "{arr}（{pct}%，1 个客户）"},
+        # Without a share: the ARR is only known per currency (a rate is missing).
+        "pf_arr_grade_count": {"en": "{arr} ({count} accounts)", "zh": "{arr}（{count} 个客户）"},
+        "pf_arr_grade_count_one": {"en": "{arr} (1 account)", "zh": "{arr}（1 个客户）"},
         "pf_avg_health": {"en": "Average health", "zh": "平均健康度"},
         "pf_stages": {"en": "Active accounts by stage", "zh": "各阶段活跃客户"},
         "pf_stage_line": {
@@ -50,10 +57,10 @@ add_messages(
         "pf_not_scored": {"en": "not scored yet", "zh": "尚未评分"},
         "pf_arr_at_risk": {"en": "ARR at risk", "zh": "风险 ARR"},
         "pf_arr_at_risk_value": {
-            "en": "{arr} ({pct} % of scored ARR) — Σ ARR × churn probability: the ARR expected to leave within "
-            "{days} days",
-            "zh": "{arr}（占已评分 ARR 的 {pct}%）— Σ ARR × 流失概率：预计 {days} 天内流失的 ARR",
+            "en": "{arr}{share} — Σ ARR × churn probability: the ARR expected to leave within {days} days",
+            "zh": "{arr}{share}— Σ ARR × 流失概率：预计 {days} 天内流失的 ARR",
         },
+        "pf_risk_share": {"en": " ({pct} % of scored ARR)", "zh": "（占已评分 ARR 的 {pct}%）"},
         "pf_clv": {"en": "Lifetime value", "zh": "客户终身价值"},
         "pf_clv_value": {
             "en": "{clv} — Σ ARR × {margin} % gross margin × expected remaining years (1 ÷ annual churn rate)",
@@ -78,8 +85,9 @@ def _reading(ctx: Context, totals: PortfolioTotals, red_by_stage: dict[str, int]
     """One plain sentence: how much ARR is green, and where the red accounts are."""
     machine = ctx.services.stage_machine()
     parts = []
-    if totals.arr:
-        parts.append(ctx.t("pf_reading_green", pct=f"{totals.arr_share('green'):.0f}"))
+    green = totals.arr_share("green")
+    if totals.arr.by_currency and green is not None:
+        parts.append(ctx.t("pf_reading_green", pct=f"{green:.0f}"))
     reds = {s: n for s, n in red_by_stage.items() if n}
     if not reds:
         parts.append(ctx.t("pf_reading_no_red"))
@@ -96,25 +104,28 @@ def _reading(ctx: Context, totals: PortfolioTotals, red_by_stage: dict[str, int]
     return text[:1].upper() + text[1:] + ("。" if ctx.lang == "zh" else ".")
 
 
-def _value_fields(ctx: Context, owner_id: int | None, currency: str) -> list[CardField]:
-    """ARR at risk and lifetime value from the churn model, each with what it means."""
+def _value_fields(ctx: Context, owner_id: Owners, rates: Rates) -> tuple[list[CardField], tuple[Total, ...]]:
+    """ARR at risk and lifetime value from the churn model, each with what it means; and the totals shown."""
     from lifecycle.churn import default_insight_config, latest_model_info
     from lifecycle.clv import portfolio_value
 
     info = latest_model_info(ctx.session)
     if info is None:
-        return [CardField(ctx.t("pf_arr_at_risk"), ctx.t("pf_no_churn_model"))]
+        return [CardField(ctx.t("pf_arr_at_risk"), ctx.t("pf_no_churn_model"))], ()
     config = default_insight_config()
-    value = portfolio_value(ctx.session, horizon_days=info.horizon_days, config=config.value, owner_id=owner_id)
+    value = portfolio_value(ctx.session, horizon_days=info.horizon_days, config=config.value, owner_id=owner_id,
+                            rates=rates)
     if not value.scored:
-        return [CardField(ctx.t("pf_arr_at_risk"), ctx.t("pf_not_scored"))]
+        return [CardField(ctx.t("pf_arr_at_risk"), ctx.t("pf_not_scored"))], ()
     partly = ctx.t("pf_partly_scored", scored=value.scored, active=value.active) if value.scored < value.active else ""
+    share = value.risk_share
+    shown = ctx.t("pf_risk_share", pct=f"{share:.0f}") if share is not None else ""
     return [
-        CardField(ctx.t("pf_arr_at_risk"), ctx.t("pf_arr_at_risk_value", arr=money(value.arr_at_risk, currency),
-                                                 pct=f"{value.risk_share:.0f}", days=value.horizon_days) + partly),
-        CardField(ctx.t("pf_clv"), ctx.t("pf_clv_value", clv=money(value.lifetime_value, currency),
+        CardField(ctx.t("pf_arr_at_risk"), ctx.t("pf_arr_at_risk_value", arr=total_text(value.arr_at_risk),
+                                                 share=shown, days=value.horizon_days) + partly),
+        CardField(ctx.t("pf_clv"), ctx.t("pf_clv_value", clv=total_text(value.lifetime_value),
                                          margin=f"{100 * value.gross_margin:.0f}") + partly),
-    ]
+    ], (value.arr_at_risk, value.lifetime_value)
 
 
 @command(
@@ -127,43 +138,44 @@ def portfolio(
     which: Annotated[str | None, Param("word", choices=("mine", "all"))] = None,
 ) -> Reply:
     """The portfolio at a glance: ARR by health grade, average health and accounts per stage, with a chart."""
-    own_only = ctx.user.role == "csm" and ctx.services.settings.csm_read_scope == "own"
-    owner_id = ctx.user.id if (which == "mine" or own_only) else None
-    scope = t("scope_mine" if owner_id is not None else "scope_all", ctx.lang)
-    totals = portfolio_totals(ctx.session, owner_id=owner_id)
+    covered = coverage(ctx.session, ctx.user, ctx.services.settings.csm_read_scope, which)
+    owner_id = covered.ids
+    scope = t(f"scope_{covered.key}", ctx.lang)
+    rates = reply_rates(ctx)
+    totals = portfolio_totals(ctx.session, owner_id=owner_id, rates=rates)
     if not totals.active and not totals.churned:
         return Reply(text=ctx.t("portfolio_empty", scope=scope))
     machine = ctx.services.stage_machine()
-    dist = stage_distribution(ctx.session, owner_id=owner_id, order=machine.stage_names)
+    dist = stage_distribution(ctx.session, owner_id=owner_id, order=machine.stage_names, rates=rates)
     scorecard = ctx.services.scorecard()
 
     fields = [
         CardField(ctx.t("pf_accounts"), ctx.t("pf_accounts_value", active=totals.active, churned=totals.churned)),
-        CardField(ctx.t("pf_arr"), money(totals.arr, totals.currency)),
+        CardField(ctx.t("pf_arr"), total_text(totals.arr)),
     ]
     for g in ("green", "yellow", "red", "unknown"):
         count = totals.accounts_by_grade.get(g, 0)
         if g == "unknown" and not count:
             continue
         label = grade(g, ctx.lang) if g != "unknown" else f"⚪ {ctx.t('grade_unknown')}"
-        value = ctx.t(
-            "pf_arr_grade_value_one" if count == 1 else "pf_arr_grade_value",
-            arr=money(totals.arr_by_grade.get(g, 0.0), totals.currency),
-            pct=f"{totals.arr_share(g):.0f}",
-            count=count,
-        )
+        share = totals.arr_share(g)
+        key = "pf_arr_grade_value" if share is not None else "pf_arr_grade_count"
+        value = ctx.t(key + ("_one" if count == 1 else ""), arr=total_text(totals.arr_by_grade[g]),
+                      pct=f"{share or 0.0:.0f}", count=count)
         fields.append(CardField(ctx.t("pf_arr_grade", grade=label), value))
     avg = totals.average_health
     avg_text = f"{avg:.0f} {grade(scorecard.grade(avg), ctx.lang)}" if avg is not None else ctx.t("pf_not_scored")
     fields.append(CardField(ctx.t("pf_avg_health"), avg_text))
-    fields.extend(_value_fields(ctx, owner_id, totals.currency))
+    value_fields, value_totals = _value_fields(ctx, owner_id, rates)
+    fields.extend(value_fields)
+    shown_totals = (totals.arr, *totals.arr_by_grade.values(), *value_totals, *dist["arr"])
 
     stage_lines = tuple(
         ctx.t(
             "pf_stage_line",
             stage=stage_label(machine, str(stage), ctx.lang),
             count=int(row["accounts"]),
-            arr=money(float(row["arr"]), totals.currency),
+            arr=total_text(row["arr"]),
             red=int(row["red"]),
             yellow=int(row["yellow"]),
             green=int(row["green"]),
@@ -176,16 +188,18 @@ def portfolio(
         subtitle=_reading(ctx, totals, red_by_stage),
         fields=tuple(fields),
         sections=(Section(ctx.t("pf_stages"), stage_lines),) if stage_lines else (),
+        freshness=totals_note(rates, *shown_totals, lang=ctx.lang),
     )
     images = []
     if not dist.empty:
         shown = chart_lang(ctx.lang)
         png = stage_distribution_png(
             dist,
-            f"{t('pf_chart_title', shown)} ({t('scope_mine' if owner_id is not None else 'scope_all', shown)})",
+            f"{t('pf_chart_title', shown)} ({t(f'scope_{covered.key}', shown)})",
             lang=shown,
             stage_labels={str(s): stage_label(machine, str(s), shown) for s in dist.index},
-            currency=totals.currency,
+            arr_labels={str(s): total_text(a) for s, a in dist["arr"].items()},
+            note=totals_note(rates, *dist["arr"], lang=shown),
         )
         images.append(Image(png=png, filename="portfolio-stages.png", title=ctx.t("pf_chart_title")))
     return Reply(cards=[card], images=images)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import bindparam, delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm.util import identity_key
@@ -73,9 +74,7 @@ def remember(session: Session, key: str, state: dict[str, Any]) -> None:
     dialect = session.get_bind().dialect.name
     if dialect in _UPSERTS:
         # one statement, whether or not the conversation has a row yet (and no race between two replicas)
-        stmt = _UPSERTS[dialect](ConversationState).values(key=key, state=text, updated_at=now)
-        session.execute(stmt.on_conflict_do_update(index_elements=["key"],
-                                                   set_={"state": text, "updated_at": now}))
+        session.execute(_upsert(dialect), {"key": key, "state": text, "updated_at": now})
         loaded = session.identity_map.get(identity_key(ConversationState, key))
         if loaded is not None:
             session.expire(loaded)  # read again if asked for in this session
@@ -87,6 +86,15 @@ def remember(session: Session, key: str, state: dict[str, Any]) -> None:
         row.state = text
         row.updated_at = now
         session.add(row)
+
+
+@lru_cache(maxsize=2)
+def _upsert(dialect: str) -> Any:
+    """INSERT … ON CONFLICT (key) DO UPDATE, built once per dialect (its values are bound per call)."""
+    stmt = _UPSERTS[dialect](ConversationState).values(
+        key=bindparam("key"), state=bindparam("state"), updated_at=bindparam("updated_at"))
+    return stmt.on_conflict_do_update(index_elements=["key"], set_={"state": stmt.excluded.state,
+                                                                    "updated_at": stmt.excluded.updated_at})
 
 
 def forget_idle(session: Session, *, ttl_minutes: int) -> int:

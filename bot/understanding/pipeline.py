@@ -875,7 +875,11 @@ class _Build:
         if mine is not None:
             self.use(mine)
             return " mine"
-        everyone = (self.found.of("all") + self.found.of("team"))
+        team = self.found.of("team")
+        if team and not self.found.of("all") and self.asker.user.role == "manager":
+            self.use(*team)
+            return ""  # a manager's lists and alerts are their team's unless they ask for everyone's
+        everyone = (self.found.of("all") + team)
         if everyone and allow_all:
             self.use(*everyone)
             return " all"
