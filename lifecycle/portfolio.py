@@ -161,13 +161,15 @@ def at_risk(
         .order_by(rates.in_sql(col(Account.arr), col(Account.currency), as_written=True).desc(), col(Account.name))
     )
     candidates = session.execute(scope.apply(stmt)).all()
-    if not candidates or day is None:
+    if not candidates:
         return [], 0, _arr_total([], rates)
     frame = pd.DataFrame.from_records(
         [(r.account_id, r.grade, r.churn_probability, r.critical) for r in candidates],
         columns=["account_id", "health_grade", "churn_probability", "critical"],
     ).set_index("account_id")
-    frame = frame.join(trends(session, frame.index.tolist(), day)[["delta_7", "delta_30"]])
+    # Without any snapshot there is no trend to read.
+    deltas = trends(session, frame.index.tolist(), day) if day is not None else pd.DataFrame(dtype=float)
+    frame = frame.join(deltas.reindex(columns=["delta_7", "delta_30"]))
     why = risk.reasons(frame, card.at_risk)
     found = [r for r in candidates if why[r.account_id]]
     rows = _collect(session, found, day, limit)

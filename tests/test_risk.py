@@ -249,3 +249,28 @@ def test_at_risk_reasons_red_critical_falling_and_churn() -> None:
     assert reasons_text(found[3]) == "red; no login by anyone for 21 days; churn risk 50 %"
     assert reasons_text(found[3], "zh") == "红色；21 天无人登录；流失风险 50%"
     assert reasons_text(found[2], "zh") == "30 天内下降 10 分"
+
+
+def test_the_at_risk_list_reads_the_stored_critical_signals_on_postgresql(pg_engine: Engine) -> None:
+    """The list reads each account's critical signals out of its snapshot's JSON: the same on PostgreSQL."""
+    from lifecycle.portfolio import Scope, at_risk
+
+    with Session(pg_engine) as s:
+        quiet = Account(external_id="Q-1", name="Quiet", name_key="quiet", arr=50_000, health_score=70.0,
+                        health_grade="yellow", health_at=TODAY)
+        capped = Account(external_id="C-1", name="Capped", name_key="capped", arr=10_000, health_score=74.0,
+                         health_grade="yellow", health_at=TODAY)
+        s.add_all([quiet, capped])
+        s.flush()
+        critical = {"uncapped": 88.0, "signals": [{"name": "support_escalation", "value": 4.0, "threshold": 3.0,
+                                                   "cap": "yellow"}]}
+        s.add_all([
+            HealthSnapshot(account_id=quiet.id or 0, day=TODAY, score=70.0, grade="yellow", measures={},
+                           scorecard_version="t"),
+            HealthSnapshot(account_id=capped.id or 0, day=TODAY, score=74.0, grade="yellow",
+                           measures={CRITICAL_KEY: critical}, scorecard_version="t"),
+        ])
+        s.commit()
+        rows, count, _arr = at_risk(s, Scope())
+    assert count == 1 and rows[0].name == "Capped"
+    assert reasons_text(rows[0].reasons) == "4 high/urgent tickets open"
