@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
@@ -43,7 +44,6 @@ app.add_typer(model_app, name="model")
 ingest_app = typer.Typer(help="Usage ingest (POST /api/usage): data freshness and upkeep.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 console = Console()
-DEMO_HISTORY = (30, 21, 14, 7)
 SHOWN_ROWS = 50  # skipped row numbers listed after an import
 err = Console(stderr=True)
 _redaction_installed = False
@@ -123,31 +123,32 @@ def _chat(engine: Engine, settings: Settings, as_email: str | None) -> int:
     return run_console(router, actor)
 
 
-def _recompute(engine: Engine, settings: Settings, as_of: date | None = None, *, history: tuple[int, ...] = ()) -> None:
+def _recompute(engine: Engine, settings: Settings, as_of: date | None = None, *, backfill: bool = True) -> None:
     from lifecycle.health import load_scorecard
-    from lifecycle.recompute import backfill_health, recompute
+    from lifecycle.recompute import recompute
     from lifecycle.stages import load_stage_machine
 
     scorecard = load_scorecard(settings.scorecard_file)
     machine = load_stage_machine(settings.stages_file)
     day = as_of or date.today()
     with session_scope(engine) as session:
-        if history:
-            backfill_health(session, today=day, offsets=history, scorecard=scorecard, machine=machine)
-        summary = recompute(session, as_of=day, scorecard=scorecard, machine=machine)
+        summary = recompute(session, as_of=day, scorecard=scorecard, machine=machine, backfill=backfill)
     grades = ", ".join(f"{g} {n}" for g, n in sorted(summary.grades.items()))
     steps = ", ".join(f"{k} {v:.2f} s" for k, v in summary.timings.items())
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    backfilled = (f"; {summary.backfilled:,} past daily snapshot(s) backfilled for accounts scored for the first time"
+                  if summary.backfilled else "")
     err.print(
         f"Recomputed {summary.accounts:,} accounts as of {summary.as_of}: {grades}; "
-        f"{summary.stage_moves} stage move(s); {summary.seconds:.2f} s ({steps}); peak memory {peak_mb:,.0f} MB."
+        f"{summary.stage_moves} stage move(s){backfilled}; {summary.seconds:.2f} s ({steps}); "
+        f"peak memory {peak_mb:,.0f} MB."
     )
 
 
 def _tonight(engine: Engine, settings: Settings) -> None:
     """The demo's nightly run as of today: alert rules, renewal prompts, surveys and digests, so `alerts`,
-    `alert-stats` and `csbot deliveries` have something to show. Nothing leaves the machine: the messages wait
-    in the outbox until Slack or Telegram is configured."""
+    `alert-stats` and `csbot deliveries` have something to show. Nothing leaves the machine: without Slack or
+    Telegram the messages are kept as undeliverable, to be retried once a platform is configured."""
     from bot.jobs import run_job
 
     result = run_job("nightly", engine, settings)
@@ -157,8 +158,9 @@ def _tonight(engine: Engine, settings: Settings) -> None:
         f"Ran tonight's rules as of {result.today}: {alerts.get('new', 0)} alert(s) raised, "
         f"{counts.get('renewal_prompts', {}).get('prompts', 0)} renewal prompt(s), "
         f"{counts.get('surveys', {}).get('sent', 0)} NPS survey(s), "
-        f"{counts.get('digests', {}).get('digests', 0)} digest(s); they wait in the outbox (`csbot deliveries`) "
-        "until Slack or Telegram is configured."
+        f"{counts.get('digests', {}).get('digests', 0)} digest(s). Nothing left this machine: with neither Slack "
+        "nor Telegram configured they are kept as undeliverable (`csbot deliveries`), and `csbot deliveries --retry` "
+        "sends them once one is."
     )
 
 
@@ -194,8 +196,9 @@ def demo(
             f"{summary.users} users, {summary.usage_rows:,} usage rows over {summary.days} days, "
             f"{summary.tickets:,} tickets, {summary.nps_responses:,} NPS answers, {summary.notes:,} notes."
         )
-        # A month of weekly health history gives the demo its trends (skipped for large scale portfolios).
-        _recompute(engine, settings, history=DEMO_HISTORY if accounts <= 5_000 else ())
+        # The first recompute backfills a month of daily health, which gives the demo its trends (skipped for large
+        # scale portfolios, where it would take minutes).
+        _recompute(engine, settings, backfill=accounts <= 5_000)
         if accounts <= 5_000:
             _tonight(engine, settings)
     else:
@@ -524,18 +527,23 @@ class DeliveryStatus(StrEnum):
     sending = "sending"
     sent = "sent"
     failed = "failed"
+    undeliverable = "undeliverable"
 
 
 @app.command(name="deliveries")
 def deliveries_cmd(
-    ids: list[int] | None = typer.Argument(None, help="With --retry: the failed deliveries to requeue."),
-    status: DeliveryStatus | None = typer.Option(None, help="Only deliveries in this state."),
+    ids: list[int] | None = typer.Argument(None, help="With --retry: the deliveries to requeue."),
+    status: DeliveryStatus | None = typer.Option(
+        None, help="Only deliveries in this state (with --retry: failed or undeliverable)."
+    ),
     limit: int = typer.Option(50, min=1, help="How many to list (newest first)."),
-    retry: bool = typer.Option(False, "--retry", help="Requeue failed deliveries (the given ids, or all)."),
+    retry: bool = typer.Option(
+        False, "--retry", help="Requeue failed deliveries and route undeliverable ones again (the given ids, or all)."
+    ),
 ) -> None:
-    """The delivery outbox: list messages and their state, or requeue failed ones with --retry."""
+    """The delivery outbox: list messages and their state (an undeliverable one with why), or requeue failed
+    and undeliverable ones with --retry."""
     from lifecycle import outbox
-    from lifecycle.models import Delivery
 
     settings = _settings()
     engine = _engine(settings)
@@ -543,32 +551,76 @@ def deliveries_cmd(
         err.print("[red]Delivery ids are only taken with --retry.[/red]")
         raise typer.Exit(2)
     if retry:
-        with Session(engine) as s:
-            if ids:
-                found = {d.id: d.status for d in s.exec(select(Delivery).where(col(Delivery.id).in_(ids))).all()}
-                missing = [i for i in ids if i not in found]
-                if missing:
-                    err.print(f"[red]No delivery with id {', '.join(map(str, missing))}.[/red]")
-                    raise typer.Exit(1)
-                for i in ids:
-                    if found[i] != outbox.FAILED:
-                        err.print(f"[yellow]Delivery {i} is {found[i]}, not failed: left as it is.[/yellow]")
-            requeued = outbox.retry_failed(s, ids or None)
-        noun = "delivery" if requeued == 1 else "deliveries"
-        console.print(f"Requeued {requeued} failed {noun}; they go out on the next run.")
+        if status not in (None, DeliveryStatus.failed, DeliveryStatus.undeliverable):
+            err.print("[red]--retry takes --status failed or --status undeliverable.[/red]")
+            raise typer.Exit(2)
+        _retry_deliveries(engine, settings, ids or None, status)
         return
     with Session(engine) as s:
         rows = outbox.list_deliveries(s, status.value if status else None, limit=limit)
+        counts = outbox.status_counts(s)
     table = Table("id", "platform", "target", "kind", "status", "attempts", "next attempt", "last error")
     for d in rows:
         waiting = d.status in (outbox.PENDING, outbox.SENDING)
         table.add_row(
-            str(d.id), d.platform, d.target, d.kind, d.status, str(d.attempts),
-            _local_time(d.next_attempt_at, settings) if waiting else "—", d.last_error or "",
+            str(d.id), d.platform or "—", d.target or "—", d.kind, d.status, str(d.attempts),
+            _local_time(d.next_attempt_at, settings) if waiting else "—", Text(d.last_error or ""),
         )
     console.print(table)
     if not rows:
         console.print("No deliveries" + (f" {status.value}." if status else "."))
+    if status is not None:
+        return
+    if any(counts.values()):
+        summary = ", ".join(f"{n:,} {state}" for state, n in counts.items() if n)
+        console.print(f"Outbox: {summary}.", highlight=False)
+    if counts[outbox.UNDELIVERABLE]:
+        console.print(
+            "Undeliverable: no configured platform reaches the recipient; the reason is under \"last error\". "
+            "Set up the platform (SLACK_BOT_TOKEN, TELEGRAM_BOT_TOKEN), the person's chat id or the team channel, "
+            "then `csbot deliveries --retry` routes them again.", highlight=False,
+        )
+
+
+def _retry_deliveries(engine: Engine, settings: Settings, ids: list[int] | None, status: DeliveryStatus | None) -> None:
+    """`csbot deliveries --retry`: failed rows back in the queue; undeliverable rows routed again."""
+    from bot.undelivered import Routes, requeue
+    from lifecycle import outbox
+    from lifecycle.models import Delivery, utcnow
+
+    kinds = {outbox.FAILED, outbox.UNDELIVERABLE} if status is None else {status.value}
+    with session_scope(engine) as s:
+        failed_ids = stuck_ids = None
+        if ids:
+            found = {d.id: d.status for d in s.exec(select(Delivery).where(col(Delivery.id).in_(ids))).all()}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                err.print(f"[red]No delivery with id {', '.join(map(str, missing))}.[/red]")
+                raise typer.Exit(1)
+            for i in ids:
+                if found[i] not in kinds:
+                    err.print(f"[yellow]Delivery {i} is {found[i]}, not {' or '.join(sorted(kinds))}: left as it "
+                              "is.[/yellow]")
+            failed_ids = [i for i in ids if found[i] == outbox.FAILED]
+            stuck_ids = [i for i in ids if found[i] == outbox.UNDELIVERABLE]
+        if outbox.FAILED in kinds and (failed_ids is None or failed_ids):
+            requeued = outbox.retry_failed(s, failed_ids)
+            noun = "delivery" if requeued == 1 else "deliveries"
+            console.print(f"Requeued {requeued} failed {noun}; they go out on the next run.")
+        if outbox.UNDELIVERABLE not in kinds or stuck_ids == []:
+            return
+        moved = requeue(s, Routes.from_settings(settings), now=utcnow(), ids=stuck_ids)
+    total = moved.routed + len(moved.reasons) + moved.stale
+    if not total and status is None and not ids:
+        return
+    noun = "delivery" if total == 1 else "deliveries"
+    console.print(f"Routed {total} undeliverable {noun} again: {moved.routed} go out on the next run, "
+                  f"{len(moved.reasons)} still cannot be delivered.", highlight=False)
+    for delivery_id, reason in moved.reasons:
+        console.print(f"  #{delivery_id}: {reason}", markup=False, highlight=False)
+    if moved.stale:
+        console.print(f"  {moved.stale} survey message(s) left as they are: the survey was answered, expired or "
+                      "replaced by a newer one.", highlight=False)
 
 
 def main() -> None:

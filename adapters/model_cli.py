@@ -155,13 +155,30 @@ def evaluate(
     positive: str | None = typer.Option(None, "--positive", help="The label value that means churn."),
     folds: int = typer.Option(5, min=2, max=20, help="Cross-validation folds."),
     record: Path | None = typer.Option(None, "--record", help="Also write the figures into this JSON file."),
+    signal: list[str] | None = typer.Option(
+        None, "--signal", help="'Column=signal' (repeatable): also score each row with the health scorecard, "
+        "reading that scorecard signal (e.g. days_since_last_login) from that column."
+    ),
 ) -> None:
-    """Cross-validate every candidate on a labelled CSV (stratified, shuffled) and print AUC and lift."""
+    """Cross-validate every candidate on a labelled CSV (stratified, shuffled) and print AUC and lift; with
+    `--signal`, the health scorecard's own AUC on the same rows too."""
+    from adapters.cli import _settings
     from lifecycle.evaluate import evaluate_file
+    from lifecycle.health import load_scorecard
 
+    signals: dict[str, str] = {}
+    for item in signal or []:
+        column, sep, name = item.rpartition("=")
+        if not sep or not column.strip() or not name.strip():
+            err.print(f"[red]--signal {item!r}: write it as 'Column=signal', e.g. "
+                      "'Days.Since.Last.Login=days_since_last_login'.[/red]")
+            raise typer.Exit(2)
+        signals[column.strip()] = name.strip()
     try:
+        scorecard = load_scorecard(_settings().scorecard_file) if signals else None
         result = evaluate_file(file, target, id_column=id_column, positive=positive, folds=folds,
-                               progress=lambda name: err.print(f"cross-validating {name} …"))
+                               progress=lambda name: err.print(f"cross-validating {name} …"), signals=signals,
+                               scorecard=scorecard)
     except CsbotError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -176,10 +193,24 @@ def evaluate(
     for c in result.candidates:
         table.add_row(c.name, f"{c.scores.roc_auc:.3f}", f"{c.scores.pr_auc:.3f}", f"{c.scores.top_decile_lift:.2f}",
                       f"{c.seconds:.1f}", "chosen" if c.name == result.chosen else "")
+    health = result.health
+    if health is not None:
+        h = health.scores
+        table.add_row("health score (100 − score)", f"{h.roc_auc:.3f}", f"{h.pr_auc:.3f}",
+                      f"{h.top_decile_lift:.2f}", "—", "scorecard")
     console.print(table)
     best = next(c for c in result.candidates if c.name == result.chosen)
     console.print(f"Chosen: {result.chosen} — ROC AUC {best.scores.roc_auc:.3f}, "
                   f"top-decile lift {best.scores.top_decile_lift:.2f}.")
+    if health is not None and scorecard is not None:
+        mapped = ", ".join(f"{column} → {name}" for column, name in health.signals.items())
+        capped = ", ".join(f"{name} on {rows:,} rows" for name, rows in health.critical.items())
+        console.print(
+            f"Health score (scorecard {health.scorecard_version}, not fitted: the score itself ranks the rows) on "
+            f"{health.scored:,} of {result.rows:,} rows, from {', '.join(scorecard.label(m) for m in health.measures)}"
+            f" ({mapped}); ROC AUC {health.scores.roc_auc:.3f}."
+            + (f" Critical signals capped the score: {capped}." if capped else "")
+        )
     if record is not None:
         _record(record, result.as_json())
         console.print(f"Recorded in {record}.")

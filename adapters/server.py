@@ -174,8 +174,11 @@ async def _start_background(
         keys = bridge_of(telegram_app).keys
     ports = await stack.enter_async_context(open_ports(settings, telegram_keys=keys))
     if ports:
+        from bot.undelivered import rerouter
+
         stop = asyncio.Event()
-        worker = asyncio.create_task(run_worker(engine, ports, stop), name="csbot-outbox-worker")
+        worker = asyncio.create_task(run_worker(engine, ports, stop, reroute=rerouter(engine, settings, list(ports))),
+                                     name="csbot-outbox-worker")
 
         async def stop_worker() -> None:
             stop.set()

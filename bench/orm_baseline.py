@@ -7,7 +7,8 @@ each), derive the same facts as `lifecycle.signals` in plain Python, score them 
 vectorised recompute gives exactly the same scores; nothing in csbot uses it.
 
 The arithmetic follows `lifecycle.health.score_frame` operation for operation (same divisions, NumPy's `nansum`
-and `round` for the total), so the scores compare for equality rather than within a tolerance.
+and `round` for the total, then the critical signals' caps), so the scores compare for equality rather than within
+a tolerance.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sqlmodel import Session, col, func, select
 
 from lifecycle.health import Scorecard
 from lifecycle.models import Account, HealthSnapshot, Note, NpsResponse, Ticket, UsageDaily, utcnow
-from lifecycle.signals import NO_LOGIN_IN_WINDOW, USAGE_WINDOW_DAYS
+from lifecycle.signals import NO_LOGIN_IN_WINDOW, NPS_RECENT_DAYS, RECENT_DAYS, USAGE_WINDOW_DAYS
 
 Facts = dict[str, float | None]
 
@@ -70,6 +71,9 @@ def account_facts(session: Session, account: Account, as_of: date) -> Facts:
     totals = [u for u in usage if u.feature == ""]
     recent = [u for u in totals if u.day >= d30]
     prior = [u for u in totals if u.day < d30]
+    d7 = as_of - timedelta(days=RECENT_DAYS - 1)
+    week = [u for u in recent if u.day >= d7]
+    rest = [u for u in recent if u.day < d7]
     logged_in = [u.day for u in totals if u.logins > 0]
     last_usage = session.exec(
         select(func.max(UsageDaily.day)).where(UsageDaily.account_id == account.id, UsageDaily.feature == "",
@@ -96,17 +100,34 @@ def account_facts(session: Session, account: Account, as_of: date) -> Facts:
     last_note = session.exec(
         select(func.max(Note.created_at)).where(Note.account_id == account.id, col(Note.created_at) < next_day)
     ).one()
+    start90 = datetime.combine(as_of - timedelta(days=NPS_RECENT_DAYS - 1), datetime.min.time())
+    latest_answers: dict[str, NpsResponse] = {}
+    for answer in session.exec(
+        select(NpsResponse).where(NpsResponse.account_id == account.id, col(NpsResponse.responded_at) >= start90,
+                                  col(NpsResponse.responded_at) < next_day).order_by(col(NpsResponse.responded_at))
+    ).all():
+        latest_answers[answer.contact_key] = answer
 
     seats = float(account.seats or 0)
-    peak = max((u.active_users for u in recent), default=None)
+    peak = max((u.active_users for u in week), default=0)
     since_usage = _days(as_of, last_usage)
     since_login = _days(as_of, max(logged_in, default=None))
     if since_login is None and since_usage is not None:
         since_login = max(float(NO_LOGIN_IN_WINDOW), since_usage)
+    events_30, events_prior = float(sum(u.events for u in recent)), float(sum(u.events for u in prior))
+    per_day_rest = sum(u.events for u in rest) / len(rest) if rest else None
+    per_day_week = (sum(u.events for u in week) / len(week) if week else 0.0) if recent else None
+    change_7 = (per_day_week - per_day_rest) / per_day_rest * 100.0 \
+        if per_day_week is not None and per_day_rest else None
+    change_30 = (events_30 - events_prior) / events_prior * 100.0 if events_prior > 0 else None
+    changes = [c for c in (change_7, change_30) if c is not None]
     return {
-        "utilisation": float(peak) / seats if seats > 0 and recent and peak is not None else None,
-        "events_30": float(sum(u.events for u in recent)),
-        "events_prior_30": float(sum(u.events for u in prior)),
+        "utilisation": float(peak) / seats if seats > 0 and recent else None,
+        "events_30": events_30,
+        "events_prior_30": events_prior,
+        "usage_change": min(changes) if changes else None,
+        "usage_change_30": change_30,
+        "nps_detractors_90": float(sum(1 for a in latest_answers.values() if a.score <= 6)),
         "logins_30": float(sum(u.logins for u in recent)),
         "logins_prior_30": float(sum(u.logins for u in prior)),
         "usage_days_30": float(len(recent)),
@@ -171,6 +192,10 @@ def score_account(facts: Facts, stage: str | None, segment: str | None, card: Sc
     contributions = [w * p for w, p in zip(weights, points, strict=True)]
     scored = total > 0 and coverage >= card.min_coverage - 1e-9
     score = float(np.round(np.nansum(np.array(contributions)), 1)) if scored else math.nan
+    if scored:
+        for critical in card.critical.values():
+            if bool(critical.holds(np.array([_value(facts, critical.signal)]))[0]):
+                score = min(score, card.ceiling(critical.cap))
     detail: dict[str, object] = {
         name: {"value": None if math.isnan(v) else v, "points": None if math.isnan(p) else p,
                "weight": None if math.isnan(w) else w, "contribution": None if math.isnan(c) else c}

@@ -56,7 +56,11 @@ _CJK_FILE_HINTS = ("notosanscjk", "notosanssc", "sourcehansans", "wqy", "droidsa
 
 add_messages(
     {
-        "chart_health_title": {"en": "{account} — health, last {days} days", "zh": "{account} — 近 {days} 天健康度"},
+        "chart_health_title": {
+            "en": "{account} — health, {start} → {end} ({days} days)",
+            "zh": "{account} — 健康度，{start} 至 {end}（{days} 天）",
+        },
+        "chart_health_title_day": {"en": "{account} — health on {day}", "zh": "{account} — {day} 的健康度"},
         "chart_health_axis": {"en": "Health score (0–100)", "zh": "健康度（0–100）"},
         "chart_no_history": {"en": "No health history yet", "zh": "暂无健康度历史"},
         "chart_accounts_axis": {"en": "Active accounts", "zh": "活跃客户数"},
@@ -264,15 +268,26 @@ def nps_trend_png(trend: pd.DataFrame, title: str, *, lang: str = "en") -> bytes
 def health_trend_image(
     session: Session, account: Account, *, lang: str, scorecard: Scorecard, days: int = 90
 ) -> Image | None:
-    """The health-trend chart of `account` over its last `days` days of snapshots, or None if it has none."""
+    """The health-trend chart of `account` over its last `days` days of snapshots, or None if it has none. The
+    title names the span the snapshots really cover (a young account has a few days, not `days`)."""
     history = health_history(session, account.id or 0, days=days)
     if history.empty:
         return None
     shown = chart_lang(lang)
     name = account.name if (shown == "zh" or not has_cjk(account.name)) else account.external_id
-    title = t("chart_health_title", shown, account=name, days=days)
     png = health_trend_png(
-        history, title, lang=shown, red_below=scorecard.grades.red_below, green_from=scorecard.grades.green_from
+        history, _span_title(history, name, shown), lang=shown, red_below=scorecard.grades.red_below,
+        green_from=scorecard.grades.green_from,
     )
-    full_title = t("chart_health_title", lang, account=account.name, days=days)
-    return Image(png=png, filename=f"health-{account.external_id}.png", title=full_title)
+    return Image(png=png, filename=f"health-{account.external_id}.png",
+                 title=_span_title(history, account.name, lang))
+
+
+def _span_title(history: pd.DataFrame, account: str, lang: str) -> str:
+    """"Acme — health, 2026-09-08 → 2026-12-01 (85 days)", from the first to the last snapshot shown."""
+    days = pd.to_datetime(history["day"])
+    start, end = days.min().date(), days.max().date()
+    if start == end:
+        return t("chart_health_title_day", lang, account=account, day=end.isoformat())
+    return t("chart_health_title", lang, account=account, start=start.isoformat(), end=end.isoformat(),
+             days=(end - start).days + 1)

@@ -3,7 +3,9 @@
 - `owner_digests`: every active owner (a user with active accounts and a chat identity) whose local time is past
   `[routing].digest_at` gets one message a local day: the alerts raised since their last digest (those the daily
   budget held back are marked as not sent on their own), the renewals left this month, and the biggest 7-day
-  health movers of their accounts, up and down.
+  health movers of their accounts, up and down; and, when there are any, the messages that became undeliverable
+  since their last digest, sent to them or about their accounts, and why (each in one digest only). A digest
+  that no configured platform can deliver is itself recorded undeliverable (see `bot.routing.route`).
 - `manager_weekly`: on `[routing].weekly_day` (Monday) after `digest_at` local, every manager gets the portfolio
   summary of their team (their direct reports and themselves), every admin that of the whole portfolio, with the
   stage-distribution chart, and the lifecycle readings: retention over 12 months and the 90-day funnel, with the
@@ -35,14 +37,14 @@ from bot.i18n import add_messages, t
 from bot.messages import Card, CardField, Image, Reply, Section
 from bot.money import total_text, totals_note, with_share
 from bot.notifier import reply_to_payload
-from bot.routing import Target, to_local, user_target
+from bot.routing import ABOUT_KEY, TO_KEY, WHY_KEY, Target, has_chat_identity, person, post, route, to_local, why_text
 from lifecycle.alerts import AlertConfig
 from lifecycle.analytics import Slice
 from lifecycle.errors import ConfigError
 from lifecycle.health import trends
 from lifecycle.models import Account, Alert, Delivery, User
 from lifecycle.money import Rates, load_rates
-from lifecycle.outbox import enqueue
+from lifecycle.outbox import UNDELIVERABLE
 from lifecycle.overview import GRADE_COLUMNS, stage_table
 
 DIGEST_KIND = "digest"
@@ -87,8 +89,30 @@ add_messages(
         },
         "wk_chart": {"en": "Accounts by stage and health", "zh": "各阶段客户及健康度"},
         "wk_empty": {"en": "No active accounts in this portfolio.", "zh": "该组合中没有活跃客户。"},
+        # what could not be delivered
+        "dg_undelivered": {"en": "Not delivered ({count})", "zh": "未能送达（{count} 条）"},
+        "dg_undelivered_line": {"en": "{what}{whom}: {why}", "zh": "{what}{whom}：{why}"},
+        "dg_undelivered_whom": {"en": " to {name}", "zh": "（发给 {name}）"},
+        "dg_undelivered_account": {"en": " · {account}", "zh": " · {account}"},
+        "dg_undelivered_more": {"en": "… and {count} more.", "zh": "……还有 {count} 条。"},
+        "dg_undelivered_hint": {
+            "en": "An admin sees them with `csbot deliveries --status undeliverable` and resends them with "
+            "`csbot deliveries --retry` once the platform or the missing id is set up.",
+            "zh": "管理员可用 `csbot deliveries --status undeliverable` 查看；配置好平台或补上账号后，用 "
+            "`csbot deliveries --retry` 重新发送。",
+        },
+        "dk_alert": {"en": "Alert #{id}", "zh": "告警 #{id}"},
+        "dk_escalation": {"en": "Escalation of alert #{id}", "zh": "告警 #{id} 的升级"},
+        "dk_alert_comment": {"en": "Comment on alert #{id}", "zh": "告警 #{id} 的评论"},
+        "dk_survey": {"en": "NPS survey", "zh": "NPS 问卷"},
+        "dk_survey_reminder": {"en": "NPS survey reminder", "zh": "NPS 问卷提醒"},
+        "dk_advocacy": {"en": "Advocacy prompt", "zh": "推荐请求提示"},
+        "dk_digest": {"en": "Daily digest", "zh": "每日摘要"},
+        "dk_weekly": {"en": "Weekly summary", "zh": "每周摘要"},
+        "dk_other": {"en": "Message ({kind})", "zh": "消息（{kind}）"},
     }
 )
+MAX_UNDELIVERED_LINES = 10
 
 
 # ------------------------------------------------------------------------------------------------------ shared
@@ -104,12 +128,6 @@ def _last_sent(session: Session, kind: str, since: datetime) -> dict[tuple[str, 
     return {(p, x): at for p, x, at in rows if at is not None}
 
 
-def _stamp(delivery: Delivery, now: datetime) -> None:
-    """Date the row on the job's clock: "already sent today" and "since the last digest" read it back."""
-    delivery.created_at = now
-    delivery.next_attempt_at = now
-
-
 def _due_people(
     users: Sequence[User], last: dict[tuple[str, str], datetime], now: datetime, config: AlertConfig,
     *, weekly: bool = False,
@@ -119,9 +137,9 @@ def _due_people(
     routing = config.routing
     out = []
     for user in users:
-        target = user_target(user, routing)
-        if target is None:
+        if not user.active or not has_chat_identity(user):
             continue
+        target = route(routing, person(user), user)  # undeliverable when no configured platform reaches them
         local = to_local(now, target.tz)
         if local.time() < routing.digest_at or (weekly and local.weekday() != routing.weekly_day):
             continue
@@ -199,8 +217,12 @@ def _mover_lines(movers: pd.DataFrame, lang: str) -> tuple[str, ...]:
     )
 
 
-def owner_digest_reply(user: User, lang: str, local_day: date, alerts: pd.DataFrame, accounts: pd.DataFrame) -> Reply:
-    """One owner's digest: new alerts, renewals this month, biggest health movers (7-day delta) up and down.
+def owner_digest_reply(
+    user: User, lang: str, local_day: date, alerts: pd.DataFrame, accounts: pd.DataFrame,
+    undelivered: Sequence[Delivery] = (), names: dict[int, str] | None = None,
+) -> Reply:
+    """One owner's digest: new alerts, renewals this month, biggest health movers (7-day delta) up and down, and
+    what could not be delivered (`undelivered`, with the account `names`), when anything.
 
     `accounts` are the owner's active accounts with their `score` and `delta_7`."""
     alert_lines = _alert_lines(alerts, lang)
@@ -214,7 +236,9 @@ def owner_digest_reply(user: User, lang: str, local_day: date, alerts: pd.DataFr
         Section(t("dg_down", lang), _mover_lines(down, lang) or (t("dg_no_movers", lang),)),
         Section(t("dg_up", lang), _mover_lines(up, lang) or (t("dg_no_movers", lang),)),
     )
-    card = Card(title=t("dg_title", lang, name=user.name), subtitle=local_day.isoformat(), sections=sections)
+    extra = (undelivered_section(undelivered, names or {}, lang),) if undelivered else ()
+    card = Card(title=t("dg_title", lang, name=user.name), subtitle=local_day.isoformat(),
+                sections=(*sections, *extra))
     return Reply(text=t("dg_text", lang, date=local_day.isoformat()), cards=[card])
 
 
@@ -233,16 +257,70 @@ def owner_digests(session: Session, *, now: datetime, config: AlertConfig) -> in
         accounts = accounts.join(trend, on="account_id")
     else:
         accounts = accounts.assign(score=pd.Series(dtype=float), delta_7=pd.Series(dtype=float))
+    undelivered = _undelivered(session, min(since.values()), now)
+    names = _account_names(session, undelivered)
     sent = 0
     for user, target, local, _previous in due:
         mine = alerts[(alerts["owner_id"] == user.id) & (alerts["created_at"] > since[user.id])]
         owned = accounts[accounts["owner_id"] == user.id]
-        reply = owner_digest_reply(user, target.lang, local.date(), mine, owned)
+        theirs = [d for d in undelivered if d.next_attempt_at > since[user.id] and _concerns(d, user)]
+        reply = owner_digest_reply(user, target.lang, local.date(), mine, owned, theirs, names)
         payload = {**reply_to_payload(reply), "dedupe": f"digest:{user.id}:{local.date().isoformat()}"}
-        _stamp(enqueue(session, platform=target.platform, target=target.target, payload=payload, kind=DIGEST_KIND),
-               now)
+        post(session, target, payload=payload, kind=DIGEST_KIND, now=now, about=(user.id, None))
         sent += 1
     return sent
+
+
+# ------------------------------------------------------------------------------------- what was not delivered
+
+
+def _undelivered(session: Session, since: datetime, now: datetime) -> list[Delivery]:
+    """Deliveries that became undeliverable in (`since`, `now`] (`next_attempt_at` records when), oldest first."""
+    return list(session.execute(
+        select(Delivery).where(col(Delivery.status) == UNDELIVERABLE, col(Delivery.next_attempt_at) > since,
+                               col(Delivery.next_attempt_at) <= now)
+        .order_by(col(Delivery.next_attempt_at), col(Delivery.id))
+    ).scalars().all())
+
+
+def _concerns(delivery: Delivery, user: User) -> bool:
+    """Sent to `user`, or about one of their accounts (its owner when it was routed)."""
+    to, about = delivery.payload.get(TO_KEY) or {}, delivery.payload.get(ABOUT_KEY) or {}
+    return user.id is not None and user.id in (to.get("user"), about.get("owner"))
+
+
+def _account_names(session: Session, deliveries: Sequence[Delivery]) -> dict[int, str]:
+    ids = sorted({int(a) for d in deliveries if (a := (d.payload.get(ABOUT_KEY) or {}).get("account"))})
+    if not ids:
+        return {}
+    return {int(i): str(n) for i, n in session.execute(
+        select(col(Account.id), col(Account.name)).where(col(Account.id).in_(ids))).all()}
+
+
+def _what(delivery: Delivery, lang: str) -> str:
+    key = f"dk_{delivery.kind}"
+    if delivery.kind in ("alert", "escalation", "alert_comment"):
+        return t(key, lang, id=delivery.alert_id or "?")
+    if delivery.kind in ("survey", "survey_reminder", "advocacy", DIGEST_KIND, WEEKLY_KIND):
+        return t(key, lang)
+    return t("dk_other", lang, kind=delivery.kind)
+
+
+def undelivered_section(deliveries: Sequence[Delivery], names: dict[int, str], lang: str) -> Section:
+    """"Not delivered (N)": one line per message — what, to whom, on which account — and why, then how to resend."""
+    lines = []
+    for delivery in deliveries[:MAX_UNDELIVERED_LINES]:
+        to, about = delivery.payload.get(TO_KEY) or {}, delivery.payload.get(ABOUT_KEY) or {}
+        whom = t("dg_undelivered_whom", lang, name=to["name"]) if to.get("name") else ""
+        account = names.get(int(about.get("account") or 0))
+        if account:
+            whom += t("dg_undelivered_account", lang, account=account)
+        why = why_text(delivery.payload.get(WHY_KEY) or [], lang) or (delivery.last_error or "")
+        lines.append(t("dg_undelivered_line", lang, what=_what(delivery, lang), whom=whom, why=why))
+    if len(deliveries) > MAX_UNDELIVERED_LINES:
+        lines.append(t("dg_undelivered_more", lang, count=len(deliveries) - MAX_UNDELIVERED_LINES))
+    lines.append(t("dg_undelivered_hint", lang))
+    return Section(t("dg_undelivered", lang, count=len(deliveries)), tuple(lines))
 
 
 # ------------------------------------------------------------------------------------------------ weekly summary
@@ -351,7 +429,6 @@ def manager_weekly(session: Session, *, now: datetime, config: AlertConfig, mach
         reply = weekly_reply(part, lang=target.lang, team=not everyone, local_day=local.date(), rates=rates,
                              machine=machine, lifecycle=lifecycle)
         payload = {**reply_to_payload(reply), "dedupe": f"weekly:{user.id}:{local.date().isoformat()}"}
-        _stamp(enqueue(session, platform=target.platform, target=target.target, payload=payload, kind=WEEKLY_KIND),
-               now)
+        post(session, target, payload=payload, kind=WEEKLY_KIND, now=now, about=(user.id, None))
         sent += 1
     return sent

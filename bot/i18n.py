@@ -98,8 +98,9 @@ MESSAGES: dict[str, dict[str, str]] = {
     "at_risk_title": {"en": "At-risk accounts ({scope})", "zh": "风险客户（{scope}）"},
     "at_risk_empty": {"en": "No accounts at risk ({scope}). 🎉", "zh": "没有风险客户（{scope}）。🎉"},
     "at_risk_summary": {
-        "en": "{count} red or falling, {arr} ARR at stake, largest first.",
-        "zh": "{count} 个客户为红色或在下滑，涉及 ARR {arr}，按金额从大到小排列。",
+        "en": "{count} at risk (red, a critical signal, falling fast or a high churn risk), {arr} ARR at stake, "
+              "largest first.",
+        "zh": "{count} 个风险客户（红色、关键信号、快速下滑或流失风险高），涉及 ARR {arr}，按金额从大到小排列。",
     },
     "scope_mine": {"en": "mine", "zh": "我的"},
     "unknown_segment": {

@@ -143,6 +143,12 @@ class JobContext:
     today: date
     ports: PortsFactory | None = None
     steps: list[StepResult] = field(default_factory=list)
+    # The platforms messages are routed to; None: those with a bot token (`Settings.delivery_platforms`).
+    platforms: tuple[str, ...] | None = None
+
+    @property
+    def delivery_platforms(self) -> tuple[str, ...]:
+        return self.platforms if self.platforms is not None else self.settings.delivery_platforms
 
     @cached_property
     def scorecard(self) -> Scorecard:
@@ -158,9 +164,11 @@ class JobContext:
 
     @cached_property
     def alert_config(self) -> AlertConfig:
+        """The alert rules and routing, routing only to the configured platforms."""
+        from bot.routing import with_platforms
         from lifecycle.alerts import load_alert_config
 
-        return load_alert_config(self.settings.alerts_file)
+        return with_platforms(load_alert_config(self.settings.alerts_file), self.delivery_platforms)
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[StepResult]:
@@ -359,9 +367,11 @@ def run_job(
     today: date | None = None,
     ports: PortsFactory | None = None,
     fire_time: datetime | None = None,
+    platforms: tuple[str, ...] | None = None,
 ) -> JobResult:
     """Run one job once, under its lock. `now` (naive UTC) pins the clock; `today` the day processed (default:
-    `now`'s date in `CSBOT_TIMEZONE`). `ports` builds the delivery ports (needed by `deliver` only).
+    `now`'s date in `CSBOT_TIMEZONE`). `ports` builds the delivery ports (needed by `deliver` only); `platforms`
+    are those messages are routed to (default: those with a bot token in `settings`).
     `fire_time` is the scheduled occurrence being run (the scheduler passes it): each occurrence runs on one
     replica only, whoever claims it first in the `job_run` table; without it the run is a one-off.
 
@@ -382,7 +392,7 @@ def run_job(
         if run_id is None:
             log.info("job %s: skipped, another replica already ran the %s run", name, fire_time)
             return JobResult(name, "skipped", now, today, error=f"another replica already ran the {fire_time} run")
-        ctx = JobContext(engine=engine, settings=settings, now=now, today=today, ports=ports)
+        ctx = JobContext(engine=engine, settings=settings, now=now, today=today, ports=ports, platforms=platforms)
         error: str | None = None
         try:
             spec.func(ctx)
@@ -440,7 +450,7 @@ def nightly(ctx: JobContext) -> None:
             # Counted only once routing is done: a failure rolls the alerts back with their deliveries.
             step.add(new=len(raised.new), reopened=len(raised.reopened), resolved=raised.resolved)
             routed = {"held": stats.held, "to_team": stats.team, "to_digest": stats.to_digest,
-                      "unroutable": stats.unroutable}
+                      "undeliverable": stats.undeliverable}
             step.add(**{key: value for key, value in routed.items() if value})
 
     with ctx.step("renewal_prompts") as step, session_scope(ctx.engine) as session:
@@ -453,8 +463,10 @@ def nightly(ctx: JobContext) -> None:
         from lifecycle.surveys import survey_secret
 
         sent = dispatch_surveys(session, today=ctx.today, now=ctx.now, config=survey_config(ctx.settings),
-                                secret=survey_secret(ctx.settings))
+                                secret=survey_secret(ctx.settings), platforms=ctx.alert_config.routing.platforms)
         step.add(sent=sent.sent, held=sent.held, reminders=sent.reminders, expired=sent.expired)
+        if sent.undeliverable:
+            step.add(undeliverable=sent.undeliverable)
         step.note = ", ".join(f"{trigger} {n}" for trigger, n in sorted(sent.by_trigger.items()))
 
     with ctx.step("digests") as step, session_scope(ctx.engine) as session:
@@ -471,16 +483,32 @@ def nightly(ctx: JobContext) -> None:
 @job("deliver", cron="* * * * *", help="Send what is due in the outbox (retries with backoff).",
      misfire_grace=timedelta(seconds=50))
 def deliver(ctx: JobContext) -> None:
-    """Drain the outbox batch after batch until what is due is handled. It works on the wall clock whatever
-    `now` says: outbox rows are stamped with real times."""
+    """Route again what waits for a platform that is not configured, then drain the outbox batch after batch
+    until what is due is handled. It works on the wall clock whatever `now` says: outbox rows are stamped with
+    real times."""
     with ctx.step("deliver") as step:
         if ctx.ports is None:
             step.note = "no delivery ports given"
             return
+        if ctx.delivery_platforms:
+            from bot.undelivered import Routes, reroute_waiting
+
+            routes = Routes.from_settings(ctx.settings, platforms=ctx.delivery_platforms, config=ctx.alert_config)
+            with session_scope(ctx.engine) as session:
+                moved = reroute_waiting(session, routes, now=utcnow())
+            step.add(**{key: n for key, n in (("rerouted", moved.routed), ("undeliverable", moved.undeliverable)) if n})
         sent, retried, failed, reconciled, platforms = asyncio.run(_drain(ctx.ports, ctx.engine, ctx.settings))
         step.add(sent=sent, retried=retried, failed=failed, reconciled=reconciled)
         if not platforms:
-            step.note = "no chat platform configured (SLACK_BOT_TOKEN, TELEGRAM_BOT_TOKEN)"
+            step.note = (f"no chat platform configured (SLACK_BOT_TOKEN, TELEGRAM_BOT_TOKEN); "
+                         f"{_waiting(ctx.engine):,} deliveries wait in the outbox")
+
+
+def _waiting(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(
+            select(func.count()).select_from(Delivery).where(Delivery.status == "pending")  # type: ignore[arg-type]
+        ).scalar_one())
 
 
 async def _drain(ports: PortsFactory, engine: Engine, settings: Settings) -> tuple[int, int, int, int, list[str]]:

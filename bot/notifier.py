@@ -20,7 +20,8 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -38,6 +39,7 @@ log = logging.getLogger("csbot.notifier")
 PAYLOAD_VERSION = 1
 SURVEY_KIND = "survey"  # a survey question; its payload names the survey, marked sent when the question is out
 SURVEY_ID_KEY = "survey_id"
+REROUTE_EVERY = 60.0  # seconds between the worker's passes over rows waiting for a platform it cannot send on
 
 
 # --- the payload -------------------------------------------------------------------------------------------
@@ -284,13 +286,25 @@ async def run_worker(
     *,
     limit: int = 50,
     worker: str | None = None,
+    reroute: Callable[[], object] | None = None,
+    reroute_every: float = REROUTE_EVERY,
 ) -> None:
     """Drain the outbox until `stop_event` is set: again at once after a full batch, else every `interval` s.
+    `reroute` (run in a thread at the start and every `reroute_every` s) routes again what waits for a platform
+    this worker has no port for (`bot.undelivered.reroute_waiting`).
 
     A database error is logged and the loop carries on (the rows stay in the outbox)."""
     name = worker or default_worker_name()
+    rerouted_at: float | None = None
     while not stop_event.is_set():
         full = False
+        now = time.monotonic()
+        if reroute is not None and (rerouted_at is None or now - rerouted_at >= reroute_every):
+            rerouted_at = now
+            try:
+                await asyncio.to_thread(reroute)
+            except Exception:
+                log.exception("outbox worker %s: routing waiting deliveries again failed", name)
         try:
             stats = await drain_once(engine, ports, limit=limit, worker=name)
             full = stats.handled >= limit

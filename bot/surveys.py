@@ -18,10 +18,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, select
 from sqlmodel import Session, col
@@ -30,7 +31,22 @@ from bot.alert_cards import alert_reply
 from bot.i18n import add_messages, t
 from bot.messages import Button, Card, CardField, Mention, Reply, Section, TextPrompt
 from bot.notifier import SURVEY_ID_KEY, SURVEY_KIND, reply_to_payload
-from bot.routing import release_time, route_alerts, team_target, user_target
+from bot.routing import (
+    ABOUT_KEY,
+    TO_KEY,
+    Reasons,
+    Recipient,
+    Target,
+    Why,
+    person,
+    post,
+    release_time,
+    replace_reply,
+    route,
+    route_alerts,
+    with_platforms,
+)
+from lifecycle import outbox
 from lifecycle import surveys as core
 from lifecycle.alerts import AlertConfig, load_alert_config
 from lifecycle.config import Settings
@@ -46,6 +62,7 @@ ADVOCACY_KIND = "advocacy"
 ALERT_COMMENT_KIND = "alert_comment"
 FIRST_ROW = range(0, 6)  # 0–5 on the first row, 6–10 on the second: fits a phone screen on Telegram
 COMMENT_QUOTE_MAX = 500
+WAITING = (outbox.PENDING, outbox.UNDELIVERABLE)  # not sent yet: a waiting message is rewritten, not followed up
 
 add_messages(
     {
@@ -147,6 +164,11 @@ add_messages(
             "en": "{names}: no Slack or Telegram identity to send a survey to.",
             "zh": "{names}：没有可发送问卷的 Slack 或 Telegram 身份。",
         },
+        "svc_undeliverable": {
+            "en": "{name}: not sent, {reason}. It is kept as undeliverable (`csbot deliveries`) and does not count "
+            "against the survey cap.",
+            "zh": "{name}：未发送，{reason}。已记为无法送达（`csbot deliveries`），不计入问卷上限。",
+        },
         "svc_open": {"en": "{names}: a survey is already open.", "zh": "{names}：已有一份未结束的问卷。"},
         "svc_over_cap": {
             "en": "Today's survey cap is reached; not sent to {names}.",
@@ -193,7 +215,7 @@ def question_reply(
     return Reply(text=intro, cards=[card], mention=mention)
 
 
-def _mention(contact: Contact, platform: str, target: str) -> Mention | None:
+def mention_for(contact: Contact, platform: str, target: str) -> Mention | None:
     """Address the contact where others can read the question (a shared channel, a group); not in a DM."""
     if platform == "slack" and contact.slack_user_id and target != contact.slack_user_id:
         return Mention(contact.slack_user_id, contact.name)
@@ -210,52 +232,95 @@ def _contacts(session: Session, ids: Sequence[int | None]) -> dict[int, Contact]
     return {c.id: c for c in rows if c.id is not None}
 
 
+def _accounts(session: Session, ids: Sequence[int]) -> dict[int, Account]:
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    rows = session.execute(select(Account).where(col(Account.id).in_(wanted))).scalars().all()
+    return {a.id: a for a in rows if a.id is not None}
+
+
+_UTC = ZoneInfo("UTC")
+
+
+def contact_reasons(contact: Contact, config: core.SurveyConfig, platforms: Collection[str]) -> Reasons:
+    """Why no configured platform reaches a contact, for each platform surveys may use (`delivery.platforms`)."""
+    ids = {"slack": contact.slack_user_id, "telegram": contact.telegram_user_id or contact.telegram_chat_id}
+    parts: list[Why] = []
+    for platform in config.delivery.platforms:
+        if not ids.get(platform):
+            parts.append({"why": "no_id", "platform": platform, "who": contact.name})
+        elif platform not in platforms:
+            parts.append({"why": "off", "platform": platform})
+    return (tuple(parts),)
+
+
+def contact_target(
+    contact: Contact, config: core.SurveyConfig, platforms: Collection[str], lang: str
+) -> tuple[Target, str]:
+    """Where a survey message to `contact` goes on the configured `platforms`, and the channel its answer is
+    expected in; an undeliverable target (at where it would have gone) when none reaches them."""
+    found = core.contact_targets([contact], config, platforms).iloc[0]
+    to = Recipient(contact_id=contact.id, name=contact.name)
+    if found["platform"]:
+        return Target(str(found["platform"]), str(found["target"]), _UTC, lang, None, to), str(found["channel_id"])
+    return Target(str(found["blocked"]), str(found["blocked_target"]), _UTC, lang, None, to,
+                  contact_reasons(contact, config, platforms)), ""
+
+
 def enqueue_questions(
-    session: Session, created: Sequence[core.NewSurvey], *, now: datetime, config: core.SurveyConfig
+    session: Session, created: Sequence[core.NewSurvey], *, now: datetime, config: core.SurveyConfig,
+    platforms: Collection[str] | None = None,
 ) -> int:
-    """One outbox delivery per new survey, due at its send time (after the quiet hours). Flushes."""
+    """One outbox delivery per new survey, due at its send time (after the quiet hours); an undeliverable
+    survey's is recorded undeliverable with why (`platforms`: the configured ones, None: all). Flushes."""
     contacts = _contacts(session, [s.contact_id for s in created])
+    accounts = _accounts(session, [s.account_id for s in created])
+    configured = tuple(platforms or ())  # a survey is only undeliverable when the configured platforms are known
     for new in created:
         contact = contacts[new.contact_id]
         reply = question_reply(
             token=new.token, lang=new.lang, product=config.delivery.product, contact_name=contact.name,
-            account_name=new.account_name, mention=_mention(contact, new.platform, new.target),
+            account_name=new.account_name, mention=mention_for(contact, new.platform, new.target),
             expires_at=new.send_at + config.expiry,
         )
-        delivery = enqueue(
-            session, platform=new.platform, target=new.target, kind=SURVEY_KIND,
-            payload=reply_to_payload(reply) | {SURVEY_ID_KEY: new.survey_id},
-        )
-        delivery.created_at = now
-        delivery.next_attempt_at = new.send_at
-        session.add(delivery)
+        reasons = contact_reasons(contact, config, configured) if new.undeliverable else ()
+        target = Target(new.platform, new.target, _UTC, new.lang, None,
+                        Recipient(contact_id=contact.id, name=contact.name), reasons)
+        account = accounts.get(new.account_id)
+        post(session, target, payload=reply_to_payload(reply) | {SURVEY_ID_KEY: new.survey_id}, kind=SURVEY_KIND,
+             now=now, due=new.send_at, about=(account.owner_id if account else None, new.account_id))
     session.flush()
     return len(created)
 
 
 def enqueue_reminders(
-    session: Session, reminders: Sequence[core.Reminder], *, now: datetime, config: core.SurveyConfig
+    session: Session, reminders: Sequence[core.Reminder], *, now: datetime, config: core.SurveyConfig,
+    platforms: Collection[str] | None = None,
 ) -> int:
-    """One reminder delivery per survey (the same buttons and token). Flushes."""
+    """One reminder delivery per survey (the same buttons and token). A survey sent on a platform that is no longer
+    configured is reminded on one that is (and answered there), or its reminder is recorded undeliverable.
+    Flushes."""
     contacts = _contacts(session, [r.contact_id for r in reminders])
-    accounts = {
-        a.id: a for a in session.execute(
-            select(Account).where(col(Account.id).in_(sorted({r.account_id for r in reminders})))
-        ).scalars().all()
-    } if reminders else {}
+    accounts = _accounts(session, [r.account_id for r in reminders])
     for rem in reminders:
         contact = contacts.get(rem.contact_id) if rem.contact_id is not None else None
         account = accounts.get(rem.account_id)
+        target = Target(rem.platform, rem.target, _UTC, rem.lang, None,
+                        Recipient(contact_id=rem.contact_id, name=contact.name if contact else ""))
+        if platforms is not None and rem.platform not in platforms and contact is not None:
+            target, channel = contact_target(contact, config, platforms, rem.lang)
+            survey = session.get(NpsSurvey, rem.survey_id)
+            if target.deliverable and survey is not None:  # answers are expected where the reminder goes
+                survey.platform, survey.channel_id = target.platform, channel or None
+                session.add(survey)
         reply = question_reply(
             token=rem.token, lang=rem.lang, product=config.delivery.product,
             contact_name=contact.name if contact else "", account_name=account.name if account else "",
-            mention=_mention(contact, rem.platform, rem.target) if contact else None, reminder=True,
+            mention=mention_for(contact, target.platform, target.target) if contact else None, reminder=True,
         )
-        delivery = enqueue(session, platform=rem.platform, target=rem.target, kind=REMINDER_KIND,
-                           payload=reply_to_payload(reply) | {SURVEY_ID_KEY: rem.survey_id})
-        delivery.created_at = now
-        delivery.next_attempt_at = rem.send_at
-        session.add(delivery)
+        post(session, target, payload=reply_to_payload(reply) | {SURVEY_ID_KEY: rem.survey_id}, kind=REMINDER_KIND,
+             now=now, due=rem.send_at, about=(account.owner_id if account else None, rem.account_id))
     session.flush()
     return len(reminders)
 
@@ -269,22 +334,28 @@ class DispatchStats:
     held: int = 0
     reminders: int = 0
     by_trigger: dict[str, int] = field(default_factory=dict)
+    undeliverable: int = 0  # due, but reachable only on platforms that are not configured
 
 
 def dispatch_surveys(
-    session: Session, *, today: date, now: datetime, config: core.SurveyConfig, secret: bytes
+    session: Session, *, today: date, now: datetime, config: core.SurveyConfig, secret: bytes,
+    platforms: Collection[str] | None = None,
 ) -> DispatchStats:
     """The nightly step: expire old surveys, create and enqueue the due ones (cadence, throttle, daily cap, quiet
-    hours), and enqueue at most one reminder per unanswered survey. Flushes; the caller commits."""
+    hours), and enqueue at most one reminder per unanswered survey. `platforms` are the configured ones (None:
+    all): a contact reachable only elsewhere gets an undeliverable survey, outside the cap. Flushes; the caller
+    commits."""
     expired = core.expire_surveys(session, now)
-    due = core.due_surveys(session, today, now, config)
+    due = core.due_surveys(session, today, now, config, platforms=platforms)
     created = core.create_surveys(session, due, now=now, config=config, secret=secret)
-    enqueue_questions(session, created, now=now, config=config)
-    reminders = enqueue_reminders(session, core.choose_reminders(session, now, config), now=now, config=config)
-    counts = due["trigger"].value_counts().to_dict() if not due.empty else {}
+    enqueue_questions(session, created, now=now, config=config, platforms=platforms)
+    reminders = enqueue_reminders(session, core.choose_reminders(session, now, config), now=now, config=config,
+                                  platforms=platforms)
+    asked = [s for s in created if not s.undeliverable]
+    counts = due.loc[~due["undeliverable"].astype(bool), "trigger"].value_counts().to_dict() if not due.empty else {}
     return DispatchStats(
-        expired=expired, sent=len(created), held=sum(1 for s in created if s.send_at > now), reminders=reminders,
-        by_trigger={str(k): int(v) for k, v in counts.items()},
+        expired=expired, sent=len(asked), held=sum(1 for s in asked if s.send_at > now), reminders=reminders,
+        by_trigger={str(k): int(v) for k, v in counts.items()}, undeliverable=len(created) - len(asked),
     )
 
 
@@ -332,15 +403,15 @@ def _show_comment(session: Session, alert: Alert, account: Account, owner: User 
     details = alert.details or {}
     for delivery in _alert_deliveries(session, alert.id):
         lang = _owner_lang(owner, delivery, config)
-        if delivery.status == "pending":
-            delivery.payload = reply_to_payload(detractor_reply(alert, account, lang)) | (
-                {"dedupe": delivery.payload["dedupe"]} if "dedupe" in delivery.payload else {})
+        if delivery.status in WAITING:
+            replace_reply(delivery, detractor_reply(alert, account, lang))
             session.add(delivery)
             continue
         text = t("sv_alert_comment", lang, account=account.name, contact=details.get("respondent", ""),
                  score=details.get("nps_score", "?"), id=alert.id, comment=_quote(details.get("comment")))
+        routed = {key: delivery.payload[key] for key in (TO_KEY, ABOUT_KEY) if key in delivery.payload}
         follow = enqueue(session, platform=delivery.platform, target=delivery.target, kind=ALERT_COMMENT_KIND,
-                         payload=reply_to_payload(Reply(text=text)), alert_id=alert.id,
+                         payload=reply_to_payload(Reply(text=text)) | routed, alert_id=alert.id,
                          dedupe=f"alert:{alert.id}:comment:{_digest(details.get('comment'))}")
         follow.created_at = now
         session.add(follow)
@@ -366,10 +437,7 @@ def _advocacy(session: Session, survey: NpsSurvey, response: NpsResponse, accoun
               owner: User | None, config: AlertConfig, now: datetime) -> None:
     """Enqueue (or, while it waits, refresh) the advocacy prompt to the owner, once per survey."""
     routing = config.routing
-    target = user_target(owner, routing) or team_target(routing)
-    if target is None:
-        log.warning("survey %s: promoter answer, but the owner has no chat and no team channel is set", survey.id)
-        return
+    target = route(routing, person(owner, team=True, missing="no_owner"), owner)
     reply = advocacy_reply(account, contact_name, response.score, response.comment, survey.trigger, target.lang)
     key = f"survey:{survey.id}:advocacy"
     earlier = [d for d in session.execute(
@@ -377,15 +445,12 @@ def _advocacy(session: Session, survey: NpsSurvey, response: NpsResponse, accoun
     ).scalars().all() if d.payload.get("dedupe") == key]
     if earlier:  # asked once per survey; while it waits, it shows the latest comment
         for delivery in earlier:
-            if delivery.status == "pending":
-                delivery.payload = reply_to_payload(reply) | {"dedupe": key}
+            if delivery.status in WAITING:
+                replace_reply(delivery, reply)
                 session.add(delivery)
         return
-    delivery = enqueue(session, platform=target.platform, target=target.target, kind=ADVOCACY_KIND,
-                       payload=reply_to_payload(reply), dedupe=key)
-    delivery.created_at = now
-    delivery.next_attempt_at = release_time(now, target.tz, routing) or now
-    session.add(delivery)
+    post(session, target, payload=reply_to_payload(reply), kind=ADVOCACY_KIND, now=now,
+         due=release_time(now, target.tz, routing) or now, about=(account.owner_id, account.id), dedupe=key)
 
 
 def apply_answer_effects(
@@ -430,8 +495,8 @@ def apply_answer_effects(
 def _decorate_new(session: Session, alert: Alert, account: Account, owner: User | None, config: AlertConfig) -> None:
     assert alert.id is not None
     for delivery in _alert_deliveries(session, alert.id):
-        if delivery.status == "pending":
-            delivery.payload = reply_to_payload(detractor_reply(alert, account, _owner_lang(owner, delivery, config)))
+        if delivery.status in WAITING:
+            replace_reply(delivery, detractor_reply(alert, account, _owner_lang(owner, delivery, config)))
             session.add(delivery)
 
 
@@ -615,8 +680,8 @@ def desk_for(services: Any) -> SurveyDesk:
         settings = services.settings
         desk = SurveyDesk(
             engine=services.engine, settings=settings, config=survey_config(settings),
-            alert_config=load_alert_config(settings.alerts_file), scorecard=services.scorecard(),
-            today=services.today,
+            alert_config=with_platforms(load_alert_config(settings.alerts_file), settings.delivery_platforms),
+            scorecard=services.scorecard(), today=services.today,
         )
         services.extras["survey_desk"] = desk
     return desk

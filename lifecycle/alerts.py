@@ -1,14 +1,18 @@
 """Alert rules: their TOML configuration, vectorised evaluation over the portfolio, and raising/resolving alerts.
 
 The rules (`config/alerts.toml`, documented in the file itself) read the signals frame of `lifecycle.signals`
-with the health columns filled in, plus each account's health 7 days ago and its grade on the previous snapshot
-(`previous_health`, one SQL query). `evaluate` is a pure function: pandas masks over the whole portfolio, one
-row per account × rule that fires. `raise_alerts` turns those rows into `Alert` rows with bulk statements:
+with the health columns filled in, plus each account's health 7 and 30 days ago and its grade on the previous
+snapshot (`previous_health`, one SQL query). The `at_risk` rule applies the at-risk definition of
+`lifecycle.risk` (the same as the `at-risk` list) with the scorecard's critical signals and thresholds.
+`evaluate` is a pure function: pandas masks over the whole portfolio, one row per account × rule that fires.
+`raise_alerts` turns those rows into `Alert` rows with bulk statements:
 
 - an (account, rule) with an open, acknowledged or still-snoozed alert raises nothing new;
 - a snoozed alert whose snooze has ended comes back (status open) if its condition still holds;
 - open and acknowledged alerts whose condition no longer holds are resolved, so the next occurrence alerts
-  again; `grade_red` fires on the day the grade turns red but holds for as long as the account stays red.
+  again; `grade_red` fires on the day the grade turns red but holds for as long as the account stays red;
+- `at_risk` is not raised for an account while a `grade_red` or `churn_risk` alert stands for it (or is raised in
+  the same run): those already carry the warning, and the owner gets one message, not two.
 
 Nothing here commits; the caller does. Delivery (chat, routing, outbox) lives elsewhere.
 """
@@ -32,9 +36,10 @@ from sqlalchemy import Date, and_, bindparam, case, func, select, text, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
+from lifecycle import risk
 from lifecycle.config import CONFIG_DIR, read_toml, validate_config
 from lifecycle.db import upsert
-from lifecycle.health import Scorecard, default_scorecard, split_measures, value_text
+from lifecycle.health import Scorecard, critical_frame, default_scorecard, split_measures, value_text
 from lifecycle.models import Account, Alert, HealthSnapshot
 from lifecycle.signals import SIGNAL_COLUMNS, build_signals
 from lifecycle.stages import transition_time
@@ -44,15 +49,17 @@ RULE_NAMES = (
     "health_drop", "grade_red", "usage_drop", "low_utilisation", "urgent_tickets", "nps_detractor",
     "no_touchpoint", "stale_data", "churn_risk", "renewal_risk",
 )
-# Rules that may be left out of an alerts file; they default to disabled.
-OPTIONAL_RULE_NAMES = ("stuck_in_stage",)
+# Rules that may be left out of an alerts file; they take their defaults (stuck_in_stage off, at_risk on).
+OPTIONAL_RULE_NAMES = ("at_risk", "stuck_in_stage")
 FIRED_COLUMNS = ["account_id", "rule", "severity", "title", "title_zh", "value", "threshold"]
-PREVIOUS_COLUMNS = ["score_7", "prev_grade"]
+PREVIOUS_COLUMNS = ["score_7", "score_30", "prev_grade"]
+# A rule whose alert, while it stands, already says what another rule would: that one is not raised as well.
+SUBSUMED_BY = {"at_risk": ("grade_red", "churn_risk")}
 # Statuses under which an alert still stands for its condition (resolved ones are history).
 LIVE_STATUSES = ("open", "acknowledged", "snoozed")
 TOP_DRIVERS = 3
 _PLACEHOLDERS = frozenset({"value", "threshold", "churn_probability", "days_in_stage", "stage_p90_days",
-                           *PREVIOUS_COLUMNS, *SIGNAL_COLUMNS})
+                           "risk_reasons", *PREVIOUS_COLUMNS, *SIGNAL_COLUMNS})
 # Scores are stored with one decimal and ratios come from integer counts: rounding away float noise lets a value
 # that is exactly at its threshold compare as such (80 − 65.1 must be 14.9, not 14.900000000000006).
 _DECIMALS = 6
@@ -81,8 +88,8 @@ def _check_template(template: str) -> str:
             continue
         if conversion or name not in _PLACEHOLDERS:
             raise ValueError(
-                f"unknown placeholder {{{name}}}: use {{value}}, {{threshold}}, {{score_7}}, {{prev_grade}} or a "
-                "signals column"
+                f"unknown placeholder {{{name}}}: use {{value}}, {{threshold}}, {{score_7}}, {{score_30}}, "
+                "{prev_grade}, {risk_reasons} or a signals column"
             )
     return template
 
@@ -167,6 +174,21 @@ class RenewalRiskRule(RuleConfig):
     grades: tuple[Literal["red", "yellow", "green"], ...] = Field(default=("yellow", "red"), min_length=1)
 
 
+class AtRiskRule(RuleConfig):
+    """Accounts at risk by the definition of the `at-risk` list (lifecycle/risk.py: red, a critical signal,
+    falling fast, a high churn probability); its thresholds are the scorecard's `[at_risk]` and `[critical.*]`."""
+
+    enabled: bool = True
+    severity: Severity = "warning"
+    title: str = "At risk: {risk_reasons}"
+    title_zh: str = "风险客户：{risk_reasons}"
+    playbook: dict[str, str] = Field(default_factory=lambda: {
+        "default": "Read why it is at risk, call the main contact within two days and agree a recovery plan; log "
+                   "a note.",
+        "default_zh": "查看风险原因，两天内联系主要联系人并商定挽回计划，然后记录备注。",
+    })
+
+
 class StuckInStageRule(RuleConfig):
     """Accounts in their stage for longer than the stage's 90th-percentile stay (of stays ended in the last
     `lookback_days`) and at least `min_days`, outside `skip_stages`."""
@@ -197,6 +219,7 @@ class Rules(_Strict):
     stale_data: StaleDataRule
     churn_risk: ChurnRiskRule
     renewal_risk: RenewalRiskRule
+    at_risk: AtRiskRule = Field(default_factory=AtRiskRule)
     stuck_in_stage: StuckInStageRule = Field(default_factory=StuckInStageRule)
 
 
@@ -216,6 +239,17 @@ class RoutingConfig(_Strict):
     escalate_after_hours: float = Field(default=24, gt=0)
     digest_at: time = time(9, 0)
     weekly_day: int = Field(default=0, ge=0, le=6)  # Monday = 0, as date.weekday()
+    # The platforms messages can be delivered on. Not a setting of this file: csbot fills it in from the bot tokens
+    # (`bot.routing.with_platforms`). None = not known, every platform is taken to be configured.
+    platforms: tuple[str, ...] | None = Field(default=None, exclude=True)
+
+    @field_validator("platforms", mode="before")
+    @classmethod
+    def _not_from_the_file(cls, value: object) -> object:
+        if value is not None:
+            raise ValueError("is not set here: csbot delivers on every platform whose bot token is set "
+                             "(SLACK_BOT_TOKEN, TELEGRAM_BOT_TOKEN)")
+        return value
 
     @field_validator("team_timezone")
     @classmethod
@@ -426,6 +460,12 @@ def _renewal_risk(x: _Inputs, rule: RenewalRiskRule) -> _Check:
     return _Check(inside & _isin(x.text("health_grade"), rule.grades), days, _full(x.n, rule.within_days))
 
 
+def _at_risk(x: _Inputs, rule: AtRiskRule) -> _Check:
+    # `evaluate` adds `risk_count` (how many reasons the account has) before the rules run.
+    count = np.nan_to_num(x.num("risk_count"))
+    return _Check(count > 0, x.num("health_score"), _full(x.n, np.nan))
+
+
 def _stuck_in_stage(x: _Inputs, rule: StuckInStageRule) -> _Check:
     # Quiet until the frame carries the stage statistics (run_alert_rules adds them when the rule is on).
     days, p90 = x.num("days_in_stage"), x.num("stage_p90_days")
@@ -439,7 +479,7 @@ _CHECKS: dict[str, Callable[[_Inputs, Any], _Check]] = {
     "health_drop": _health_drop, "grade_red": _grade_red, "usage_drop": _usage_drop,
     "low_utilisation": _low_utilisation, "urgent_tickets": _urgent_tickets, "nps_detractor": _nps_detractor,
     "no_touchpoint": _no_touchpoint, "stale_data": _stale_data, "churn_risk": _churn_risk,
-    "renewal_risk": _renewal_risk, "stuck_in_stage": _stuck_in_stage,
+    "renewal_risk": _renewal_risk, "at_risk": _at_risk, "stuck_in_stage": _stuck_in_stage,
 }
 
 
@@ -466,7 +506,9 @@ def _render(template: str, context: pd.DataFrame, lang: Lang) -> np.ndarray:
         out = out + literal
         if name is None:
             continue
-        if name in context.columns:
+        if lang == "zh" and f"{name}_zh" in context.columns:
+            values = context[f"{name}_zh"].astype(object)
+        elif name in context.columns:
             values = context[name].astype(object)
             if lang == "zh" and name in _GRADE_COLUMNS:
                 values = values.map(lambda v: _GRADE_ZH.get(v, v) if isinstance(v, str) else v)
@@ -482,17 +524,43 @@ def _indexed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def evaluate(frame: pd.DataFrame, previous: pd.DataFrame, config: AlertConfig, as_of: date) -> pd.DataFrame:
+def _with_risk(frame: pd.DataFrame, previous: pd.DataFrame, scorecard: Scorecard) -> pd.DataFrame:
+    """The frame with the at-risk reasons of every active account: `risk_count`, and `risk_reasons` /
+    `risk_reasons_zh` in words (lifecycle/risk.py, as the `at-risk` list words them)."""
+    score = pd.to_numeric(frame["health_score"], errors="coerce") if "health_score" in frame.columns else np.nan
+    inputs = pd.DataFrame({
+        "health_grade": frame["health_grade"] if "health_grade" in frame.columns else None,
+        "delta_7": score - previous["score_7"],
+        "delta_30": score - previous["score_30"],
+        "churn_probability": frame["churn_probability"] if "churn_probability" in frame.columns else np.nan,
+        "critical": critical_frame(frame, scorecard),
+    }, index=frame.index)
+    active = (frame["status"] == "active").to_numpy() if "status" in frame.columns else np.ones(len(frame), bool)
+    found = risk.reasons(inputs, scorecard.at_risk).where(active, pd.Series([[]] * len(frame), index=frame.index))
+    return frame.assign(
+        risk_count=found.map(len).astype(float),
+        risk_reasons=found.map(lambda r: risk.reasons_text(r, "en", scorecard)),
+        risk_reasons_zh=found.map(lambda r: risk.reasons_text(r, "zh", scorecard)),
+    )
+
+
+def evaluate(
+    frame: pd.DataFrame, previous: pd.DataFrame, config: AlertConfig, as_of: date, scorecard: Scorecard | None = None
+) -> pd.DataFrame:
     """Every enabled rule over every active account of `frame`: one row per account × rule that fires.
 
     `frame` is the signals frame with `health_score`/`health_grade` filled in (index or column `account_id`),
-    optionally with `churn_probability`; `previous` holds per account `score_7` (health on or before 7 days ago)
-    and `prev_grade` (grade on the previous snapshot), as `previous_health` returns. Columns of the result:
-    account_id, rule, severity, title, title_zh, value (what the rule measured), threshold (NaN for grade_red).
+    optionally with `churn_probability`; `previous` holds per account `score_7` and `score_30` (health on or
+    before 7 and 30 days ago) and `prev_grade` (grade on the previous snapshot), as `previous_health` returns.
+    `scorecard` (default: the bundled one) gives the at_risk rule its critical signals and thresholds. Columns of
+    the result: account_id, rule, severity, title, title_zh, value (what the rule measured), threshold (NaN for
+    grade_red and at_risk).
     """
     frame = _indexed(frame)
     previous = _indexed(previous) if len(previous.columns) else previous
     previous = previous.reindex(columns=PREVIOUS_COLUMNS).reindex(frame.index)
+    if config.rules.at_risk.enabled:
+        frame = _with_risk(frame, previous, scorecard or default_scorecard())
     inputs = _Inputs(frame, previous, as_of)
     active = inputs.text("status") == "active"
     parts: list[pd.DataFrame] = []
@@ -530,21 +598,27 @@ _PREVIOUS_SQL = text(
     SELECT a.id AS account_id,
       (SELECT h.score FROM health_snapshot h WHERE h.account_id = a.id AND h.day <= :d7
         ORDER BY h.day DESC LIMIT 1) AS score_7,
+      (SELECT h.score FROM health_snapshot h WHERE h.account_id = a.id AND h.day <= :d30
+        ORDER BY h.day DESC LIMIT 1) AS score_30,
       (SELECT h.grade FROM health_snapshot h WHERE h.account_id = a.id AND h.day < :d0
         ORDER BY h.day DESC LIMIT 1) AS prev_grade
     FROM account a WHERE a.status = 'active'
     """
-).bindparams(bindparam("d7", type_=Date()), bindparam("d0", type_=Date()))
+).bindparams(bindparam("d7", type_=Date()), bindparam("d30", type_=Date()), bindparam("d0", type_=Date()))
 
 
 def previous_health(session: Session, as_of: date) -> pd.DataFrame:
-    """Per active account: `score_7` (latest snapshot on or before as_of − 7 days, the same reference as the
-    health trend) and `prev_grade` (latest snapshot before as_of). One SQL query; NaN/None when there is none."""
-    result = session.execute(_PREVIOUS_SQL, {"d7": as_of - timedelta(days=7), "d0": as_of})
+    """Per active account: `score_7` and `score_30` (latest snapshot on or before as_of − 7 / − 30 days, the same
+    references as the health trend) and `prev_grade` (latest snapshot before as_of). One SQL query; NaN/None when
+    there is none."""
+    result = session.execute(
+        _PREVIOUS_SQL, {"d7": as_of - timedelta(days=7), "d30": as_of - timedelta(days=30), "d0": as_of}
+    )
     frame = pd.DataFrame.from_records(result.all(), columns=["account_id", *PREVIOUS_COLUMNS])
     frame = frame.set_index("account_id")
     frame.index = frame.index.astype("int64")
-    frame["score_7"] = pd.to_numeric(frame["score_7"], errors="coerce").astype(float)
+    for column in ("score_7", "score_30"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     grades = frame["prev_grade"].astype(object)
     frame["prev_grade"] = grades.where(grades.notna(), None)
     return frame.sort_index()
@@ -748,6 +822,9 @@ def raise_alerts(
     blocked |= set(reopen)
 
     fired_pairs = list(zip(fired["account_id"].astype(int), fired["rule"].astype(str), strict=True))
+    # A subsumed rule waits while one of the rules that say it already stands (or is raised now) for the account.
+    speaking = blocked | set(fired_pairs)
+    blocked |= {(a, rule) for rule, by in SUBSUMED_BY.items() for a, other in speaking if other in by}
     fresh = fired.loc[np.array([p not in blocked for p in fired_pairs], dtype=bool)]
     fired_by_pair = {p: row for p, row in zip(fired_pairs, fired.itertuples(index=False), strict=True)}
 
@@ -822,7 +899,7 @@ def run_alert_rules(
 
         stats = stage_p90_days(session, load_stage_machine(), today=as_of, lookback_days=stuck.lookback_days)
         frame = _indexed(frame).drop(columns=list(stats.columns), errors="ignore").join(stats)
-    fired = evaluate(frame, previous_health(session, as_of), config, as_of)
+    fired = evaluate(frame, previous_health(session, as_of), config, as_of, scorecard)
     return raise_alerts(session, fired, as_of, config, frame, now=now, scorecard=scorecard)
 
 

@@ -22,6 +22,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from lifecycle.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "config"
+# The chat platforms csbot can post to, in the order it prefers them for a person who has both, each with the
+# variable whose token makes it configured.
+PLATFORM_TOKENS: dict[str, str] = {"slack": "SLACK_BOT_TOKEN", "telegram": "TELEGRAM_BOT_TOKEN"}
 
 
 class Settings(BaseSettings):
@@ -140,6 +143,12 @@ class Settings(BaseSettings):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def delivery_platforms(self) -> tuple[str, ...]:
+        """The platforms messages can be delivered on: those whose bot token is set (see `PLATFORM_TOKENS`)."""
+        tokens = {"slack": self.slack_bot_token, "telegram": self.telegram_bot_token}
+        return tuple(name for name in PLATFORM_TOKENS if tokens[name])
 
     def secrets(self) -> list[str]:
         """Every configured credential (tokens, secrets, the database password): what logs must never show."""

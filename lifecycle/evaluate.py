@@ -15,6 +15,12 @@ column whose values are all distinct text or all distinct whole numbers (an iden
 whose non-blank values are at least 95 % numbers are read as numbers (blanks become missing). The chosen model is
 the candidate with the best out-of-fold ROC AUC. Figures: ROC AUC and PR AUC of the pooled out-of-fold
 probabilities, and top-decile lift = churn rate among the 10 % highest-scored ÷ overall churn rate.
+
+With `signals` (file column → scorecard signal, e.g. "Days.Since.Last.Login" → `days_since_last_login`), each
+labelled row is also scored with the health scorecard, critical signals included, and the health score's own
+discrimination is reported next to the models': the same figures for 100 − score. Only the measures whose signals
+the file carries take part (the scorecard renormalises weights over the measures with data; `min_coverage` is not
+applied, as a file maps only some of them), with the default weights (no stage or segment).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEnc
 from threadpoolctl import threadpool_limits
 
 from lifecycle.errors import CsbotError
+from lifecycle.health import Scorecard, default_scorecard, measure_values, score_frame
 
 POSITIVE_WORDS = ("1", "yes", "y", "true", "t", "churn", "churned")
 NUMERIC_SHARE = 0.95  # share of non-blank values that must parse as numbers for a text column to be numeric
@@ -103,6 +110,7 @@ class Dataset:
     categorical: list[str]
     dropped: list[str] = field(default_factory=list)  # identifier columns
     coerced: list[str] = field(default_factory=list)  # text columns read as numbers
+    rows: pd.Index | None = None  # the labelled rows of the original table, in the order of X and y
 
 
 def _blank_to_na(values: pd.Series) -> pd.Series:
@@ -178,7 +186,7 @@ def prepare(frame: pd.DataFrame, target: str, *, id_column: str | None = None, p
     if not numeric and not categorical:
         raise EvaluationError("no feature columns left")
     return Dataset(X=X, y=y, positive=chosen, numeric=numeric, categorical=categorical, dropped=dropped,
-                   coerced=coerced)
+                   coerced=coerced, rows=labelled.index)
 
 
 def _signed_log(values: np.ndarray) -> np.ndarray:
@@ -233,6 +241,63 @@ class CandidateScore:
 
 
 @dataclass
+class HealthScores:
+    """How the health scorecard ranks a labelled file: the figures of 100 − score over the rows it could score."""
+
+    scorecard_version: str
+    signals: dict[str, str]  # file column → signal
+    measures: list[str]  # the scorecard's measures that had data in the file
+    scored: int  # rows with a score (the others had no value in any mapped measure)
+    scores: Scores
+    critical: dict[str, int]  # rows on which each critical signal held (capping the score)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"scorecard_version": self.scorecard_version, "signals": self.signals, "measures": self.measures,
+                "scored": self.scored, **self.scores.as_json(), "critical": self.critical}
+
+
+def health_scores(frame: pd.DataFrame, y: np.ndarray, signals: dict[str, str], scorecard: Scorecard) -> HealthScores:
+    """Score each row of `frame` (labelled `y`) with `scorecard`, reading the signals from the mapped columns
+    (numbers; anything else is no data), and measure how 100 − score ranks the positives."""
+    known = set(_read_signals(scorecard))
+    for column, signal in signals.items():
+        if column not in frame.columns:
+            raise EvaluationError(f"--signal {column}={signal}: no column {column!r} in the file")
+        if signal not in known:
+            raise EvaluationError(
+                f"--signal {column}={signal}: the scorecard reads no signal {signal!r} (it reads: "
+                f"{', '.join(sorted(known))})")
+    table = pd.DataFrame(
+        {signal: pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float) for column, signal in
+         signals.items()}, index=pd.RangeIndex(len(frame)))
+    card = scorecard.model_copy(update={"min_coverage": 0.0})
+    scored = score_frame(table, card)
+    measures = [m for m, config in card.measures.items() if not np.isnan(measure_values(table, config)).all()]
+    if not measures:
+        raise EvaluationError("no measure of the scorecard has data in the mapped columns")
+    score = scored["score"].to_numpy(dtype=float)
+    has = ~np.isnan(score)
+    if len(np.unique(y[has])) < 2:
+        raise EvaluationError("the rows the scorecard could score hold only one class")
+    critical = {name: int(scored[f"critical_{name}"].sum()) for name in card.critical
+                if f"critical_{name}" in scored.columns and scored[f"critical_{name}"].any()}
+    return HealthScores(scorecard_version=card.version, signals=dict(signals), measures=measures,
+                        scored=int(has.sum()), scores=score_summary(y[has], (100.0 - score[has]) / 100.0),
+                        critical=critical)
+
+
+def _read_signals(scorecard: Scorecard) -> list[str]:
+    """Every signal the scorecard reads: its measures' (with baselines and rising penalties) and critical ones'."""
+    names: list[str] = []
+    for config in scorecard.measures.values():
+        names += [config.signal, *([config.baseline] if config.baseline else [])]
+        if config.rising is not None:
+            names += [config.rising.signal, config.rising.baseline]
+    names += [critical.signal for critical in scorecard.critical.values()]
+    return list(dict.fromkeys(names))
+
+
+@dataclass
 class Evaluation:
     """The cross-validated figures of every candidate on one file, and the chosen one."""
 
@@ -248,6 +313,7 @@ class Evaluation:
     candidates: list[CandidateScore]
     chosen: str
     seconds: float
+    health: HealthScores | None = None
 
     @property
     def target_share(self) -> float:
@@ -260,6 +326,7 @@ class Evaluation:
             "folds": self.folds, "dropped": self.dropped, "coerced": self.coerced,
             "candidates": {c.name: {**c.scores.as_json(), "seconds": round(c.seconds, 2)} for c in self.candidates},
             "chosen": self.chosen, "seconds": round(self.seconds, 2),
+            **({"health": self.health.as_json()} if self.health is not None else {}),
         }
 
 
@@ -297,21 +364,28 @@ def _run_candidates(data: Dataset, splits: list[tuple[np.ndarray, np.ndarray]],
 
 def evaluate_frame(frame: pd.DataFrame, target: str, *, name: str = "table", id_column: str | None = None,
                    positive: str | None = None, folds: int = 5, seed: int = 0,
-                   progress: Callable[[str], None] | None = None) -> Evaluation:
+                   progress: Callable[[str], None] | None = None, signals: dict[str, str] | None = None,
+                   scorecard: Scorecard | None = None) -> Evaluation:
     started = time.perf_counter()
     data = prepare(frame, target, id_column=id_column, positive=positive)
+    health = None
+    if signals:
+        labelled = frame.loc[data.rows] if data.rows is not None else frame
+        health = health_scores(labelled.reset_index(drop=True), data.y, signals, scorecard or default_scorecard())
     results = cross_validate(data, folds=folds, seed=seed, progress=progress)
     chosen = max(results, key=lambda c: c.scores.roc_auc).name
     return Evaluation(
         dataset=name, rows=len(data.y), positives=int(data.y.sum()), positive=data.positive, folds=folds,
         numeric=data.numeric, categorical=data.categorical, dropped=data.dropped, coerced=data.coerced,
-        candidates=results, chosen=chosen, seconds=time.perf_counter() - started,
+        candidates=results, chosen=chosen, seconds=time.perf_counter() - started, health=health,
     )
 
 
 def evaluate_file(path: Path, target: str, *, id_column: str | None = None, positive: str | None = None,
-                  folds: int = 5, seed: int = 0, progress: Callable[[str], None] | None = None) -> Evaluation:
-    """Cross-validate every candidate on a labelled CSV file (see the module docstring)."""
+                  folds: int = 5, seed: int = 0, progress: Callable[[str], None] | None = None,
+                  signals: dict[str, str] | None = None, scorecard: Scorecard | None = None) -> Evaluation:
+    """Cross-validate every candidate on a labelled CSV file, and with `signals` score it with the health
+    scorecard too (see the module docstring)."""
     try:
         frame = pd.read_csv(path, dtype={target: str})
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -319,4 +393,4 @@ def evaluate_file(path: Path, target: str, *, id_column: str | None = None, posi
     if target in frame.columns:
         frame[target] = _blank_to_na(frame[target]).astype(object)
     return evaluate_frame(frame, target, name=path.name, id_column=id_column, positive=positive, folds=folds,
-                          seed=seed, progress=progress)
+                          seed=seed, progress=progress, signals=signals, scorecard=scorecard)

@@ -4,10 +4,15 @@ A scorecard (`config/scorecard.toml`, documented in the file itself) turns the s
 `lifecycle.signals` into a 0–100 score per account: each measure reads one signal, bands give it points,
 and the score is the weighted mean of the points over the measures that have data (weights depend on the
 stage and, optionally, the segment). A measure without data is left out and the others' weights
-renormalised, so the contributions (points × effective weight) always add up to the score. An account whose
+renormalised, so the contributions (points × effective weight) add up to the score. An account whose
 measures with data carry less than the scorecard's `min_coverage` of its weight (e.g. nothing known but "no
 tickets") has no score: `score` is NaN and `grade` is "unknown"; it gets no snapshot and its account row is
 marked so.
+
+Critical signals (`[critical.<name>]`) are conditions no weighted mean may hide (usage halved, nobody logging in):
+each one that holds caps the score just below the top of its grade (`cap = "red"` or "yellow"), so that the
+score, the grade, the trend and every list agree; the weighted mean is kept as `uncapped_score` and the signals
+are named first in the explanation. `[at_risk]` holds the thresholds of the at-risk definition (lifecycle/risk.py).
 
 Snapshots are upserted on (account, day), so recomputing a day twice leaves one row per account with the
 latest values. Everything that touches many accounts is done on whole columns (NumPy/pandas) and bulk SQL.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -41,11 +47,12 @@ DEFAULT_SCORECARD = Path(__file__).parent / "config" / "scorecard.toml"
 UNKNOWN_GRADE = "unknown"
 GRADES = ("red", "yellow", "green")
 FRESHNESS_KEY = "_freshness"  # reserved key of the snapshot's measures JSON
+CRITICAL_KEY = "_critical"  # reserved key: the critical signals that held, when any did
 Lang = Literal["en", "zh"]
 
 # Signals copied next to each measure so that the explanation can say more than the value.
 _DETAIL_SIGNALS = {
-    "usage_trend": {"recent": "events_30", "prior": "events_prior_30"},
+    "usage_trend": {"short": "usage_change_7", "long": "usage_change_30"},
     "support_load": {"urgent": "urgent_open_tickets", "recent": "tickets_30", "prior": "tickets_prior_30"},
 }
 _FRESHNESS_SIGNALS = {
@@ -101,6 +108,88 @@ class MeasureConfig(_Strict):
         return np.where(np.isnan(values), np.nan, points[index])
 
 
+_MINUS = "−"
+
+
+def _check_template(template: str) -> str:
+    """A critical signal's words may use {value} and {threshold}, with a format spec ({value:.0f})."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"malformed template: {exc}") from None
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if conversion or name not in ("value", "threshold"):
+            raise ValueError(f"unknown placeholder {{{name}}}: use {{value}} or {{threshold}}")
+        try:
+            format(-1.5, spec or "")
+        except ValueError:
+            raise ValueError(f"bad number format {{{name}:{spec}}}") from None
+    return template
+
+
+class CriticalSignal(_Strict):
+    """A condition no weighted mean may hide: `signal` at least `at_least` (or at most `at_most`) caps the grade
+    at `cap` and is named first in the explanation, in the words of `text` / `text_zh`."""
+
+    signal: str
+    at_least: float | None = None
+    at_most: float | None = None
+    cap: Literal["red", "yellow"] = "red"
+    text: str = Field(min_length=1)
+    text_zh: str = Field(min_length=1)
+
+    @field_validator("text", "text_zh")
+    @classmethod
+    def _valid_text(cls, value: str) -> str:
+        return _check_template(value)
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> CriticalSignal:
+        if (self.at_least is None) == (self.at_most is None):
+            raise ValueError("give exactly one of `at_least` or `at_most`")
+        threshold = self.threshold
+        if not math.isfinite(threshold):
+            raise ValueError("the threshold must be a finite number")
+        return self
+
+    @property
+    def threshold(self) -> float:
+        return float(self.at_least if self.at_least is not None else self.at_most)  # type: ignore[arg-type]
+
+    def holds(self, values: np.ndarray) -> np.ndarray:
+        """Where the signal is critical; no data (NaN) never is."""
+        with np.errstate(invalid="ignore"):
+            hit = values >= self.threshold if self.at_least is not None else values <= self.threshold
+        return hit & ~np.isnan(values)
+
+    def words(self, value: float | None, lang: Lang = "en") -> str:
+        """The signal in words with its value ("usage −92 % in the last 30 days vs the 30 before")."""
+        template = self.text_zh if lang == "zh" else self.text
+        out = []
+        for literal, name, spec, _conversion in string.Formatter().parse(template):
+            out.append(literal)
+            if name is None:
+                continue
+            number = self.threshold if name == "threshold" else value
+            if number is None or math.isnan(number):
+                out.append("未知" if lang == "zh" else "unknown")
+            else:
+                text_ = format(float(number), spec or "g")
+                out.append(_MINUS + text_[1:] if text_.startswith("-") else text_)
+        return "".join(out)
+
+
+class RiskDefinition(_Strict):
+    """What makes an account "at risk" besides red and critical signals (`[at_risk]`, see lifecycle/risk.py)."""
+
+    # A yellow (or red) account that lost at least this many points in 7 or in 30 days is falling fast.
+    falling_points: float = Field(default=10, gt=0, le=100)
+    # A churn probability at or above this (from the churn model; quiet without one).
+    churn_probability: float = Field(default=0.5, gt=0, le=1)
+
+
 class Grades(_Strict):
     """Grade thresholds: score < red_below is red, score >= green_from is green, yellow in between."""
 
@@ -124,6 +213,8 @@ class Scorecard(_Strict):
     measures: dict[str, MeasureConfig] = Field(min_length=1)
     weights: dict[str, dict[str, float]]
     segment_weights: dict[str, dict[str, float]] = {}
+    critical: dict[str, CriticalSignal] = {}
+    at_risk: RiskDefinition = RiskDefinition()
 
     def weights_for(self, stage: str | None) -> dict[str, float]:
         """Raw weight of every measure for accounts in `stage` (the stage's table over the default)."""
@@ -150,6 +241,11 @@ class Scorecard(_Strict):
             return measure.replace("_", " ")
         return config.label_zh if lang == "zh" else config.label
 
+    def ceiling(self, cap: str) -> float:
+        """The highest score a critical signal with this cap leaves: just below green, or just below yellow."""
+        top = self.grades.red_below if cap == "red" else self.grades.green_from
+        return max(top - 1.0, 0.0)
+
 
 def _check_references(card: Scorecard, source: str) -> None:
     """Cross-key checks pydantic cannot express per field; each error names the offending key."""
@@ -173,6 +269,13 @@ def _check_references(card: Scorecard, source: str) -> None:
                     raise ConfigError(f"{source}: {key}: must be a number >= 0")
     if sum(card.weights["default"].values()) <= 0:
         raise ConfigError(f"{source}: weights.default: at least one weight must be above 0")
+    for name, critical in card.critical.items():
+        if critical.signal not in known:
+            raise ConfigError(f"{source}: critical.{name}.signal: unknown signal {critical.signal!r}")
+        top = card.grades.red_below if critical.cap == "red" else card.grades.green_from
+        if top <= 0:
+            bound = "red_below" if critical.cap == "red" else "green_from"
+            raise ConfigError(f"{source}: critical.{name}.cap: {critical.cap!r} needs grades.{bound} above 0")
 
 
 def parse_scorecard(raw: Mapping[str, Any], source: str = "scorecard") -> Scorecard:
@@ -239,7 +342,9 @@ def score_frame(signals: pd.DataFrame, scorecard: Scorecard) -> pd.DataFrame:
     """Score every account of a signals frame at once.
 
     Returns, indexed like `signals`: `score` (0–100, one decimal; NaN when the measures with data carry less
-    than `min_coverage` of the weight, or none), `grade` (red/yellow/green/unknown), `coverage` (that share),
+    than `min_coverage` of the weight, or none; capped by the critical signals that hold), `uncapped_score` (the
+    weighted mean before the caps), `grade` (red/yellow/green/unknown), `coverage` (that share),
+    `critical_<name>` (whether that critical signal holds) and `critical_<name>_value` (its value where it does),
     and per measure `<m>_value`, `<m>_points`, `<m>_weight` (effective,
     renormalised over the measures with data; an account's weights sum to 1) and `<m>_contribution`
     (points × weight; they add up to the score) — all NaN for a measure without data. Also `<m>_rising` for
@@ -278,13 +383,24 @@ def score_frame(signals: pd.DataFrame, scorecard: Scorecard) -> pd.DataFrame:
     weights = np.where(has_data, weights, np.nan)
     contributions = weights * points
     scored = (totals[:, 0] > 0) & (coverage >= scorecard.min_coverage - 1e-9)
-    score = np.where(scored, np.round(np.nansum(contributions, axis=1), 1), np.nan)
+    uncapped = np.where(scored, np.round(np.nansum(contributions, axis=1), 1), np.nan)
+
+    # Critical signals cap scored accounts only: an account graded "unknown" has too little data to be scored.
+    ceiling = np.full(n, np.inf)
+    for name, critical in scorecard.critical.items():
+        values_ = _column(signals, critical.signal)
+        holds = critical.holds(values_) & scored
+        out[f"critical_{name}"] = holds
+        out[f"critical_{name}_value"] = np.where(holds, values_, np.nan)
+        ceiling = np.where(holds, np.minimum(ceiling, scorecard.ceiling(critical.cap)), ceiling)
+    score = np.minimum(uncapped, ceiling)
 
     red, green = scorecard.grades.red_below, scorecard.grades.green_from
     grade = np.select(
         [~scored, score < red, score >= green], [UNKNOWN_GRADE, "red", "green"], default="yellow"
     )
-    result = pd.DataFrame({"score": score, "grade": grade, "coverage": coverage}, index=signals.index)
+    result = pd.DataFrame({"score": score, "grade": grade, "coverage": coverage, "uncapped_score": uncapped},
+                          index=signals.index)
     for column in ("stage", "segment"):
         if column in signals.columns:
             result[column] = signals[column].to_numpy()
@@ -312,6 +428,47 @@ def _json_column(frame: pd.DataFrame, column: str) -> list[float | None]:
         return [None] * len(frame)
     values = np.round(pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan), 4)
     return pd.Series(values, dtype=object).where(~np.isnan(values), None).tolist()
+
+
+def critical_entries(scored: pd.DataFrame, scorecard: Scorecard) -> list[dict[str, Any] | None]:
+    """Per row of `scored`, the snapshot's `_critical` entry — {"uncapped": the weighted mean, "signals": [{"name",
+    "value", "threshold", "cap"}, …] in scorecard order} — or None when no critical signal holds."""
+    out: list[dict[str, Any] | None] = [None] * len(scored)
+    if not scorecard.critical or scored.empty:
+        return out
+    names = list(scorecard.critical)
+    holds = np.column_stack([
+        scored[f"critical_{n}"].to_numpy(dtype=bool) if f"critical_{n}" in scored.columns
+        else np.zeros(len(scored), dtype=bool)
+        for n in names
+    ])
+    uncapped = _json_column(scored, "uncapped_score")
+    values = {n: _json_column(scored, f"critical_{n}_value") for n in names}
+    for row in np.flatnonzero(holds.any(axis=1)).tolist():
+        signals = [
+            {"name": n, "value": values[n][row], "threshold": scorecard.critical[n].threshold,
+             "cap": scorecard.critical[n].cap}
+            for j, n in enumerate(names) if holds[row, j]
+        ]
+        out[row] = {"uncapped": uncapped[row], "signals": signals}
+    return out
+
+
+def critical_frame(signals: pd.DataFrame, scorecard: Scorecard) -> pd.Series:
+    """Per account of a signals frame whose health is filled in, the critical signals that hold ([{"name",
+    "value"}, …] in scorecard order, empty when none): what `score_frame` found for the same frame. Accounts
+    graded "unknown" (or not graded) have none, as they are not capped."""
+    n = len(signals)
+    out: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    if not scorecard.critical or not n:
+        return pd.Series(out, index=signals.index, dtype=object)
+    graded = signals["health_grade"].isin(GRADES).to_numpy() if "health_grade" in signals.columns \
+        else np.zeros(n, dtype=bool)
+    for name, critical in scorecard.critical.items():
+        values = _column(signals, critical.signal)
+        for row in np.flatnonzero(critical.holds(values) & graded).tolist():
+            out[row].append({"name": name, "value": float(values[row])})
+    return pd.Series(out, index=signals.index, dtype=object)
 
 
 def snapshot_rows(scored: pd.DataFrame, as_of: date, scorecard: Scorecard) -> list[dict[str, Any]]:
@@ -344,6 +501,7 @@ def snapshot_rows(scored: pd.DataFrame, as_of: date, scorecard: Scorecard) -> li
     per_measure[FRESHNESS_KEY] = [
         dict(zip(_FRESHNESS_SIGNALS, ages, strict=True)) for ages in zip(*fresh_columns, strict=True)
     ]
+    critical = critical_entries(known, scorecard)
 
     keys = list(per_measure)
     now = utcnow()
@@ -353,14 +511,16 @@ def snapshot_rows(scored: pd.DataFrame, as_of: date, scorecard: Scorecard) -> li
             "day": as_of,
             "score": score,
             "grade": grade,
-            "measures": dict(zip(keys, entries, strict=True)),
+            "measures": {**dict(zip(keys, entries, strict=True)),
+                         **({CRITICAL_KEY: entry} if entry is not None else {})},
             "scorecard_version": scorecard.version,
             "computed_at": now,
         }
-        for account_id, score, grade, *entries in zip(
+        for account_id, score, grade, entry, *entries in zip(
             known.index.astype("int64").tolist(),
             known["score"].astype(float).tolist(),
             known["grade"].astype(str).tolist(),
+            critical,
             *per_measure.values(),
             strict=True,
         )
@@ -415,7 +575,11 @@ def snapshot_json(scored: pd.DataFrame, scorecard: Scorecard) -> list[str]:
         f"{json.dumps(FRESHNESS_KEY)}: {{{keys[0]}: {u}, {keys[1]}: {n}, {keys[2]}: {t}}}"
         for u, n, t in zip(*ages, strict=True)
     ])
-    return ["{" + ", ".join(parts) + "}" for parts in zip(*per_measure, strict=True)]
+    critical_key = json.dumps(CRITICAL_KEY)
+    critical = ["" if entry is None else f", {critical_key}: {json.dumps(entry)}"
+                for entry in critical_entries(scored, scorecard)]
+    return ["{" + ", ".join(parts) + extra + "}"
+            for *parts, extra in zip(*per_measure, critical, strict=True)]
 
 
 _WRITE_CHUNK = 20_000
@@ -559,7 +723,6 @@ def trends(session: Session, account_ids: Sequence[int] | None, as_of: date) -> 
 
 # --------------------------------------------------------------------------------------------- explanation
 
-_MINUS = "−"
 _GRADE_ZH = {"red": "红色", "yellow": "黄色", "green": "绿色", UNKNOWN_GRADE: "未知"}
 
 
@@ -616,7 +779,7 @@ def value_text(
     if name == "licence_utilisation":
         return f"{card.label(name, lang)} {n}%" if zh else f"{card.label(name, lang)} {n} %"
     if name == "usage_trend":
-        return f"用量较前30天 {_signed(v)}%" if zh else f"usage {_signed(v)} % vs the prior 30 days"
+        return _usage_trend_text(v, entry, card.measures.get(name), zh)
     if name == "login_recency":
         if n >= NO_LOGIN_IN_WINDOW:
             return "超过 60 天未登录" if zh else "no login in over 60 days"
@@ -636,6 +799,40 @@ def value_text(
             return "今天续约" if zh else "renewal today"
         return f"距续约 {n} 天" if zh else f"renewal in {_plural(n, 'day')}"
     return f"{card.label(name, lang)} {v:g}"
+
+
+def _usage_trend_text(value: float, entry: Mapping[str, Any], config: MeasureConfig | None, zh: bool) -> str:
+    """The usage trend in the words of the windows it compared: the short trend (last 7 days against the 23 days
+    before) when that is the value, else the 30-day one."""
+    short = _number(entry.get("short"))
+    reads_short = config is not None and config.baseline is None and config.signal in ("usage_change",
+                                                                                         "usage_change_7")
+    if reads_short and short is not None and _round(short) == _round(value):
+        if zh:
+            return f"近7天日均用量较之前23天 {_signed(value)}%"
+        return f"daily usage {_signed(value)} % in the last 7 days vs the 23 days before"
+    return f"用量较前30天 {_signed(value)}%" if zh else f"usage {_signed(value)} % vs the prior 30 days"
+
+
+def critical_signals(measures: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]], float | None]:
+    """The critical signals a snapshot's measures JSON records, and its score before their cap (None if none)."""
+    entry = measures.get(CRITICAL_KEY)
+    if not isinstance(entry, Mapping):
+        return [], None
+    signals = [s for s in entry.get("signals") or [] if isinstance(s, Mapping) and s.get("name")]
+    return signals, _number(entry.get("uncapped"))
+
+
+def critical_text(signal: Mapping[str, Any], lang: Lang = "en", scorecard: Scorecard | None = None) -> str:
+    """One recorded critical signal in words, as the scorecard words it (its name when the scorecard no longer
+    has it)."""
+    card = scorecard or default_scorecard()
+    name = str(signal.get("name"))
+    config = card.critical.get(name)
+    value = _number(signal.get("value"))
+    if config is None:
+        return name.replace("_", " ") + ("" if value is None else f" {value:g}")
+    return config.words(value, lang)
 
 
 def _support_text(open_high: int, entry: Mapping[str, Any], zh: bool) -> str:
@@ -713,10 +910,12 @@ def explain(
     """The health in one sentence, e.g. "58, yellow, down 14 in 7 days: usage −40 % vs the prior 30 days (−9),
     2 urgent tickets open (−5); usage data 1 day old".
 
-    Red and yellow accounts list the top three drags, each with the points it costs against a perfect score
-    (effective weight × (100 − points)); green ones list what holds them up, with their contributions. The
-    7-day trend is given (the 30-day one when there is no 7-day reference). Measures without data are named
-    at the end. `measures` is a snapshot's measures JSON; `freshness` defaults to its `_freshness` entry.
+    Critical signals come first, right after the score: "49, red, down 19 in 7 days; critical: usage −92 % in the
+    last 30 days vs the 30 before (capped at red; 68 on the measures alone); main drags: …". Red and yellow accounts
+    then list the top three drags, each with the points it costs against a perfect score (effective weight ×
+    (100 − points)); green ones list what holds them up, with their contributions. The 7-day trend is given
+    (the 30-day one when there is no 7-day reference). Measures without data are named at the end. `measures`
+    is a snapshot's measures JSON; `freshness` defaults to its `_freshness` entry.
     """
     card = scorecard or default_scorecard()
     zh = lang == "zh"
@@ -752,7 +951,28 @@ def explain(
         f"{value_text(name, entry, lang, card)}{brackets[:-1]}{sign}{amount}{brackets[-1]}"
         for name, entry, amount in items
     ]
-    body = f"{colon}{intro}{comma.join(parts)}" if parts else ""
+    critical = _critical_part(measures, score, lang, card)
+    if critical and parts and grade != "green":
+        # After the critical signals the drags need their own name, or they read as more critical signals.
+        intro = "主要拖累：" if zh else "main drags: "
+    body = (f"{sep if critical else colon}{intro}{comma.join(parts)}") if parts else ""
     grade_text = _GRADE_ZH.get(grade, grade) if zh else grade
     head = f"{_round(score)}{comma}{grade_text}{_trend_text(delta_7, delta_30, zh)}"
-    return f"{head}{body}{sep}{fresh}{no_data}"
+    return f"{head}{critical}{body}{sep}{fresh}{no_data}"
+
+
+def _critical_part(measures: Mapping[str, Any], score: float, lang: Lang, card: Scorecard) -> str:
+    signals, uncapped = critical_signals(measures)
+    if not signals:
+        return ""
+    zh = lang == "zh"
+    caps = {str(s.get("cap")) for s in signals}
+    cap = "red" if "red" in caps else "yellow"
+    texts = [critical_text(s, lang, card) for s in signals]
+    # The cap is worth a word only where it lowered the score; a score already below it speaks for itself.
+    lowered = uncapped is not None and _round(uncapped) > _round(score)
+    if zh:
+        note = f"（分数上限为{_GRADE_ZH[cap]}，仅按指标为 {_round(uncapped or 0)}）" if lowered else ""
+        return f"；关键信号：{'、'.join(texts)}{note}"
+    note = f" (capped at {cap}; {_round(uncapped or 0)} on the measures alone)" if lowered else ""
+    return f"; critical: {', '.join(texts)}{note}"

@@ -7,8 +7,10 @@ the row becomes claimable again once the lease expires, and `attempts` (bumped b
 token that stops a late, stale worker from overwriting the outcome of the attempt that replaced it.
 
 Life of a row: pending → sending → sent; or sending → pending (retry with backoff) → … → failed after
-`max_attempts`; failed → pending again on demand (`retry_failed`). Nothing here knows about chat platforms:
-the payload is opaque JSON.
+`max_attempts`; failed → pending again on demand (`retry_failed`). A row no configured platform can reach is
+`undeliverable` from the start (or from `redirect`, when its platform is not configured where it waits), with the
+reason in `last_error`; `redirect` puts it back to pending once it can be routed. Nothing here knows about chat
+platforms: the payload is opaque JSON.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from lifecycle.errors import NotFoundError
@@ -30,7 +32,8 @@ PENDING = "pending"
 SENDING = "sending"
 SENT = "sent"
 FAILED = "failed"
-STATUSES = (PENDING, SENDING, SENT, FAILED)
+UNDELIVERABLE = "undeliverable"  # no configured platform reaches the recipient; never claimed, requeued on demand
+STATUSES = (PENDING, SENDING, SENT, FAILED, UNDELIVERABLE)
 
 MAX_ATTEMPTS = 8
 BACKOFF_BASE = timedelta(seconds=30)
@@ -48,11 +51,13 @@ def enqueue(
     kind: str = "alert",
     alert_id: int | None = None,
     dedupe: str | None = None,
+    undeliverable: str | None = None,
 ) -> Delivery:
     """Add a pending delivery to the caller's transaction (flushed, not committed: it commits with its cause).
 
     `dedupe` makes enqueueing idempotent without a schema column: when a delivery of the same kind to the same
     platform and target already carries this key in its payload, that row is returned and nothing is added.
+    `undeliverable` records the row as undeliverable instead, with that reason as its `last_error`.
     """
     body = dict(payload)
     if dedupe is not None:
@@ -62,7 +67,8 @@ def enqueue(
         body["dedupe"] = dedupe
     row = Delivery(
         alert_id=alert_id, kind=kind, platform=platform, target=target, payload=body,
-        status=PENDING, next_attempt_at=utcnow(),
+        status=PENDING if undeliverable is None else UNDELIVERABLE, next_attempt_at=utcnow(),
+        last_error=None if undeliverable is None else undeliverable[:ERROR_MAX],
     )
     session.add(row)
     session.flush()
@@ -224,6 +230,46 @@ def retry_failed(session: Session, ids: Sequence[int] | None = None, *, now: dat
     )
     session.commit()
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def redirect(
+    session: Session,
+    delivery_id: int,
+    *,
+    expected: str,
+    platform: str,
+    target: str,
+    payload: dict[str, Any],
+    due: datetime,
+    undeliverable: str | None = None,
+) -> bool:
+    """Point a waiting row at another platform and target and make it pending, due at `due`, with a fresh attempt
+    budget; or, with `undeliverable` (the reason), record it undeliverable as of `due`. Only while the row is
+    still `expected` (pending or undeliverable): a worker's claim in between wins. Flushes; returns whether the
+    row changed."""
+    values: dict[str, Any] = {"platform": platform, "target": target, "payload": payload, "next_attempt_at": due}
+    if undeliverable is None:
+        values |= {"status": PENDING, "attempts": 0, "last_error": None}
+    else:
+        values |= {"status": UNDELIVERABLE, "last_error": undeliverable[:ERROR_MAX]}
+    result = session.execute(
+        update(Delivery)
+        .where(col(Delivery.id) == delivery_id, col(Delivery.status) == expected)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    session.flush()
+    return _changed(result)
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    """How many deliveries are in each state (one GROUP BY); every state is present."""
+    rows = session.execute(
+        select(col(Delivery.status), func.count()).group_by(col(Delivery.status))
+    ).all()
+    counts = dict.fromkeys(STATUSES, 0)
+    counts.update({str(status): int(n) for status, n in rows})
+    return counts
 
 
 def list_deliveries(session: Session, status: str | None = None, *, limit: int | None = None) -> list[Delivery]:

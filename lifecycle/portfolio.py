@@ -1,22 +1,25 @@
-"""Portfolio lists: accounts at risk and upcoming renewals, each one SQL query over the whole portfolio."""
+"""Portfolio lists: accounts at risk (with their reasons) and upcoming renewals, each a few SQL queries over the
+whole portfolio."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from typing import Any, TypeVar
 
+import pandas as pd
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
+from lifecycle import risk
+from lifecycle.health import CRITICAL_KEY, Scorecard, default_scorecard, trends
 from lifecycle.models import Account, HealthSnapshot, Owners, User, owned_by
 from lifecycle.money import Rates, Total, load_rates
+from lifecycle.risk import RiskReason
 
 _S = TypeVar("_S", bound=Select)
-
-FALLING_POINTS = 10.0  # a yellow account that lost this many points in 7 or in 30 days counts as at risk
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class PortfolioRow:
     renewal_date: date | None
     stage: str
     top_drag: str | None
+    reasons: tuple[RiskReason, ...] = ()  # why it is at risk (the at-risk list only)
 
 
 def _latest_day(session: Session) -> date | None:
@@ -130,37 +134,54 @@ def _arr_total(found: Sequence[Any], rates: Rates) -> Total:
 
 
 def at_risk(
-    session: Session, scope: Scope, *, limit: int | None = None, rates: Rates | None = None
+    session: Session, scope: Scope, *, limit: int | None = None, rates: Rates | None = None,
+    scorecard: Scorecard | None = None,
 ) -> tuple[list[PortfolioRow], int, Total]:
-    """Active accounts that are red, or yellow and down 10+ points in 7 or 30 days; largest ARR first.
+    """Active accounts at risk by the definition of lifecycle/risk.py (red, a critical signal, yellow or red and
+    falling fast, or a churn probability at or above the threshold), each with its reasons; largest ARR first.
 
     Returns (rows, total count, total ARR at stake) — the totals cover all matches even when `limit` cuts the rows.
+    The score changes are against the latest snapshot on or before 7 (30) days before the portfolio's latest
+    snapshot day, as in the health trend and the alert rules.
     """
+    card = scorecard or default_scorecard()
     rates = rates or load_rates(session)
     day = _latest_day(session)
-    stmt, delta_7 = _listing(day)
-    month = aliased(HealthSnapshot)
-    delta_30 = col(Account.health_score) - col(month.score)
+    stmt, _ = _listing(day)
+    latest = aliased(HealthSnapshot)
+    # A critical signal caps the grade at yellow at most and a fall counts only for yellow or red accounts, so
+    # only those are read, plus the ones whose churn probability alone puts them at risk.
     stmt = (
-        stmt.outerjoin(
-            month,
-            and_(
-                col(month.account_id) == col(Account.id), col(month.day) == (day - timedelta(days=30) if day else None)
-            ),
-        )
-        .where(
-            or_(
-                col(Account.health_grade) == "red",
-                and_(
-                    col(Account.health_grade) == "yellow",
-                    or_(delta_7 <= -FALLING_POINTS, delta_30 <= -FALLING_POINTS),
-                ),
-            ),
-        )
+        stmt.add_columns(col(Account.churn_probability).label("churn_probability"),
+                         col(latest.measures)[CRITICAL_KEY].label("critical"))
+        .outerjoin(latest, and_(col(latest.account_id) == col(Account.id),
+                                col(latest.day) == col(Account.health_at)))
+        .where(or_(col(Account.health_grade).in_(("red", "yellow")),
+                   col(Account.churn_probability) >= card.at_risk.churn_probability))
         .order_by(rates.in_sql(col(Account.arr), col(Account.currency), as_written=True).desc(), col(Account.name))
     )
-    found = session.execute(scope.apply(stmt)).all()
-    return _collect(session, found, day, limit), len(found), _arr_total(found, rates)
+    candidates = session.execute(scope.apply(stmt)).all()
+    if not candidates:
+        return [], 0, _arr_total([], rates)
+    frame = pd.DataFrame.from_records(
+        [(r.account_id, r.grade, r.churn_probability, r.critical) for r in candidates],
+        columns=["account_id", "health_grade", "churn_probability", "critical"],
+    ).set_index("account_id")
+    # Without any snapshot there is no trend to read.
+    deltas = trends(session, frame.index.tolist(), day) if day is not None else pd.DataFrame(dtype=float)
+    frame = frame.join(deltas.reindex(columns=["delta_7", "delta_30"]))
+    why = risk.reasons(frame, card.at_risk)
+    found = [r for r in candidates if why[r.account_id]]
+    rows = _collect(session, found, day, limit)
+    rows = [
+        replace(row, delta_7=_present(frame.at[row.account_id, "delta_7"]), reasons=tuple(why[row.account_id]))
+        for row in rows
+    ]
+    return rows, len(found), _arr_total(found, rates)
+
+
+def _present(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
 
 
 def renewals(

@@ -1,11 +1,12 @@
 """The signals frame: one row of facts per account on a given day, built with a few SQL aggregates.
 
 Health scoring, stage rules and the churn model all read this frame, so it is computed for the whole
-portfolio at once: one GROUP BY pass over the account-total usage rows of the 60-day window (as two range reads
-of the covering index `ix_usage_cover`: the last 30 days and the 30 before), small aggregates for activation
-(the short window, with seats), feature breadth (only when per-feature rows exist), tickets, the latest NPS
-answer and the latest note, and per-account index lookups (last login, last usage day, whether per-feature rows
-exist); everything is merged in pandas. At 100,000 accounts × 90 days the reads are about the cost of the bare
+portfolio at once: one GROUP BY pass over the account-total usage rows of the 60-day window (as three range reads
+of the covering index `ix_usage_cover`: the last 7 days, the 23 days before them, and the 30 days before the last
+30), small aggregates for activation (the short window, with seats), feature breadth (only when per-feature rows
+exist), tickets, the latest NPS answer and each respondent's latest answer of the last 90 days, the latest note,
+and per-account index lookups (last login, last usage day, whether per-feature rows exist); everything is merged
+in pandas. At 100,000 accounts × 90 days the reads are about the cost of the bare
 SQL aggregate over the same rows (see `python -m bench`).
 
 Only data at or before `as_of` is read, so the frame of a past day never sees the future (the churn model
@@ -28,6 +29,11 @@ from sqlalchemy import Date, Float, bindparam, text
 from sqlmodel import Session
 
 USAGE_WINDOW_DAYS = 30
+# The recent window: licence utilisation and the short usage trend read the last week, so a collapse shows within
+# days rather than after the 30-day window has forgotten the good days before it.
+RECENT_DAYS = 7
+# NPS answers this recent count as "the customer's current opinion" for the detractor signal.
+NPS_RECENT_DAYS = 90
 # Days since the last login for an account with usage data but no login in the 60-day window (a lower bound).
 NO_LOGIN_IN_WINDOW = 2 * USAGE_WINDOW_DAYS + 1
 
@@ -36,8 +42,10 @@ ACCOUNT_COLUMNS = [
     "stage_since", "contract_start", "renewal_date",
 ]
 USAGE_COLUMNS = [
-    "active_users_peak_30", "utilisation", "events_30", "events_prior_30", "logins_30", "logins_prior_30",
-    "usage_days_30", "last_login_date", "last_usage_date", "activation_days", "feature_breadth_30",
+    "active_users_peak_30", "active_users_peak_7", "utilisation", "events_30", "events_prior_30", "events_7",
+    "events_per_day_7", "events_per_day_8_30", "usage_change_7", "usage_change_30", "usage_change", "logins_30",
+    "logins_prior_30", "usage_days_30", "usage_days_7", "last_login_date", "last_usage_date", "activation_days",
+    "feature_breadth_30",
 ]
 TICKET_COLUMNS = ["open_high_tickets", "urgent_open_tickets", "tickets_30", "tickets_prior_30"]
 # Derived day counts, added to the contract's columns so that scoring needs no `as_of`.
@@ -46,7 +54,8 @@ DERIVED_COLUMNS = [
     "days_since_last_note", "days_since_last_nps",
 ]
 SIGNAL_COLUMNS: tuple[str, ...] = (
-    *ACCOUNT_COLUMNS, *USAGE_COLUMNS, *TICKET_COLUMNS, "nps_last_score", "nps_last_at", "last_note_at",
+    *ACCOUNT_COLUMNS, *USAGE_COLUMNS, *TICKET_COLUMNS, "nps_last_score", "nps_last_at", "nps_detractors_90",
+    "last_note_at",
     *DERIVED_COLUMNS, "health_score", "health_grade",
 )
 
@@ -74,9 +83,8 @@ _ACCOUNTS_SQL = text(
     """
 ).bindparams(bindparam("as_of", type_=Date()), bindparam("d60", type_=Date()))
 
-# One window of account-total usage. The two 30-day windows are two range reads rather than one read with a
-# CASE per aggregate: plain aggregates cost SQLite about half as much per row, which is what dominates on
-# millions of rows.
+# One window of account-total usage. The windows are separate range reads rather than one read with a CASE per
+# aggregate: plain aggregates cost SQLite about half as much per row, which is what dominates on millions of rows.
 _USAGE_SQL = text(
     """
     SELECT a.id AS account_id, MAX(u.active_users) AS active_users_peak, SUM(u.events) AS events,
@@ -139,6 +147,20 @@ _NPS_SQL = text(
     """
 ).bindparams(bindparam("next_day", type_=Date()))
 
+# Each respondent's latest answer of the recent window (anonymous answers, contact_key "", count as one
+# respondent): a detractor who answered again more happily no longer counts, one who did not still does.
+_NPS_RECENT_SQL = text(
+    """
+    SELECT r.account_id AS account_id,
+      SUM(CASE WHEN r.score <= 6 THEN 1 ELSE 0 END) AS nps_detractors_90
+    FROM nps_response r
+    JOIN (SELECT account_id, contact_key, MAX(responded_at) AS last_at FROM nps_response
+           WHERE responded_at >= :d90 AND responded_at < :next_day GROUP BY account_id, contact_key) m
+      ON m.account_id = r.account_id AND m.contact_key = r.contact_key AND m.last_at = r.responded_at
+    GROUP BY r.account_id
+    """
+).bindparams(bindparam("d90", type_=Date()), bindparam("next_day", type_=Date()))
+
 _NOTES_SQL = text(
     """
     SELECT n.account_id AS account_id, MAX(n.created_at) AS last_note_at
@@ -185,27 +207,36 @@ def build_signals(
     """One row per account (active and churned) of the facts known on `as_of`; index `account_id`.
 
     Windows end at `as_of` inclusive: "last 30 days" is `as_of - 29 … as_of`, "prior 30" is `as_of - 59 …
-    as_of - 30`. `activation_days` counts days of the last `activation_window` whose active users reached
-    `activation_ratio × seats` (NaN when seats is 0). See the module docstring for column conventions.
+    as_of - 30`, "last 7 days" is `as_of - 6 … as_of` and "days 8–30" the 23 days before it. `activation_days`
+    counts days of the last `activation_window` whose active users reached `activation_ratio × seats` (NaN when
+    seats is 0). See the module docstring for column conventions, `_usage_columns` for the usage ones.
     """
+    d7 = as_of - timedelta(days=RECENT_DAYS - 1)
     d30 = as_of - timedelta(days=USAGE_WINDOW_DAYS - 1)
     d60 = as_of - timedelta(days=2 * USAGE_WINDOW_DAYS - 1)
+    d90 = as_of - timedelta(days=NPS_RECENT_DAYS - 1)
     dact = as_of - timedelta(days=max(activation_window, 1) - 1)
     next_day = as_of + timedelta(days=1)
     as_of_ts = pd.Timestamp(as_of)
 
     queries: list[tuple[Any, dict[str, Any]]] = [
-        (_USAGE_SQL, {"start": d30, "end": as_of}),
+        (_USAGE_SQL, {"start": d7, "end": as_of}),
+        (_USAGE_SQL, {"start": d30, "end": d7 - timedelta(days=1)}),
         (_ACCOUNTS_SQL, {"as_of": as_of, "d60": d60}),
         (_USAGE_SQL, {"start": d60, "end": d30 - timedelta(days=1)}),
         (_ACTIVATION_SQL, {"dact": dact, "as_of": as_of, "ratio": activation_ratio}),
         (_TICKETS_SQL, {"d30": d30, "d60": d60, "next_day": next_day}),
         (_NOTES_SQL, {"next_day": next_day}),
         (_NPS_SQL, {"next_day": next_day}),
+        (_NPS_RECENT_SQL, {"d90": d90, "next_day": next_day}),
     ]
-    recent, accounts, prior, activation, tickets, notes, nps = (_frame(session, q, p) for q, p in queries)
-    usage = recent.set_index("account_id").add_suffix("_30").join(
-        prior.set_index("account_id").add_suffix("_prior_30"), how="outer"
+    week, rest, accounts, prior, activation, tickets, notes, nps, nps_recent = (
+        _frame(session, q, p) for q, p in queries
+    )
+    usage = (
+        week.set_index("account_id").add_suffix("_7")
+        .join(rest.set_index("account_id").add_suffix("_8_30"), how="outer")
+        .join(prior.set_index("account_id").add_suffix("_prior_30"), how="outer")
     )
     # Per-feature rows are optional (large portfolios often send only account totals): skip the read when
     # no account has any.
@@ -222,26 +253,19 @@ def build_signals(
     frame = accounts.set_index("account_id")
     frame.index = frame.index.astype("int64")
     frame = frame.join(usage, how="left")
-    for part in (activation, features, tickets, nps, notes):
+    for part in (activation, features, tickets, nps, nps_recent, notes):
         frame = frame.join(part.set_index("account_id"), how="left")
 
     frame["arr"] = frame["arr"].astype(float)
     frame["seats"] = frame["seats"].fillna(0).astype("int64")
+    frame = _usage_columns(frame)
     frame["stage_pinned"] = frame["stage_pinned"].fillna(False).astype(bool)
     for column in ("stage_since", "contract_start", "renewal_date", "usage_max_day", "last_login_date",
                    "nps_last_at", "last_note_at"):
         frame[column] = _naive_datetimes(frame[column])
-    for column in ("events_30", "events_prior_30", "logins_30", "logins_prior_30", "usage_days_30",
-                   "activation_days", *TICKET_COLUMNS):
+    for column in ("activation_days", "nps_detractors_90", *TICKET_COLUMNS):
         frame[column] = frame[column].astype(float).fillna(0.0)
-    frame["active_users_peak_30"] = frame["active_users_peak_30"].astype(float)
     frame["nps_last_score"] = frame["nps_last_score"].astype(float)
-
-    seats = frame["seats"].to_numpy(dtype=float)
-    has_usage_30 = frame["usage_days_30"].to_numpy() > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        utilisation = frame["active_users_peak_30"].to_numpy() / seats
-    frame["utilisation"] = np.where((seats > 0) & has_usage_30, utilisation, np.nan)
     frame["activation_days"] = frame["activation_days"].where(frame["seats"] > 0)
 
     breadth = frame["feature_breadth_30"].astype(float).fillna(0.0)
@@ -266,6 +290,53 @@ def build_signals(
     frame.index.name = "account_id"
     frame.attrs["as_of"] = as_of
     return frame[list(SIGNAL_COLUMNS)].sort_index()
+
+
+def _change(current: pd.Series, baseline: pd.Series) -> pd.Series:
+    """% change of `current` against `baseline`; NaN where the baseline is 0 or unknown."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        change = (current - baseline) / baseline * 100.0
+    return change.where(baseline > 0)
+
+
+def _usage_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """The usage columns from the three window reads (suffixes `_7`, `_8_30`, `_prior_30`), in place.
+
+    - `utilisation`: the most daily active users on one day of the last 7 days ÷ seats (NaN without seats or
+      without usage rows in the last 30 days; 0 when the last 7 days have none). A week's peak is steady across
+      weekends and a day not imported yet, and forgets a collapse's good days after a week, not a month.
+    - `events_per_day_7`, `events_per_day_8_30`: events per day with a usage row, in the last 7 days and in the
+      23 days before (rows missing at the edge, such as today's, do not count as zero days); the first is 0 when
+      the last 7 days have no row but the 23 days before do.
+    - `usage_change_7`: % change of the first against the second, the short usage trend (NaN without a baseline);
+      `usage_change_30`: % change of the events of the last 30 days against the 30 before; `usage_change`: the
+      lower of the two, so a collapse shows from its first week (short trend) until it has filled the whole
+      month (30-day trend), and a slow slide shows too.
+    """
+    zero = ["events_7", "events_8_30", "events_prior_30", "logins_7", "logins_8_30", "logins_prior_30",
+            "usage_days_7", "usage_days_8_30"]
+    for column in zero:
+        frame[column] = frame[column].astype(float).fillna(0.0)
+    frame["events_30"] = frame["events_7"] + frame["events_8_30"]
+    frame["logins_30"] = frame["logins_7"] + frame["logins_8_30"]
+    frame["usage_days_30"] = frame["usage_days_7"] + frame["usage_days_8_30"]
+    peak_7 = frame["active_users_peak_7"].astype(float)
+    frame["active_users_peak_30"] = np.fmax(peak_7, frame["active_users_peak_8_30"].astype(float))
+
+    seats = frame["seats"].to_numpy(dtype=float)
+    has_usage_30 = frame["usage_days_30"].to_numpy() > 0
+    frame["active_users_peak_7"] = peak_7.where(~(peak_7.isna() & has_usage_30), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        utilisation = frame["active_users_peak_7"].to_numpy() / seats
+    frame["utilisation"] = np.where((seats > 0) & has_usage_30, utilisation, np.nan)
+
+    days_7, days_rest = frame["usage_days_7"], frame["usage_days_8_30"]
+    frame["events_per_day_8_30"] = (frame["events_8_30"] / days_rest).where(days_rest > 0)
+    frame["events_per_day_7"] = (frame["events_7"] / days_7).where(days_7 > 0, 0.0).where(has_usage_30)
+    frame["usage_change_7"] = _change(frame["events_per_day_7"], frame["events_per_day_8_30"])
+    frame["usage_change_30"] = _change(frame["events_30"], frame["events_prior_30"])
+    frame["usage_change"] = np.fmin(frame["usage_change_7"], frame["usage_change_30"])
+    return frame
 
 
 _STAGES_SQL = text("SELECT a.id AS account_id, a.stage, a.stage_pinned, a.stage_since FROM account a")

@@ -9,7 +9,9 @@ the score, later taps are refused; unanswered surveys expire, with at most one r
 
 `due_surveys` decides for the whole portfolio at once (a few GROUP BY queries and pandas): pre-renewal, after
 onboarding and relationship triggers, minus throttled contacts, contacts with an open survey and contacts csbot
-cannot reach, within the daily cap. Delivery, routing of the effects and all wording live in `bot.surveys`.
+cannot reach, within the daily cap. A contact whose chat ids are all on platforms that are not configured gets an
+`undeliverable` survey instead (once, until it is requeued or replaced): it does not count against the daily cap or
+the throttle, and is not open. Delivery, routing of the effects and all wording live in `bot.surveys`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import base64
 import hashlib
 import hmac
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -42,6 +44,7 @@ log = logging.getLogger("csbot.surveys")
 
 DEFAULT_SURVEYS_FILE = CONFIG_DIR / "surveys.toml"
 PENDING, SENT, ANSWERED, EXPIRED = "pending", "sent", "answered", "expired"
+UNDELIVERABLE = "undeliverable"  # no configured platform reaches the contact: never sent, not counted anywhere
 OPEN_STATUSES = (PENDING, SENT)
 TRIGGERS = ("pre_renewal", "after_onboarding", "relationship", "manual")
 PROMOTER_FROM, PASSIVE_FROM = 9, 7
@@ -504,9 +507,13 @@ FROM contact c
 JOIN account a ON a.id = c.account_id
 LEFT JOIN "user" u ON u.id = a.owner_id
 """
+# A survey that could not be delivered asked nobody: it neither throttles the contact nor counts against the cap.
 _LAST_SURVEYS_SQL = text(
     "SELECT contact_id, trigger, MAX(created_at) AS last_at FROM nps_survey WHERE contact_id IS NOT NULL "
-    "GROUP BY contact_id, trigger"
+    "AND status <> 'undeliverable' GROUP BY contact_id, trigger"
+)
+_UNDELIVERABLE_SQL = text(
+    "SELECT DISTINCT contact_id FROM nps_survey WHERE contact_id IS NOT NULL AND status = 'undeliverable'"
 )
 _OPEN_SURVEYS_SQL = text(
     "SELECT DISTINCT contact_id FROM nps_survey WHERE contact_id IS NOT NULL AND status IN ('pending', 'sent') "
@@ -525,12 +532,13 @@ _LAST_RESPONSE_SQL = text(
 _ONBOARDED_SQL = text(
     "SELECT account_id, MAX(at) AS onboarded_at FROM stage_transition WHERE from_stage = :stage GROUP BY account_id"
 )
-_TODAYS_SQL = text("SELECT COUNT(*) FROM nps_survey WHERE created_at >= :start").bindparams(
-    bindparam("start", type_=DateTime())
-)
+_TODAYS_SQL = text(
+    "SELECT COUNT(*) FROM nps_survey WHERE created_at >= :start AND status <> 'undeliverable'"
+).bindparams(bindparam("start", type_=DateTime()))
 
 TARGET_COLUMNS = ["platform", "target", "channel_id"]
-DUE_COLUMNS = ["account_id", "contact_id", "trigger", *TARGET_COLUMNS, "owner_tz", "arr", "name", "account_name"]
+DUE_COLUMNS = ["account_id", "contact_id", "trigger", *TARGET_COLUMNS, "owner_tz", "arr", "name", "account_name",
+               "undeliverable"]
 
 
 def _frame(session: Session, sql: Any, params: Mapping[str, Any], columns: Sequence[str]) -> pd.DataFrame:
@@ -552,37 +560,60 @@ def _present(values: pd.Series) -> np.ndarray:
     return (values.notna() & (values.astype(str).str.strip() != "")).to_numpy(dtype=bool)
 
 
-def targets(contacts: pd.DataFrame, config: SurveyConfig) -> pd.DataFrame:
+def targets(
+    contacts: pd.DataFrame, config: SurveyConfig, platforms: Collection[str] | None = None
+) -> pd.DataFrame:
     """Where each contact is asked, vectorised: `platform` ("" when unreachable), `target` (what the outbox
     sends to: a channel, a Slack user for a DM, a Telegram chat) and `channel_id` (where the answer is expected).
 
     Slack: the shared channel (mode "channel") else a DM to the contact's Slack user; Telegram: the contact's chat,
     else their private chat with the bot (whose id is their user id). The first platform of `platforms` that
-    reaches the contact wins."""
-    n = len(contacts)
-    platform = np.full(n, "", dtype=object)
-    target = np.full(n, "", dtype=object)
-    channel = np.full(n, "", dtype=object)
+    reaches the contact wins. Only configured `platforms` count (None: all); a contact reachable only on others is
+    `blocked`: that platform and `blocked_target`, where the question would have gone."""
     slack_user = contacts["slack_user_id"].astype(object).to_numpy()
     slack_channel = contacts["slack_channel_id"].astype(object).to_numpy()
     tg_user = contacts["telegram_user_id"].astype(object).to_numpy()
     tg_chat = contacts["telegram_chat_id"].astype(object).to_numpy()
     has_slack_user, has_slack_channel = _present(contacts["slack_user_id"]), _present(contacts["slack_channel_id"])
     has_tg_user, has_tg_chat = _present(contacts["telegram_user_id"]), _present(contacts["telegram_chat_id"])
-    for name in reversed(config.delivery.platforms):  # earlier platforms overwrite later ones
-        if name == "slack":
-            use_channel = has_slack_channel & has_slack_user & (config.delivery.slack_mode == "channel")
-            reach = use_channel | has_slack_user
-            platform = np.where(reach, "slack", platform)
-            target = np.where(use_channel, slack_channel, np.where(reach, slack_user, target))
-            channel = np.where(use_channel, slack_channel, np.where(reach, "", channel))
-        else:
-            reach = has_tg_chat | has_tg_user
-            chat = np.where(has_tg_chat, tg_chat, tg_user)
-            platform = np.where(reach, "telegram", platform)
-            target = np.where(reach, chat, target)
-            channel = np.where(reach, chat, channel)
-    return pd.DataFrame({"platform": platform, "target": target, "channel_id": channel}, index=contacts.index)
+
+    def pick(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = len(contacts)
+        platform = np.full(n, "", dtype=object)
+        target = np.full(n, "", dtype=object)
+        channel = np.full(n, "", dtype=object)
+        for name in reversed(names):  # earlier platforms overwrite later ones
+            if name == "slack":
+                use_channel = has_slack_channel & has_slack_user & (config.delivery.slack_mode == "channel")
+                reach = use_channel | has_slack_user
+                platform = np.where(reach, "slack", platform)
+                target = np.where(use_channel, slack_channel, np.where(reach, slack_user, target))
+                channel = np.where(use_channel, slack_channel, np.where(reach, "", channel))
+            else:
+                reach = has_tg_chat | has_tg_user
+                chat = np.where(has_tg_chat, tg_chat, tg_user)
+                platform = np.where(reach, "telegram", platform)
+                target = np.where(reach, chat, target)
+                channel = np.where(reach, chat, channel)
+        return platform, target, channel
+
+    wanted = config.delivery.platforms
+    platform, target, channel = pick([p for p in wanted if platforms is None or p in platforms])
+    anywhere, anywhere_target, _channel = pick(wanted) if platforms is not None else (platform, target, channel)
+    blocked = (platform == "") & (anywhere != "")
+    return pd.DataFrame({"platform": platform, "target": target, "channel_id": channel,
+                         "blocked": np.where(blocked, anywhere, ""),
+                         "blocked_target": np.where(blocked, anywhere_target, "")}, index=contacts.index)
+
+
+def contact_targets(
+    contacts: Sequence[Contact], config: SurveyConfig, platforms: Collection[str] | None = None
+) -> pd.DataFrame:
+    """`targets` for these contacts, indexed by contact id."""
+    columns = ["slack_user_id", "slack_channel_id", "telegram_user_id", "telegram_chat_id"]
+    frame = pd.DataFrame([[getattr(c, name) for name in columns] for c in contacts], columns=columns,
+                         index=pd.Index([c.id for c in contacts]), dtype=object)
+    return targets(frame, config, platforms)
 
 
 @dataclass
@@ -592,8 +623,12 @@ class Candidates:
     frame: pd.DataFrame
 
 
-def candidates(session: Session, now: datetime, config: SurveyConfig, *, account_id: int | None = None) -> Candidates:
-    """The contact frame the cadence reads (of one account, or all), built from four aggregate queries."""
+def candidates(
+    session: Session, now: datetime, config: SurveyConfig, *, account_id: int | None = None,
+    platforms: Collection[str] | None = None,
+) -> Candidates:
+    """The contact frame the cadence reads (of one account, or all), built from a few aggregate queries; targets
+    on the configured `platforms` (None: all)."""
     columns = ["contact_id", "account_id", "key", "name", "slack_user_id", "telegram_user_id", "slack_channel_id",
                "telegram_chat_id", "contact_created", "account_name", "arr", "status", "stage", "contract_start",
                "renewal_date", "owner_id", "owner_tz"]
@@ -615,6 +650,8 @@ def candidates(session: Session, now: datetime, config: SurveyConfig, *, account
     contacts["last_response"] = _times(responses["last_response"].reindex(contacts.index))
     open_ids = set(_frame(session, _OPEN_SURVEYS_SQL, {"now": now}, ["contact_id"])["contact_id"].astype(int))
     contacts["has_open"] = contacts.index.isin(list(open_ids))
+    stuck_ids = set(_frame(session, _UNDELIVERABLE_SQL, {}, ["contact_id"])["contact_id"].astype(int))
+    contacts["has_undeliverable"] = contacts.index.isin(list(stuck_ids))
     onboarded = _frame(session, _ONBOARDED_SQL, {"stage": config.cadence.onboarding_stage},
                        ["account_id", "onboarded_at"]).set_index("account_id")
     contacts["onboarded_at"] = _times(
@@ -623,7 +660,7 @@ def candidates(session: Session, now: datetime, config: SurveyConfig, *, account
     for name in ("contract_start", "renewal_date", "contact_created"):
         contacts[name] = _times(contacts[name])
     contacts["last_touch"] = contacts[["last_survey", "last_response"]].max(axis=1)
-    contacts = contacts.join(targets(contacts, config))
+    contacts = contacts.join(targets(contacts, config, platforms))
     return Candidates(contacts)
 
 
@@ -632,7 +669,9 @@ def throttled_until(frame: pd.DataFrame, config: SurveyConfig) -> pd.Series:
     return frame["last_touch"] + pd.Timedelta(days=config.cadence.throttle_days)
 
 
-def due_surveys(session: Session, today: date, now: datetime, config: SurveyConfig) -> pd.DataFrame:
+def due_surveys(
+    session: Session, today: date, now: datetime, config: SurveyConfig, *, platforms: Collection[str] | None = None
+) -> pd.DataFrame:
     """Who should get a survey today, whole portfolio, most important first, within what is left of the daily cap.
 
     Columns `DUE_COLUMNS`; `trigger` is the first that applies of pre_renewal (renewal within
@@ -640,8 +679,10 @@ def due_surveys(session: Session, today: date, now: datetime, config: SurveyConf
     account left the onboarding stage, not asked since) and relationship (`relationship_every_days` since the last
     survey or answer, else since the contract start or the contact was added). Trigger dates more than `grace_days`
     old are not caught up. Throttled contacts, contacts with an open survey, unreachable contacts and inactive
-    accounts are left out."""
-    frame = candidates(session, now, config).frame
+    accounts are left out. Contacts reachable only on platforms that are not configured (`platforms`) follow, with
+    `undeliverable` set and the platform and target they would have had, outside the cap; a contact that already
+    has an undeliverable survey gets no second one."""
+    frame = candidates(session, now, config, platforms=platforms).frame
     if frame.empty:
         return pd.DataFrame(columns=DUE_COLUMNS)
     cad = config.cadence
@@ -669,17 +710,39 @@ def due_surveys(session: Session, today: date, now: datetime, config: SurveyConf
     allowed = throttled_until(frame, config).fillna(never) <= pd.Timestamp(now)
     eligible = (
         (trigger != "") & allowed.to_numpy(bool) & ~frame["has_open"].to_numpy(bool)
-        & (frame["status"] == "active").to_numpy(bool) & (frame["platform"] != "").to_numpy(bool)
+        & (frame["status"] == "active").to_numpy(bool)
     )
-    due = frame.loc[eligible].copy()
-    due["trigger"] = trigger[eligible]
-    due["rank"] = due["trigger"].map({"pre_renewal": 0, "after_onboarding": 1, "relationship": 2})
-    due["arr"] = due["arr"].astype(float)
-    due = due.sort_values(["rank", "arr", "contact_id"], ascending=[True, False, True])
+    reachable = (frame["platform"] != "").to_numpy(bool)
+    stuck = (frame["blocked"] != "").to_numpy(bool) & ~frame["has_undeliverable"].to_numpy(bool)
+    due = _ranked(frame.loc[eligible & reachable], trigger[eligible & reachable])
     start = datetime.combine(now.date(), time.min)
     used = int(session.execute(_TODAYS_SQL, {"start": start}).scalar_one())
     left = max(config.delivery.daily_cap - used, 0)
-    return due.head(left)[DUE_COLUMNS].reset_index(drop=True)
+    blocked = _as_undeliverable(_ranked(frame.loc[eligible & stuck], trigger[eligible & stuck]))
+    return _joined(due.head(left).assign(undeliverable=False), blocked)
+
+
+def _joined(due: pd.DataFrame, blocked: pd.DataFrame) -> pd.DataFrame:
+    """The deliverable due rows, then the undeliverable ones, as a `DUE_COLUMNS` frame."""
+    parts = [part[DUE_COLUMNS] for part in (due, blocked) if not part.empty]
+    if not parts:
+        return pd.DataFrame(columns=DUE_COLUMNS)
+    return pd.concat(parts).reset_index(drop=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+
+
+def _ranked(due: pd.DataFrame, trigger: np.ndarray) -> pd.DataFrame:
+    """Due contacts with their trigger, most important first: the trigger's rank, then the larger ARR."""
+    due = due.copy()
+    due["trigger"] = trigger
+    due["rank"] = due["trigger"].map({"pre_renewal": 0, "after_onboarding": 1, "relationship": 2})
+    due["arr"] = due["arr"].astype(float)
+    return due.sort_values(["rank", "arr", "contact_id"], ascending=[True, False, True])
+
+
+def _as_undeliverable(blocked: pd.DataFrame) -> pd.DataFrame:
+    """Blocked contacts as undeliverable due rows: the platform and target they would have had, no channel."""
+    return blocked.assign(platform=blocked["blocked"], target=blocked["blocked_target"], channel_id="",
+                          undeliverable=True)
 
 
 @dataclass(frozen=True)
@@ -697,24 +760,36 @@ class NewSurvey:
     lang: str
     contact_name: str
     account_name: str
+    undeliverable: bool = False
 
 
 def create_surveys(
     session: Session, due: pd.DataFrame, *, now: datetime, config: SurveyConfig, secret: bytes
 ) -> list[NewSurvey]:
     """Insert one survey per row of `due` (a `DUE_COLUMNS` frame) with its token, send time (quiet hours in the
-    owner's time zone) and expiry; two bulk statements. Flushes; the caller commits and enqueues the questions."""
+    owner's time zone) and expiry; two bulk statements. Rows marked `undeliverable` are stored so; a deliverable
+    survey replaces the contact's undeliverable ones (they become expired, never sent). Flushes; the caller
+    commits and enqueues the questions."""
     if due.empty:
         return []
+    stuck = due["undeliverable"].astype(bool).tolist() if "undeliverable" in due.columns else [False] * len(due)
+    replaced = sorted({int(c) for c, u in zip(due["contact_id"], stuck, strict=True) if not u})
+    if replaced:
+        session.execute(
+            update(NpsSurvey)
+            .where(col(NpsSurvey.contact_id).in_(replaced), col(NpsSurvey.status) == UNDELIVERABLE)
+            .values(status=EXPIRED)
+            .execution_options(synchronize_session=False)
+        )
     fallback = config.delivery.timezone
     send_at = [send_time(now, zone(tz if isinstance(tz, str) else None, fallback), config) for tz in due["owner_tz"]]
     lang = config.delivery.lang
     rows = [
         {"account_id": int(a), "contact_id": int(c), "trigger": str(t), "platform": str(p),
-         "channel_id": str(ch) or None, "status": PENDING, "token": None, "created_at": now,
-         "expires_at": s + config.expiry, "lang": lang}
-        for a, c, t, p, ch, s in zip(due["account_id"], due["contact_id"], due["trigger"], due["platform"],
-                                     due["channel_id"], send_at, strict=True)
+         "channel_id": str(ch) or None, "status": UNDELIVERABLE if u else PENDING, "token": None,
+         "created_at": now, "expires_at": s + config.expiry, "lang": lang}
+        for a, c, t, p, ch, s, u in zip(due["account_id"], due["contact_id"], due["trigger"], due["platform"],
+                                        due["channel_id"], send_at, stuck, strict=True)
     ]
     table = NpsSurvey.__table__  # type: ignore[attr-defined]
     returning = insert(table).returning(table.c.id, sort_by_parameter_order=True)
@@ -728,7 +803,7 @@ def create_surveys(
     )
     return [
         NewSurvey(i, r["account_id"], r["contact_id"], r["platform"], str(tg), r["channel_id"] or "", tok, s, lang,
-                  str(name), str(account))
+                  str(name), str(account), r["status"] == UNDELIVERABLE)
         for i, r, tok, s, tg, name, account in zip(ids, rows, tokens, send_at, due["target"], due["name"],
                                                    due["account_name"], strict=True)
     ]
@@ -744,33 +819,42 @@ class ManualPlan:
     unreachable: list[str] = field(default_factory=list)
     open: list[str] = field(default_factory=list)
     over_cap: list[str] = field(default_factory=list)
+    # Reachable only on platforms that are not configured: their survey is recorded undeliverable (once).
+    undeliverable: list[int] = field(default_factory=list)
 
 
 def plan_manual(
-    session: Session, account: Account, *, contact: Contact | None, now: datetime, config: SurveyConfig
+    session: Session, account: Account, *, contact: Contact | None, now: datetime, config: SurveyConfig,
+    platforms: Collection[str] | None = None,
 ) -> ManualPlan:
-    """Sort the account's contacts (or the one named) into due, throttled, unreachable and already asked; the
-    daily cap applies to manual surveys too."""
-    frame = candidates(session, now, config, account_id=account.id).frame
+    """Sort the account's contacts (or the one named) into due, throttled, unreachable, already asked and
+    reachable only on platforms that are not configured (`platforms`; None: all are); the daily cap applies to
+    manual surveys too, but not to undeliverable ones."""
+    frame = candidates(session, now, config, account_id=account.id, platforms=platforms).frame
     if contact is not None:
         frame = frame.loc[frame["contact_id"] == contact.id]
     frame = frame.sort_values("contact_id")
     until = throttled_until(frame, config)
     reachable = (frame["platform"] != "").to_numpy(bool)
+    blocked = (frame["blocked"] != "").to_numpy(bool)
+    known = reachable | blocked
     has_open = frame["has_open"].to_numpy(bool)
     throttled = (until.fillna(pd.Timestamp.min) > pd.Timestamp(now)).to_numpy(bool)
     plan = ManualPlan(pd.DataFrame(columns=DUE_COLUMNS))
-    plan.unreachable = frame.loc[~reachable, "name"].astype(str).tolist()
-    plan.open = frame.loc[reachable & has_open, "name"].astype(str).tolist()
-    late = frame.loc[reachable & ~has_open & throttled]
+    plan.unreachable = frame.loc[~known, "name"].astype(str).tolist()
+    plan.open = frame.loc[known & has_open, "name"].astype(str).tolist()
+    late = frame.loc[known & ~has_open & throttled]
     plan.throttled = [(str(n), pd.Timestamp(u).to_pydatetime()) for n, u in zip(late["name"], until[late.index],
                                                                                  strict=True)]
-    due = frame.loc[reachable & ~has_open & ~throttled].copy()
-    due["trigger"] = "manual"
+    free = ~has_open & ~throttled
+    due = frame.loc[reachable & free].assign(trigger="manual")
     start = datetime.combine(now.date(), time.min)
     left = max(config.delivery.daily_cap - int(session.execute(_TODAYS_SQL, {"start": start}).scalar_one()), 0)
     plan.over_cap = due["name"].astype(str).tolist()[left:]
-    plan.due = due.head(left)[DUE_COLUMNS].reset_index(drop=True)
+    stuck = frame.loc[blocked & free]
+    plan.undeliverable = [int(c) for c in stuck["contact_id"]]
+    fresh = _as_undeliverable(stuck.loc[~stuck["has_undeliverable"].to_numpy(bool)].assign(trigger="manual"))
+    plan.due = _joined(due.head(left).assign(undeliverable=False), fresh)
     return plan
 
 
@@ -863,6 +947,7 @@ def owner_of(session: Session, account_id: int) -> User | None:
 
 
 def surveys_today(session: Session, now: datetime) -> int:
-    """How many surveys were created since midnight UTC (what the daily cap counts)."""
+    """How many surveys were created since midnight UTC (what the daily cap counts: undeliverable ones do not)."""
     return int(session.execute(select(func.count()).select_from(NpsSurvey).where(
-        col(NpsSurvey.created_at) >= datetime.combine(now.date(), time.min))).scalar_one())
+        col(NpsSurvey.created_at) >= datetime.combine(now.date(), time.min),
+        col(NpsSurvey.status) != UNDELIVERABLE)).scalar_one())

@@ -34,7 +34,7 @@ from lifecycle.recompute import recompute
 from lifecycle.stages import load_stage_machine
 
 AS_OF = date(2026, 3, 10)
-PREVIOUS_KEYS = ("score_7", "prev_grade")
+PREVIOUS_KEYS = ("score_7", "score_30", "prev_grade")
 
 
 def _ts(day: date, days_ago: int) -> pd.Timestamp:
@@ -48,7 +48,7 @@ def _quiet(as_of: date) -> dict[str, Any]:
         "events_30": 100.0, "events_prior_30": 100.0, "urgent_open_tickets": 0.0, "tickets_30": 0.0,
         "tickets_prior_30": 0.0, "nps_last_score": np.nan, "nps_last_at": pd.NaT, "last_note_at": _ts(as_of, 1),
         "last_usage_date": _ts(as_of, 0), "contract_start": _ts(as_of, 400), "renewal_date": _ts(as_of, -200),
-        "health_score": 70.0, "health_grade": "yellow", "score_7": 70.0, "prev_grade": "yellow",
+        "health_score": 70.0, "health_grade": "yellow", "score_7": 70.0, "score_30": 70.0, "prev_grade": "yellow",
     }
 
 
@@ -64,6 +64,14 @@ def _frames(accounts: dict[int, dict[str, Any]], as_of: date = AS_OF) -> tuple[p
 def _fired(accounts: dict[int, dict[str, Any]], config: AlertConfig | None = None) -> pd.DataFrame:
     frame, previous = _frames(accounts)
     return evaluate(frame, previous, config or load_alert_config(), AS_OF)
+
+
+def _only_rules(*names: str) -> AlertConfig:
+    """The default rules with only `names` enabled (each rule's threshold on its own)."""
+    raw = tomllib.loads(DEFAULT_ALERTS_FILE.read_text(encoding="utf-8"))
+    for name, rule in raw["rules"].items():
+        rule["enabled"] = name in names
+    return parse_alert_config(raw)
 
 
 def _rules_of(fired: pd.DataFrame, account_id: int) -> list[str]:
@@ -94,7 +102,7 @@ def _rules_of(fired: pd.DataFrame, account_id: int) -> list[str]:
 def test_rule_fires_at_its_threshold_and_not_just_below(
     rule: str, firing: dict[str, Any], quiet: dict[str, Any], value: float, threshold: float
 ) -> None:
-    fired = _fired({1: firing, 2: quiet})
+    fired = _fired({1: firing, 2: quiet}, _only_rules(rule))
     assert _rules_of(fired, 1) == [rule]
     assert _rules_of(fired, 2) == []
     row = fired.iloc[0]
@@ -109,7 +117,7 @@ def test_the_quiet_account_raises_nothing() -> None:
 
 def test_every_declared_rule_is_in_the_default_file() -> None:
     config = load_alert_config()
-    assert config.enabled_rules() == list(RULE_NAMES)
+    assert config.enabled_rules() == [*RULE_NAMES, "at_risk"]
 
 
 def test_titles_are_rendered_in_both_languages() -> None:
@@ -128,12 +136,13 @@ def test_grade_red_fires_without_a_previous_snapshot_and_not_for_a_yellow_accoun
         1: {"health_grade": "red", "health_score": 40.0, "score_7": np.nan, "prev_grade": None},
         2: {"health_grade": "yellow", "prev_grade": "red"},
     })
-    assert _rules_of(fired, 1) == ["grade_red"]
+    assert _rules_of(fired, 1) == ["grade_red", "at_risk"]  # at_risk waits while grade_red stands (raise_alerts)
     assert _rules_of(fired, 2) == []
 
 
 def test_health_drop_needs_both_scores() -> None:
-    assert _fired({1: {"health_score": 20.0, "health_grade": "red", "prev_grade": "red", "score_7": np.nan}}).empty
+    red_without_history = {"health_score": 20.0, "health_grade": "red", "prev_grade": "red", "score_7": np.nan}
+    assert _fired({1: red_without_history}, _only_rules("health_drop")).empty
 
 
 def test_usage_drop_needs_prior_usage() -> None:
@@ -192,7 +201,8 @@ def test_churn_risk_is_quiet_without_a_churn_model_column() -> None:
     assert evaluate(frame, previous, load_alert_config(), AS_OF).empty
     frame["churn_probability"] = 0.93
     fired = evaluate(frame, previous, load_alert_config(), AS_OF)
-    assert fired[["rule", "title"]].values.tolist() == [["churn_risk", "Churn risk 93%"]]
+    assert fired[["rule", "title"]].values.tolist() == [["churn_risk", "Churn risk 93%"],
+                                                         ["at_risk", "At risk: churn risk 93 %"]]
 
 
 _EVERYTHING_WRONG = {
@@ -206,7 +216,7 @@ _EVERYTHING_WRONG = {
 def test_churned_accounts_never_alert() -> None:
     fired = _fired({1: {**_EVERYTHING_WRONG, "status": "churned", "stage": "churned"}, 2: _EVERYTHING_WRONG})
     assert _rules_of(fired, 1) == []
-    assert _rules_of(fired, 2) == list(RULE_NAMES)
+    assert _rules_of(fired, 2) == [*RULE_NAMES, "at_risk"]
 
 
 def test_a_disabled_rule_stays_quiet() -> None:
@@ -221,7 +231,7 @@ def test_a_disabled_rule_stays_quiet() -> None:
 def test_evaluate_accepts_account_id_as_a_column_and_previous_for_other_accounts() -> None:
     frame, _previous = _frames({7: {"health_score": 50.0}})
     previous = pd.DataFrame({"account_id": [7, 8], "score_7": [70.0, 90.0], "prev_grade": ["yellow", "green"]})
-    fired = evaluate(frame.reset_index(), previous, load_alert_config(), AS_OF)
+    fired = evaluate(frame.reset_index(), previous, _only_rules("health_drop"), AS_OF)
     assert fired[["account_id", "rule", "value"]].values.tolist() == [[7, "health_drop", 20.0]]
 
 
@@ -470,7 +480,7 @@ def test_details_hold_drivers_arr_stage_and_the_stages_playbook(session: Session
     ])
     session.commit()
     result = _raise(session, AS_OF, {
-        acme: {"renewal_date": _ts(AS_OF, -60), "health_score": 55.0, "score_7": 55.0},
+        acme: {"renewal_date": _ts(AS_OF, -60), "health_score": 55.0, "score_7": 55.0, "score_30": 55.0},
         globex: _stale(AS_OF),
     })
     by_account = {a.account_id: a for a in result.new}
@@ -545,3 +555,26 @@ def test_demo_portfolio_raises_a_plausible_set_of_alerts_once(session: Session) 
     session.commit()
     assert (second.new, second.resolved, second.reopened) == ([], 0, [])
     assert len(_alerts(session)) == len(first.new)
+
+
+def test_at_risk_alerts_what_no_other_rule_says_and_waits_while_grade_red_stands(
+    session: Session, book: dict[str, int]
+) -> None:
+    acme, globex = book["acme"], book["globex"]
+    red = {"health_score": 40.0, "health_grade": "red", "prev_grade": "yellow", "score_7": 45.0, "score_30": 45.0}
+    falling = {"health_score": 60.0, "score_7": 72.0, "score_30": 72.0}
+    # Night 1: Acme turns red (grade_red says it; no second message), Globex is yellow and fell 12 points.
+    first = _raise(session, AS_OF, {acme: red, globex: falling})
+    assert sorted((a.account_id, a.rule) for a in first.new) == [(acme, "grade_red"), (globex, "at_risk")]
+    warning = next(a for a in first.new if a.rule == "at_risk")
+    assert (warning.owner_id, warning.severity) == (book["kim"], "warning")
+    assert warning.title == "At risk: down 12 points in 7 days"
+    assert warning.details["title_zh"] == "风险客户：7 天内下降 12 分"
+    # Night 2: both still hold; nothing new (Acme's grade_red stands, Globex's at_risk is open).
+    later = AS_OF + timedelta(days=1)
+    assert _raise(session, later, {acme: {**red, "prev_grade": "red"}, globex: falling}).new == []
+    # Night 3: Globex recovered, so its at_risk alert is resolved; Acme's grade_red still holds.
+    done = _raise(session, later + timedelta(days=1), {acme: {**red, "prev_grade": "red"}, globex: {}})
+    assert done.resolved == 1 and done.new == []
+    assert {(a.account_id, a.rule): a.status for a in _alerts(session)} == {
+        (acme, "grade_red"): "open", (globex, "at_risk"): "resolved"}

@@ -347,7 +347,7 @@ def test_bad_scorecard_names_the_file_and_key(tmp_path: Path, old: str, new: str
 
 
 def test_scorecard_that_is_not_toml(tmp_path: Path) -> None:
-    path = _write_variant(tmp_path, 'version = "2025.1"', "version = ")
+    path = _write_variant(tmp_path, 'version = "2026.1"', "version = ")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_scorecard(path)
 

@@ -132,7 +132,16 @@ def test_nightly_on_the_demo_then_deliver_sends_each_owner_their_alerts_once(
     enqueued = result.count("deliveries_enqueued")
     assert enqueued > 0
     assert _count(engine, Delivery) == enqueued
-    assert _count(engine, Delivery, col(Delivery.status) == outbox.PENDING) == enqueued
+    # Only Slack is configured: a survey to a contact csbot can reach only on Telegram is recorded undeliverable.
+    stuck = result.step("surveys").counts["undeliverable"]
+    assert _count(engine, Delivery, col(Delivery.status) == outbox.PENDING) == enqueued - stuck
+    with Session(engine) as s:
+        kept = s.exec(select(Delivery).where(Delivery.status == outbox.UNDELIVERABLE)).all()
+    assert len(kept) == stuck > 0
+    for delivery in kept:
+        assert (delivery.kind, delivery.platform) == ("survey", "telegram")
+        assert str(delivery.last_error).startswith("Telegram is not configured (TELEGRAM_BOT_TOKEN) and ")
+        assert str(delivery.last_error).endswith(" has no Slack id")
 
     # Every alert message goes to its own account owner's Slack DM.
     with Session(engine) as s:

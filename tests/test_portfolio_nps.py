@@ -374,6 +374,18 @@ def test_health_attaches_trend_chart(router: Router) -> None:
     reply = ask(router, "health Acme Corp")
     assert reply.cards and len(reply.images) == 1
     image = reply.images[0]
-    assert image.filename == "health-ACC-1.png" and image.title == "Acme Corp — health, last 90 days"
+    # Weekly snapshots: the last 90 days hold 13 of them, from 12 weeks ago to today.
+    start = (TODAY - timedelta(days=84)).isoformat()
+    assert image.filename == "health-ACC-1.png"
+    assert image.title == f"Acme Corp — health, {start} → {TODAY.isoformat()} (85 days)"
     assert_png(image.png)
     assert ask(router, "health Globex").images == []  # never snapshotted: no empty chart
+
+
+def test_a_chart_of_one_snapshot_says_it_is_one_day(router: Router, engine: Engine) -> None:
+    with Session(engine) as s:
+        initech = s.exec(select(Account).where(Account.name == "Initech")).one()
+        s.add(HealthSnapshot(account_id=initech.id or 0, day=TODAY, score=60.0, grade="yellow", measures={},
+                             scorecard_version="test"))
+        s.commit()
+    assert ask(router, "health Initech").images[0].title == f"Initech — health on {TODAY.isoformat()}"

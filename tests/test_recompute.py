@@ -45,7 +45,10 @@ def test_recompute_is_idempotent_per_day(session: Session) -> None:
     _run(session)
     first = _snapshots(session)
     transitions = session.exec(select(func.count()).select_from(StageTransition)).one()
-    assert len(first) == 55  # every active account scored once; churned ones are not rescored
+    # Every active account scored once for today (churned ones are not rescored), after a backfilled month of
+    # daily health: the first recompute of never-scored accounts.
+    assert len([row for row in first if row[1] == TODAY]) == 55
+    assert {d for _, d, _, _ in first} == {date.fromordinal(TODAY.toordinal() - n) for n in range(31)}
     assert _run(session) == 0
     assert _snapshots(session) == first
     assert session.exec(select(func.count()).select_from(StageTransition)).one() == transitions
@@ -71,8 +74,17 @@ def test_backfill_gives_trends(session: Session) -> None:
     session.commit()
     backfill_health(session, today=TODAY, offsets=(30, 7), scorecard=default_scorecard(), machine=load_stage_machine())
     _run(session)
-    days = {d for _, d, _, _ in _snapshots(session)}
-    assert days == {date(2026, 10, 24), date(2026, 11, 16), TODAY}
+    days: dict[int, set[date]] = {}
+    for account_id, day, _, _ in _snapshots(session):
+        days.setdefault(account_id, set()).add(day)
+    # Accounts the backfill scored keep those days (the ones that began after the first of them, the later ones);
+    # an account it could not score at all (usage too young) gets its own daily backfill from the recompute, as
+    # any account scored for the first time: every day from its first usage day on.
+    kept = [{date(2026, 10, 24), date(2026, 11, 16), TODAY}, {date(2026, 11, 16), TODAY}]
+    assert sum(1 for d in days.values() if d == kept[0]) > 40
+    for d in days.values():
+        first = min(d)
+        assert d in kept or d == {date.fromordinal(n) for n in range(first.toordinal(), TODAY.toordinal() + 1)}
 
 
 def test_console_transcript(engine: Engine, tmp_path: Path) -> None:
@@ -108,7 +120,8 @@ def test_console_transcript(engine: Engine, tmp_path: Path) -> None:
     assert "━━ Northwind Traders  (ACC-00006) ━━" in text
     assert "Health          " in text and "Why this health:" in text
     assert "Measures:" in text and "licence utilisation:" in text
-    assert "At-risk accounts (your team)" in text and "red or falling" in text  # Maya manages four CSMs
+    assert "At-risk accounts (your team)" in text  # Maya manages four CSMs
+    assert "at risk (red, a critical signal, falling fast" in text and "· why: red" in text
     assert "Renewals in the next 45 days (your team)" in text
     assert "Note saved on Northwind Traders." in text
     assert "Northwind Traders moved from Renewal to Expansion (asked for 200 more seats)" in text
@@ -180,4 +193,46 @@ def test_import_and_recompute_on_postgresql(pg_engine: Engine, engine: Engine, t
     assert on_pg == on_sqlite
     _reimport_changes_nothing(pg_engine, tmp_path)
     with Session(pg_engine) as session:
-        assert session.exec(select(func.count()).select_from(HealthSnapshot)).one() == 2
+        # Today's two, and the month before backfilled by the first recompute (both have 60 days of usage).
+        assert session.exec(select(func.count()).select_from(HealthSnapshot)).one() == 2 * 31
+
+
+def test_the_first_recompute_of_an_account_backfills_its_month_and_only_its_own(engine: Engine, tmp_path: Path) -> None:
+    _import_and_recompute(engine, tmp_path)
+    later = date.fromordinal(TODAY.toordinal() + 1)
+    newcomer = tmp_path / "newcomer"
+    newcomer.mkdir()
+    (newcomer / "accounts.csv").write_text(
+        "external_id,name,owner_email,seats,contract_start,renewal_date\n"
+        "P-3,Pecan Soft,csm@example.com,10,2026-10-01,2027-10-01\n"
+        "P-4,Plum Empty,csm@example.com,10,2026-10-01,2027-10-01\n", encoding="utf-8")
+    # Pecan's usage starts 12 days before the recompute: its backfill starts there, not a month back.
+    (newcomer / "usage.csv").write_text("account_external_id,date,active_users,logins,events\n" + "".join(
+        f"P-3,{date.fromordinal(later.toordinal() - n).isoformat()},6,9,200\n" for n in range(12, 0, -1)),
+        encoding="utf-8")
+    with Session(engine) as session:
+        for kind in ("accounts", "usage"):
+            import_csv(session, kind, newcomer / f"{kind}.csv")
+        session.commit()
+        summary = recompute(session, as_of=later, scorecard=default_scorecard(), machine=load_stage_machine())
+        session.commit()
+        assert summary.backfilled == 12
+        days: dict[str, list[date]] = {}
+        for name, day in session.exec(
+            select(Account.name, HealthSnapshot.day).join(HealthSnapshot, col(HealthSnapshot.account_id) == Account.id)
+            .order_by(col(HealthSnapshot.day))
+        ).all():
+            days.setdefault(name, []).append(day)
+    assert days["Pecan Soft"] == [date.fromordinal(later.toordinal() - n) for n in range(12, -1, -1)]
+    assert "Plum Empty" not in days  # no usage to score: nothing backfilled, and no score today
+    # Plum's usage arrives after that recompute: the next one still backfills it (it was never scored).
+    (newcomer / "usage.csv").write_text("account_external_id,date,active_users,logins,events\n" + "".join(
+        f"P-4,{date.fromordinal(later.toordinal() - n).isoformat()},6,9,200\n" for n in range(20, 0, -1)),
+        encoding="utf-8")
+    with Session(engine) as session:
+        import_csv(session, "usage", newcomer / "usage.csv")
+        session.commit()
+        assert recompute(session, as_of=later, scorecard=default_scorecard(), machine=load_stage_machine(),
+                         with_insight=False).backfilled == 20
+    # The accounts scored before keep their history as it was: one more day, nothing rewritten.
+    assert days["Polar Labs"] == [date.fromordinal(TODAY.toordinal() - n) for n in range(30, -2, -1)]

@@ -16,10 +16,12 @@ from bot.messages import Incoming, Reply
 from bot.notifier import payload_to_reply
 from bot.router import Router, Services
 from bot.routing import escalate, in_quiet_hours, release_time, route_alerts, zone
+from bot.undelivered import Routes, requeue
 from lifecycle.alerts import AlertConfig, RoutingConfig, default_alert_config
 from lifecycle.config import load_settings
 from lifecycle.models import Account, Alert, Delivery, User
 from lifecycle.outbox import enqueue
+from lifecycle.surveys import default_survey_config
 
 NOON = datetime(2026, 6, 1, 12, 0)  # naive UTC, as stored
 
@@ -102,7 +104,7 @@ def test_owner_on_slack_owner_on_telegram_and_unlinked_to_the_team_channel(
         alerts[3].id: ("slack", "CTEAM"),  # no owner at all
         tia.id: ("telegram", "222"),
     }
-    assert (stats.enqueued, stats.team, stats.to_digest, stats.unroutable) == (5, 2, 0, 0)
+    assert (stats.enqueued, stats.team, stats.to_digest, stats.undeliverable) == (5, 2, 0, 0)
 
 
 def test_team_channel_on_telegram_and_nowhere_to_go(session: Session, people: dict[str, int]) -> None:
@@ -113,8 +115,12 @@ def test_team_channel_on_telegram_and_nowhere_to_go(session: Session, people: di
 
     lost = _alert(session, people, "nel")
     stats = route_alerts(session, [lost], now=NOON, config=_config())
-    assert (stats.enqueued, stats.unroutable) == (0, 1)
-    assert len(_deliveries(session)) == 1
+    assert (stats.enqueued, stats.undeliverable) == (0, 1)
+    # Not dropped: recorded undeliverable, with why, for `csbot deliveries` and the digest.
+    [_team, kept] = _deliveries(session)
+    assert (kept.alert_id, kept.status, kept.platform, kept.target) == (lost.id, "undeliverable", "", "")
+    assert kept.last_error == ("Nel has no Slack or Telegram id; no team channel is set ([routing] "
+                               "team_slack_channel, team_telegram_chat)")
 
 
 def test_the_delivered_card_carries_the_alert_and_its_buttons(session: Session, people: dict[str, int]) -> None:
@@ -264,10 +270,19 @@ def test_acknowledged_or_managerless_alerts_are_not_escalated_to_a_manager(
     no_manager = _alert(session, people, "ida", severity="critical")
     session.commit()
     later = NOON + timedelta(hours=48)
-    assert escalate(session, now=later, config=_config()) == 0  # Ida has no manager and there is no team channel
-    assert escalate(session, now=later, config=_config(team_slack_channel="CTEAM")) == 1
+    # Ida has no manager and there is no team channel: the escalation is recorded undeliverable, once.
+    assert escalate(session, now=later, config=_config()) == 1
+    assert escalate(session, now=later, config=_config(team_slack_channel="CTEAM")) == 0
+    [kept] = _deliveries(session, "escalation")
+    assert (kept.status, kept.alert_id) == ("undeliverable", no_manager.id)
+    assert kept.last_error == ("Ida has no manager; no team channel is set ([routing] team_slack_channel, "
+                               "team_telegram_chat)")
+    # Once a team channel is set, `csbot deliveries --retry` routes it there.
+    routes = Routes(_config(team_slack_channel="CTEAM"), default_survey_config(), b"k" * 32)
+    assert requeue(session, routes, now=later).routed == 1
+    session.commit()
     [sent] = _deliveries(session, "escalation")
-    assert (sent.target, sent.alert_id) == ("CTEAM", no_manager.id)
+    assert (sent.status, sent.platform, sent.target, sent.last_error) == ("pending", "slack", "CTEAM", None)
 
 
 # ---------------------------------------------------------------------------------------------------- buttons

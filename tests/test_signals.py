@@ -40,6 +40,8 @@ def build_portfolio(session: Session) -> dict[str, int]:
 
     totals = [  # (days before AS_OF, active users, logins, events)
         (0, 6, 3, 100),
+        (6, 5, 0, 5),  # day 7: last day of the "last 7 days"
+        (7, 9, 0, 1),  # day 8: first of the 23 days before them
         (13, 7, 0, 10),  # first day of the 14-day activation window
         (14, 10, 0, 20),  # just outside it; still in the last 30
         (29, 8, 0, 50),  # day 30: last day of the "last 30"
@@ -82,6 +84,10 @@ def build_portfolio(session: Session) -> dict[str, int]:
             NpsResponse(account_id=acme.id, contact_key="a@x", score=9, responded_at=at(58)),
             NpsResponse(account_id=acme.id, contact_key="b@x", score=4, responded_at=at(16)),
             NpsResponse(account_id=acme.id, contact_key="c@x", score=10, responded_at=at(-1)),
+            # A detractor who answered again as a promoter no longer counts as one; one 90+ days ago neither.
+            NpsResponse(account_id=acme.id, contact_key="d@x", score=3, responded_at=at(40)),
+            NpsResponse(account_id=acme.id, contact_key="d@x", score=9, responded_at=at(20)),
+            NpsResponse(account_id=acme.id, contact_key="e@x", score=2, responded_at=at(90)),
             Note(account_id=acme.id, text="kick-off", created_at=at(30)),
             Note(account_id=acme.id, text="late call", created_at=at(0, 23, 59, 59)),
             Note(account_id=acme.id, text="tomorrow", created_at=at(-1, 0)),
@@ -102,12 +108,18 @@ def test_one_row_per_account_with_the_contract_columns(session: Session, portfol
 def test_usage_windows_and_their_boundaries(session: Session, portfolio: dict[str, int]) -> None:
     acme = build_signals(session, AS_OF).loc[portfolio["acme"]]
     assert acme["active_users_peak_30"] == 10
-    assert acme["utilisation"] == pytest.approx(0.5)
-    assert acme["events_30"] == 100 + 10 + 20 + 50
+    assert acme["active_users_peak_7"] == 6
+    assert acme["utilisation"] == pytest.approx(6 / 20)  # the last 7 days' peak, not the 30 days'
+    assert acme["events_30"] == 100 + 5 + 1 + 10 + 20 + 50
     assert acme["events_prior_30"] == 70 + 30
+    assert acme["events_7"] == 105 and acme["usage_days_7"] == 2
+    assert acme["events_per_day_7"] == pytest.approx(105 / 2)
+    assert acme["events_per_day_8_30"] == pytest.approx((1 + 10 + 20 + 50) / 4)
+    assert acme["usage_change_7"] == pytest.approx((105 / 2 - 81 / 4) / (81 / 4) * 100)
+    assert acme["usage_change_30"] == pytest.approx((186 - 100) / 100 * 100)
     assert acme["logins_30"] == 3
     assert acme["logins_prior_30"] == 3
-    assert acme["usage_days_30"] == 4
+    assert acme["usage_days_30"] == 6
     assert acme["last_login_date"] == pd.Timestamp(AS_OF)
     assert acme["last_usage_date"] == pd.Timestamp(AS_OF)
     assert acme["days_since_last_login"] == 0
@@ -118,8 +130,8 @@ def test_usage_windows_and_their_boundaries(session: Session, portfolio: dict[st
 
 def test_activation_days_count_days_at_the_ratio_of_seats(session: Session, portfolio: dict[str, int]) -> None:
     assert build_signals(session, AS_OF).loc[portfolio["acme"], "activation_days"] == 0  # 0.6 × 20 = 12 users
-    relaxed = build_signals(session, AS_OF, activation_ratio=0.3)  # 6 users: days 0 and 13, not 14
-    assert relaxed.loc[portfolio["acme"], "activation_days"] == 2
+    relaxed = build_signals(session, AS_OF, activation_ratio=0.3)  # 6 users: days 0, 7 and 13, not 6 or 14
+    assert relaxed.loc[portfolio["acme"], "activation_days"] == 3
     assert relaxed["activation_days"].isna()[portfolio["idle"]]  # no seats
 
 
@@ -145,6 +157,7 @@ def test_latest_nps_and_note_at_or_before_the_day(session: Session, portfolio: d
     assert acme["nps_last_score"] == 4
     assert acme["nps_last_at"] == pd.Timestamp(2025, 3, 15, 10)
     assert acme["days_since_last_nps"] == 16
+    assert acme["nps_detractors_90"] == 1  # b@x; d@x answered 9 since, e@x is 90 days old
     assert acme["last_note_at"] == pd.Timestamp(2025, 3, 31, 23, 59, 59)
     assert acme["days_since_last_note"] == 0
 
@@ -154,10 +167,14 @@ def test_data_after_the_day_is_ignored_and_used_once_the_day_comes(
 ) -> None:
     later = build_signals(session, AS_OF + timedelta(days=1)).loc[portfolio["acme"]]
     assert later["nps_last_score"] == 10
-    assert later["events_30"] == 999 + 100 + 10 + 20  # the old day 30 has moved to the prior window
+    assert later["events_30"] == 999 + 100 + 5 + 1 + 10 + 20  # the old day 30 has moved to the prior window
     assert later["events_prior_30"] == 50 + 70
     assert later["open_high_tickets"] == 3  # T5 opened
     assert later["feature_breadth_30"] == 2  # "alerts"
+    # A week without any usage row after days with usage: nobody used it, utilisation 0 and usage down 100 %.
+    quiet = build_signals(session, AS_OF + timedelta(days=8)).loc[portfolio["acme"]]
+    assert quiet["usage_days_7"] == 0 and quiet["usage_days_30"] > 0
+    assert quiet["utilisation"] == 0 and quiet["events_per_day_7"] == 0 and quiet["usage_change_7"] == -100
 
 
 def test_accounts_without_data_get_no_data_not_zero(session: Session, portfolio: dict[str, int]) -> None:
@@ -195,8 +212,10 @@ def test_same_signals_on_postgresql(pg_engine: Engine) -> None:
         ids = build_portfolio(session)
         frame = build_signals(session, AS_OF, activation_ratio=0.3)
     acme, stale = frame.loc[ids["acme"]], frame.loc[ids["stale"]]
-    assert (acme["events_30"], acme["events_prior_30"], acme["usage_days_30"]) == (180, 100, 4)
-    assert acme["utilisation"] == pytest.approx(0.5) and acme["activation_days"] == 2
+    assert (acme["events_30"], acme["events_prior_30"], acme["usage_days_30"]) == (186, 100, 6)
+    assert acme["utilisation"] == pytest.approx(0.3) and acme["activation_days"] == 3
+    assert acme["usage_change_7"] == pytest.approx((105 / 2 - 81 / 4) / (81 / 4) * 100)
+    assert acme["nps_detractors_90"] == 1
     assert acme["feature_breadth_30"] == 1
     assert (acme["open_high_tickets"], acme["urgent_open_tickets"], acme["tickets_30"]) == (2, 1, 3)
     assert acme["nps_last_score"] == 4 and acme["nps_last_at"] == pd.Timestamp(2025, 3, 15, 10)

@@ -221,7 +221,8 @@ async def test_command_menu_is_registered_in_english_and_chinese(
         for c in calls
     }
     assert set(by_lang) == {"", "zh"}
-    assert by_lang[""]["at_risk"] == "Accounts that are red or falling fast, largest ARR at stake first."
+    assert by_lang[""]["at_risk"] == "Accounts at risk (red, a critical signal, falling fast, or a high churn " \
+        "risk), each with why; largest ARR at stake first."
     assert by_lang["zh"]["account"] == "客户卡片：负责人、ARR、阶段、健康度及原因、续约、NPS、工单。"
     assert by_lang[""].keys() == by_lang["zh"].keys()
     assert {"account", "health", "help", "at_risk"} <= by_lang[""].keys()

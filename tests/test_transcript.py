@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -286,7 +286,10 @@ async def test_the_same_transcript_says_the_same_on_console_slack_and_telegram(
     assert f"ARR ${acme.arr:,.0f}" in card.lines and f"Seats {acme.seats}" in card.lines
     assert "Why this health" in card.lines and "Latest notes" in card.lines
     assert card.buttons == [("Health", f"health {acme.external_id}"), ("Stage history", f"stage {acme.external_id}")]
-    assert "Measures" in health.lines and health.charts == [f"{ACCOUNT} — health, last 90 days"]
+    # The first recompute backfilled a month of daily health: the chart says it shows 31 days, not 90.
+    month_ago = (TODAY - timedelta(days=30)).isoformat()
+    assert "Measures" in health.lines
+    assert health.charts == [f"{ACCOUNT} — health, {month_ago} → {TODAY.isoformat()} (31 days)"]
     assert at_risk.lines[0] == "At-risk accounts (your team)"  # a manager, by default
     assert renewals.lines[0] == "Renewals in the next 90 days (your team)"
     assert note.lines == [f"Note saved on {ACCOUNT}."]

@@ -5,14 +5,17 @@ from __future__ import annotations
 from typing import Annotated
 
 from bot.format import grade, money, signed
-from bot.i18n import t
+from bot.i18n import add_messages, t
 from bot.messages import Card, Reply, Section
 from bot.money import reply_rates, total_text, totals_note
 from bot.permissions import coverage
 from bot.router import Context, Param, command
 from lifecycle.portfolio import PortfolioRow, Scope, at_risk, renewals
+from lifecycle.risk import reasons_text
 
 SHOW = 15
+
+add_messages({"risk_why": {"en": "why: {reasons}", "zh": "原因：{reasons}"}})
 
 
 def _scope(ctx: Context, which: str | None, segment: str | None) -> tuple[Scope, str]:
@@ -35,6 +38,8 @@ def _line(row: PortfolioRow, ctx: Context, *, renewal: bool) -> str:
         parts.append(f"{row.score:.0f} {grade(row.grade, ctx.lang)}{trend}")
     if renewal and row.renewal_date:
         parts.append(f"{row.renewal_date.isoformat()} ({(row.renewal_date - ctx.today).days} d)")
+    if row.reasons:
+        parts.append(ctx.t("risk_why", reasons=reasons_text(row.reasons, ctx.lang, ctx.services.scorecard())))
     if row.top_drag:
         label = ctx.services.scorecard().label(row.top_drag, ctx.lang)
         parts.append(ctx.t("main_drag", measure=label))
@@ -42,17 +47,19 @@ def _line(row: PortfolioRow, ctx: Context, *, renewal: bool) -> str:
     return " · ".join(parts)
 
 
-@command("at-risk", aliases=("风险", "atrisk"), zh="风险客户（红色或快速下滑），按涉及 ARR 从大到小。",
+@command("at-risk", aliases=("风险", "atrisk"),
+         zh="风险客户（红色、关键信号、快速下滑或流失风险高），每行附原因，按涉及 ARR 从大到小。",
          examples=("at-risk", "at-risk mine", "at-risk enterprise", "at-risk mine segment enterprise"))
 def at_risk_cmd(
     ctx: Context,
     which: Annotated[str | None, Param("word", choices=("mine", "all"))] = None,
     segment: Annotated[str | None, Param("segment")] = None,
 ) -> Reply:
-    """Accounts that are red or falling fast, largest ARR at stake first."""
+    """Accounts at risk (red, a critical signal, falling fast, or a high churn risk), each with why; largest ARR
+    at stake first."""
     scope, label = _scope(ctx, which, segment)
     rates = reply_rates(ctx)
-    rows, count, arr = at_risk(ctx.session, scope, limit=SHOW, rates=rates)
+    rows, count, arr = at_risk(ctx.session, scope, limit=SHOW, rates=rates, scorecard=ctx.services.scorecard())
     if not count:
         return Reply(text=ctx.t("at_risk_empty", scope=label))
     lines = [_line(r, ctx, renewal=False) for r in rows]

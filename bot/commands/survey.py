@@ -1,7 +1,8 @@
 """`survey <account> [<contact>]`: ask an account's contacts (or one of them) the NPS question now.
 
 The question goes through the outbox like the scheduled ones, so the same throttle, daily cap and quiet hours apply;
-the answer says who was asked, who waits for the end of their quiet hours, and who was left out and why.
+the answer says who was asked, who waits for the end of their quiet hours, and who was left out and why: a contact
+reachable only on a platform that is not configured gets an undeliverable survey, with the reason.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from sqlmodel import col
 from bot.arguments import WordError, did_you_mean, extra_word, near
 from bot.messages import Reply
 from bot.router import Context, Param, UserError, command
-from bot.surveys import enqueue_questions, survey_config
+from bot.routing import why_text
+from bot.surveys import contact_reasons, enqueue_questions, survey_config
 from lifecycle import surveys as core
 from lifecycle.models import Account, Contact, utcnow
 
@@ -58,18 +60,27 @@ def survey(
     contact: Annotated[str, Param("rest", label="contact")] = "",
 ) -> Reply:
     """Send the NPS survey now to an account's contacts, or one of them: `survey <account> [<contact>]`."""
-    config = survey_config(ctx.services.settings)
+    settings = ctx.services.settings
+    config = survey_config(settings)
+    platforms = settings.delivery_platforms
     now = utcnow()
     chosen = _contact(ctx, account, contact) if contact.strip() else None
-    plan = core.plan_manual(ctx.session, account, contact=chosen, now=now, config=config)
+    plan = core.plan_manual(ctx.session, account, contact=chosen, now=now, config=config, platforms=platforms)
     created = core.create_surveys(ctx.session, plan.due, now=now, config=config,
-                                  secret=core.survey_secret(ctx.services.settings))
-    enqueue_questions(ctx.session, created, now=now, config=config)
+                                  secret=core.survey_secret(settings))
+    enqueue_questions(ctx.session, created, now=now, config=config, platforms=platforms)
+    asked = [s for s in created if not s.undeliverable]
     lines: list[str] = []
-    if created:
-        lines.append(ctx.t("svc_queued", names=", ".join(s.contact_name for s in created), account=account.name))
+    if asked:
+        lines.append(ctx.t("svc_queued", names=", ".join(s.contact_name for s in asked), account=account.name))
         lines += [ctx.t("svc_held", name=s.contact_name, time=s.send_at.strftime("%Y-%m-%d %H:%M"))
-                  for s in created if s.send_at > now]
+                  for s in asked if s.send_at > now]
+    stuck_contacts = ctx.session.execute(
+        select(Contact).where(col(Contact.id).in_(plan.undeliverable)).order_by(col(Contact.id))
+    ).scalars().all() if plan.undeliverable else []
+    for stuck in stuck_contacts:
+        reason = why_text(contact_reasons(stuck, config, platforms), ctx.lang)
+        lines.append(ctx.t("svc_undeliverable", name=stuck.name, reason=reason))
     lines += [ctx.t("svc_throttled", name=name, date=until.date().isoformat()) for name, until in plan.throttled]
     if plan.open:
         lines.append(ctx.t("svc_open", names=", ".join(plan.open)))
