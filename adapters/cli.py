@@ -112,12 +112,17 @@ def _chat(engine: Engine, settings: Settings, as_email: str | None) -> int:
     if not actor:
         err.print("[red]No users yet: import users first (`csbot import users FILE`) or run `csbot demo`.[/red]")
         return 2
+    from adapters.console.render import render_text
     from bot.commands.people import greeting_text
+    from bot.inbox import waiting_for
 
     with Session(engine) as s:
         user = s.exec(select(User).where(col(User.email) == actor)).first()
         if user is not None:  # who the console speaks as (an unknown email gets the router's own refusal)
             err.print(greeting_text(s, user, settings.lang).replace("*", ""), markup=False, highlight=False)
+            waiting = waiting_for(s, user)
+            if waiting is not None:  # what tonight's run wrote to them that no platform has carried
+                err.print(render_text(waiting), markup=False, highlight=False)
     router = Router(Services(engine=engine, settings=settings))
     router.warm_up()
     return run_console(router, actor)

@@ -85,13 +85,16 @@ def test_demo_seeds_then_answers_piped_commands(tmp_path: Path) -> None:
     assert "Northwind Traders" in again.stdout
 
 
-def test_users_lists_people_with_their_ids(tmp_path: Path) -> None:
+def test_users_lists_people_and_the_console_shows_what_waits(tmp_path: Path) -> None:
     assert csbot("demo", "--no-chat", cwd=tmp_path).returncode == 0
     run = csbot("users", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     row = next(line for line in run.stdout.splitlines() if "priya.raman@csbot-demo.example" in line)
     assert "csm" in row and "Maya Chen" in row and "U0DEMO05" in row and "700000005" in row
     assert "maya.chen@csbot-demo.example" in run.stdout and "manager" in run.stdout
+    # the console shows what tonight's run wrote to the person that no chat platform has carried
+    chat = csbot("chat", "--as", "priya.raman@csbot-demo.example", cwd=tmp_path, stdin="quit\n")
+    assert re.search(r"📬 \d+ message\(s\) for you are waiting, not sent", chat.stderr.replace("\n", " "))
 
 
 def test_unknown_account_gets_suggestions_and_exit_1(tmp_path: Path) -> None:

@@ -1,0 +1,62 @@
+"""What is waiting for one person in the outbox: the messages csbot wrote to them that no chat platform has carried
+yet (none is configured, or none reaches them). The console shows it when a session opens, so the demo's nightly
+run (alerts, renewal prompts, digests) is visible without Slack or Telegram.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from sqlalchemy import select
+from sqlmodel import Session, col
+
+from bot.digests import DIGEST_KIND, WEEKLY_KIND
+from bot.i18n import add_messages, t
+from bot.messages import Reply
+from bot.notifier import payload_to_reply
+from bot.routing import TO_KEY
+from lifecycle.models import Delivery, User
+from lifecycle.outbox import PENDING, UNDELIVERABLE
+
+RECENT = 2_000  # the newest rows looked at: what waits for one person is among them
+
+add_messages(
+    {
+        "inbox_waiting": {
+            "en": "📬 {count} message(s) for you are waiting, not sent (no chat platform reaches you here): {kinds}. "
+            "`csbot deliveries` lists them.",
+            "zh": "📬 有 {count} 条发给你的消息还在等待、尚未发出（这里没有能送达你的聊天平台）：{kinds}。"
+            "`csbot deliveries` 可查看。",
+        },
+        "inbox_latest_digest": {"en": "Your latest digest:", "zh": "你最新的摘要："},
+        "inbox_kind_alert": {"en": "{n} alert(s) and renewal prompt(s)", "zh": "{n} 条告警和续约提醒"},
+        "inbox_kind_escalation": {"en": "{n} escalation(s)", "zh": "{n} 条升级通知"},
+        "inbox_kind_digest": {"en": "{n} daily digest(s)", "zh": "{n} 份每日摘要"},
+        "inbox_kind_weekly": {"en": "{n} weekly summary(ies)", "zh": "{n} 份每周总结"},
+        "inbox_kind_other": {"en": "{n} other message(s)", "zh": "{n} 条其他消息"},
+    }
+)
+
+_KINDS = ("alert", "escalation", DIGEST_KIND, WEEKLY_KIND)
+
+
+def waiting_for(session: Session, user: User) -> Reply | None:
+    """A note on what waits for `user` (counts by kind) followed by their latest digest; None when nothing does."""
+    rows = session.execute(
+        select(Delivery.kind, Delivery.payload)
+        .where(col(Delivery.status).in_((PENDING, UNDELIVERABLE)))
+        .order_by(col(Delivery.id).desc()).limit(RECENT)
+    ).all()
+    mine = [(kind, payload) for kind, payload in rows
+            if isinstance(payload.get(TO_KEY), dict) and payload[TO_KEY].get("user") == user.id]
+    if not mine:
+        return None
+    lang = user.lang or "en"
+    counts = Counter(kind if kind in _KINDS else "other" for kind, _ in mine)
+    kinds = ", ".join(t(f"inbox_kind_{kind}", lang, n=counts[kind]) for kind in (*_KINDS, "other") if counts[kind])
+    text = t("inbox_waiting", lang, count=len(mine), kinds=kinds)
+    digest = next((payload for kind, payload in mine if kind in (DIGEST_KIND, WEEKLY_KIND)), None)
+    if digest is None:
+        return Reply(text=text)
+    latest = payload_to_reply(digest)
+    return Reply(text=f"{text}\n{t('inbox_latest_digest', lang)}\n{latest.text}".rstrip(), cards=latest.cards)
