@@ -95,11 +95,11 @@ class Query:
         window = self.get_window()
         only_scope = not (self.grades or self.stages or self.plans or self.tiers or self.comparisons or self.status
                           or self.name or window is not None or self.owner not in (None, "me"))
-        if (self.risk or self.base == "at_risk") and only_scope and len(self.segments) <= 1 and \
-                not (self.segments and self.owner == "me"):
+        if (self.risk or self.base == "at_risk") and only_scope and len(self.segments) <= 1:
+            scope = " mine" if self.owner == "me" else " all" if self.scope_all else ""
             if self.segments:
-                return f"at-risk segment {self.segments[0]}"
-            return "at-risk" + (" mine" if self.owner == "me" else " all" if self.scope_all else "")
+                return f"at-risk{scope} segment {self.segments[0]}"
+            return "at-risk" + scope
         if window is not None and not isinstance(window, Between) and not self._filters_beside_window():
             days = window_days(window, today)
             return f"renewals {days}" + (" mine" if self.owner == "me" else " all" if self.scope_all else "")
