@@ -370,8 +370,7 @@ def test_list_queries_pick_the_command_that_answers_them() -> None:
     q.grades = ["red"]
     assert q.command(TODAY) == "find grade=red renewal<60d"
     assert Query(base="at_risk", segments=["enterprise"]).command(TODAY) == "at-risk segment enterprise"
-    assert Query(base="find", risk=True, owner="me", segments=["smb"]).command(TODAY) == \
-        "find grade=red owner=me segment=smb"
+    assert Query(base="find", risk=True, owner="me", segments=["smb"]).command(TODAY) == "at-risk mine segment smb"
 
 
 def test_the_account_index_finds_names_in_sentences() -> None:
