@@ -43,7 +43,7 @@ _KINDS = ("alert", "escalation", DIGEST_KIND, WEEKLY_KIND)
 def waiting_for(session: Session, user: User) -> Reply | None:
     """A note on what waits for `user` (counts by kind) followed by their latest digest; None when nothing does."""
     rows = session.execute(
-        select(Delivery.kind, Delivery.payload)
+        select(col(Delivery.kind), col(Delivery.payload))
         .where(col(Delivery.status).in_((PENDING, UNDELIVERABLE)))
         .order_by(col(Delivery.id).desc()).limit(RECENT)
     ).all()
