@@ -870,13 +870,15 @@ class _Build:
 
     # portfolio reports
 
-    def scope_word(self, *, allow_all: bool = True) -> str:
+    def scope_word(self, *, allow_all: bool = True, team_default: bool = True) -> str:
+        """` mine`, ` all` or nothing. `team_default`: the command's default for a manager is their team
+        (`portfolio`, `alerts`), so "my team's" says nothing more; otherwise "team" means everyone's."""
         mine = self.found.first("mine")
         if mine is not None:
             self.use(mine)
             return " mine"
         team = self.found.of("team")
-        if team and not self.found.of("all") and self.asker.user.role == "manager":
+        if team and team_default and not self.found.of("all") and self.asker.user.role == "manager":
             self.use(*team)
             return ""  # a manager's lists and alerts are their team's unless they ask for everyone's
         everyone = (self.found.of("all") + team)
@@ -901,7 +903,7 @@ class _Build:
             elif value.window is not None and not isinstance(value.window, Between):
                 days = f" {window_days(value.window, self.asker.today)}"
             self.use(slot)
-        return self.run("alert_stats", "alert-stats" + days + self.scope_word())
+        return self.run("alert_stats", "alert-stats" + days + self.scope_word(team_default=False))
 
     def b_nps(self) -> Reading:
         if self.found.accounts or self.found.first("ref") or self.unknown_name:
