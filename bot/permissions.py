@@ -58,10 +58,18 @@ def coverage(session: Session, user: User, csm_read_scope: str, which: str | Non
         return mine
     if which == "all" or user.role != "manager":
         return Coverage(None, "all")
-    reports = session.exec(select(User.id).where(col(User.manager_id) == user.id, col(User.active) == True)).all()  # noqa: E712
+    reports = reports_of(session, user)
     if not reports:  # a manager nobody reports to (yet) oversees the whole portfolio
         return Coverage(None, "all")
-    return Coverage((int(user.id or 0), *(int(r) for r in reports if r is not None)), "team")
+    return Coverage((int(user.id or 0), *(int(r.id) for r in reports if r.id is not None)), "team")
+
+
+def reports_of(session: Session, user: User) -> list[User]:
+    """The active people who report to `user` (a manager's team), by name."""
+    return list(session.exec(
+        select(User).where(col(User.manager_id) == user.id, col(User.active) == True)  # noqa: E712
+        .order_by(col(User.name))
+    ).all())
 
 
 def role_allows(role: str, needs: Needs) -> bool:

@@ -11,6 +11,7 @@ from sqlmodel import Session, col
 from bot.arguments import extra_word
 from bot.i18n import add_messages, t
 from bot.messages import Reply
+from bot.permissions import reports_of
 from bot.router import Context, Param, UserError, command
 from lifecycle.errors import NotFoundError
 from lifecycle.models import Account, Alert, User, utcnow
@@ -148,17 +149,9 @@ def lang(
     return Reply(text=t("lang_set", code), private=True)
 
 
-def team_of(session: Session, user: User) -> list[User]:
-    """The active people who report to `user` (a manager's team), by name."""
-    return list(session.execute(
-        select(User).where(col(User.manager_id) == user.id, col(User.active) == True)  # noqa: E712
-        .order_by(col(User.name))
-    ).scalars())
-
-
 def whoami_text(session: Session, user: User, lang: str, default_lang: str) -> str:
     """Who csbot takes `user` for: name, role, team, manager, accounts owned, reply language, chat ids."""
-    team = team_of(session, user)
+    team = reports_of(session, user)
     team_text = ""
     if team:
         names = ", ".join(u.name for u in team[:6]) + (" …" if len(team) > 6 else "")
