@@ -754,11 +754,9 @@ class _Build:
     def stage_named_as_target(self) -> Slot | None:
         """The stage after "to"/"into"/"到" in a move ("move acme to renewal"): "renewal" alone is not read as the
         stage elsewhere, because "up for renewal" is about the renewal date."""
-        names = sorted({n.casefold() for s in self.owner.machine.stages
-                        for n in (s.name, s.label, getattr(s, "label_zh", "")) if n}, key=len, reverse=True)
         by_name = {n.casefold(): s.name for s in self.owner.machine.stages
                    for n in (s.name, s.label, getattr(s, "label_zh", "")) if n}
-        pattern = "|".join(re.escape(n) for n in names)
+        pattern = "|".join(re.escape(n) for n in sorted(by_name, key=len, reverse=True))
         m = re.search(rf"(?:{_A}(?:to|into|in)\s+(?:the\s+)?|到|为|成)(?P<s>{pattern})(?![a-z])", self.found.text)
         if m is None:
             return None
