@@ -301,8 +301,7 @@ def warm_up() -> None:
     zh_words("预热")
 
 
-@lru_cache(maxsize=4)
-def _vocabulary_for(digest: str, words_: frozenset[str]) -> Vocabulary:
+def _vocabulary_for(words_: frozenset[str]) -> Vocabulary:
     lex = lexicon()
     known = set(words_) | lex.stopwords("en") | lex.stopwords("zh") | set(MASKS.values())
     for name in ("grades", "segments", "tiers", "stages", "comparisons", "languages", "plans"):
@@ -322,7 +321,7 @@ def _vocabulary(model: IntentModel) -> Vocabulary:
     known = _VOCABULARIES.get(model.digest)
     if known is None:
         in_scope = frozenset().union(*(v for k, v in model.vocabulary.items() if k != "out_of_scope"))
-        known = _VOCABULARIES[model.digest] = _vocabulary_for(model.digest, in_scope)
+        known = _VOCABULARIES[model.digest] = _vocabulary_for(in_scope)
     return known
 
 
