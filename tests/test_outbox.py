@@ -414,7 +414,9 @@ class HangsAfterPosting:
         ref = await self.inner.send(target, reply, delivery_id=delivery_id)
         self.posted += 1
         if self.posted == int(hang_after):
-            Path(marker).write_text(str(delivery_id))
+            staged = Path(marker + ".part")
+            staged.write_text(str(delivery_id))
+            staged.replace(marker)  # atomic: the test never reads a half-written marker
             await asyncio.Event().wait()
         return ref
 
