@@ -135,7 +135,7 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     return {"p50": q[49], "p95": q[94], "p99": q[98], "mean": statistics.fmean(ordered), "n": len(ordered)}
 
 
-async def _time_requests(app: Any, bodies: list[str], warmup: int) -> list[float]:
+async def time_requests(app: Any, bodies: list[str], warmup: int) -> list[float]:
     """POST each signed slash command into the ASGI app and time it until the app's background work (the
     answer posted to the response URL) has finished."""
     import httpx
@@ -209,10 +209,10 @@ def lookup(url: str, requests: int, warmup: int = 10) -> dict[str, Any]:
         async def both() -> tuple[list[float], list[float]]:
             # Interleaved halves, so that a noisy neighbour slows both apps alike.
             half = len(bodies) // 2
-            first_noop = await _time_requests(noop, bodies[:half], warmup)
-            first_app = await _time_requests(csbot, bodies[:half], warmup)
-            second_noop = await _time_requests(noop, bodies[half:], 0)
-            second_app = await _time_requests(csbot, bodies[half:], 0)
+            first_noop = await time_requests(noop, bodies[:half], warmup)
+            first_app = await time_requests(csbot, bodies[:half], warmup)
+            second_noop = await time_requests(noop, bodies[half:], 0)
+            second_app = await time_requests(csbot, bodies[half:], 0)
             return first_app + second_app, first_noop + second_noop
 
         app_samples, noop_samples = asyncio.run(both())

@@ -166,10 +166,7 @@ def parse_latency(router: Router, texts: Iterable[str]) -> dict[str, float]:
 
 def end_to_end(router: Router, items: list[dict[str, Any]], limit: int = 40) -> dict[str, float]:
     """The time of a question against the time of the command it becomes, over read commands."""
-    pairs = [(str(i["text"]), str(i["expect"])) for i in items
-             if not i.get("context") and str(i["expect"]).split(" ")[0] in
-             ("account", "health", "find", "at-risk", "renewals", "nps", "portfolio", "alerts", "stage")
-             and len(str(i["expect"]).split()) > 0][:limit]
+    pairs = _read_pairs(items, limit)
     ratios: list[float] = []
     question_ms: list[float] = []
     command_ms: list[float] = []
@@ -193,6 +190,60 @@ def end_to_end(router: Router, items: list[dict[str, Any]], limit: int = 40) -> 
             "ratio_median": round(statistics.median(ratios), 3)}
 
 
+def _read_pairs(items: list[dict[str, Any]], limit: int) -> list[tuple[str, str]]:
+    """Held-out questions without context that become a read command, with that command."""
+    return [(str(i["text"]), str(i["expect"])) for i in items
+            if not i.get("context") and str(i["expect"]).split(" ")[0] in
+            ("account", "health", "find", "at-risk", "renewals", "nps", "portfolio", "alerts", "stage")][:limit]
+
+
+def through_slack(engine: Engine, items: list[dict[str, Any]], limit: int = 40) -> dict[str, float]:
+    """The same pairs as `end_to_end`, asked as a CS manager asks them: `/cs <question>` against `/cs <command>`
+    through the Slack adapter (a signed request into bolt, the answer posted to a fake Slack's response URL), each
+    timed until the answer has been posted; the best of three per pair, question and command alternating."""
+    import asyncio
+    from urllib.parse import urlencode
+
+    from starlette.applications import Starlette
+
+    from adapters.slack import build_slack_app, slack_routes
+    from bench.measures import BOT_TOKEN, SIGNING_SECRET, time_requests
+    from tests.fakes.slack_api import FakeSlackAPI
+
+    pairs = _read_pairs(items, limit)
+    if not pairs:
+        return {}
+    with Session(engine) as session:
+        slack_id = session.exec(select(User.slack_user_id).where(User.email == DEFAULT_AS)).one()
+    with FakeSlackAPI() as fake:
+        settings = load_settings(database_url="sqlite://", SLACK_BOT_TOKEN=BOT_TOKEN,
+                                 SLACK_SIGNING_SECRET=SIGNING_SECRET, SLACK_API_URL=fake.api_url)
+        router = Router(Services(engine=engine, settings=settings, today=lambda: TODAY))
+        router.understanding()
+        app = Starlette(routes=slack_routes(build_slack_app(router, settings)))
+        serial = iter(range(10**9))
+
+        def body(text: str, channel: str) -> str:
+            n = next(serial)
+            return urlencode({
+                "token": "legacy", "team_id": "T1", "team_domain": "bench", "channel_id": channel,
+                "channel_name": "directmessage", "user_id": slack_id, "user_name": "priya", "command": "/cs",
+                "text": text, "api_app_id": "A1", "response_url": fake.response_url(str(n)), "trigger_id": f"1.{n}",
+            })
+
+        bodies = [body(text, f"D0E2E{n}x{attempt}") for n, (question, command) in enumerate(pairs)
+                  for attempt in range(3) for text in (question, command)]
+        samples = asyncio.run(time_requests(app, [bodies[0], bodies[1], *bodies], warmup=2))
+        answers = [str(c.params.get("text", "")) for c in fake.calls_to("response_url", ok_only=True)]
+    question_s = [min(samples[6 * n + 2 * a] for a in range(3)) for n in range(len(pairs))]
+    command_s = [min(samples[6 * n + 2 * a + 1] for a in range(3)) for n in range(len(pairs))]
+    return {"pairs": len(pairs), "question_ms_median": round(statistics.median(question_s) * 1000, 2),
+            "command_ms_median": round(statistics.median(command_s) * 1000, 2),
+            "ratio_median": round(statistics.median(q / c for q, c in zip(question_s, command_s)), 3),
+            "answered": len(answers), "refused_or_failed": sum(1 for a in answers if "went wrong" in a
+                                                                or "don't know you" in a)}
+
+
 def run(*, quick: bool = False, large: int = 100_000) -> dict[str, Any]:
     items = load_corpus()
     heldout = [i for i in items if i.get("split") == "heldout"]
@@ -211,6 +262,7 @@ def run(*, quick: bool = False, large: int = 100_000) -> dict[str, Any]:
         texts = [str(i["text"]) for i in heldout if not i.get("context")]
         result["parse_60"] = parse_latency(router, texts)
         result["end_to_end"] = end_to_end(router, heldout, limit=10 if quick else 40)
+        result["end_to_end_slack"] = through_slack(engine, heldout, limit=10 if quick else 40)
         size = 5_000 if quick else large
         big = demo_engine(Path(tmp), extra_accounts=size - 60)
         result[f"parse_{size}"] = parse_latency(_router(big), texts)

@@ -206,8 +206,8 @@ def find_slots(text: str, *, today: date, index: AccountIndex, users: list[User]
             op = "<" if m.group(2) == "以下" else ">="
             found.slots.append(Slot(m.start(), m.end(), "compare", ("arr", op, value, m.start()), m.group(0)))
     taken = found.spans()
-    found.accounts = [a for a in index.mentions(text, vocabulary=vocabulary.words, taken=taken,
-                                                 fuzzy_vocabulary=vocabulary.fuzzy) if a.how in ("exact", "id")]
+    found.accounts = [a for a in index.mentions(text, vocabulary=vocabulary.words, taken=taken, whole_only=True)
+                      if a.how in ("exact", "id")]
     for match in matcher.find(text):
         if free(match.start, match.end):
             found.slots.append(_slot(match))
