@@ -6,7 +6,8 @@ messages first, in a conversation of its own), and the command the reply was rea
 compared with the expected one. Reported per language, on the held-out part (never trained on) and the dev part:
 exact-command accuracy, out-of-scope detection, the share of in-scope questions that got a clarifying question,
 and parse latency (`Understanding.read` alone) p50/p95 at the demo's 60 accounts and at 100,000 accounts, plus the
-end-to-end time of a question against its exact command.
+time of a question against its exact command end to end through the Slack adapter (signed request in, answer
+posted to a fake Slack) and in the router alone.
 
 Run: `python -m bench --only nl` (or `python -m bench.nl` for this one alone); the figures go to
 `bench/results/nl.json`.
@@ -287,9 +288,11 @@ def goals(result: dict[str, Any]) -> list[tuple[str, float | None, str, bool]]:
     large = result.get(f"parse_{result['accounts_large']}", {})
     out.append((f"parse p95 at {result['accounts_large']:,} accounts (ms)", large.get("p95_ms"), "≤ 25 ms",
                 (large.get("p95_ms") or 1e9) <= GOALS["parse_p95_ms_100k"]))
-    e2e = result.get("end_to_end", {})
-    out.append(("question ÷ its command, end to end", e2e.get("ratio_median"), "≤ 1.1×",
-                (e2e.get("ratio_median") or 1e9) <= GOALS["e2e_ratio"]))
+    # End to end is what the CS manager waits for: the message into the Slack adapter until the answer is posted.
+    # The router-only ratio (`end_to_end`) is reported beside it, without a goal: it leaves out the platform.
+    e2e = result.get("end_to_end_slack", {})
+    out.append(("question ÷ its command, end to end through Slack", e2e.get("ratio_median"), "≤ 1.1×",
+                (e2e.get("ratio_median") or 1e9) <= GOALS["e2e_ratio"] and not e2e.get("refused_or_failed")))
     return out
 
 

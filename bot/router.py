@@ -425,6 +425,9 @@ def _better_than_the_error(text: str, reading: Reading, failure: str) -> bool:
         not all(w.casefold().strip("?!.,") in filler for w in typed[1:])
     if (name == "find" and re.search(r"[=<>]", text)) or " ".join(typed) == " ".join(said) or bare:
         return False  # filter syntax, the same words again, or a reading that kept none of the arguments
+    if first is not None and first.args and first.args[0].name == "alert_id" and not typed[1].isdigit() and \
+            reading.account is not None:
+        return True  # "reassign Tailspin Airways to Kenji": an account, not an alert, changes hands
     # After a name that matched nothing ("stage kpis please"), any command the words make is a better answer.
     return said[0] == name or failure == "not_found" or (name in _LIST_COMMANDS and said[0] in _LIST_COMMANDS)
 

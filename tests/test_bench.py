@@ -71,6 +71,8 @@ def test_nl_reports_accuracy_per_language_latency_and_the_end_to_end_ratio(quick
         assert figures["utterances"] > 0 and 0 <= figures["accuracy"] <= 1
     assert nl["parse_60"]["p95_ms"] > 0 and nl[f"parse_{nl['accounts_large']}"]["messages"] > 0
     assert nl["end_to_end"]["ratio_median"] > 0
+    slack = nl["end_to_end_slack"]
+    assert slack["ratio_median"] > 0 and slack["answered"] >= 6 * slack["pairs"] and slack["refused_or_failed"] == 0
     assert any(g["name"].startswith("nl ") for g in quick_run["goals"])
 
 

@@ -422,3 +422,22 @@ def test_a_yes_in_another_chat_finds_the_question(demo: Engine) -> None:
     assert _notes(demo) == before
     assert "Note saved on Quantum Freight" in Chat(router, PRIYA, channel="dm-1")("yes").text
     assert _notes(demo) == before + 1
+
+
+def test_reassign_naming_an_account_is_an_owner_change_and_an_alert_id_stays_an_alert(demo: Engine) -> None:
+    chat = Chat(_router(demo), MAYA, channel="reassign")
+    reply = chat("reassign tailspin airways to kenji watanabe")
+    assert reply.understood == 'owner "Tailspin Airways" kenji.watanabe'
+    assert "Reply yes or no" in reply.text  # a change, so asked first
+    done = chat("yes")
+    assert "Tailspin Airways: owner Priya Raman → Kenji Watanabe." in done.text
+    with Session(demo) as session:
+        owner = session.exec(select(User.email).join(Account, Account.owner_id == User.id)
+                             .where(Account.name == "Tailspin Airways")).scalar_one()
+    assert owner == "kenji.watanabe@csbot-demo.example"
+    assert "There is no alert #5" in Chat(_router(demo), MAYA)("reassign 5 to kenji").text
+
+
+@pytest.mark.parametrize("text", ["customers on the team plan", "which accounts are on the team plan"])
+def test_the_team_plan_is_a_plan_not_the_team(demo: Engine, text: str) -> None:
+    assert Chat(_router(demo))(text).understood == "find plan=team"

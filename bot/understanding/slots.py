@@ -166,7 +166,9 @@ def lexicon_matcher(stages: list[tuple[str, str]], plans: list[str]) -> PhraseMa
     for plan, ws in lex.table("plans").items():
         entries += [(w, "plan", plan) for w in ws]
     for plan in plans:
-        entries += [(f"{plan} plan", "plan", plan), (f"{plan} 套餐", "plan", plan), (f"plan {plan}", "plan", plan)]
+        # "the team plan": with its article, so that "the team" (a scope word) does not take the plan's name
+        entries += [(f"{plan} plan", "plan", plan), (f"the {plan} plan", "plan", plan), (f"{plan} 套餐", "plan", plan),
+                    (f"plan {plan}", "plan", plan)]
         if " " in plan or plan == "starter":  # "enterprise plus" is a plan; "enterprise" alone a segment
             entries.append((plan, "plan", plan))
     entries += [(w, "no_owner", "none") for w in lex.words("no_owner")]
