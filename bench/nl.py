@@ -240,7 +240,7 @@ def through_slack(engine: Engine, items: list[dict[str, Any]], limit: int = 40) 
     command_s = [min(samples[6 * n + 2 * a + 1] for a in range(3)) for n in range(len(pairs))]
     return {"pairs": len(pairs), "question_ms_median": round(statistics.median(question_s) * 1000, 2),
             "command_ms_median": round(statistics.median(command_s) * 1000, 2),
-            "ratio_median": round(statistics.median(q / c for q, c in zip(question_s, command_s)), 3),
+            "ratio_median": round(statistics.median(q / c for q, c in zip(question_s, command_s, strict=True)), 3),
             "answered": len(answers), "refused_or_failed": sum(1 for a in answers if "went wrong" in a
                                                                 or "don't know you" in a)}
 
