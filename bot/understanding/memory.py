@@ -39,6 +39,7 @@ _RECALL = select(col(ConversationState.state), col(ConversationState.updated_at)
 
 
 def recall(session: Session, key: str, *, ttl_minutes: int) -> dict[str, Any]:
+    row: Any
     if session.get_bind().dialect.name in _UPSERTS:
         # Core, not the ORM (a third of the cost): the row is only ever written by `remember`'s one statement
         row = session.connection().execute(_RECALL, {"key": key}).one_or_none()
