@@ -8,7 +8,7 @@ from datetime import date, datetime
 from typing import Any
 
 from bot.format import money, score_line, signed
-from bot.i18n import MESSAGES, add_messages, t
+from bot.i18n import add_messages, has, t
 from bot.messages import Button, Card, CardField, Section
 from lifecycle.accounts import AccountInsight, AccountView, nps_category
 from lifecycle.health import Scorecard, explain, measure_lines
@@ -125,7 +125,7 @@ def _reason_text(feature: str, value: Any, lang: str, machine: object, currency:
         return t("cr_log_seats", lang, value=math.expm1(number))
     if feature == "days_to_renewal" and number < 0:
         return t("cr_days_to_renewal_past", lang, value=-number)
-    if f"cr_{feature}" in MESSAGES:
+    if has(f"cr_{feature}"):
         return t(f"cr_{feature}", lang, value=number)
     return f"{feature} {number:g}"
 
@@ -144,7 +144,7 @@ def cohort_text(cohort: int | None, traits: Sequence[Mapping[str, Any]], lang: s
         return t("cohort_none", lang)
     words = [
         t("trait_high" if float(trait.get("z", 0)) > 0 else "trait_low", lang,
-          label=t(f"tf_{trait.get('feature')}", lang) if f"tf_{trait.get('feature')}" in MESSAGES
+          label=t(f"tf_{trait.get('feature')}", lang) if has(f"tf_{trait.get('feature')}")
           else str(trait.get("feature")))
         for trait in traits
     ]

@@ -27,7 +27,7 @@ from sqlmodel import Session
 from bot import permissions
 from bot.arguments import Arg, Param, WordError, did_you_mean, parse_arguments, usage_of
 from bot.arguments import UserError as UserError  # commands import it from here
-from bot.i18n import MESSAGES, add_messages, t
+from bot.i18n import add_messages, has, t
 from bot.messages import Incoming, Reply
 from bot.permissions import NEEDS_RANK, Needs, identify
 from bot.permissions import ROLE_RANK as ROLE_RANK  # re-exported: `help` and older callers import it from here
@@ -465,7 +465,7 @@ def _not_found_reply(ctx: Context, exc: NotFoundError) -> Reply:
         if exc.suggestions:
             text += ctx.t("suggestions", names=", ".join(exc.suggestions))
     else:
-        kind = ctx.t(f"kind_{exc.kind}") if f"kind_{exc.kind}" in MESSAGES else exc.kind
+        kind = ctx.t(f"kind_{exc.kind}") if has(f"kind_{exc.kind}") else exc.kind
         text = ctx.t("no_such", kind=kind, name=exc.name)
         text += did_you_mean(ctx, exc.suggestions)
     return Reply(text=text, private=True)
