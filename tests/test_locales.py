@@ -21,7 +21,8 @@ import pytest
 
 from bot.alert_cards import SEVERITY_ICON
 from bot.i18n import LANGS, LOCALES, LocaleError, load_messages, messages, read_locales, t
-from bot.permissions import Coverage
+from bot.permissions import ROLE_RANK, Coverage
+from lifecycle.search import Problem
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = (ROOT / "bot", ROOT / "adapters")
@@ -31,7 +32,11 @@ _SEVERITIES = tuple(SEVERITY_ICON)
 
 # Keys built from data: prefix → the values the data takes (and where they come from).
 DYNAMIC: dict[str, Iterable[str]] = {
+    "role_": tuple(ROLE_RANK),  # bot/commands/people.py
+    "alert_sev_": _SEVERITIES,  # bot/commands/alerts.py
     "scope_": _COVERAGE,  # bot/commands/lists.py, portfolio.py, alerts.py
+    "alerts_": _COVERAGE,  # bot/commands/alerts.py
+    "find_": get_args(Problem),  # bot/commands/find.py: a filter that cannot be read
 }
 
 
