@@ -8,89 +8,10 @@ from datetime import date, datetime
 from typing import Any
 
 from bot.format import money, score_line, signed
-from bot.i18n import add_messages, has, t
+from bot.i18n import has, t
 from bot.messages import Button, Card, CardField, Section
 from lifecycle.accounts import AccountInsight, AccountView, nps_category
 from lifecycle.health import Scorecard, explain, measure_lines
-
-add_messages(
-    {
-        "f_churn": {"en": "Churn risk", "zh": "流失风险"},
-        "churn_value": {
-            "en": "{pct} % chance of churning in the next {days} days — {level} for this portfolio",
-            "zh": "未来 {days} 天内流失的概率为 {pct}% — 在本组合中{level}",
-        },
-        "churn_level_high": {"en": "high", "zh": "偏高"},
-        "churn_level_typical": {"en": "typical", "zh": "属中等"},
-        "churn_level_low": {"en": "low", "zh": "偏低"},
-        "churn_no_model": {
-            "en": "no churn model yet: it needs at least {needed} churned accounts with a churn date "
-            "({have} so far), then `csbot model train`",
-            "zh": "尚无流失模型：至少需要 {needed} 个带流失日期的已流失客户（目前 {have} 个），"
-            "然后运行 `csbot model train`",
-        },
-        "churn_not_scored": {
-            "en": "not scored yet (scored at the next recompute)",
-            "zh": "尚未评分（下次重新计算时评分）",
-        },
-        "s_churn_reasons": {"en": "Why this churn risk", "zh": "流失风险原因"},
-        "cr_up": {"en": "raises risk", "zh": "推高风险"},
-        "cr_down": {"en": "lowers risk", "zh": "降低风险"},
-        "cr_line": {"en": "{arrow} {text} ({effect})", "zh": "{arrow} {text}（{effect}）"},
-        "cr_no_data": {"en": "{label}: no data", "zh": "{label}：无数据"},
-        "cr_health_score": {"en": "health score {value:.0f}", "zh": "健康度 {value:.0f}"},
-        "cr_health_change_30": {"en": "health {signed} in 30 days", "zh": "健康度 30 天内 {signed}"},
-        "cr_utilisation": {"en": "{pct:.0f} % of seats in use", "zh": "席位使用率 {pct:.0f}%"},
-        "cr_usage_trend": {"en": "usage {signed} % vs the prior 30 days", "zh": "用量较前 30 天 {signed}%"},
-        "cr_logins_per_seat_30": {
-            "en": "{value:.1f} logins per seat in 30 days",
-            "zh": "近 30 天每席位登录 {value:.1f} 次",
-        },
-        "cr_days_since_last_login": {
-            "en": "days since the last login: {value:.0f}",
-            "zh": "最近登录于 {value:.0f} 天前",
-        },
-        "cr_feature_breadth_30": {
-            "en": "{value:.0f} features used in 30 days",
-            "zh": "近 30 天使用了 {value:.0f} 个功能",
-        },
-        "cr_open_high_tickets": {"en": "{value:.0f} high/urgent tickets open", "zh": "{value:.0f} 个高/紧急工单未关闭"},
-        "cr_tickets_30": {"en": "{value:.0f} tickets in 30 days", "zh": "近 30 天 {value:.0f} 个工单"},
-        "cr_nps_last_score": {"en": "latest NPS {value:.0f}", "zh": "最近一次 NPS {value:.0f}"},
-        "cr_days_since_last_note": {
-            "en": "days since the last CSM note: {value:.0f}",
-            "zh": "最近 CSM 记录于 {value:.0f} 天前",
-        },
-        "cr_days_to_renewal": {"en": "renewal in {value:.0f} days", "zh": "距续约 {value:.0f} 天"},
-        "cr_days_to_renewal_past": {"en": "renewal {value:.0f} days overdue", "zh": "续约已逾期 {value:.0f} 天"},
-        "cr_tenure_days": {"en": "customer for {value:.0f} days", "zh": "已合作 {value:.0f} 天"},
-        "cr_log_arr": {"en": "ARR {money}", "zh": "ARR {money}"},
-        "cr_log_seats": {"en": "{value:.0f} seats", "zh": "{value:.0f} 个席位"},
-        "cr_stage": {"en": "in the {value} stage", "zh": "处于{value}阶段"},
-        "cr_segment": {"en": "segment {value}", "zh": "细分 {value}"},
-        "cr_plan": {"en": "plan {value}", "zh": "套餐 {value}"},
-        "f_cohort_tier": {"en": "Cohort / tier", "zh": "群组 / 层级"},
-        "cohort_value": {"en": "cohort {cohort}: {traits}", "zh": "群组 {cohort}：{traits}"},
-        "cohort_average": {"en": "close to the portfolio average", "zh": "接近组合平均水平"},
-        "cohort_none": {"en": "no cohort yet", "zh": "尚无群组"},
-        "tier_value": {"en": "tier {tier}", "zh": "{tier} 级"},
-        "trait_high": {"en": "high {label}", "zh": "{label}高"},
-        "trait_low": {"en": "low {label}", "zh": "{label}低"},
-        "tf_utilisation": {"en": "licence utilisation", "zh": "许可使用率"},
-        "tf_events_per_seat_30": {"en": "usage per seat", "zh": "每席位用量"},
-        "tf_logins_per_seat_30": {"en": "logins per seat", "zh": "每席位登录"},
-        "tf_feature_breadth_30": {"en": "feature breadth", "zh": "功能广度"},
-        "tf_usage_trend": {"en": "usage trend", "zh": "用量趋势"},
-        "tf_tickets_30": {"en": "ticket volume", "zh": "工单量"},
-        "tf_nps_last_score": {"en": "NPS", "zh": "NPS"},
-        "tf_days_since_last_login": {"en": "days since last login", "zh": "未登录天数"},
-        "f_clv": {"en": "Lifetime value", "zh": "客户终身价值"},
-        "clv_value": {
-            "en": "{money} (ARR × {margin} % margin × {years:.1f} years expected)",
-            "zh": "{money}（ARR × {margin}% 毛利 × 预期 {years:.1f} 年）",
-        },
-    }
-)
 
 _REASON_LABELS = {
     "health_score": ("health score", "健康度"), "health_change_30": ("health change", "健康度变化"),
