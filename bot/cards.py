@@ -13,23 +13,12 @@ from bot.messages import Button, Card, CardField, Section
 from lifecycle.accounts import AccountInsight, AccountView, nps_category
 from lifecycle.health import Scorecard, explain, measure_lines
 
-_REASON_LABELS = {
-    "health_score": ("health score", "健康度"), "health_change_30": ("health change", "健康度变化"),
-    "utilisation": ("licence utilisation", "许可使用率"), "usage_trend": ("usage trend", "用量趋势"),
-    "logins_per_seat_30": ("logins per seat", "每席位登录"), "days_since_last_login": ("last login", "最近登录"),
-    "feature_breadth_30": ("feature breadth", "功能广度"), "open_high_tickets": ("open tickets", "未关闭工单"),
-    "tickets_30": ("tickets", "工单"), "nps_last_score": ("NPS", "NPS"),
-    "days_since_last_note": ("CSM engagement", "CSM 跟进"), "days_to_renewal": ("renewal date", "续约日期"),
-    "tenure_days": ("tenure", "合作时长"), "log_arr": ("ARR", "ARR"), "log_seats": ("seats", "席位"),
-    "stage": ("stage", "阶段"), "segment": ("segment", "细分"), "plan": ("plan", "套餐"),
-}
-
 
 def _reason_text(feature: str, value: Any, lang: str, machine: object, currency: str) -> str:
     """A driver's value in words ("usage −45 % vs the prior 30 days")."""
     if value is None:
-        en, zh = _REASON_LABELS.get(feature, (feature, feature))
-        return t("cr_no_data", lang, label=zh if lang == "zh" else en)
+        label = t(f"driver_{feature}", lang) if has(f"driver_{feature}") else feature
+        return t("cr_no_data", lang, label=label)
     if feature in ("stage", "segment", "plan"):
         shown = stage_label(machine, str(value), lang) if feature == "stage" else str(value)
         return t(f"cr_{feature}", lang, value=shown)
@@ -103,7 +92,7 @@ def usage_age(last_usage: date | None, today: date, lang: str, last_at: datetime
     age = t("age_today", lang) if days <= 0 else t("age_day" if days == 1 else "age_days", lang, days=days)
     recorded = last_at is not None and last_at.date() == last_usage
     when = f"{last_at:%Y-%m-%d %H:%M} UTC" if recorded and last_at is not None else last_usage.isoformat()
-    return f"{age}（{when}）" if lang == "zh" else f"{age} ({when})"
+    return t("age_when", lang, age=age, when=when)
 
 
 def stage_label(machine: object, stage: str, lang: str) -> str:

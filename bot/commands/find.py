@@ -6,7 +6,7 @@ from typing import Annotated
 
 from bot.cards import stage_label
 from bot.format import grade, money
-from bot.i18n import t
+from bot.i18n import has, t
 from bot.messages import Card, Reply, Section
 from bot.money import reply_rates, total_text, totals_note
 from bot.router import Context, Param, UserError, command
@@ -15,36 +15,21 @@ from lifecycle.search import FIELDS, Filter, FilterError, FoundAccount, InDays, 
 SHOW = 20
 
 
-_FIELD_LABELS = {
-    "stage": ("stage", "阶段"),
-    "grade": ("grade", "等级"),
-    "health": ("health", "健康度"),
-    "renewal": ("renewal", "续约"),
-    "owner": ("owner", "负责人"),
-    "arr": ("ARR", "ARR"),
-    "seats": ("seats", "席位"),
-    "segment": ("segment", "细分"),
-    "plan": ("plan", "套餐"),
-    "tier": ("tier", "层级"),
-    "cohort": ("cohort", "群组"),
-    "churn": ("churn risk", "流失概率"),
-    "status": ("status", "状态"),
-    "name": ("name", "名称"),
-}
 _EXPECT = {"grade": "find_expect_grade", "arr": "find_expect_number", "seats": "find_expect_whole",
            "health": "find_expect_score", "renewal": "find_expect_renewal", "cohort": "find_expect_whole",
            "churn": "find_expect_percent"}
-_OP_WORDS = {"=": ": ", "!=": " ≠ ", "<": " < ", "<=": " ≤ ", ">": " > ", ">=": " ≥ "}
-_OP_WORDS_ZH = {**_OP_WORDS, "=": "：", "!=": " 不是 "}
+_OP_SYMBOLS = {"<": " < ", "<=": " ≤ ", ">": " > ", ">=": " ≥ "}  # the same in every language
 
 
 def _op(op: str, lang: str) -> str:
-    return (_OP_WORDS_ZH if lang == "zh" else _OP_WORDS)[op]
+    if op in ("=", "!="):
+        return t("find_op_is" if op == "=" else "find_op_is_not", lang)
+    return _OP_SYMBOLS[op]
 
 
 def _field_label(name: str, lang: str) -> str:
-    en, zh = _FIELD_LABELS[name]
-    return zh if lang == "zh" else en
+    """A field's name in words (`score` and other fields without words read as typed)."""
+    return t(f"find_field_{name}", lang) if has(f"find_field_{name}") else name
 
 
 def _renewal_words(f: Filter, lang: str) -> str:
@@ -94,7 +79,7 @@ def describe(f: Filter, lang: str, machine: object, currency: str = "USD") -> st
 
 def filter_error_text(exc: FilterError, lang: str) -> str:
     """A FilterError worded in `lang`, with its suggestions."""
-    field = _field_label(exc.field, lang) if exc.field in _FIELD_LABELS else exc.field
+    field = _field_label(exc.field, lang)
     if exc.problem == "unknown_field":
         text = t("find_unknown_field", lang, token=exc.token, fields=", ".join(FIELDS))
     elif exc.problem == "bad_value":
