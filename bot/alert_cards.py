@@ -13,7 +13,7 @@ from typing import Any
 
 from bot.cards import churn_reason_line
 from bot.format import grade, money, score_line, signed
-from bot.i18n import add_messages, t
+from bot.i18n import t
 from bot.messages import Button, Card, CardField, Reply, Section
 from lifecycle.models import Account, Alert
 
@@ -22,48 +22,6 @@ RENEWAL_PROMPT = "renewal_prompt"
 RENEWAL_ICON = "📅"
 MAX_RISKS = 5
 MAX_QUOTES = 2
-
-add_messages(
-    {
-        "ac_subtitle": {"en": "#{id} · {rule} · {severity}", "zh": "#{id} · {rule} · {severity}"},
-        "ac_sev_critical": {"en": "critical", "zh": "严重"},
-        "ac_sev_warning": {"en": "warning", "zh": "警告"},
-        "ac_sev_info": {"en": "info", "zh": "提示"},
-        "ac_arr_at_stake": {"en": "ARR at stake", "zh": "涉及 ARR"},
-        "ac_health": {"en": "Health", "zh": "健康度"},
-        "ac_stage": {"en": "Stage", "zh": "阶段"},
-        "ac_renewal": {"en": "Renewal", "zh": "续约"},
-        "ac_renewal_value": {"en": "{date} (in {days} d)", "zh": "{date}（{days} 天后）"},
-        "ac_drivers": {"en": "Top drivers", "zh": "主要拖累因素"},
-        "ac_churn": {"en": "Churn probability", "zh": "流失概率"},
-        "ac_churn_reasons": {"en": "Why the churn model flags it", "zh": "流失模型的判断依据"},
-        "ac_next_steps": {"en": "Suggested next steps", "zh": "建议的下一步"},
-        "ac_btn_ack": {"en": "Acknowledge", "zh": "确认"},
-        "ac_btn_snooze": {"en": "Snooze 7 days", "zh": "暂缓 7 天"},
-        "ac_btn_not_useful": {"en": "Not useful", "zh": "没有帮助"},
-        "ac_btn_reassign": {"en": "Reassign", "zh": "转交"},
-        "ac_text": {"en": "{icon} {account}: {title}", "zh": "{icon} {account}：{title}"},
-        # renewal prompts
-        "rp_title": {"en": "Renewal in {days} days ({date})", "zh": "{days} 天后续约（{date}）"},
-        "rp_nps": {"en": "NPS (latest)", "zh": "NPS（最近）"},
-        "rp_nps_value": {"en": "{score} ({date})", "zh": "{score}（{date}）"},
-        "rp_none": {"en": "none", "zh": "无"},
-        "rp_risks": {"en": "Open risks", "zh": "未决风险"},
-        "rp_no_risks": {"en": "No open alerts.", "zh": "没有未处理的告警。"},
-        "rp_achievements": {"en": "Achievements since {since}", "zh": "自 {since} 以来的成果"},
-        "rp_usage_growth": {
-            "en": "Usage: {first:.0f} → {last:.0f} average daily active users (first month vs last 30 days, {pct})",
-            "zh": "使用：日均活跃用户 {first:.0f} → {last:.0f}（首月对比近 30 天，{pct}）",
-        },
-        "rp_usage_unknown": {"en": "Usage growth: not enough usage data", "zh": "使用增长：使用数据不足"},
-        "rp_features": {"en": "Features adopted: {count} ({names})", "zh": "已采用功能：{count} 个（{names}）"},
-        "rp_no_features": {"en": "Features adopted: none recorded", "zh": "已采用功能：暂无记录"},
-        "rp_tickets": {"en": "Support tickets resolved: {count}", "zh": "已解决工单：{count} 个"},
-        "rp_quote": {"en": "“{comment}” — NPS {score}", "zh": "“{comment}” — NPS {score}"},
-        "rp_no_quotes": {"en": "No promoter quotes yet.", "zh": "暂无推荐者评价。"},
-        "rp_looking_ahead": {"en": "Looking ahead", "zh": "展望"},
-    }
-)
 
 
 def _lang(lang: str) -> str:

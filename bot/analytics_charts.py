@@ -14,32 +14,12 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from bot.charts import COLOURS, LINE, _empty, _figure, _png
-from bot.i18n import add_messages, t
+from bot.i18n import t
 from lifecycle.analytics import StageKpi
 
 # Stages without a colour of their own cycle through these; exits are grey.
 _PALETTE = ("#1f4e79", "#2e86c1", "#48c9b0", "#3fa34d", "#f2b632", "#e67e22", "#8e44ad", "#c0392b", "#7f8c8d")
 _EXIT = "#b5b5b5"
-
-add_messages(
-    {
-        "ac_goal_axis": {"en": "% of goal", "zh": "目标达成（%）"},
-        "ac_goal_line": {"en": "goal", "zh": "目标"},
-        "ac_met": {"en": "met", "zh": "达成"},
-        "ac_not_met": {"en": "not met", "zh": "未达成"},
-        "ac_no_data": {"en": "No data yet", "zh": "暂无数据"},
-        "ac_moved_on_axis": {"en": "Moved on (% of accounts in the stage)", "zh": "进入下一阶段（占该阶段客户 %）"},
-        "ac_days_axis": {"en": "Days in stage", "zh": "阶段停留天数"},
-        "ac_median": {"en": "median", "zh": "中位数"},
-        "ac_p90": {"en": "90th percentile", "zh": "第 90 百分位"},
-        "ac_accounts_axis": {"en": "Accounts", "zh": "客户数"},
-        "ac_month_axis": {"en": "Month", "zh": "月份"},
-        "ac_retention_axis": {"en": "Retention (%)", "zh": "留存率（%）"},
-        "ac_logo_churn": {"en": "logo churn", "zh": "客户流失率"},
-        "ac_quarters_axis": {"en": "Quarters since contract start", "zh": "签约后季度数"},
-        "ac_logos_kept_axis": {"en": "Logos still customers (%)", "zh": "仍为客户的比例（%）"},
-    }
-)
 
 
 def kpi_png(kpis: Sequence[StageKpi], title: str, *, lang: str, stage_labels: Mapping[str, str]) -> bytes:

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from rapidfuzz.distance import OSA
 
-from bot.i18n import add_messages
 from lifecycle.accounts import find_account, find_account_prefix, segment_names
 from lifecycle.analytics import Period, parse_period
 from lifecycle.errors import CsbotError, NotFoundError
@@ -50,38 +49,6 @@ SEGMENT_WORDS = ("segment", "细分")
 UNIT_WORDS = ("days", "day", "weeks", "week", "months", "month", "years", "year")
 # How many words a multi-word stage label or segment name may have (`win back`, `mid market`).
 MAX_NAME_WORDS = 3
-
-add_messages(
-    {
-        "arg_or": {"en": " or ", "zh": " 或 "},
-        "extra_word": {
-            "en": "I don't know what to do with `{value}`: `{done}` takes nothing more. Usage: `{usage}`",
-            "zh": "我不知道 `{value}` 是什么意思：`{done}` 后面不能再加内容。用法：`{usage}`",
-        },
-        "bad_period": {
-            "en": "`{value}` isn't a period. Write it like 90d, 2 weeks, 6 months or 1y.{hint} Usage: `{usage}`",
-            "zh": "`{value}` 不是有效的时间段，请写成 90d、2周、6个月 或 1y。{hint}用法：`{usage}`",
-        },
-        "bad_days": {
-            "en": "`{value}` isn't a number of days. Write it like 60, 60d, 2 weeks or 3 months.{hint} "
-            "Usage: `{usage}`",
-            "zh": "`{value}` 不是有效的天数，请写成 60、60d、2周 或 3个月。{hint}用法：`{usage}`",
-        },
-        "bad_unit": {
-            "en": "`{value}` isn't a unit of time.{hint} Write periods like 90d, 2 weeks, 6 months or 1y. "
-            "Usage: `{usage}`",
-            "zh": "`{value}` 不是时间单位。{hint}时间段请写成 90d、2周、6个月 或 1y。用法：`{usage}`",
-        },
-        "unknown_stage": {
-            "en": "There is no stage “{stage}” (stages: {stages}).{hint} Usage: `{usage}`",
-            "zh": "没有名为“{stage}”的阶段（现有阶段：{stages}）。{hint}用法：`{usage}`",
-        },
-        "segment_needs_name": {
-            "en": "`{command}` needs a segment name after `{word}` (segments: {segments}). Usage: `{usage}`",
-            "zh": "`{command}` 在 `{word}` 后面需要细分名称（现有细分：{segments}）。用法：`{usage}`",
-        },
-    }
-)
 
 
 class UserError(CsbotError):

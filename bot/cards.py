@@ -8,107 +8,17 @@ from datetime import date, datetime
 from typing import Any
 
 from bot.format import money, score_line, signed
-from bot.i18n import MESSAGES, add_messages, t
+from bot.i18n import has, t
 from bot.messages import Button, Card, CardField, Section
 from lifecycle.accounts import AccountInsight, AccountView, nps_category
 from lifecycle.health import Scorecard, explain, measure_lines
-
-add_messages(
-    {
-        "f_churn": {"en": "Churn risk", "zh": "流失风险"},
-        "churn_value": {
-            "en": "{pct} % chance of churning in the next {days} days — {level} for this portfolio",
-            "zh": "未来 {days} 天内流失的概率为 {pct}% — 在本组合中{level}",
-        },
-        "churn_level_high": {"en": "high", "zh": "偏高"},
-        "churn_level_typical": {"en": "typical", "zh": "属中等"},
-        "churn_level_low": {"en": "low", "zh": "偏低"},
-        "churn_no_model": {
-            "en": "no churn model yet: it needs at least {needed} churned accounts with a churn date "
-            "({have} so far), then `csbot model train`",
-            "zh": "尚无流失模型：至少需要 {needed} 个带流失日期的已流失客户（目前 {have} 个），"
-            "然后运行 `csbot model train`",
-        },
-        "churn_not_scored": {
-            "en": "not scored yet (scored at the next recompute)",
-            "zh": "尚未评分（下次重新计算时评分）",
-        },
-        "s_churn_reasons": {"en": "Why this churn risk", "zh": "流失风险原因"},
-        "cr_up": {"en": "raises risk", "zh": "推高风险"},
-        "cr_down": {"en": "lowers risk", "zh": "降低风险"},
-        "cr_line": {"en": "{arrow} {text} ({effect})", "zh": "{arrow} {text}（{effect}）"},
-        "cr_no_data": {"en": "{label}: no data", "zh": "{label}：无数据"},
-        "cr_health_score": {"en": "health score {value:.0f}", "zh": "健康度 {value:.0f}"},
-        "cr_health_change_30": {"en": "health {signed} in 30 days", "zh": "健康度 30 天内 {signed}"},
-        "cr_utilisation": {"en": "{pct:.0f} % of seats in use", "zh": "席位使用率 {pct:.0f}%"},
-        "cr_usage_trend": {"en": "usage {signed} % vs the prior 30 days", "zh": "用量较前 30 天 {signed}%"},
-        "cr_logins_per_seat_30": {
-            "en": "{value:.1f} logins per seat in 30 days",
-            "zh": "近 30 天每席位登录 {value:.1f} 次",
-        },
-        "cr_days_since_last_login": {
-            "en": "days since the last login: {value:.0f}",
-            "zh": "最近登录于 {value:.0f} 天前",
-        },
-        "cr_feature_breadth_30": {
-            "en": "{value:.0f} features used in 30 days",
-            "zh": "近 30 天使用了 {value:.0f} 个功能",
-        },
-        "cr_open_high_tickets": {"en": "{value:.0f} high/urgent tickets open", "zh": "{value:.0f} 个高/紧急工单未关闭"},
-        "cr_tickets_30": {"en": "{value:.0f} tickets in 30 days", "zh": "近 30 天 {value:.0f} 个工单"},
-        "cr_nps_last_score": {"en": "latest NPS {value:.0f}", "zh": "最近一次 NPS {value:.0f}"},
-        "cr_days_since_last_note": {
-            "en": "days since the last CSM note: {value:.0f}",
-            "zh": "最近 CSM 记录于 {value:.0f} 天前",
-        },
-        "cr_days_to_renewal": {"en": "renewal in {value:.0f} days", "zh": "距续约 {value:.0f} 天"},
-        "cr_days_to_renewal_past": {"en": "renewal {value:.0f} days overdue", "zh": "续约已逾期 {value:.0f} 天"},
-        "cr_tenure_days": {"en": "customer for {value:.0f} days", "zh": "已合作 {value:.0f} 天"},
-        "cr_log_arr": {"en": "ARR {money}", "zh": "ARR {money}"},
-        "cr_log_seats": {"en": "{value:.0f} seats", "zh": "{value:.0f} 个席位"},
-        "cr_stage": {"en": "in the {value} stage", "zh": "处于{value}阶段"},
-        "cr_segment": {"en": "segment {value}", "zh": "细分 {value}"},
-        "cr_plan": {"en": "plan {value}", "zh": "套餐 {value}"},
-        "f_cohort_tier": {"en": "Cohort / tier", "zh": "群组 / 层级"},
-        "cohort_value": {"en": "cohort {cohort}: {traits}", "zh": "群组 {cohort}：{traits}"},
-        "cohort_average": {"en": "close to the portfolio average", "zh": "接近组合平均水平"},
-        "cohort_none": {"en": "no cohort yet", "zh": "尚无群组"},
-        "tier_value": {"en": "tier {tier}", "zh": "{tier} 级"},
-        "trait_high": {"en": "high {label}", "zh": "{label}高"},
-        "trait_low": {"en": "low {label}", "zh": "{label}低"},
-        "tf_utilisation": {"en": "licence utilisation", "zh": "许可使用率"},
-        "tf_events_per_seat_30": {"en": "usage per seat", "zh": "每席位用量"},
-        "tf_logins_per_seat_30": {"en": "logins per seat", "zh": "每席位登录"},
-        "tf_feature_breadth_30": {"en": "feature breadth", "zh": "功能广度"},
-        "tf_usage_trend": {"en": "usage trend", "zh": "用量趋势"},
-        "tf_tickets_30": {"en": "ticket volume", "zh": "工单量"},
-        "tf_nps_last_score": {"en": "NPS", "zh": "NPS"},
-        "tf_days_since_last_login": {"en": "days since last login", "zh": "未登录天数"},
-        "f_clv": {"en": "Lifetime value", "zh": "客户终身价值"},
-        "clv_value": {
-            "en": "{money} (ARR × {margin} % margin × {years:.1f} years expected)",
-            "zh": "{money}（ARR × {margin}% 毛利 × 预期 {years:.1f} 年）",
-        },
-    }
-)
-
-_REASON_LABELS = {
-    "health_score": ("health score", "健康度"), "health_change_30": ("health change", "健康度变化"),
-    "utilisation": ("licence utilisation", "许可使用率"), "usage_trend": ("usage trend", "用量趋势"),
-    "logins_per_seat_30": ("logins per seat", "每席位登录"), "days_since_last_login": ("last login", "最近登录"),
-    "feature_breadth_30": ("feature breadth", "功能广度"), "open_high_tickets": ("open tickets", "未关闭工单"),
-    "tickets_30": ("tickets", "工单"), "nps_last_score": ("NPS", "NPS"),
-    "days_since_last_note": ("CSM engagement", "CSM 跟进"), "days_to_renewal": ("renewal date", "续约日期"),
-    "tenure_days": ("tenure", "合作时长"), "log_arr": ("ARR", "ARR"), "log_seats": ("seats", "席位"),
-    "stage": ("stage", "阶段"), "segment": ("segment", "细分"), "plan": ("plan", "套餐"),
-}
 
 
 def _reason_text(feature: str, value: Any, lang: str, machine: object, currency: str) -> str:
     """A driver's value in words ("usage −45 % vs the prior 30 days")."""
     if value is None:
-        en, zh = _REASON_LABELS.get(feature, (feature, feature))
-        return t("cr_no_data", lang, label=zh if lang == "zh" else en)
+        label = t(f"driver_{feature}", lang) if has(f"driver_{feature}") else feature
+        return t("cr_no_data", lang, label=label)
     if feature in ("stage", "segment", "plan"):
         shown = stage_label(machine, str(value), lang) if feature == "stage" else str(value)
         return t(f"cr_{feature}", lang, value=shown)
@@ -125,7 +35,7 @@ def _reason_text(feature: str, value: Any, lang: str, machine: object, currency:
         return t("cr_log_seats", lang, value=math.expm1(number))
     if feature == "days_to_renewal" and number < 0:
         return t("cr_days_to_renewal_past", lang, value=-number)
-    if f"cr_{feature}" in MESSAGES:
+    if has(f"cr_{feature}"):
         return t(f"cr_{feature}", lang, value=number)
     return f"{feature} {number:g}"
 
@@ -144,7 +54,7 @@ def cohort_text(cohort: int | None, traits: Sequence[Mapping[str, Any]], lang: s
         return t("cohort_none", lang)
     words = [
         t("trait_high" if float(trait.get("z", 0)) > 0 else "trait_low", lang,
-          label=t(f"tf_{trait.get('feature')}", lang) if f"tf_{trait.get('feature')}" in MESSAGES
+          label=t(f"tf_{trait.get('feature')}", lang) if has(f"tf_{trait.get('feature')}")
           else str(trait.get("feature")))
         for trait in traits
     ]
@@ -182,7 +92,7 @@ def usage_age(last_usage: date | None, today: date, lang: str, last_at: datetime
     age = t("age_today", lang) if days <= 0 else t("age_day" if days == 1 else "age_days", lang, days=days)
     recorded = last_at is not None and last_at.date() == last_usage
     when = f"{last_at:%Y-%m-%d %H:%M} UTC" if recorded and last_at is not None else last_usage.isoformat()
-    return f"{age}（{when}）" if lang == "zh" else f"{age} ({when})"
+    return t("age_when", lang, age=age, when=when)
 
 
 def stage_label(machine: object, stage: str, lang: str) -> str:

@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from sqlmodel import Session
 
 from bot.format import signed
-from bot.i18n import add_messages, t
+from bot.i18n import t
 from bot.messages import Image
 from lifecycle.health import Scorecard
 from lifecycle.models import Account
@@ -53,30 +53,6 @@ _CJK_FAMILIES = (
     "AR PL UMing CN",
 )
 _CJK_FILE_HINTS = ("notosanscjk", "notosanssc", "sourcehansans", "wqy", "droidsansfallback", "uming", "ukai", "simhei")
-
-add_messages(
-    {
-        "chart_health_title": {
-            "en": "{account} — health, {start} → {end} ({days} days)",
-            "zh": "{account} — 健康度，{start} 至 {end}（{days} 天）",
-        },
-        "chart_health_title_day": {"en": "{account} — health on {day}", "zh": "{account} — {day} 的健康度"},
-        "chart_health_axis": {"en": "Health score (0–100)", "zh": "健康度（0–100）"},
-        "chart_no_history": {"en": "No health history yet", "zh": "暂无健康度历史"},
-        "chart_accounts_axis": {"en": "Active accounts", "zh": "活跃客户数"},
-        "chart_stage_axis": {"en": "Stage", "zh": "阶段"},
-        "chart_nps_axis": {"en": "NPS (−100 to +100)", "zh": "NPS（−100 至 +100）"},
-        "chart_responses_axis": {"en": "Responses", "zh": "回复数"},
-        "chart_month_axis": {"en": "Month", "zh": "月份"},
-        "chart_day_axis": {"en": "Date", "zh": "日期"},
-        "chart_nps_line": {"en": "NPS", "zh": "NPS"},
-        "chart_no_accounts": {"en": "No active accounts", "zh": "没有活跃客户"},
-        "grade_red": {"en": "red", "zh": "红色"},
-        "grade_yellow": {"en": "yellow", "zh": "黄色"},
-        "grade_green": {"en": "green", "zh": "绿色"},
-        "grade_unknown": {"en": "not scored", "zh": "未评分"},
-    }
-)
 
 
 @lru_cache(maxsize=1)

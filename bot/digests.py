@@ -33,7 +33,7 @@ from bot.alert_cards import RENEWAL_PROMPT, SEVERITY_ICON, alert_title
 from bot.charts import chart_lang, stage_distribution_png
 from bot.commands.analytics import lifecycle_summary
 from bot.format import grade, money, signed
-from bot.i18n import add_messages, t
+from bot.i18n import t
 from bot.messages import Card, CardField, Image, Reply, Section
 from bot.money import total_text, totals_note, with_share
 from bot.notifier import reply_to_payload
@@ -55,63 +55,6 @@ FIRST_LOOKBACK = timedelta(days=1)  # the first digest covers the day before
 MAX_LOOKBACK = timedelta(days=31)  # after a month without digests, start afresh from the day before
 SEVERITY_RANK = {"critical": 3, "warning": 2, "info": 1}
 
-add_messages(
-    {
-        "dg_text": {"en": "☀️ Your daily digest for {date}", "zh": "☀️ 你的每日摘要（{date}）"},
-        "dg_title": {"en": "Daily digest — {name}", "zh": "每日摘要 — {name}"},
-        "dg_new_alerts": {"en": "New alerts ({count})", "zh": "新告警（{count} 条）"},
-        "dg_no_alerts": {"en": "No new alerts.", "zh": "没有新告警。"},
-        "dg_alert_line": {"en": "{icon} #{id} {account}: {title}{held}", "zh": "{icon} #{id} {account}：{title}{held}"},
-        "dg_held": {"en": " (not sent separately: daily limit)", "zh": "（已达每日上限，未单独发送）"},
-        "dg_more": {"en": "… and {count} more: type `alerts`.", "zh": "……还有 {count} 条：输入 `alerts` 查看。"},
-        "dg_renewals": {"en": "Renewals this month ({count})", "zh": "本月续约（{count} 个）"},
-        "dg_no_renewals": {"en": "No renewals left this month.", "zh": "本月没有待续约客户。"},
-        "dg_renewal_line": {
-            "en": "{date} {account} · {arr} · {grade}",
-            "zh": "{date} {account} · {arr} · {grade}",
-        },
-        "dg_up": {"en": "Biggest health gains (7 days)", "zh": "健康度上升最多（7 天）"},
-        "dg_down": {"en": "Biggest health drops (7 days)", "zh": "健康度下降最多（7 天）"},
-        "dg_no_movers": {"en": "No changes.", "zh": "没有变化。"},
-        "dg_mover_line": {"en": "{account}: {score} ({delta})", "zh": "{account}：{score}（{delta}）"},
-        "wk_text": {"en": "📊 Weekly portfolio summary ({scope})", "zh": "📊 每周客户组合摘要（{scope}）"},
-        "wk_scope_team": {"en": "your team", "zh": "你的团队"},
-        "wk_scope_all": {"en": "all accounts", "zh": "全部客户"},
-        "wk_title": {"en": "Week of {date}", "zh": "{date} 这一周"},
-        "wk_accounts": {"en": "Active accounts", "zh": "活跃客户"},
-        "wk_arr": {"en": "ARR", "zh": "ARR"},
-        "wk_arr_grade": {"en": "ARR {grade}", "zh": "ARR {grade}"},
-        "wk_avg": {"en": "Average health", "zh": "平均健康度"},
-        "wk_stages": {"en": "By stage", "zh": "各阶段"},
-        "wk_stage_line": {
-            "en": "{stage}: {count} · {arr} · 🔴 {red} 🟡 {yellow} 🟢 {green}",
-            "zh": "{stage}：{count} 个 · {arr} · 🔴 {red} 🟡 {yellow} 🟢 {green}",
-        },
-        "wk_chart": {"en": "Accounts by stage and health", "zh": "各阶段客户及健康度"},
-        "wk_empty": {"en": "No active accounts in this portfolio.", "zh": "该组合中没有活跃客户。"},
-        # what could not be delivered
-        "dg_undelivered": {"en": "Not delivered ({count})", "zh": "未能送达（{count} 条）"},
-        "dg_undelivered_line": {"en": "{what}{whom}: {why}", "zh": "{what}{whom}：{why}"},
-        "dg_undelivered_whom": {"en": " to {name}", "zh": "（发给 {name}）"},
-        "dg_undelivered_account": {"en": " · {account}", "zh": " · {account}"},
-        "dg_undelivered_more": {"en": "… and {count} more.", "zh": "……还有 {count} 条。"},
-        "dg_undelivered_hint": {
-            "en": "An admin sees them with `csbot deliveries --status undeliverable` and resends them with "
-            "`csbot deliveries --retry` once the platform or the missing id is set up.",
-            "zh": "管理员可用 `csbot deliveries --status undeliverable` 查看；配置好平台或补上账号后，用 "
-            "`csbot deliveries --retry` 重新发送。",
-        },
-        "dk_alert": {"en": "Alert #{id}", "zh": "告警 #{id}"},
-        "dk_escalation": {"en": "Escalation of alert #{id}", "zh": "告警 #{id} 的升级"},
-        "dk_alert_comment": {"en": "Comment on alert #{id}", "zh": "告警 #{id} 的评论"},
-        "dk_survey": {"en": "NPS survey", "zh": "NPS 问卷"},
-        "dk_survey_reminder": {"en": "NPS survey reminder", "zh": "NPS 问卷提醒"},
-        "dk_advocacy": {"en": "Advocacy prompt", "zh": "推荐请求提示"},
-        "dk_digest": {"en": "Daily digest", "zh": "每日摘要"},
-        "dk_weekly": {"en": "Weekly summary", "zh": "每周摘要"},
-        "dk_other": {"en": "Message ({kind})", "zh": "消息（{kind}）"},
-    }
-)
 MAX_UNDELIVERED_LINES = 10
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+from bot.i18n import t
+
 _SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "CNY": "¥", "JPY": "¥"}
 GRADE_ICON = {"green": "🟢", "yellow": "🟡", "red": "🔴"}
-GRADE_ZH = {"green": "绿色", "yellow": "黄色", "red": "红色"}
 
 
 def money(amount: float | None, currency: str = "USD") -> str:
@@ -23,7 +24,7 @@ def money(amount: float | None, currency: str = "USD") -> str:
 def grade(grade_name: str | None, lang: str = "en") -> str:
     if not grade_name:
         return "—"
-    label = GRADE_ZH.get(grade_name, grade_name) if lang == "zh" else grade_name
+    label = t(f"grade_{grade_name}", lang) if grade_name in GRADE_ICON else grade_name
     return f"{GRADE_ICON.get(grade_name, '⚪')} {label}"
 
 
@@ -45,7 +46,7 @@ def score_line(
         return "—"
     parts = [f"{score:.0f} {grade(grade_name, lang)}"]
     if delta_7 is not None:
-        parts.append(("7 天 " if lang == "zh" else "7 d ") + signed(delta_7))
+        parts.append(t("score_change", lang, days=7, change=signed(delta_7)))
     if delta_30 is not None:
-        parts.append(("30 天 " if lang == "zh" else "30 d ") + signed(delta_30))
+        parts.append(t("score_change", lang, days=30, change=signed(delta_30)))
     return " · ".join(parts)

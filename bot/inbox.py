@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlmodel import Session, col
 
 from bot.digests import DIGEST_KIND, WEEKLY_KIND
-from bot.i18n import add_messages, t
+from bot.i18n import t
 from bot.messages import Reply
 from bot.notifier import payload_to_reply
 from bot.routing import TO_KEY
@@ -20,22 +20,6 @@ from lifecycle.outbox import PENDING, UNDELIVERABLE
 
 RECENT = 2_000  # the newest rows looked at: what waits for one person is among them
 
-add_messages(
-    {
-        "inbox_waiting": {
-            "en": "📬 {count} message(s) for you are waiting, not sent (no chat platform reaches you here): {kinds}. "
-            "`csbot deliveries` lists them.",
-            "zh": "📬 有 {count} 条发给你的消息还在等待、尚未发出（这里没有能送达你的聊天平台）：{kinds}。"
-            "`csbot deliveries` 可查看。",
-        },
-        "inbox_latest_digest": {"en": "Your latest digest:", "zh": "你最新的摘要："},
-        "inbox_kind_alert": {"en": "{n} alert(s) and renewal prompt(s)", "zh": "{n} 条告警和续约提醒"},
-        "inbox_kind_escalation": {"en": "{n} escalation(s)", "zh": "{n} 条升级通知"},
-        "inbox_kind_digest": {"en": "{n} daily digest(s)", "zh": "{n} 份每日摘要"},
-        "inbox_kind_weekly": {"en": "{n} weekly summary(ies)", "zh": "{n} 份每周总结"},
-        "inbox_kind_other": {"en": "{n} other message(s)", "zh": "{n} 条其他消息"},
-    }
-)
 
 _KINDS = ("alert", "escalation", DIGEST_KIND, WEEKLY_KIND)
 

@@ -6,29 +6,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bot.format import money
-from bot.i18n import add_messages, t
+from bot.i18n import t
 from lifecycle.money import Basis, Rates, Total, load_rates
 
 if TYPE_CHECKING:
     from bot.router import Context
-
-add_messages(
-    {
-        "money_at": {"en": "totals in {currency} at rates of {days}", "zh": "合计按 {days} 的汇率换算为 {currency}"},
-        "money_builtin": {
-            "en": "totals in {currency} at built-in default rates as of {day} (approximate) — import your own with "
-            "`csbot import rates FILE`",
-            "zh": "合计按内置默认汇率（{day}，近似值）换算为 {currency} — "
-            "请用 `csbot import rates FILE` 导入你自己的汇率",
-        },
-        "money_missing": {
-            "en": "no exchange rate for {currencies}: totals that include it are shown per currency, not added up "
-            "(`csbot import rates FILE`)",
-            "zh": "{currencies} 没有汇率：含有该货币的合计按币种分列，不相加（`csbot import rates FILE`）",
-        },
-        "money_days": {"en": "{first} to {last}", "zh": "{first} 至 {last}"},
-    }
-)
 
 
 def reply_rates(ctx: Context) -> Rates:

@@ -12,7 +12,6 @@ from typing import Literal
 
 from sqlmodel import Session, col, select
 
-from bot.i18n import add_messages
 from bot.messages import Incoming
 from lifecycle.models import Account, Contact, User
 
@@ -25,20 +24,6 @@ DATA_FREE_COMMANDS: frozenset[str] = frozenset({"help", "lang", "whoami"})
 
 # Set by an adapter that knows the channel is shared with another organisation (Slack Connect).
 CUSTOMER_CHANNEL_FLAG = "customer_channel"
-
-add_messages(
-    {
-        "sent_privately": {
-            "en": "I've sent you the answer in a private chat.",
-            "zh": "我已通过私聊把答案发给你。",
-        },
-        "open_private_chat": {
-            "en": "I can only answer this privately, and I can't message you yet: open a chat with @{bot}, press "
-            "Start, then ask again.",
-            "zh": "这个问题我只能私下回答，但我还不能给你发消息：请先打开与 @{bot} 的私聊并点击“开始”，然后再问一次。",
-        },
-    }
-)
 
 
 @dataclass(frozen=True)

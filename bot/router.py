@@ -27,7 +27,7 @@ from sqlmodel import Session
 from bot import permissions
 from bot.arguments import Arg, Param, WordError, did_you_mean, parse_arguments, usage_of
 from bot.arguments import UserError as UserError  # commands import it from here
-from bot.i18n import MESSAGES, add_messages, t
+from bot.i18n import has, t
 from bot.messages import Incoming, Reply
 from bot.permissions import NEEDS_RANK, Needs, identify
 from bot.permissions import ROLE_RANK as ROLE_RANK  # re-exported: `help` and older callers import it from here
@@ -57,22 +57,6 @@ MAX_TEXT = 4_000
 # Control characters other than tab and newlines: PostgreSQL cannot store NUL in text, and none of them means
 # anything in a command; they are dropped before the text is parsed or audited.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-add_messages(
-    {
-        "nl_not_a_command": {
-            "en": "I couldn't turn that into something I can do. Type `help` to see what I can do.",
-            "zh": "我没能把这句话变成我能做的事。输入 `help` 查看我能做什么。",
-        },
-        "no_such": {"en": "There is no {kind} “{name}”.", "zh": "没有名为“{name}”的{kind}。"},
-        "kind_stage": {"en": "stage", "zh": "阶段"},
-        "kind_user": {"en": "user", "zh": "用户"},
-        "too_long": {
-            "en": "That message is too long for me ({length:,} characters; at most {limit:,}). Please shorten it.",
-            "zh": "这条消息太长了（{length:,} 个字符；最多 {limit:,} 个）。请缩短后再试。",
-        },
-    }
-)
 
 
 # Where an `Incoming` run for free text carries the words it came from, for the audit log.
@@ -468,7 +452,7 @@ def _not_found_reply(ctx: Context, exc: NotFoundError) -> Reply:
         if exc.suggestions:
             text += ctx.t("suggestions", names=", ".join(exc.suggestions))
     else:
-        kind = ctx.t(f"kind_{exc.kind}") if f"kind_{exc.kind}" in MESSAGES else exc.kind
+        kind = ctx.t(f"kind_{exc.kind}") if has(f"kind_{exc.kind}") else exc.kind
         text = ctx.t("no_such", kind=kind, name=exc.name)
         text += did_you_mean(ctx, exc.suggestions)
     return Reply(text=text, private=True)

@@ -35,7 +35,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from bot.alert_cards import alert_reply
-from bot.i18n import add_messages, t
+from bot.i18n import t
 from bot.messages import Reply
 from bot.notifier import reply_to_payload
 from lifecycle.alerts import AlertConfig, RoutingConfig
@@ -49,34 +49,6 @@ SEVERITY_RANK = {"critical": 3, "warning": 2, "info": 1}
 ALERT_KIND = "alert"
 ESCALATION_KIND = "escalation"
 
-add_messages(
-    {
-        "esc_text": {
-            "en": "⏫ Escalation: {owner} has not acknowledged this critical alert for {hours} hours.",
-            "zh": "⏫ 升级：{owner} 已有 {hours} 小时未确认这条严重告警。",
-        },
-        "esc_nobody": {"en": "nobody", "zh": "无人"},
-        # why a message could not be delivered (the `csbot deliveries` reason and the digest's "Not delivered")
-        "why_off": {"en": "{platform} is not configured ({env})", "zh": "{platform} 未配置（{env}）"},
-        "why_no_id": {"en": "{who} has no {platforms} id", "zh": "{who} 没有 {platforms} 账号"},
-        "why_inactive": {"en": "{who} is inactive", "zh": "{who} 已停用"},
-        "why_no_owner": {"en": "the account has no owner", "zh": "该客户没有负责人"},
-        "why_no_manager": {"en": "{who} has no manager", "zh": "{who} 没有上级经理"},
-        "why_gone": {"en": "{who} is no longer a csbot user", "zh": "{who} 已不是 csbot 用户"},
-        "why_nobody": {"en": "it is addressed to nobody", "zh": "没有收件人"},
-        "why_no_team": {
-            "en": "no team channel is set ([routing] team_slack_channel, team_telegram_chat)",
-            "zh": "未设置团队频道（[routing] team_slack_channel、team_telegram_chat）",
-        },
-        "why_team_off": {
-            "en": "the team channel is on {platform}, which is not configured ({env})",
-            "zh": "团队频道在 {platform} 上，而 {platform} 未配置（{env}）",
-        },
-        "why_or": {"en": " or ", "zh": "或"},
-        "why_and": {"en": " and ", "zh": "，且 "},
-        "why_then": {"en": "; ", "zh": "；"},
-    }
-)
 
 PLATFORM_NAMES = {"slack": "Slack", "telegram": "Telegram"}
 TO_KEY, ABOUT_KEY, WHY_KEY = "to", "about", "why"  # payload keys: the recipient, whom it concerns, why undelivered

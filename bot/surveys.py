@@ -28,7 +28,7 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
 from bot.alert_cards import alert_reply
-from bot.i18n import add_messages, t
+from bot.i18n import t
 from bot.messages import Button, Card, CardField, Mention, Reply, Section, TextPrompt
 from bot.notifier import SURVEY_ID_KEY, SURVEY_KIND, reply_to_payload
 from bot.routing import (
@@ -63,124 +63,6 @@ ALERT_COMMENT_KIND = "alert_comment"
 FIRST_ROW = range(0, 6)  # 0–5 on the first row, 6–10 on the second: fits a phone screen on Telegram
 COMMENT_QUOTE_MAX = 500
 WAITING = (outbox.PENDING, outbox.UNDELIVERABLE)  # not sent yet: a waiting message is rewritten, not followed up
-
-add_messages(
-    {
-        "sv_intro": {
-            "en": "Hi {name}! One quick question from the {account} customer team — just tap a number.",
-            "zh": "{name}，您好！{account} 客户成功团队想请您回答一个简短的问题 —— 点一个数字即可。",
-        },
-        "sv_reminder": {
-            "en": "A gentle reminder, {name}: we'd love your answer — it takes one tap.",
-            "zh": "{name}，温馨提醒：期待您的回答 —— 只需点一下。",
-        },
-        "sv_question": {
-            "en": "How likely is it that you would recommend {product} to a friend or colleague?",
-            "zh": "您有多大可能向朋友或同事推荐{product}？",
-        },
-        "sv_scale": {
-            "en": "0 = not at all likely · 10 = extremely likely",
-            "zh": "0 = 完全不可能 · 10 = 极有可能",
-        },
-        "sv_closes": {"en": "Open until {date}.", "zh": "有效期至 {date}。"},
-        "sv_recorded": {
-            "en": "Thank you! We've recorded your answer: {score}. You can change it until {until} UTC by tapping "
-            "another number.",
-            "zh": "谢谢！已记录您的回答：{score}。在 UTC {until} 之前，点其他数字即可修改。",
-        },
-        "sv_changed": {
-            "en": "Got it — your answer is now {score} (it was {previous}).",
-            "zh": "好的 —— 您的回答已改为 {score}（原为 {previous}）。",
-        },
-        "sv_unchanged": {
-            "en": "You've already answered {score} — thank you!",
-            "zh": "您已回答 {score} —— 谢谢！",
-        },
-        "sv_not_for_you": {
-            "en": "This survey isn't for you — it was sent to someone else. Thanks all the same!",
-            "zh": "这份问卷不是发给您的 —— 它是发给其他人的。仍然谢谢您！",
-        },
-        "sv_closed": {
-            "en": "You've already answered this survey — thank you! The answer can no longer be changed.",
-            "zh": "您已经回答过这份问卷 —— 谢谢！答案已无法再修改。",
-        },
-        "sv_expired": {
-            "en": "Sorry, this survey has expired.",
-            "zh": "抱歉，这份问卷已过期。",
-        },
-        "sv_invalid": {
-            "en": "Sorry, I can't accept this answer: the survey button is not valid.",
-            "zh": "抱歉，无法接受这个回答：问卷按钮无效。",
-        },
-        "sv_reason_question": {
-            "en": "What's the main reason for your score?",
-            "zh": "您给出这个分数的主要原因是什么？",
-        },
-        "sv_reason_title": {"en": "Your feedback", "zh": "您的反馈"},
-        "sv_reason_placeholder": {"en": "A sentence or two is plenty.", "zh": "一两句话就够了。"},
-        "sv_reason_submit": {"en": "Send", "zh": "发送"},
-        "sv_comment_thanks": {
-            "en": "Thank you for explaining — your comment has been passed on to the team.",
-            "zh": "感谢您的说明 —— 您的意见已转达给团队。",
-        },
-        "sv_alert_said": {"en": "What {contact} said", "zh": "{contact} 的原话"},
-        "sv_alert_no_comment": {
-            "en": "No comment yet; it follows here if they add one.",
-            "zh": "暂无评论；如有补充会随后发送。",
-        },
-        "sv_alert_comment": {
-            "en": "💬 {account}: {contact} explained their NPS score of {score} (alert #{id}): “{comment}”",
-            "zh": "💬 {account}：{contact} 解释了 NPS 评分 {score}（告警 #{id}）：“{comment}”",
-        },
-        "adv_text": {
-            "en": "🌟 {account}: {contact} is a promoter (NPS {score}). A good moment to ask for advocacy.",
-            "zh": "🌟 {account}：{contact} 是推荐者（NPS {score}）。这是请求客户支持推荐的好时机。",
-        },
-        "adv_title": {
-            "en": "🌟 {account} — promoter: {contact} ({score})",
-            "zh": "🌟 {account} — 推荐者：{contact}（{score}）",
-        },
-        "adv_asks": {"en": "Ask for one of", "zh": "可以请求"},
-        "adv_reference": {"en": "A reference call with a prospect", "zh": "与潜在客户进行一次推荐通话"},
-        "adv_case_study": {"en": "A case study or a quote for the website", "zh": "一篇客户案例或网站引用语"},
-        "adv_review": {"en": "A review on a software review site", "zh": "在软件评测网站上写一篇评价"},
-        "adv_quote": {"en": "What they said", "zh": "客户原话"},
-        "adv_trigger": {"en": "Survey", "zh": "问卷"},
-        "adv_f_arr": {"en": "ARR", "zh": "ARR"},
-        # the `survey` command
-        "svc_queued": {
-            "en": "NPS survey queued for {names} ({account}).",
-            "zh": "已为 {names}（{account}）安排 NPS 问卷。",
-        },
-        "svc_held": {
-            "en": "{name}: quiet hours — it goes out at {time} UTC.",
-            "zh": "{name}：处于免打扰时段 —— 将于 UTC {time} 发出。",
-        },
-        "svc_throttled": {
-            "en": "{name} was surveyed or answered recently; the next survey is possible from {date}.",
-            "zh": "{name} 最近已接受过问卷或已回答；最早可于 {date} 再次发送。",
-        },
-        "svc_unreachable": {
-            "en": "{names}: no Slack or Telegram identity to send a survey to.",
-            "zh": "{names}：没有可发送问卷的 Slack 或 Telegram 身份。",
-        },
-        "svc_undeliverable": {
-            "en": "{name}: not sent, {reason}. It is kept as undeliverable (`csbot deliveries`) and does not count "
-            "against the survey cap.",
-            "zh": "{name}：未发送，{reason}。已记为无法送达（`csbot deliveries`），不计入问卷上限。",
-        },
-        "svc_open": {"en": "{names}: a survey is already open.", "zh": "{names}：已有一份未结束的问卷。"},
-        "svc_over_cap": {
-            "en": "Today's survey cap is reached; not sent to {names}.",
-            "zh": "今日问卷数量已达上限；未发送给 {names}。",
-        },
-        "svc_no_contacts": {"en": "{account} has no contacts to survey.", "zh": "{account} 没有可发送问卷的联系人。"},
-        "svc_no_contact": {
-            "en": "{account} has no contact “{name}”. Contacts: {names}.",
-            "zh": "{account} 没有联系人“{name}”。联系人：{names}。",
-        },
-    }
-)
 
 
 def _lang(lang: str | None) -> str:

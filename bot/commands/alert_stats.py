@@ -5,36 +5,9 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta
 from typing import Annotated
 
-from bot.i18n import add_messages
 from bot.messages import Card, Reply, Section
 from bot.router import Context, Param, command
 from lifecycle.alerts import alert_stats
-
-add_messages(
-    {
-        "as_title": {"en": "Alert rules — last {days} days ({scope})", "zh": "告警规则 — 最近 {days} 天（{scope}）"},
-        "as_empty": {"en": "No alerts in the last {days} days ({scope}).", "zh": "最近 {days} 天没有告警（{scope}）。"},
-        "as_summary": {
-            "en": "{raised} alerts; {rated} rated, {precision} found useful. Precision = useful ÷ rated: rate alerts "
-            "with their Not useful button (or `useful <id> yes|no`) to tune the rules.",
-            "zh": "共 {raised} 条告警；{rated} 条已评价，{precision} 有帮助。精确度 = 有帮助 ÷ 已评价："
-            "用告警上的“没有帮助”按钮（或 `useful <id> yes|no`）评价，以便调整规则。",
-        },
-        "as_summary_unrated": {
-            "en": "{raised} alerts, none rated yet. Rate alerts with their Not useful button (or `useful <id> yes|no`) "
-            "to measure each rule's precision (useful ÷ rated).",
-            "zh": "共 {raised} 条告警，尚无评价。用告警上的“没有帮助”按钮（或 `useful <id> yes|no`）评价，"
-            "即可衡量每条规则的精确度（有帮助 ÷ 已评价）。",
-        },
-        "as_line": {
-            "en": "{rule}: {raised} raised · {acked} acknowledged · precision {precision}",
-            "zh": "{rule}：触发 {raised} · 已确认 {acked} · 精确度 {precision}",
-        },
-        "as_unrated": {"en": "not rated yet", "zh": "尚未评价"},
-        "as_mine": {"en": "mine", "zh": "我的"},
-        "as_all": {"en": "all owners", "zh": "全部负责人"},
-    }
-)
 
 
 def _percent(useful: int, rated: int, ctx: Context) -> str:

@@ -9,7 +9,7 @@ from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import aliased
 from sqlmodel import col
 
-from bot.i18n import add_messages, t
+from bot.i18n import t
 from bot.messages import Button, Card, Reply
 from bot.permissions import coverage
 from bot.router import ROLE_RANK, Context, Param, UserError, command
@@ -23,58 +23,6 @@ SEVERITY_ICON = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
 _SEVERITY_RANK = case(
     (col(Alert.severity) == "critical", 3), (col(Alert.severity) == "warning", 2), (col(Alert.severity) == "info", 1),
     else_=0,
-)
-
-add_messages(
-    {
-        "alerts_mine": {"en": "Your open alerts: {count}", "zh": "你的未处理告警：{count} 条"},
-        "alerts_all": {"en": "All open alerts: {count}", "zh": "全部未处理告警：{count} 条"},
-        "alerts_team": {"en": "Open alerts for your team: {count}", "zh": "团队的未处理告警：{count} 条"},
-        "alerts_empty": {"en": "No open alerts ({scope}). 🎉", "zh": "没有未处理的告警（{scope}）。🎉"},
-        "alerts_more": {
-            "en": "… and {count} more not shown: `{command}` lists them.",
-            "zh": "……还有 {count} 条未显示：`{command}` 可全部列出。",
-        },
-        "alerts_bad_count": {
-            "en": "Show 1 to {max} alerts at a time, e.g. `alerts 25`.",
-            "zh": "一次可显示 1 到 {max} 条告警，例如 `alerts 25`。",
-        },
-        "alerts_all_refused": {
-            "en": "Only managers and admins can see everyone's alerts; `alerts` shows yours.",
-            "zh": "只有经理和管理员可以查看所有人的告警；`alerts` 显示你自己的。",
-        },
-        "alert_subtitle": {"en": "#{id} · {rule} · {severity} · {age}", "zh": "#{id} · {rule} · {severity} · {age}"},
-        "alert_for": {"en": " · for {owner}", "zh": " · 负责人 {owner}"},
-        "alert_snooze_over": {"en": " · snooze ended", "zh": " · 暂缓已到期"},
-        "alert_sev_critical": {"en": "critical", "zh": "严重"},
-        "alert_sev_warning": {"en": "warning", "zh": "警告"},
-        "alert_sev_info": {"en": "info", "zh": "提示"},
-        "alert_age_now": {"en": "just now", "zh": "刚刚"},
-        "alert_age_minutes": {"en": "{n} min ago", "zh": "{n} 分钟前"},
-        "alert_age_hours": {"en": "{n} h ago", "zh": "{n} 小时前"},
-        "alert_age_days": {"en": "{n} d ago", "zh": "{n} 天前"},
-        "alert_btn_ack": {"en": "Acknowledge", "zh": "确认"},
-        "alert_btn_snooze": {"en": "Snooze 7 days", "zh": "暂缓 7 天"},
-        "alert_unknown": {"en": "There is no alert #{id}.", "zh": "没有编号为 #{id} 的告警。"},
-        "alert_not_yours": {
-            "en": "Alert #{id} belongs to someone else; only its owner or a manager can handle it.",
-            "zh": "告警 #{id} 属于其他人；只有其负责人或经理可以处理。",
-        },
-        "alert_resolved": {"en": "Alert #{id} is already resolved.", "zh": "告警 #{id} 已经解决。"},
-        "alert_already_acked": {"en": "Alert #{id} was already acknowledged.", "zh": "告警 #{id} 之前已确认。"},
-        "alert_acked": {
-            "en": "Acknowledged alert #{id} on {account}: {title}",
-            "zh": "已确认 {account} 的告警 #{id}：{title}",
-        },
-        "alert_snoozed": {
-            "en": "Snoozed alert #{id} on {account} for {days} days (until {until}); it comes back if still open.",
-            "zh": "已将 {account} 的告警 #{id} 暂缓 {days} 天（至 {until}）；届时仍未处理会再次出现。",
-        },
-        "alert_bad_days": {
-            "en": "Snooze for 1 to {max} days, e.g. `snooze {id} 7`.",
-            "zh": "暂缓天数须为 1 到 {max} 天，例如 `snooze {id} 7`。",
-        },
-    }
 )
 
 

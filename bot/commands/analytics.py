@@ -18,7 +18,7 @@ from bot.analytics_charts import cohorts_png, funnel_png, kpi_png, retention_png
 from bot.cards import stage_label
 from bot.charts import chart_lang
 from bot.format import money
-from bot.i18n import add_messages, t
+from bot.i18n import t
 from bot.messages import Card, CardField, Image, Reply, Section
 from bot.money import basis_note, reply_rates
 from bot.router import Context, Param, command
@@ -47,123 +47,6 @@ MIX_MONTHS = 12
 STUCK_LINES = 8
 COHORT_LINES = 8
 YEAR = 4  # quarters
-
-add_messages(
-    {
-        "an_scope_all": {"en": "all accounts", "zh": "全部客户"},
-        "an_scope_mine": {"en": "my accounts", "zh": "我的客户"},
-        "an_scope_segment": {"en": "segment {segment}", "zh": "细分 {segment}"},
-        "an_scope_team": {"en": "your team", "zh": "你的团队"},
-        "wk_lifecycle": {"en": "Retention and funnel", "zh": "留存与漏斗"},
-        "an_empty": {"en": "No accounts yet ({scope}).", "zh": "还没有客户（{scope}）。"},
-        # kpis
-        "kpi_title": {"en": "Stage KPIs — {scope}", "zh": "阶段指标 — {scope}"},
-        "kpi_title_stage": {"en": "{stage} KPIs — {scope}", "zh": "{stage}阶段指标 — {scope}"},
-        "kpi_none": {
-            "en": "No KPIs are configured for {stage}. Add [[kpis]] entries to the stage configuration.",
-            "zh": "{stage}阶段没有配置指标。请在阶段配置中添加 [[kpis]]。",
-        },
-        "kpi_line": {
-            "en": "{icon} {label}: {value} (goal {goal}) · {met} of {count} accounts meet it",
-            "zh": "{icon} {label}：{value}（目标 {goal}）· {count} 个客户中 {met} 个达标",
-        },
-        "kpi_line_nodata": {"en": "⚪ {label}: no data yet (goal {goal})", "zh": "⚪ {label}：暂无数据（目标 {goal}）"},
-        "kpi_reading_met": {
-            "en": "{met} of {count} KPIs meet their goal",
-            "zh": "{count} 项指标中 {met} 项达标",
-        },
-        "kpi_reading_worst": {
-            "en": "furthest behind: {stage} · {label} at {value} (goal {goal})",
-            "zh": "差距最大：{stage} · {label} 为 {value}（目标 {goal}）",
-        },
-        "kpi_reading_all_met": {"en": "every KPI with data meets its goal", "zh": "所有有数据的指标都已达标"},
-        "kpi_reading_best": {
-            "en": "Best: {stage} · {label} at {value} (goal {goal}).",
-            "zh": "表现最好：{stage} · {label} 为 {value}（目标 {goal}）。",
-        },
-        "kpi_reading_nodata": {"en": "No KPI has data yet.", "zh": "暂无指标数据。"},
-        "kpi_chart_title": {"en": "Stage KPIs vs goal — {scope}", "zh": "阶段指标与目标 — {scope}"},
-        "kpi_unit_days": {"en": "{v} d", "zh": "{v} 天"},
-        "kpi_not_reached": {"en": "not reached after {v} d", "zh": "{v} 天仍未达成"},
-        "kpi_account_line": {"en": "{icon} {label}: {value} (goal {goal})",
-                             "zh": "{icon} {label}：{value}（目标 {goal}）"},
-        "kpi_account_section": {"en": "{stage} KPIs", "zh": "{stage}阶段指标"},
-        # funnel
-        "fn_title": {"en": "Funnel, last {period} — {scope}", "zh": "漏斗（最近 {period}）— {scope}"},
-        "fn_line": {
-            "en": "{stage}: {moved} of {count} moved on ({pct}) · {churned} churned · median {median}, p90 {p90}"
-            " · {stuck} stuck",
-            "zh": "{stage}：{count} 个中 {moved} 个进入下一阶段（{pct}）· 流失 {churned} · 中位数 {median}，"
-            "p90 {p90} · 停滞 {stuck}",
-        },
-        "fn_stages": {"en": "Stages (moved on within the period; time in stage of stays ended in it)",
-                      "zh": "各阶段（期间内进入下一阶段；期间内结束的停留时长）"},
-        "fn_stuck": {"en": "Stuck beyond the 90th percentile", "zh": "停留超过第 90 百分位"},
-        "fn_stuck_line": {"en": "{account} · {stage} for {days} d (p90 {p90} d)",
-                          "zh": "{account} · {stage} 已 {days} 天（p90 {p90} 天）"},
-        "fn_reading_rate": {
-            "en": "{pct} of {stage} accounts moved on within {period}",
-            "zh": "{period}内 {pct} 的{stage}客户进入了下一阶段",
-        },
-        "fn_reading_time": {
-            "en": "{stage} takes a median of {median} d (p90 {p90} d)",
-            "zh": "{stage}阶段停留中位数 {median} 天（p90 {p90} 天）",
-        },
-        "fn_reading_stuck": {"en": "{count} accounts are stuck beyond the p90.", "zh": "{count} 个客户停留超过 p90。"},
-        "fn_reading_stuck_one": {"en": "1 account is stuck beyond the p90.", "zh": "1 个客户停留超过 p90。"},
-        "fn_reading_none_stuck": {"en": "No account is stuck beyond the p90.", "zh": "没有客户停留超过 p90。"},
-        "fn_reading_nothing": {"en": "No account moved through the funnel in this period",
-                               "zh": "此期间没有客户在漏斗中移动"},
-        "fn_chart_title": {"en": "Funnel, last {period}", "zh": "漏斗（最近 {period}）"},
-        "fn_mix_title": {"en": "Accounts by stage at each month's end", "zh": "每月末各阶段客户数"},
-        # retention
-        "rt_title": {"en": "Retention, last {period} — {scope}", "zh": "留存（最近 {period}）— {scope}"},
-        "rt_nrr": {"en": "Net revenue retention", "zh": "净收入留存（NRR）"},
-        "rt_grr": {"en": "Gross revenue retention", "zh": "总收入留存（GRR）"},
-        "rt_logo": {"en": "Logo churn", "zh": "客户流失率"},
-        "rt_logo_value": {"en": "{pct} ({churned} of {start} logos)", "zh": "{pct}（{start} 个客户中 {churned} 个）"},
-        "rt_arr_value": {"en": "{pct} ({end} of {start})", "zh": "{pct}（{start} 中保留 {end}）"},
-        "rt_moves": {"en": "ARR moves of the starting logos", "zh": "期初客户的 ARR 变化"},
-        "rt_moves_value": {"en": "+{exp} expansion · −{con} contraction · −{churn} churn",
-                           "zh": "+{exp} 扩展 · −{con} 缩减 · −{churn} 流失"},
-        "rt_new": {"en": "New logos", "zh": "新客户"},
-        "rt_new_value": {"en": "{count} · {arr} ARR", "zh": "{count} 个 · ARR {arr}"},
-        "rt_winback": {"en": "Win-back", "zh": "挽回"},
-        "rt_winback_value": {"en": "{pct} ({back} of {pool} churned accounts came back)",
-                             "zh": "{pct}（{pool} 个流失客户中 {back} 个回归）"},
-        "rt_reasons": {"en": "Churned ARR by reason", "zh": "按原因的流失 ARR"},
-        "rt_reason_line": {"en": "{reason}: {arr}", "zh": "{reason}：{arr}"},
-        "rt_reading": {
-            "en": "NRR {nrr} and GRR {grr} over {period}; {churned} of {start} logos churned ({pct}).",
-            "zh": "最近 {period} NRR {nrr}、GRR {grr}；{start} 个客户中 {churned} 个流失（{pct}）。",
-        },
-        "rt_reading_winback": {
-            "en": "{back} of {pool} churned accounts came back ({pct}); {new} new logos brought {arr}.",
-            "zh": "{pool} 个流失客户中 {back} 个回归（{pct}）；{new} 个新客户带来 {arr}。",
-        },
-        "rt_reading_empty": {"en": "No customers at the start of the period.", "zh": "期初没有客户。"},
-        "rt_chart_title": {"en": "Monthly retention — {scope}", "zh": "每月留存 — {scope}"},
-        # cohorts
-        "co_title": {"en": "Cohorts by contract-start quarter — {scope}", "zh": "按签约季度的同期群 — {scope}"},
-        "co_line": {"en": "{cohort} ({count}): {points}", "zh": "{cohort}（{count} 个）：{points}"},
-        "co_section": {"en": "Logos still customers, by quarters since start", "zh": "仍为客户的比例（按签约后季度）"},
-        "co_reading_year": {
-            "en": "The {cohort} cohort keeps {pct} of logos after a year",
-            "zh": "{cohort} 同期群一年后保留 {pct} 的客户",
-        },
-        "co_reading_young": {
-            "en": "No cohort has a full year of history yet",
-            "zh": "还没有满一年的同期群",
-        },
-        "co_reading_avg": {
-            "en": "across {count} cohorts with a year of history, {pct} of logos and {arr} of ARR remain after a "
-            "year.",
-            "zh": "在 {count} 个满一年的同期群中，一年后平均保留 {pct} 的客户和 {arr} 的 ARR。",
-        },
-        "co_chart_title": {"en": "Logo retention by contract-start quarter", "zh": "按签约季度的客户留存"},
-        "co_empty": {"en": "No contract history yet ({scope}).", "zh": "还没有合同历史（{scope}）。"},
-    }
-)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

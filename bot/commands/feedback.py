@@ -7,31 +7,11 @@ from typing import Annotated
 
 from bot.commands.alerts import _is_manager
 from bot.commands.people import owner
-from bot.i18n import add_messages
 from bot.messages import Reply
 from bot.router import Context, Param, UserError, command
 from lifecycle.models import Account, Alert
 
 USEFUL = {"yes": "useful", "no": "not_useful", "是": "useful", "否": "not_useful"}
-
-add_messages(
-    {
-        "fb_useful": {
-            "en": "Thanks: alert #{id} on {account} marked useful.",
-            "zh": "谢谢：已将 {account} 的告警 #{id} 标记为有帮助。",
-        },
-        "fb_not_useful": {
-            "en": "Thanks: alert #{id} on {account} marked not useful; this helps tune the rule “{rule}”.",
-            "zh": "谢谢：已将 {account} 的告警 #{id} 标记为没有帮助；这有助于调整规则“{rule}”。",
-        },
-        "fb_reassign_how": {
-            "en": "To hand alert #{id} ({account}) to someone else, type `reassign {id} <user>` (an email, a name, "
-            "a Slack or Telegram id, or @name). The account and its open alerts move to them.",
-            "zh": "要把告警 #{id}（{account}）转交给他人，请输入 `reassign {id} <用户>`（邮箱、姓名、Slack 或 Telegram "
-            "ID，或 @名字）。该客户及其未处理告警都会转给对方。",
-        },
-    }
-)
 
 
 def _alert(ctx: Context, alert_id: int) -> tuple[Alert, Account]:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from bot.cards import stage_label
 from bot.format import grade, money
-from bot.i18n import add_messages, t
+from bot.i18n import has, t
 from bot.messages import Card, Reply, Section
 from bot.money import reply_rates, total_text, totals_note
 from bot.router import Context, Param, UserError, command
@@ -14,109 +14,22 @@ from lifecycle.search import FIELDS, Filter, FilterError, FoundAccount, InDays, 
 
 SHOW = 20
 
-add_messages(
-    {
-        "find_title": {"en": "Accounts — {filters}", "zh": "客户筛选 — {filters}"},
-        "find_summary": {"en": "{count} accounts, {arr} ARR", "zh": "{count} 个客户，ARR {arr}"},
-        "find_summary_one": {"en": "1 account, {arr} ARR", "zh": "1 个客户，ARR {arr}"},
-        "find_own_only": {"en": " (your accounts only)", "zh": "（仅限你负责的客户）"},
-        "find_empty": {"en": "No accounts match {filters}.", "zh": "没有符合条件的客户：{filters}。"},
-        "find_help": {
-            "en": "Filters are `field<op>value` words, all of which must hold. Fields: {fields}. Operators: = != < <= "
-            "> >=; several values with commas (`stage=renewal,expansion`); `arr>=50k`, `arr<1.2m`; `renewal<60d` "
-            "(renewing within 60 days), `renewal<2027-01-01`; `owner=me`; `name=acme`; `tier=A`; `cohort=2`; "
-            "`churn>=30` (churn probability in %); `churned`, `active`, `mine`. "
-            "Churned accounts are left out unless you ask about status or stage. "
-            "Example: `find stage=renewal grade=red renewal<60d owner=me`.",
-            "zh": "筛选条件写成 `字段<运算符>值`，所有条件同时满足。字段：{fields}"
-            "（也可用中文：阶段、等级、健康度、续约、负责人、细分、套餐、层级、群组、流失概率、状态、席位、名称）。"
-            "运算符：= != < <= > >=；多个值用逗号（`stage=renewal,expansion`）；"
-            "`arr>=50k`、`arr<1.2m`；`renewal<60d`（60 天内续约）、`renewal<2027-01-01`；"
-            "`owner=me`；`name=acme`；`tier=A`；`cohort=2`；`churn>=30`（流失概率，单位 %）；"
-            "`churned`、`active`、`mine`。除非条件涉及状态或阶段，已流失客户不会列出。"
-            "例如：`查找 阶段=续约 等级=红 续约<60d 负责人=me`。",
-        },
-        "find_unknown_field": {
-            "en": "I don't know the filter field “{token}”. Known fields: {fields}.",
-            "zh": "不认识筛选字段“{token}”。可用字段：{fields}。",
-        },
-        "find_bad_value": {
-            "en": "“{token}” isn't a valid value for {field}: expected {expected}.",
-            "zh": "“{token}”不是 {field} 的有效值：应为{expected}。",
-        },
-        "find_expect_grade": {
-            "en": "red, yellow, green or unknown",
-            "zh": "red、yellow、green 或 unknown（红/黄/绿/未知）",
-        },
-        "find_expect_number": {"en": "a number such as 50000, 50k or 1.2m", "zh": "数字，例如 50000、50k 或 1.2m"},
-        "find_expect_whole": {"en": "a whole number such as 25 or 1k", "zh": "整数，例如 25 或 1k"},
-        "find_expect_score": {"en": "a score from 0 to 100", "zh": "0 到 100 之间的分数"},
-        "find_expect_percent": {"en": "a percentage from 0 to 100, e.g. 30", "zh": "0 到 100 之间的百分比，例如 30"},
-        "find_expect_renewal": {
-            "en": "days such as 60d, or a date such as 2027-01-01",
-            "zh": "天数（如 60d）或日期（如 2027-01-01）",
-        },
-        "find_expect_any": {"en": "a value after the operator", "zh": "运算符后面的值"},
-        "find_bad_operator": {
-            "en": "{field} only takes = or !=, not {token}.",
-            "zh": "{field} 只能用 = 或 !=，不能用 {token}。",
-        },
-        "find_no_list": {
-            "en": "A list of values only works with = or != (`{token}`).",
-            "zh": "多个值只能和 = 或 != 一起用（`{token}`）。",
-        },
-        "find_bad_token": {
-            "en": "I can't read “{token}” as a filter; filters look like `field=value`, e.g. `grade=red`.",
-            "zh": "无法把“{token}”理解为筛选条件；条件的写法是 `字段=值`，例如 `grade=red`。",
-        },
-        "find_unknown_stage": {"en": "There is no stage “{token}”.", "zh": "没有名为“{token}”的阶段。"},
-        "find_unknown_owner": {"en": "I don't know a user “{token}”.", "zh": "找不到用户“{token}”。"},
-        "find_renews_in": {"en": "renews in {days} d", "zh": "{days} 天后续约"},
-        "find_renewal_past": {"en": "renewal {days} d ago", "zh": "续约已过 {days} 天"},
-        "find_not_scored": {"en": "not scored", "zh": "未评分"},
-        "find_churned": {"en": "churned", "zh": "已流失"},
-        "find_within": {"en": "renewing within {days} d", "zh": "{days} 天内续约"},
-        "find_beyond": {"en": "renewing after {days} d", "zh": "{days} 天后才续约"},
-        "find_exactly": {"en": "renewing in {days} d", "zh": "恰好 {days} 天后续约"},
-        "find_before": {"en": "renewal before {date}", "zh": "续约早于 {date}"},
-        "find_after": {"en": "renewal after {date}", "zh": "续约晚于 {date}"},
-        "find_name_has": {"en": "name contains “{text}”", "zh": "名称包含“{text}”"},
-        "find_name_lacks": {"en": "name without “{text}”", "zh": "名称不含“{text}”"},
-        "find_me": {"en": "me", "zh": "我"},
-        "find_or": {"en": " or ", "zh": " 或 "},
-    }
-)
 
-_FIELD_LABELS = {
-    "stage": ("stage", "阶段"),
-    "grade": ("grade", "等级"),
-    "health": ("health", "健康度"),
-    "renewal": ("renewal", "续约"),
-    "owner": ("owner", "负责人"),
-    "arr": ("ARR", "ARR"),
-    "seats": ("seats", "席位"),
-    "segment": ("segment", "细分"),
-    "plan": ("plan", "套餐"),
-    "tier": ("tier", "层级"),
-    "cohort": ("cohort", "群组"),
-    "churn": ("churn risk", "流失概率"),
-    "status": ("status", "状态"),
-    "name": ("name", "名称"),
-}
 _EXPECT = {"grade": "find_expect_grade", "arr": "find_expect_number", "seats": "find_expect_whole",
            "health": "find_expect_score", "renewal": "find_expect_renewal", "cohort": "find_expect_whole",
            "churn": "find_expect_percent"}
-_OP_WORDS = {"=": ": ", "!=": " ≠ ", "<": " < ", "<=": " ≤ ", ">": " > ", ">=": " ≥ "}
-_OP_WORDS_ZH = {**_OP_WORDS, "=": "：", "!=": " 不是 "}
+_OP_SYMBOLS = {"<": " < ", "<=": " ≤ ", ">": " > ", ">=": " ≥ "}  # the same in every language
 
 
 def _op(op: str, lang: str) -> str:
-    return (_OP_WORDS_ZH if lang == "zh" else _OP_WORDS)[op]
+    if op in ("=", "!="):
+        return t("find_op_is" if op == "=" else "find_op_is_not", lang)
+    return _OP_SYMBOLS[op]
 
 
 def _field_label(name: str, lang: str) -> str:
-    en, zh = _FIELD_LABELS[name]
-    return zh if lang == "zh" else en
+    """A field's name in words (`score` and other fields without words read as typed)."""
+    return t(f"find_field_{name}", lang) if has(f"find_field_{name}") else name
 
 
 def _renewal_words(f: Filter, lang: str) -> str:
@@ -166,7 +79,7 @@ def describe(f: Filter, lang: str, machine: object, currency: str = "USD") -> st
 
 def filter_error_text(exc: FilterError, lang: str) -> str:
     """A FilterError worded in `lang`, with its suggestions."""
-    field = _field_label(exc.field, lang) if exc.field in _FIELD_LABELS else exc.field
+    field = _field_label(exc.field, lang)
     if exc.problem == "unknown_field":
         text = t("find_unknown_field", lang, token=exc.token, fields=", ".join(FIELDS))
     elif exc.problem == "bad_value":

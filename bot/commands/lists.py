@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from bot.format import grade, money, signed
-from bot.i18n import add_messages, t
+from bot.i18n import t
 from bot.messages import Card, Reply, Section
 from bot.money import reply_rates, total_text, totals_note
 from bot.permissions import coverage
@@ -14,8 +14,6 @@ from lifecycle.portfolio import PortfolioRow, Scope, at_risk, renewals
 from lifecycle.risk import reasons_text
 
 SHOW = 15
-
-add_messages({"risk_why": {"en": "why: {reasons}", "zh": "原因：{reasons}"}})
 
 
 def _scope(ctx: Context, which: str | None, segment: str | None) -> tuple[Scope, str]:

@@ -20,7 +20,7 @@ from bot.arguments import (
 from bot.cards import stage_label
 from bot.charts import chart_lang, has_cjk, nps_trend_png
 from bot.format import signed
-from bot.i18n import add_messages, t
+from bot.i18n import t
 from bot.messages import Card, CardField, Image, Reply, Section
 from bot.router import Context, Param, UserError, command
 from lifecycle.accounts import nps_category, segment_names
@@ -33,55 +33,6 @@ BREAKDOWN_ROWS = 8
 COMMENTS = 5
 Category = Literal["promoter", "passive", "detractor"]
 _CATEGORY_ICON = {"promoter": "🟢", "passive": "🟡", "detractor": "🔴"}
-
-add_messages(
-    {
-        "nps_title": {"en": "NPS — {scope}", "zh": "NPS — {scope}"},
-        "nps_scope_all": {"en": "all accounts", "zh": "全部客户"},
-        "nps_scope_mine": {"en": "my accounts", "zh": "我的客户"},
-        "nps_scope_segment": {"en": "segment {segment}", "zh": "细分 {segment}"},
-        "nps_period": {
-            "en": "Last {months} months ({since} – {until})",
-            "zh": "最近 {months} 个月（{since} – {until}）",
-        },
-        "nps_empty": {
-            "en": "No NPS responses yet for {scope} in the last {months} months.",
-            "zh": "{scope}最近 {months} 个月还没有 NPS 回复。",
-        },
-        "nps_empty_sent": {
-            "en": " {sent} surveys were sent; none answered yet.",
-            "zh": "已发出 {sent} 份问卷，尚无人回答。",
-        },
-        "nps_f_score": {"en": "NPS", "zh": "NPS"},
-        "nps_f_responses": {"en": "Responses", "zh": "回复数"},
-        "nps_f_promoters": {"en": "Promoters (9–10)", "zh": "推荐者（9–10）"},
-        "nps_f_passives": {"en": "Passives (7–8)", "zh": "被动者（7–8）"},
-        "nps_f_detractors": {"en": "Detractors (0–6)", "zh": "贬损者（0–6）"},
-        "nps_f_rate": {"en": "Response rate", "zh": "回复率"},
-        "nps_count_pct": {"en": "{count} ({pct} %)", "zh": "{count}（{pct}%）"},
-        "nps_rate_value": {
-            "en": "{pct} % ({answered} of {sent} surveys)",
-            "zh": "{pct}%（{sent} 份问卷中 {answered} 份）",
-        },
-        "nps_rate_none": {
-            "en": "— (no surveys sent by csbot in this period)",
-            "zh": "—（此期间 csbot 未发出问卷）",
-        },
-        "nps_meaning_excellent": {
-            "en": "excellent: promoters far outnumber detractors",
-            "zh": "优秀：推荐者远多于贬损者",
-        },
-        "nps_meaning_positive": {"en": "more promoters than detractors", "zh": "推荐者多于贬损者"},
-        "nps_meaning_zero": {"en": "as many promoters as detractors", "zh": "推荐者与贬损者一样多"},
-        "nps_meaning_negative": {"en": "more detractors than promoters", "zh": "贬损者多于推荐者"},
-        "nps_by_segment": {"en": "By segment", "zh": "按细分"},
-        "nps_by_stage": {"en": "By stage (current)", "zh": "按阶段（当前）"},
-        "nps_by_line_one": {"en": "{group}: {nps} (1 response)", "zh": "{group}：{nps}（1 条回复）"},
-        "nps_by_line": {"en": "{group}: {nps} ({responses} responses)", "zh": "{group}：{nps}（{responses} 条回复）"},
-        "nps_comments": {"en": "Latest comments", "zh": "最新评论"},
-        "nps_chart_title": {"en": "NPS by month — {scope}", "zh": "每月 NPS — {scope}"},
-    }
-)
 
 
 def nps_meaning(value: float, lang: str) -> str:

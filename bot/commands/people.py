@@ -9,7 +9,7 @@ from sqlalchemy import func, select, update
 from sqlmodel import Session, col
 
 from bot.arguments import extra_word
-from bot.i18n import add_messages, t
+from bot.i18n import t
 from bot.messages import Reply
 from bot.permissions import reports_of
 from bot.router import Context, Param, UserError, command
@@ -19,57 +19,6 @@ from lifecycle.search import find_user
 
 LANG_CODES = {"en": "en", "english": "en", "英文": "en", "zh": "zh", "chinese": "zh", "中文": "zh"}
 LANG_NAMES = {"en": "English", "zh": "中文"}
-
-add_messages(
-    {
-        "owner_changed": {
-            "en": "{account}: owner {old} → {new}.",
-            "zh": "{account}：负责人 {old} → {new}。",
-        },
-        "owner_alerts_moved": {
-            "en": " {count} open alert(s) moved to {new} too.",
-            "zh": "{count} 条未处理告警也已转给 {new}。",
-        },
-        "owner_split_unclear": {
-            "en": "I read the account as {account}, which leaves “{extra}” before the user {user}. If the account "
-            "is not {account}, quote its full name, e.g. `owner \"Acme Corp\" {user}`.",
-            "zh": "我把客户识别为 {account}，于是用户 {user} 前面多出了“{extra}”。如果客户不是 {account}，"
-            "请给完整名称加引号，例如 `owner \"Acme Corp\" {user}`。",
-        },
-        "owner_same": {"en": "{account} is already owned by {new}.", "zh": "{account} 的负责人已经是 {new}。"},
-        "owner_unknown_user": {
-            "en": "I don't know a user called “{name}” (use an email, a name, a Slack or Telegram id, or @name).",
-            "zh": "找不到名为“{name}”的用户（可用邮箱、姓名、Slack 或 Telegram ID，或 @名字）。",
-        },
-        "lang_current": {
-            "en": "I reply to you in {name}{default}. Switch with `lang zh` (中文) or `lang en`.",
-            "zh": "我用{name}回复你{default}。切换请输入 `lang en`（English）或 `lang zh`。",
-        },
-        "lang_default": {"en": " (the team default)", "zh": "（团队默认）"},
-        "whoami": {
-            "en": "You are *{name}* ({email}), {role}{team}.{manager}\nAccounts you own: {accounts}. Replies in "
-            "{language}{default}.{ids}",
-            "zh": "你是 *{name}*（{email}），{role}{team}。{manager}\n你负责的客户：{accounts} 个。回复语言："
-            "{language}{default}。{ids}",
-        },
-        "whoami_team": {"en": " of {count} ({names})", "zh": "，团队 {count} 人（{names}）"},
-        "whoami_manager": {"en": " Your manager: {name}.", "zh": "你的经理：{name}。"},
-        "whoami_ids": {"en": "\nChat ids: {ids}.", "zh": "\n聊天账号：{ids}。"},
-        "whoami_try_csm": {
-            "en": "You own no accounts, so `mine` is empty for you; to chat as a CSM: `csbot chat --as {email}`.",
-            "zh": "你名下没有客户，所以 `mine` 为空；想以客户成功经理身份对话：`csbot chat --as {email}`。",
-        },
-        "role_admin": {"en": "admin", "zh": "管理员"},
-        "role_manager": {"en": "manager", "zh": "经理"},
-        "role_csm": {"en": "CSM", "zh": "客户成功经理"},
-        "role_viewer": {"en": "viewer", "zh": "只读用户"},
-        "team_csms": {"en": "{count} CSMs", "zh": "{count} 位客户成功经理"},
-        "lang_set": {
-            "en": "Done: I'll reply to you in English from now on.",
-            "zh": "好的：今后我会用中文回复你。",
-        },
-    }
-)
 
 
 @command(

@@ -7,7 +7,7 @@ from typing import Annotated
 from bot.cards import stage_label
 from bot.charts import chart_lang, stage_distribution_png
 from bot.format import grade
-from bot.i18n import add_messages, t
+from bot.i18n import t
 from bot.messages import Card, CardField, Image, Reply, Section
 from bot.money import reply_rates, total_text, totals_note
 from bot.permissions import coverage
@@ -15,67 +15,6 @@ from bot.router import Context, Param, command
 from lifecycle.models import Owners
 from lifecycle.money import Rates, Total
 from lifecycle.overview import PortfolioTotals, portfolio_totals, stage_distribution
-
-add_messages(
-    {
-        "portfolio_title": {"en": "Portfolio ({scope})", "zh": "客户组合（{scope}）"},
-        "portfolio_empty": {"en": "No accounts yet ({scope}).", "zh": "还没有客户（{scope}）。"},
-        "pf_accounts": {"en": "Accounts", "zh": "客户数"},
-        "pf_accounts_value": {
-            "en": "{active} active · {churned} churned",
-            "zh": "{active} 个活跃 · {churned} 个已流失",
-        },
-        "pf_arr": {"en": "ARR (active)", "zh": "ARR（活跃客户）"},
-        "pf_arr_grade": {"en": "ARR {grade}", "zh": "ARR {grade}"},
-        "pf_arr_grade_value": {"en": "{arr} ({pct} %, {count} accounts)", "zh": "{arr}（{pct}%，{count} 个客户）"},
-        "pf_arr_grade_value_one": {"en": "{arr} ({pct} %, 1 account)", "zh": "{arr}（{pct}%，1 个客户）"},
-        # Without a share: the ARR is only known per currency (a rate is missing).
-        "pf_arr_grade_count": {"en": "{arr} ({count} accounts)", "zh": "{arr}（{count} 个客户）"},
-        "pf_arr_grade_count_one": {"en": "{arr} (1 account)", "zh": "{arr}（1 个客户）"},
-        "pf_avg_health": {"en": "Average health", "zh": "平均健康度"},
-        "pf_stages": {"en": "Active accounts by stage", "zh": "各阶段活跃客户"},
-        "pf_stage_line": {
-            "en": "{stage}: {count} · {arr} · 🔴 {red} 🟡 {yellow} 🟢 {green}",
-            "zh": "{stage}：{count} 个 · {arr} · 🔴 {red} 🟡 {yellow} 🟢 {green}",
-        },
-        "pf_reading_green": {"en": "{pct} % of ARR is green", "zh": "{pct}% 的 ARR 为绿色"},
-        "pf_reading_red_stage": {
-            "en": "{count} accounts in {stage} are red",
-            "zh": "{stage}阶段有 {count} 个红色客户",
-        },
-        "pf_reading_red_stage_one": {"en": "1 account in {stage} is red", "zh": "{stage}阶段有 1 个红色客户"},
-        "pf_reading_no_red": {"en": "no account is red", "zh": "没有红色客户"},
-        "pf_reading_unscored_one": {
-            "en": "1 active account has no health score yet",
-            "zh": "1 个活跃客户尚无健康度",
-        },
-        "pf_reading_unscored": {
-            "en": "{count} active accounts have no health score yet",
-            "zh": "{count} 个活跃客户尚无健康度",
-        },
-        "pf_chart_title": {"en": "Active accounts by stage and health", "zh": "各阶段活跃客户及健康度"},
-        "pf_not_scored": {"en": "not scored yet", "zh": "尚未评分"},
-        "pf_arr_at_risk": {"en": "ARR at risk", "zh": "风险 ARR"},
-        "pf_arr_at_risk_value": {
-            "en": "{arr}{share} — Σ ARR × churn probability: the ARR expected to leave within {days} days",
-            "zh": "{arr}{share}— Σ ARR × 流失概率：预计 {days} 天内流失的 ARR",
-        },
-        "pf_risk_share": {"en": " ({pct} % of scored ARR)", "zh": "（占已评分 ARR 的 {pct}%）"},
-        "pf_clv": {"en": "Lifetime value", "zh": "客户终身价值"},
-        "pf_clv_value": {
-            "en": "{clv} — Σ ARR × {margin} % gross margin × expected remaining years (1 ÷ annual churn rate)",
-            "zh": "{clv} — Σ ARR × {margin}% 毛利 × 预期剩余年数（1 ÷ 年流失率）",
-        },
-        "pf_partly_scored": {
-            "en": " ({scored} of {active} accounts scored)",
-            "zh": "（{active} 个客户中已评分 {scored} 个）",
-        },
-        "pf_no_churn_model": {
-            "en": "no churn model yet (`csbot model train` once there is churn history)",
-            "zh": "尚无流失模型（有流失历史后运行 `csbot model train`）",
-        },
-    }
-)
 
 # The stage whose red accounts matter most to read out first: money is about to be decided there.
 URGENT_STAGE = "renewal"
@@ -160,9 +99,11 @@ def portfolio(
             continue
         label = grade(g, ctx.lang) if g != "unknown" else f"⚪ {ctx.t('grade_unknown')}"
         share = totals.arr_share(g)
-        key = "pf_arr_grade_value" if share is not None else "pf_arr_grade_count"
-        value = ctx.t(key + ("_one" if count == 1 else ""), arr=total_text(totals.arr_by_grade[g]),
-                      pct=f"{share or 0.0:.0f}", count=count)
+        if share is not None:
+            key = "pf_arr_grade_value_one" if count == 1 else "pf_arr_grade_value"
+        else:
+            key = "pf_arr_grade_count_one" if count == 1 else "pf_arr_grade_count"
+        value = ctx.t(key, arr=total_text(totals.arr_by_grade[g]), pct=f"{share or 0.0:.0f}", count=count)
         fields.append(CardField(ctx.t("pf_arr_grade", grade=label), value))
     avg = totals.average_health
     avg_text = f"{avg:.0f} {grade(scorecard.grade(avg), ctx.lang)}" if avg is not None else ctx.t("pf_not_scored")

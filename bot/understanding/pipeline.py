@@ -21,7 +21,7 @@ from typing import Any
 from rapidfuzz import fuzz, process
 from sqlmodel import Session
 
-from bot.i18n import add_messages, t
+from bot.i18n import t
 from bot.messages import Button
 from bot.understanding.entities import (
     AccountIndex,
@@ -114,92 +114,6 @@ _ALERT_WORDS = re.compile(rf"{_A}(?:ack|acknowledge|snooze|useful|reassign|alert
 _TEXT_MARK = re.compile(r"[:：]|\s-\s|\s—\s|\b(?:saying|that says|says|text|reading)\b")
 _REASON_MARK = re.compile(r"\b(?:because|since|as|reason|due to|coz|cause|cuz|b/c|bc)\b[:\s]*"
                          r"|原因是|原因：|原因:|因为|理由是|理由|由于|[:：,，]")
-
-add_messages(
-    {
-        "nl_read_as": {"en": "I read this as `{command}`.", "zh": "我的理解：`{command}`。"},
-        "nl_ignored": {"en": " I ignored: {words}.", "zh": "我忽略了：{words}。"},
-        "nl_which_account": {
-            "en": "Which account do you mean? Tell me its name (e.g. `{example}`).",
-            "zh": "你指的是哪个客户？请告诉我客户名称（例如 `{example}`）。",
-        },
-        "nl_ambiguous": {
-            "en": "Several accounts match “{text}”. Which one do you mean?",
-            "zh": "有多个客户符合“{text}”。你指的是哪一个？",
-        },
-        "nl_more_matches": {
-            "en": "({count} more match; type more of the name.)", "zh": "（还有 {count} 个匹配；请输入更完整的名称。）",
-        },
-        "nl_pick": {"en": "Reply with a number, or pick one.", "zh": "回复序号，或点选一个。"},
-        "nl_unknown_account": {
-            "en": "I can't find an account called “{name}”.",
-            "zh": "找不到名为“{name}”的客户。",
-        },
-        "nl_close_names": {"en": "Did you mean one of these?", "zh": "你是不是要找其中一个？"},
-        "nl_did_you_mean": {"en": "I'm not sure what you mean. Did you mean …", "zh": "我不太确定你的意思。你是想…"},
-        "nl_confirm": {
-            "en": "{what}\nI'd run `{command}`. Reply yes or no.",
-            "zh": "{what}\n将执行 `{command}`。请回复“是”或“否”。",
-        },
-        "nl_yes": {"en": "Yes", "zh": "是"},
-        "nl_no": {"en": "No", "zh": "否"},
-        "nl_cancelled": {"en": "OK, I won't do that.", "zh": "好的，不执行。"},
-        "nl_nothing_pending": {
-            "en": "There's nothing waiting for a yes or no right now.",
-            "zh": "目前没有等待确认的操作。",
-        },
-        "nl_confirm_generic": {"en": "Shall I make this change?", "zh": "要执行这个修改吗？"},
-        "nl_confirm_note": {"en": "Log this note on {account}?", "zh": "要在 {account} 上记录这条备注吗？"},
-        "nl_confirm_stage": {"en": "Move {account} to {stage}?", "zh": "要把 {account} 移到{stage}阶段吗？"},
-        "nl_confirm_owner": {
-            "en": "Make {person} the owner of {account}?", "zh": "要把 {account} 交给 {person} 负责吗？",
-        },
-        "nl_confirm_ack": {"en": "Acknowledge alert {id}?", "zh": "要确认告警 {id} 吗？"},
-        "nl_confirm_snooze": {"en": "Snooze alert {id} for {days} days?", "zh": "要把告警 {id} 暂缓 {days} 天吗？"},
-        "nl_confirm_useful_yes": {"en": "Rate alert {id} as useful?", "zh": "要把告警 {id} 评为有用吗？"},
-        "nl_confirm_useful_no": {"en": "Rate alert {id} as not useful?", "zh": "要把告警 {id} 评为没用吗？"},
-        "nl_confirm_reassign": {
-            "en": "Hand alert {id}'s account to {person}?", "zh": "要把告警 {id} 的客户转给 {person} 吗？",
-        },
-        "nl_confirm_survey": {
-            "en": "Send the NPS survey to {account}'s contacts now?",
-            "zh": "现在要给 {account} 的联系人发送 NPS 问卷吗？",
-        },
-        "nl_need_text": {
-            "en": "What should the note on {account} say? e.g. `note \"{account}\" called the CFO about the renewal`",
-            "zh": "要在 {account} 上记什么备注？例如 `note \"{account}\" 和财务总监通了电话`",
-        },
-        "nl_need_alert": {
-            "en": "Which alert? Give its number, e.g. `{command} 12` (`alerts` lists them).",
-            "zh": "哪条告警？请给出编号，例如 `{command} 12`（`alerts` 可列出告警）。",
-        },
-        "nl_need_person": {
-            "en": "Who should take it over? Name a CS owner (e.g. {example}).",
-            "zh": "要交给谁？请说出一位负责人（例如 {example}）。",
-        },
-        "nl_need_stage": {
-            "en": "To which stage? One of: {stages}.",
-            "zh": "移到哪个阶段？可选：{stages}。",
-        },
-        "nl_greeting": {
-            "en": "Hi {name}! Ask me about your accounts in your own words, for example:",
-            "zh": "{name}你好！可以直接用自己的话问我客户的情况，例如：",
-        },
-        "nl_thanks": {
-            "en": "You're welcome! Anything else about your accounts?", "zh": "不客气！还有什么客户的问题吗？",
-        },
-        "nl_out_of_scope": {
-            "en": "I can't answer that yet. I know your accounts' health, stages, renewals, NPS and alerts; try:",
-            "zh": "这个我还回答不了。我了解客户的健康度、阶段、续约、NPS 和告警，可以试试：",
-        },
-        "nl_example_account": {"en": "How is {account} doing?", "zh": "{account}怎么样？"},
-        "nl_example_renewals": {
-            "en": "Which of my accounts renew in the next 60 days?",
-            "zh": "我负责的客户哪些在 60 天内续约？",
-        },
-        "nl_example_risk": {"en": "Show me accounts at risk", "zh": "哪些客户有风险？"},
-    }
-)
 
 
 @dataclass
