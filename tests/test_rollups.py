@@ -167,9 +167,14 @@ def test_migration_fills_the_rollups_and_rebuild_command_agrees(engine: Engine, 
     from typer.testing import CliRunner
 
     from adapters.cli import app
+    from lifecycle.config import get_settings
 
-    result = CliRunner().invoke(app, ["rebuild-rollups"], env={"CSBOT_DATABASE_URL": engine.url.render_as_string(
-        hide_password=False)})
+    get_settings.cache_clear()  # the command reads the settings (and so the database URL) from the environment
+    try:
+        result = CliRunner().invoke(app, ["rebuild-rollups"], env={
+            "CSBOT_DATABASE_URL": engine.url.render_as_string(hide_password=False)})
+    finally:
+        get_settings.cache_clear()
     assert result.exit_code == 0, result.output
     assert "4 account" in result.output
     with Session(engine) as session:
