@@ -219,7 +219,7 @@ def _statement(template: str, scoped: bool, lookups: str = "") -> Any:
 
     sql = template.format(usage_lookups=lookups, scope=within("a.id"), scope_t=within("t.account_id"),
                           scope_r=within("account_id"), scope_n=within("n.account_id"))
-    params = [bindparam(name, type_=Date()) for name in _DATE_PARAMS if re.search(rf":{name}\b", sql)]
+    params: list[Any] = [bindparam(name, type_=Date()) for name in _DATE_PARAMS if re.search(rf":{name}\b", sql)]
     if ":ratio" in sql:
         params.append(bindparam("ratio", type_=Float()))
     return text(sql).bindparams(*params)
