@@ -128,23 +128,30 @@ def _chat(engine: Engine, settings: Settings, as_email: str | None) -> int:
     return run_console(router, actor)
 
 
-def _recompute(engine: Engine, settings: Settings, as_of: date | None = None, *, backfill: bool = True) -> None:
+def _recompute(engine: Engine, settings: Settings, as_of: date | None = None, *, backfill: bool = True,
+               full: bool = True) -> None:
     from lifecycle.health import load_scorecard
-    from lifecycle.recompute import recompute
+    from lifecycle.recompute import recompute, recompute_changed
     from lifecycle.stages import load_stage_machine
 
     scorecard = load_scorecard(settings.scorecard_file)
     machine = load_stage_machine(settings.stages_file)
     day = as_of or date.today()
     with session_scope(engine) as session:
-        summary = recompute(session, as_of=day, scorecard=scorecard, machine=machine, backfill=backfill)
+        if full:
+            summary = recompute(session, as_of=day, scorecard=scorecard, machine=machine, backfill=backfill)
+        else:
+            summary = recompute_changed(session, as_of=day, scorecard=scorecard, machine=machine)
+    if summary.mode == "incremental" and not summary.accounts:
+        err.print(f"Nothing changed since the last recompute of {summary.as_of}: no account recomputed.")
+        return
     grades = ", ".join(f"{g} {n}" for g, n in sorted(summary.grades.items()))
     steps = ", ".join(f"{k} {v:.2f} s" for k, v in summary.timings.items())
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     backfilled = (f"; {summary.backfilled:,} past daily snapshot(s) backfilled for accounts scored for the first time"
                   if summary.backfilled else "")
     err.print(
-        f"Recomputed {summary.accounts:,} accounts as of {summary.as_of}: {grades}; "
+        f"Recomputed {summary.accounts:,} accounts ({summary.mode}) as of {summary.as_of}: {grades}; "
         f"{summary.stage_moves} stage move(s){backfilled}; {summary.seconds:.2f} s ({steps}); "
         f"peak memory {peak_mb:,.0f} MB."
     )
@@ -386,11 +393,27 @@ def db_upgrade(revision: str = typer.Argument("heads")) -> None:
 @app.command(name="recompute")
 def recompute_cmd(
     as_of: str | None = typer.Option(None, help="Day to compute for (YYYY-MM-DD, default today)."),
+    full: bool = typer.Option(False, "--full", help="Recompute every account, even when only a few changed."),
 ) -> None:
-    """Recompute health and stages for all accounts; prints a summary and the time taken."""
+    """Recompute health and stages: only the accounts whose data changed since the last full recompute of the
+    same day (a new day, or a changed scorecard or stage file, recomputes all); prints a summary and the time."""
     settings = _settings()
     day = date.fromisoformat(as_of) if as_of else None
-    _recompute(_engine(settings), settings, day)
+    _recompute(_engine(settings), settings, day, full=full)
+
+
+@app.command(name="rebuild-rollups")
+def rebuild_rollups_cmd() -> None:
+    """Rebuild the per-account usage roll-ups from the raw usage rows (after usage was changed by hand in SQL)."""
+    from lifecycle.rollups import rebuild
+
+    settings = _settings()
+    engine = _engine(settings)
+    started = time.perf_counter()
+    with session_scope(engine) as session:
+        accounts = rebuild(session.connection())
+    console.print(f"Rebuilt the usage roll-ups of {accounts:,} account(s) from the raw usage rows in "
+                  f"{time.perf_counter() - started:.2f} s.")
 
 
 @app.command(name="account")

@@ -187,6 +187,18 @@ async def _start_background(
         stack.push_async_callback(stop_worker)
     else:
         log.warning("no chat platform configured: deliveries stay in the outbox (see `csbot deliveries`)")
+    if settings.refresh_seconds > 0:
+        from bot.refresh import run_refresher
+
+        halt = asyncio.Event()
+        refresher = asyncio.create_task(run_refresher(engine, settings, halt, settings.refresh_seconds),
+                                        name="csbot-refresh")
+
+        async def stop_refresher() -> None:
+            halt.set()
+            await refresher
+
+        stack.push_async_callback(stop_refresher)
     sched = build_scheduler(engine, settings, ports=open_ports, exclude={"deliver"} if ports else set())
     sched.start()
     app.state.scheduler = sched

@@ -197,10 +197,13 @@ def recompute_scenario(report: Report, sizes: Sequence[int], orm_sample: int, po
         floor = run_child("floor", url=source.url)
         work = datasets.working_copy(source, datasets.CACHE_DIR / f"work-{n}.db")
         nightly = run_child("nightly", url=work.url)
+        changed = run_child("incremental", url=work.url)
+        read = run_child("signals_read", url=source.url)
         orm = run_child("orm", url=source.url, sample=min(n, orm_sample))
         for suffix in ("", "-wal", "-shm"):
             Path(f"{work.path}{suffix}").unlink(missing_ok=True)
         per_size[str(n)] = _recompute_figures(report, "sqlite", n, source.usage_rows, nightly, floor, orm)
+        per_size[str(n)] |= _incremental_figures(report, n, changed, read)
     with _postgres(postgres) as database_for:
         if database_for is not None:
             for n in sizes:
@@ -256,6 +259,33 @@ def _recompute_figures(report: Report, db: str, n: int, usage_rows: int | None, 
     return figures
 
 
+def _incremental_figures(report: Report, n: int, changed: Measured, read: Measured) -> dict[str, Any]:
+    c, r = changed.result, read.result
+    label = f"{_size(n)} sqlite"
+    report.rows.append(Row("recompute", label, f"incremental recompute ({c['changed']:,} accounts with new usage)",
+                           _s(c["seconds"]), f"full {_s(c['full_seconds'])}",
+                           _x(c["full_seconds"] / c["seconds"]) + " faster" if c["seconds"] else ""))
+    report.rows.append(Row("recompute", label, "signals frame from roll-ups", _s(r["rollups_seconds"]),
+                           f"raw rows {_s(r['raw_seconds'])}",
+                           ("equal frames" if r["equal"] else "FRAMES DIFFER")))
+    report.rows.append(Row("recompute", label, "ingest-to-fresh (ingest + refresh tick)", _s(c["fresh_seconds"]),
+                           f"ingest {_s(c['fresh_ingest_seconds'])}",
+                           "health is today's" if c["fresh_is_today"] else "HEALTH NOT REFRESHED"))
+    if not r["equal"]:
+        report.notes.append(f"{label}: the signals frame from the roll-ups differs from the raw one")
+    if n == GOAL_SIZE:
+        report.goals += [
+            Goal("incremental recompute (1 % changed) ≤ 1 s", c["seconds"], "≤ 1 s", c["seconds"] <= 1),
+            Goal("ingest-to-fresh ≤ 5 s", c["fresh_seconds"], "≤ 5 s", c["fresh_seconds"] <= 5),
+        ]
+    return {"incremental_seconds": c["seconds"], "incremental_changed": c["changed"],
+            "incremental_accounts": c["accounts"], "incremental_mode": c["mode"], "incremental_steps": c["steps"],
+            "full_same_day_seconds": c["full_seconds"], "ingest_to_fresh_seconds": c["fresh_seconds"],
+            "fresh_is_today": c["fresh_is_today"], "signals_rollups_seconds": r["rollups_seconds"],
+            "signals_raw_seconds": r["raw_seconds"], "signals_equal": r["equal"],
+            "incremental_peak_rss_mb": changed.peak_rss_mb, "signals_read_peak_rss_mb": read.peak_rss_mb}
+
+
 def _growth(report: Report, sizes: Sequence[int], per_size: dict[str, Any]) -> None:
     ordered = [n for n in sorted(sizes) if str(n) in per_size]
     for small, large in itertools.pairwise(ordered):
@@ -263,6 +293,13 @@ def _growth(report: Report, sizes: Sequence[int], per_size: dict[str, Any]) -> N
         report.rows.append(Row("recompute", f"{_size(small)} → {_size(large)}", "growth of the nightly time",
                                _x(t_large / t_small), f"accounts {_x(large / small)}",
                                f"{t_large / large * 1e6:,.1f} µs/account"))
+        for key, what in (("incremental_seconds", "incremental recompute"), ("signals_rollups_seconds",
+                          "signals from roll-ups"), ("signals_raw_seconds", "signals from raw rows"),
+                          ("ingest_to_fresh_seconds", "ingest-to-fresh")):
+            small_s, large_s = per_size[str(small)].get(key), per_size[str(large)].get(key)
+            if small_s and large_s:
+                report.rows.append(Row("recompute", f"{_size(small)} → {_size(large)}", f"growth of {what}",
+                                       _x(large_s / small_s), f"accounts {_x(large / small)}"))
 
 
 def lookup_scenario(report: Report, size: int, requests: int) -> None:

@@ -16,6 +16,8 @@ from bench import measures
 
 MEASURES: dict[str, Callable[..., dict[str, Any]]] = {
     "nightly": measures.nightly,
+    "incremental": measures.incremental,
+    "signals_read": measures.signals_read,
     "floor": measures.floor,
     "orm": measures.orm,
     "lookup": measures.lookup,

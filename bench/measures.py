@@ -57,6 +57,102 @@ def nightly(url: str) -> dict[str, Any]:
     }
 
 
+def incremental(url: str, share: float = 0.01) -> dict[str, Any]:
+    """After the nightly run: `share` of the active accounts get a new day of usage (through the import's roll-up
+    path, `lifecycle.rollups.apply_usage`), then the incremental recompute of the same day (`recompute_changed`)
+    is timed against a full recompute of the same day in the same process (its baseline); then one account's usage
+    posted through the ingest path and the server's refresh tick (`bot.refresh.refresh_once`): ingest-to-fresh."""
+    from lifecycle import rollups
+    from lifecycle.db import upsert
+    from lifecycle.models import UsageDaily
+    from lifecycle.recompute import recompute_changed
+
+    engine = make_engine(url)
+    scorecard, machine = default_scorecard(), load_stage_machine()
+    with engine.connect() as conn:
+        active = [int(a) for a in conn.execute(text(
+            "SELECT id FROM account WHERE status = 'active' ORDER BY id")).scalars()]
+    # Warm-up (imports, mappers, statement caches), which also rescores the nightly run's own stage moves.
+    with session_scope(engine) as session:
+        recompute_changed(session, as_of=TODAY, scorecard=scorecard, machine=machine, with_insight=False)
+    step = max(1, round(1 / share))
+    chosen = active[::step]
+    rows = [{"account_id": a, "feature": "", "day": TODAY, "active_users": 3, "logins": 2, "events": 40}
+            for a in chosen]
+    with session_scope(engine) as session:
+        upsert(session, UsageDaily, rows, conflict=["account_id", "feature", "day"])
+        rollups.apply_usage(session, rows)
+    started = time.perf_counter()
+    with session_scope(engine) as session:
+        summary = recompute_changed(session, as_of=TODAY, scorecard=scorecard, machine=machine, with_insight=False)
+    seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    with session_scope(engine) as session:
+        full = recompute_health_and_stages(session, TODAY, scorecard, machine)
+    full_seconds = time.perf_counter() - started
+
+    fresh = _ingest_to_fresh(engine, url)
+    engine.dispose()
+    return {"changed": len(chosen), "accounts": summary.accounts, "mode": summary.mode, "seconds": seconds,
+            "steps": summary.timings, "full_seconds": full_seconds, "full_accounts": full.accounts, **fresh}
+
+
+def _ingest_to_fresh(engine: Any, url: str) -> dict[str, Any]:
+    """One ingest request for one account, then one refresh tick: the time until its health is today's."""
+    import json as json_module
+    from datetime import UTC, datetime
+
+    from bot.refresh import refresh_once
+    from lifecycle.config import load_settings
+    from lifecycle.ingest import ingest_body
+
+    settings = load_settings(database_url=url)
+    today = datetime.now(settings.tz).date()
+    with engine.connect() as conn:
+        external = str(conn.execute(text(
+            "SELECT external_id FROM account WHERE status = 'active' ORDER BY id LIMIT 1")).scalar_one())
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = json_module.dumps({"batch": [
+        {"type": "track", "event": "Report Viewed", "userId": f"fresh-{i}", "groupId": external, "timestamp": stamp,
+         "messageId": f"fresh-{i}"} for i in range(20)]})
+    started = time.perf_counter()
+    ingest_body(engine, body)
+    ingested = time.perf_counter()
+    summary = refresh_once(engine, settings)
+    finished = time.perf_counter()
+    with engine.connect() as conn:
+        health_at = conn.execute(text("SELECT health_at FROM account WHERE external_id = :e"),
+                                 {"e": external}).scalar_one()
+    return {"fresh_seconds": finished - started, "fresh_ingest_seconds": ingested - started,
+            "fresh_refresh_seconds": finished - ingested, "fresh_accounts": summary.accounts if summary else 0,
+            "fresh_is_today": str(health_at) == today.isoformat()}
+
+
+def signals_read(url: str) -> dict[str, Any]:
+    """The whole-portfolio signals frame read from the usage roll-ups against the same frame read from the raw
+    usage rows (the baseline), and whether the two frames are equal."""
+    import pandas as pd
+
+    engine = make_engine(url)
+    machine = load_stage_machine()
+    options = {"activation_ratio": machine.activation.ratio, "activation_window": machine.activation.window_days}
+    timings: dict[str, float] = {}
+    frames = {}
+    with Session(engine) as session:
+        for source in ("raw", "rollups", "raw", "rollups"):  # the second round is the one kept: warm caches
+            started = time.perf_counter()
+            frames[source] = build_signals(session, TODAY, source=source, **options)
+            timings[source] = time.perf_counter() - started
+    engine.dispose()
+    try:
+        pd.testing.assert_frame_equal(frames["rollups"], frames["raw"])
+        equal = True
+    except AssertionError:
+        equal = False
+    return {"raw_seconds": timings["raw"], "rollups_seconds": timings["rollups"], "equal": equal,
+            "accounts": len(frames["raw"])}
+
+
 def floor_sql(dialect: str) -> str:
     """The floor: one bare GROUP BY over the usage rows the recompute reads, with the window sums the scorecard
     needs (events, logins, peak active users and days with data, over the last 30 days and the 30 before), read

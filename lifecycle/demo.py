@@ -26,6 +26,7 @@ import numpy.typing as npt
 from sqlalchemy import Connection, Table, select
 from sqlmodel import Session
 
+from lifecycle import rollups
 from lifecycle.errors import CsbotError
 from lifecycle.models import (
     Account,
@@ -713,6 +714,7 @@ def seed_demo(
         f"UPDATE account SET last_usage_date = {w.mark} WHERE id = {w.mark}",
         [(d, a) for d, a in zip(w.dates(last_usage), account_ids.tolist(), strict=True) if d is not None],
     )
+    rollups.rebuild(w.conn)  # the usage went in as bulk inserts: roll it up once, whole-portfolio
 
     n_tickets = _write_tickets(w, book, account_ids, streams[4], t, n_days)
     report("tickets", n_tickets, n_tickets)

@@ -35,6 +35,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from sqlalchemy import String, Table, cast, func, insert, or_, select, update
 from sqlmodel import Session, SQLModel
 
+from lifecycle import rollups
 from lifecycle.config import CONFIG_DIR, get_settings, read_toml
 from lifecycle.db import upsert
 from lifecycle.errors import ConfigError, ImportFailed
@@ -1554,6 +1555,7 @@ def _import_usage(
         part = records[start : start + _WRITE_CHUNK]
         upsert(session, UsageDaily, part, conflict=["account_id", "feature", "day"], update=list(counts))
         meter.advance(len(part))
+    rollups.apply_usage(session, records)
     _refresh_last_usage(session, sorted(set(ids.values())))
     return result
 

@@ -44,6 +44,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, SQLModel
 
+from lifecycle import rollups
 from lifecycle.config import Settings
 from lifecycle.db import session_scope
 from lifecycle.errors import CsbotError
@@ -609,6 +610,7 @@ def _aggregate(session: Session, tracks: Sequence[tuple[TrackCall, int, datetime
         for (a, f, d), n in sorted(events.items())
     ]
     session.connection().execute(_sql(session).usage, counts)
+    rollups.apply_usage(session, counts, added=True)
 
 
 def _as_date(value: Any) -> date:

@@ -11,7 +11,8 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from pydantic import NaiveDatetime
-from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint, text
+from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint, event, text
+from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel, col
 
 ROLES = ("admin", "manager", "csm", "viewer")
@@ -429,6 +430,117 @@ class AuditLog(SQLModel, table=True):
     action: str
     account_id: int | None = Field(default=None, foreign_key="account.id", index=True)
     detail: str = ""
+
+
+
+# ------------------------------------------------------------------------ roll-ups and change marks (recompute)
+
+
+class UsageRollup(SQLModel, table=True):
+    """An account's recent account-total usage packed in one row (see `lifecycle.rollups` for the layout), kept
+    in step with `usage_daily` in the transaction that writes it, so the recompute reads one row per account."""
+
+    __tablename__ = "usage_rollup"
+
+    account_id: int = Field(primary_key=True, foreign_key="account.id")
+    end_day: date | None = None  # newest day with an account-total row (the last slot of `days`)
+    first_feature_day: date | None = None  # oldest day with a per-feature row (None: the account has none)
+    days: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class AccountChange(SQLModel, table=True):
+    """Accounts whose recompute inputs changed since the recompute last saw them (written by database triggers on
+    ticket, note, nps_response and account, and by `lifecycle.rollups` for usage); `version` grows on each change,
+    so a mark made while a recompute runs outlives it."""
+
+    __tablename__ = "account_change"
+
+    account_id: int = Field(primary_key=True)
+    version: int = 1
+
+
+class RecomputeState(SQLModel, table=True):
+    """The day and configuration of the last recompute that covered every account (one row per `name`)."""
+
+    __tablename__ = "recompute_state"
+
+    name: str = Field(primary_key=True)
+    as_of: date
+    digest: str  # of the scorecard and stage machine it ran with
+    finished_at: NaiveDatetime = Field(default_factory=utcnow)
+
+
+# Account columns that feed the signals frame; health, churn and cache columns written by the recompute itself
+# (and `last_usage_date`, whose usage is marked by the roll-ups) are left out, so the recompute marks nothing.
+CHANGE_ACCOUNT_COLUMNS = (
+    "external_id", "name", "owner_id", "segment", "plan", "arr", "seats", "status", "stage", "stage_pinned",
+    "stage_since", "contract_start", "renewal_date",
+)
+CHANGE_CHILD_TABLES = ("ticket", "note", "nps_response")
+
+
+def change_trigger_ddl(dialect: str) -> list[str]:
+    """The statements that create the triggers filling `account_change` (used by migration 0011 and by
+    `create_all` for throwaway databases)."""
+    columns = ", ".join(CHANGE_ACCOUNT_COLUMNS)
+    if dialect == "postgresql":
+        upsert = ("INSERT INTO account_change (account_id, version) VALUES ({ref}, 1) ON CONFLICT (account_id) "
+                  "DO UPDATE SET version = account_change.version + 1;")
+        out = [
+            "CREATE OR REPLACE FUNCTION csbot_mark_account() RETURNS trigger AS $$ BEGIN "
+            + upsert.format(ref="NEW.id") + " RETURN NULL; END $$ LANGUAGE plpgsql",
+            "CREATE OR REPLACE FUNCTION csbot_mark_child() RETURNS trigger AS $$ BEGIN "
+            "IF TG_OP <> 'INSERT' THEN " + upsert.format(ref="OLD.account_id") + " END IF; "
+            "IF TG_OP <> 'DELETE' THEN " + upsert.format(ref="NEW.account_id") + " END IF; "
+            "RETURN NULL; END $$ LANGUAGE plpgsql",
+            "DROP TRIGGER IF EXISTS trg_change_account ON account",
+            f"CREATE TRIGGER trg_change_account AFTER INSERT OR UPDATE OF {columns} ON account "
+            "FOR EACH ROW EXECUTE FUNCTION csbot_mark_account()",
+        ]
+        for table in CHANGE_CHILD_TABLES:
+            out += [f"DROP TRIGGER IF EXISTS trg_change_{table} ON {table}",
+                    f"CREATE TRIGGER trg_change_{table} AFTER INSERT OR UPDATE OR DELETE ON {table} "
+                    "FOR EACH ROW EXECUTE FUNCTION csbot_mark_child()"]
+        return out
+
+    def mark(ref: str) -> str:
+        return ("INSERT OR REPLACE INTO account_change (account_id, version) VALUES "
+                f"({ref}, COALESCE((SELECT version FROM account_change WHERE account_id = {ref}), 0) + 1);")
+
+    out = [
+        f"CREATE TRIGGER IF NOT EXISTS trg_change_account_ins AFTER INSERT ON account BEGIN {mark('NEW.id')} END",
+        f"CREATE TRIGGER IF NOT EXISTS trg_change_account_upd AFTER UPDATE OF {columns} ON account "
+        f"BEGIN {mark('NEW.id')} END",
+    ]
+    for table in CHANGE_CHILD_TABLES:
+        out += [
+            f"CREATE TRIGGER IF NOT EXISTS trg_change_{table}_ins AFTER INSERT ON {table} "
+            f"BEGIN {mark('NEW.account_id')} END",
+            f"CREATE TRIGGER IF NOT EXISTS trg_change_{table}_upd AFTER UPDATE ON {table} "
+            f"BEGIN {mark('OLD.account_id')} {mark('NEW.account_id')} END",
+            f"CREATE TRIGGER IF NOT EXISTS trg_change_{table}_del AFTER DELETE ON {table} "
+            f"BEGIN {mark('OLD.account_id')} END",
+        ]
+    return out
+
+
+@event.listens_for(SQLModel.metadata, "after_create")
+def _create_change_triggers(target: Any, connection: Any, **_kw: Any) -> None:
+    if connection.dialect.name in ("sqlite", "postgresql") and "account_change" in target.tables:
+        for statement in change_trigger_ddl(connection.dialect.name):
+            connection.exec_driver_sql(statement)
+
+
+
+@event.listens_for(Session, "after_flush")
+def _refresh_rollups_after_flush(session: Session, _context: Any) -> None:
+    """ORM writes of usage rows keep the roll-ups in step too (the bulk paths call `lifecycle.rollups` directly)."""
+    touched = {obj.account_id for group in (session.new, session.dirty, session.deleted) for obj in group
+               if isinstance(obj, UsageDaily)}
+    if touched:
+        from lifecycle.rollups import refresh_accounts
+
+        refresh_accounts(session.connection(), touched)
 
 
 Owners = int | tuple[int, ...] | None  # one owner, any of several (a manager's team), or everyone

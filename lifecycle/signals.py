@@ -20,13 +20,18 @@ Column conventions: counts are floats (NaN only where documented), date and date
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from datetime import date, timedelta
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import Date, Float, bindparam, text
 from sqlmodel import Session
+
+from lifecycle import rollups
 
 USAGE_WINDOW_DAYS = 30
 # The recent window: licence utilisation and the short usage trend read the last week, so a collapse shows within
@@ -64,7 +69,7 @@ SIGNAL_COLUMNS: tuple[str, ...] = (
 # SQLite's way of fixing the join order (accounts outside, usage inside): without it the planner, which has no
 # statistics, prefers the index on `day` and then visits the table row by row, several times slower. PostgreSQL
 # reads it as a plain inner join and plans as it likes.
-_ACCOUNTS_SQL = text(
+_ACCOUNTS_SQL = (
     """
     SELECT a.id AS account_id, a.external_id, a.name, a.owner_id, a.segment, a."plan" AS plan, a.arr, a.seats,
            a.status, a.stage, a.stage_pinned, a.stage_since, a.contract_start, a.renewal_date,
@@ -72,54 +77,54 @@ _ACCOUNTS_SQL = text(
            CASE WHEN a.last_usage_date <= :as_of THEN a.last_usage_date
                 ELSE (SELECT MAX(u.day) FROM usage_daily u
                        WHERE u.account_id = a.id AND u.feature = '' AND u.day <= :as_of)
-           END AS usage_max_day,
+           END AS usage_max_day{usage_lookups}
+    FROM account a WHERE 1 = 1 {scope}
+    """
+)
+# The last login and whether per-feature rows exist, read from the raw rows (the roll-ups carry both).
+_RAW_LOOKUPS = """,
            (SELECT l.day FROM usage_daily l
              WHERE l.account_id = a.id AND l.feature = '' AND l.day >= :d60 AND l.day <= :as_of AND l.logins > 0
              ORDER BY l.day DESC LIMIT 1) AS last_login_date,
            CASE WHEN EXISTS (SELECT 1 FROM usage_daily f
                               WHERE f.account_id = a.id AND f.feature > '' AND f.day <= :as_of)
-                THEN 1 ELSE 0 END AS has_feature_rows
-    FROM account a
-    """
-).bindparams(bindparam("as_of", type_=Date()), bindparam("d60", type_=Date()))
+                THEN 1 ELSE 0 END AS has_feature_rows"""
 
 # One window of account-total usage. The windows are separate range reads rather than one read with a CASE per
 # aggregate: plain aggregates cost SQLite about half as much per row, which is what dominates on millions of rows.
-_USAGE_SQL = text(
+_USAGE_SQL = (
     """
     SELECT a.id AS account_id, MAX(u.active_users) AS active_users_peak, SUM(u.events) AS events,
            SUM(u.logins) AS logins, COUNT(*) AS usage_days
     FROM account a CROSS JOIN usage_daily u
-    WHERE u.account_id = a.id AND u.feature = '' AND u.day >= :start AND u.day <= :end
+    WHERE u.account_id = a.id AND u.feature = '' AND u.day >= :start AND u.day <= :end {scope}
     GROUP BY a.id
     """
-).bindparams(bindparam("start", type_=Date()), bindparam("end", type_=Date()))
+)
 
 # Activation needs seats, hence the account side of the join; it reads only the short activation window.
-_ACTIVATION_SQL = text(
+_ACTIVATION_SQL = (
     """
     SELECT a.id AS account_id,
       SUM(CASE WHEN u.active_users >= :ratio * a.seats THEN 1 ELSE 0 END) AS activation_days
     FROM account a CROSS JOIN usage_daily u
-    WHERE u.account_id = a.id AND u.feature = '' AND u.day >= :dact AND u.day <= :as_of AND a.seats > 0
+    WHERE u.account_id = a.id AND u.feature = '' AND u.day >= :dact AND u.day <= :as_of AND a.seats > 0 {scope}
     GROUP BY a.id
     """
-).bindparams(
-    bindparam("dact", type_=Date()), bindparam("as_of", type_=Date()), bindparam("ratio", type_=Float())
 )
 
-_FEATURES_SQL = text(
+_FEATURES_SQL = (
     """
     SELECT a.id AS account_id, COUNT(DISTINCT u.feature) AS feature_breadth_30
     FROM account a CROSS JOIN usage_daily u
-    WHERE u.account_id = a.id AND u.feature > '' AND u.day >= :d30 AND u.day <= :as_of AND u.events > 0
+    WHERE u.account_id = a.id AND u.feature > '' AND u.day >= :d30 AND u.day <= :as_of AND u.events > 0 {scope}
     GROUP BY a.id
     """
-).bindparams(bindparam("d30", type_=Date()), bindparam("as_of", type_=Date()))
+)
 
 # A ticket counts as open on `as_of` if it was opened by then and not closed by then; one marked closed
 # without a closing time is taken as closed.
-_TICKETS_SQL = text(
+_TICKETS_SQL = (
     """
     SELECT t.account_id AS account_id,
       SUM(CASE WHEN LOWER(t.priority) IN ('high', 'urgent') AND (
@@ -131,42 +136,43 @@ _TICKETS_SQL = text(
       SUM(CASE WHEN t.opened_at >= :d30 THEN 1 ELSE 0 END) AS tickets_30,
       SUM(CASE WHEN t.opened_at >= :d60 AND t.opened_at < :d30 THEN 1 ELSE 0 END) AS tickets_prior_30
     FROM ticket t
-    WHERE t.opened_at < :next_day
+    WHERE t.opened_at < :next_day {scope_t}
     GROUP BY t.account_id
     """
-).bindparams(*(bindparam(name, type_=Date()) for name in ("d30", "d60", "next_day")))
+)
 
-_NPS_SQL = text(
+_NPS_SQL = (
     """
     SELECT r.account_id AS account_id, r.id AS response_id, r.score AS nps_last_score,
            r.responded_at AS nps_last_at
     FROM nps_response r
     JOIN (SELECT account_id, MAX(responded_at) AS last_at FROM nps_response
-           WHERE responded_at < :next_day GROUP BY account_id) m
+           WHERE responded_at < :next_day {scope_r} GROUP BY account_id) m
       ON m.account_id = r.account_id AND m.last_at = r.responded_at
     """
-).bindparams(bindparam("next_day", type_=Date()))
+)
 
 # Each respondent's latest answer of the recent window (anonymous answers, contact_key "", count as one
 # respondent): a detractor who answered again more happily no longer counts, one who did not still does.
-_NPS_RECENT_SQL = text(
+_NPS_RECENT_SQL = (
     """
     SELECT r.account_id AS account_id,
       SUM(CASE WHEN r.score <= 6 THEN 1 ELSE 0 END) AS nps_detractors_90
     FROM nps_response r
     JOIN (SELECT account_id, contact_key, MAX(responded_at) AS last_at FROM nps_response
-           WHERE responded_at >= :d90 AND responded_at < :next_day GROUP BY account_id, contact_key) m
+           WHERE responded_at >= :d90 AND responded_at < :next_day {scope_r}
+           GROUP BY account_id, contact_key) m
       ON m.account_id = r.account_id AND m.contact_key = r.contact_key AND m.last_at = r.responded_at
     GROUP BY r.account_id
     """
-).bindparams(bindparam("d90", type_=Date()), bindparam("next_day", type_=Date()))
+)
 
-_NOTES_SQL = text(
+_NOTES_SQL = (
     """
     SELECT n.account_id AS account_id, MAX(n.created_at) AS last_note_at
-    FROM note n WHERE n.created_at < :next_day GROUP BY n.account_id
+    FROM note n WHERE n.created_at < :next_day {scope_n} GROUP BY n.account_id
     """
-).bindparams(bindparam("next_day", type_=Date()))
+)
 
 
 def _frame(session: Session, stmt: Any, params: dict[str, Any]) -> pd.DataFrame:
@@ -201,8 +207,40 @@ def _days(later: pd.Series | pd.Timestamp, earlier: pd.Series | pd.Timestamp) ->
     return pd.Series((end - start) / pd.Timedelta(days=1)).astype(float)
 
 
+SCOPE_TABLE = "csbot_scope"  # the account ids a scoped frame covers (a temporary table of the session)
+_DATE_PARAMS = ("as_of", "d60", "start", "end", "dact", "d30", "d90", "next_day")
+
+
+@lru_cache(maxsize=64)
+def _statement(template: str, scoped: bool, lookups: str = "") -> Any:
+    """A query of this module, limited to the accounts of `SCOPE_TABLE` when `scoped`."""
+    def within(column: str) -> str:
+        return f" AND {column} IN (SELECT id FROM {SCOPE_TABLE})" if scoped else ""
+
+    sql = template.format(usage_lookups=lookups, scope=within("a.id"), scope_t=within("t.account_id"),
+                          scope_r=within("account_id"), scope_n=within("n.account_id"))
+    params: list[Any] = [bindparam(name, type_=Date()) for name in _DATE_PARAMS if re.search(rf":{name}\b", sql)]
+    if ":ratio" in sql:
+        params.append(bindparam("ratio", type_=Float()))
+    return text(sql).bindparams(*params)
+
+
+def set_scope(session: Session, accounts: Iterable[int]) -> int:
+    """Fill the session's scope table with `accounts` (for the scoped reads here and in the recompute)."""
+    conn = session.connection()
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {SCOPE_TABLE} (id BIGINT PRIMARY KEY)")
+    conn.exec_driver_sql(f"DELETE FROM {SCOPE_TABLE}")
+    ids = sorted({int(a) for a in accounts})
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    for start in range(0, len(ids), 10_000):
+        conn.exec_driver_sql(f"INSERT INTO {SCOPE_TABLE} (id) VALUES ({mark})",
+                             [(a,) for a in ids[start:start + 10_000]])
+    return len(ids)
+
+
 def build_signals(
-    session: Session, as_of: date, *, activation_ratio: float = 0.6, activation_window: int = 14
+    session: Session, as_of: date, *, activation_ratio: float = 0.6, activation_window: int = 14,
+    accounts: Iterable[int] | None = None, source: str = "auto",
 ) -> pd.DataFrame:
     """One row per account (active and churned) of the facts known on `as_of`; index `account_id`.
 
@@ -210,6 +248,11 @@ def build_signals(
     as_of - 30`, "last 7 days" is `as_of - 6 … as_of` and "days 8–30" the 23 days before it. `activation_days`
     counts days of the last `activation_window` whose active users reached `activation_ratio × seats` (NaN when
     seats is 0). See the module docstring for column conventions, `_usage_columns` for the usage ones.
+
+    `accounts` limits the frame to those account ids (the incremental recompute, shards); `source` says where
+    the account-total usage comes from: "rollups" (`lifecycle.rollups`, one row per account), "raw" (the
+    `usage_daily` rows) or "auto" (the roll-ups when they reach back far enough for `as_of`, else the raw rows).
+    Both give the same frame.
     """
     d7 = as_of - timedelta(days=RECENT_DAYS - 1)
     d30 = as_of - timedelta(days=USAGE_WINDOW_DAYS - 1)
@@ -218,21 +261,43 @@ def build_signals(
     dact = as_of - timedelta(days=max(activation_window, 1) - 1)
     next_day = as_of + timedelta(days=1)
     as_of_ts = pd.Timestamp(as_of)
+    scoped = accounts is not None
+    if accounts is not None:
+        set_scope(session, accounts)
 
-    queries: list[tuple[Any, dict[str, Any]]] = [
-        (_USAGE_SQL, {"start": d7, "end": as_of}),
-        (_USAGE_SQL, {"start": d30, "end": d7 - timedelta(days=1)}),
-        (_ACCOUNTS_SQL, {"as_of": as_of, "d60": d60}),
-        (_USAGE_SQL, {"start": d60, "end": d30 - timedelta(days=1)}),
-        (_ACTIVATION_SQL, {"dact": dact, "as_of": as_of, "ratio": activation_ratio}),
-        (_TICKETS_SQL, {"d30": d30, "d60": d60, "next_day": next_day}),
-        (_NOTES_SQL, {"next_day": next_day}),
-        (_NPS_SQL, {"next_day": next_day}),
-        (_NPS_RECENT_SQL, {"d90": d90, "next_day": next_day}),
-    ]
-    week, rest, accounts, prior, activation, tickets, notes, nps, nps_recent = (
-        _frame(session, q, p) for q, p in queries
-    )
+    stored = None
+    if source != "raw":
+        stored = _rollups_for(session, as_of, min(d60, dact), scoped)
+        if stored is None and source == "rollups":
+            raise ValueError(f"the usage roll-ups do not reach back to {min(d60, dact)}")
+    if stored is not None:
+        accounts_frame = _frame(session, _statement(_ACCOUNTS_SQL, scoped), {"as_of": as_of})
+        week, rest, prior, activation, lookups = _usage_from_rollups(
+            stored, accounts_frame, as_of, activation_ratio, max(activation_window, 1))
+        accounts_frame = accounts_frame.merge(lookups, on="account_id", how="left")
+        accounts_frame["has_feature_rows"] = accounts_frame["has_feature_rows"].fillna(0).astype("int64")
+        queries: list[tuple[Any, dict[str, Any]]] = [
+            (_statement(_TICKETS_SQL, scoped), {"d30": d30, "d60": d60, "next_day": next_day}),
+            (_statement(_NOTES_SQL, scoped), {"next_day": next_day}),
+            (_statement(_NPS_SQL, scoped), {"next_day": next_day}),
+            (_statement(_NPS_RECENT_SQL, scoped), {"d90": d90, "next_day": next_day}),
+        ]
+        tickets, notes, nps, nps_recent = (_frame(session, q, p) for q, p in queries)
+    else:
+        queries = [
+            (_statement(_USAGE_SQL, scoped), {"start": d7, "end": as_of}),
+            (_statement(_USAGE_SQL, scoped), {"start": d30, "end": d7 - timedelta(days=1)}),
+            (_statement(_ACCOUNTS_SQL, scoped, _RAW_LOOKUPS), {"as_of": as_of, "d60": d60}),
+            (_statement(_USAGE_SQL, scoped), {"start": d60, "end": d30 - timedelta(days=1)}),
+            (_statement(_ACTIVATION_SQL, scoped), {"dact": dact, "as_of": as_of, "ratio": activation_ratio}),
+            (_statement(_TICKETS_SQL, scoped), {"d30": d30, "d60": d60, "next_day": next_day}),
+            (_statement(_NOTES_SQL, scoped), {"next_day": next_day}),
+            (_statement(_NPS_SQL, scoped), {"next_day": next_day}),
+            (_statement(_NPS_RECENT_SQL, scoped), {"d90": d90, "next_day": next_day}),
+        ]
+        week, rest, accounts_frame, prior, activation, tickets, notes, nps, nps_recent = (
+            _frame(session, q, p) for q, p in queries
+        )
     usage = (
         week.set_index("account_id").add_suffix("_7")
         .join(rest.set_index("account_id").add_suffix("_8_30"), how="outer")
@@ -240,8 +305,8 @@ def build_signals(
     )
     # Per-feature rows are optional (large portfolios often send only account totals): skip the read when
     # no account has any.
-    if accounts["has_feature_rows"].astype(bool).any():
-        features = _frame(session, _FEATURES_SQL, {"d30": d30, "as_of": as_of})
+    if accounts_frame["has_feature_rows"].astype(bool).any():
+        features = _frame(session, _statement(_FEATURES_SQL, scoped), {"d30": d30, "as_of": as_of})
     else:
         features = pd.DataFrame({"account_id": pd.Series(dtype="int64"),
                                  "feature_breadth_30": pd.Series(dtype=float)})
@@ -250,7 +315,7 @@ def build_signals(
     nps = nps.sort_values("response_id").drop_duplicates("account_id", keep="last")
     nps = nps.drop(columns="response_id")
 
-    frame = accounts.set_index("account_id")
+    frame = accounts_frame.set_index("account_id")
     frame.index = frame.index.astype("int64")
     frame = frame.join(usage, how="left")
     for part in (activation, features, tickets, nps, nps_recent, notes):
@@ -290,6 +355,66 @@ def build_signals(
     frame.index.name = "account_id"
     frame.attrs["as_of"] = as_of
     return frame[list(SIGNAL_COLUMNS)].sort_index()
+
+
+def _rollups_for(session: Session, as_of: date, earliest: date, scoped: bool) -> pd.DataFrame | None:
+    """The roll-up rows of the frame's accounts, or None when some roll-up does not reach back to `earliest`
+    (a day replayed further back than `ROLLUP_DAYS` before the account's newest usage)."""
+    scope = f"r.account_id IN (SELECT id FROM {SCOPE_TABLE})" if scoped else ""
+    stored = rollups.read(session.connection(), scope_sql=scope)
+    first_slot = stored["end_day"].to_numpy(dtype=float) - (rollups.ROLLUP_DAYS - 1)
+    lowest = float((earliest - rollups.day_of(0)).days)
+    if np.any(first_slot > lowest):
+        return None
+    return stored
+
+
+def _usage_from_rollups(
+    stored: pd.DataFrame, accounts: pd.DataFrame, as_of: date, ratio: float, window: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The three usage windows, activation, last login and per-feature flag from the roll-ups, in the shape of
+    the raw queries' results (an account appears in a window's frame only if it has a row in that window)."""
+    ids = stored["account_id"].to_numpy(dtype=np.int64)
+    users, logins, events = rollups.decode(stored["days"].tolist())
+    ends = stored["end_day"].to_numpy(dtype=float)
+    days = ends[:, None] - (rollups.ROLLUP_DAYS - 1) + np.arange(rollups.ROLLUP_DAYS)[None, :]
+    present = users >= 0
+    today = float((as_of - rollups.day_of(0)).days)
+
+    def inside(first: float, last: float) -> np.ndarray:
+        return present & (days >= first) & (days <= last)
+
+    def usage_window(first: float, last: float) -> pd.DataFrame:
+        hit = inside(first, last)
+        count = hit.sum(axis=1)
+        keep = count > 0
+        return pd.DataFrame({
+            "account_id": ids[keep],
+            "active_users_peak": np.where(hit, users, -1).max(axis=1, initial=-1)[keep],
+            "events": np.where(hit, events, 0).sum(axis=1)[keep],
+            "logins": np.where(hit, logins, 0).sum(axis=1)[keep],
+            "usage_days": count[keep],
+        })
+
+    week = usage_window(today - (RECENT_DAYS - 1), today)
+    rest = usage_window(today - (USAGE_WINDOW_DAYS - 1), today - RECENT_DAYS)
+    prior = usage_window(today - (2 * USAGE_WINDOW_DAYS - 1), today - USAGE_WINDOW_DAYS)
+
+    seats = accounts.set_index("account_id")["seats"].reindex(ids).fillna(0).to_numpy(dtype=float)
+    hit = inside(today - (window - 1), today) & (seats[:, None] > 0)
+    keep = hit.any(axis=1)
+    reached = (hit & (users.astype(float) >= ratio * seats[:, None])).sum(axis=1)
+    activation = pd.DataFrame({"account_id": ids[keep], "activation_days": reached[keep]})
+
+    login = inside(today - (2 * USAGE_WINDOW_DAYS - 1), today) & (logins > 0)
+    newest = np.where(login, days, -np.inf).max(axis=1, initial=-np.inf)
+    newest = np.where(np.isfinite(newest), newest, np.nan)
+    lookups = pd.DataFrame({
+        "account_id": ids,
+        "last_login_date": pd.Timestamp(rollups.day_of(0)) + pd.to_timedelta(newest, unit="D"),
+        "has_feature_rows": (stored["first_feature_day"].to_numpy(dtype=float) <= today).astype("int64"),
+    })
+    return week, rest, prior, activation, lookups
 
 
 def _change(current: pd.Series, baseline: pd.Series) -> pd.Series:
