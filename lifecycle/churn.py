@@ -251,13 +251,16 @@ class FeatureBuilder:
                 days_to_renewal=((renewal - pd.Timestamp(day)) / pd.Timedelta(days=1)).astype(float),
             )
             stage = stage_as_of(signals, self.transitions, day)
-            self._health[day] = (signals, _health_on(signals, stage, self.scorecard), stage)
+            scored = _health_on(signals, stage, self.scorecard)
+            # Only the score and the measure points are read from the scored frame: the rest is not kept.
+            kept = ["score", *(f"{name}_points" for name in self.scorecard.measures)]
+            self._health[day] = (signals, scored[kept].copy(), stage)
         return self._health[day]
 
-    def forget_before(self, day: date) -> None:
-        """Drop the cached frames of the days before `day` (training walks its dates oldest first and needs
-        each date and the day 30 before it, so older days are never read again)."""
-        for cached in [d for d in self._health if d < day]:
+    def keep_only(self, days: set[date]) -> None:
+        """Drop the cached frames of every day not in `days` (training knows which days its remaining
+        observation dates still read)."""
+        for cached in [d for d in self._health if d not in days]:
             del self._health[cached]
 
     def observe(self, as_of: date, signals: pd.DataFrame | None = None) -> Observation:
@@ -361,10 +364,13 @@ def training_set(
     builder = builder or FeatureBuilder(session, scorecard or default_scorecard())
     churned_on = _churn_dates(session)
     parts, points, labels, dates = [], [], [], []
-    for day in observation_dates(session, today, config):
+    observed = observation_dates(session, today, config)
+    for position, day in enumerate(observed):
         obs = builder.observe(day)
-        # One date's frames at a time (with the day 30 before it, which the next date may share).
-        builder.forget_before(day - timedelta(days=USAGE_WINDOW_DAYS))
+        # One date's frames at a time: keep only the days the later dates read (a date 30 days after this one
+        # reads this one's frame again).
+        later = observed[position + 1:]
+        builder.keep_only({*later, *(d - timedelta(days=USAGE_WINDOW_DAYS) for d in later)})
         f = obs.features
         ts = pd.Timestamp(day)
         gone = churned_on.reindex(f.index)
