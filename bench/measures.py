@@ -259,7 +259,11 @@ async def time_requests(app: Any, bodies: list[str], warmup: int) -> list[float]
 
 def lookup(url: str, requests: int, warmup: int = 10) -> dict[str, Any]:
     """p50/p95/p99 of `/cs account <name>` through the Slack adapter, and of a no-op Bolt app measured the same
-    way (same signing, same response-URL answer to the same fake Slack), in one process."""
+    way (same signing, same response-URL answer to the same fake Slack), in one process.
+
+    First the card facts are stored for the day, as tonight's recompute does (`lifecycle.cardfacts.store`, timed);
+    the app is then measured with them ("app") and, as the baseline of what they save, with them deleted so that
+    every lookup computes its KPIs live ("live")."""
     from urllib.parse import urlencode
 
     from slack_bolt.async_app import AsyncApp
@@ -268,25 +272,33 @@ def lookup(url: str, requests: int, warmup: int = 10) -> dict[str, Any]:
 
     from adapters.slack import build_slack_app, slack_routes
     from bot.router import Router, Services
+    from lifecycle import cardfacts
     from lifecycle.config import load_settings
     from tests.fakes.slack_api import FakeSlackAPI
 
     engine = make_engine(url)
+    upgrade(engine)
+    with session_scope(engine) as session:
+        started = time.perf_counter()
+        cardfacts.store(session, as_of=TODAY, machine=load_stage_machine())
+    store_seconds = time.perf_counter() - started
     with engine.connect() as conn:
         names = [str(n) for n in conn.execute(text("SELECT name FROM account ORDER BY id")).scalars()]
     step = max(len(names) // max(requests + warmup, 1), 1)
     picked = (names[::step] * (1 + (requests + warmup) // max(len(names), 1)))[: requests + warmup]
 
     with FakeSlackAPI() as fake:
-        def body(command: str, n: int) -> str:
+        def body(command: str, n: int, run: int = 1) -> str:
             return urlencode({
                 "token": "legacy", "team_id": "T1", "team_domain": "bench", "channel_id": "D0BENCH",
                 "channel_name": "directmessage", "user_id": LOOKUP_USER, "user_name": "maya", "command": "/cs",
                 "text": command, "api_app_id": "A1", "response_url": fake.response_url(str(n)),
-                "trigger_id": f"1.{n}",
+                "trigger_id": f"{run}.{n}",
             })
 
         bodies = [body(f"account {name}", n) for n, name in enumerate(picked)]
+        # The same lookups once more, as other requests (a replayed request would be answered without effect).
+        again = [body(f"account {name}", n, run=2) for n, name in enumerate(picked)]
         settings = load_settings(SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET,
                                  SLACK_API_URL=fake.api_url)
         router = Router(Services(engine=engine, settings=settings, today=lambda: TODAY))
@@ -302,21 +314,34 @@ def lookup(url: str, requests: int, warmup: int = 10) -> dict[str, Any]:
 
         noop = Starlette(routes=slack_routes(noop_bolt))
 
-        async def both() -> tuple[list[float], list[float]]:
-            # Interleaved halves, so that a noisy neighbour slows both apps alike.
-            half = len(bodies) // 2
-            first_noop = await time_requests(noop, bodies[:half], warmup)
-            first_app = await time_requests(csbot, bodies[:half], warmup)
-            second_noop = await time_requests(noop, bodies[half:], 0)
-            second_app = await time_requests(csbot, bodies[half:], 0)
-            return first_app + second_app, first_noop + second_noop
+        def drop_facts() -> None:
+            with engine.begin() as conn:
+                conn.execute(text("DELETE FROM account_card_fact"))
 
-        app_samples, noop_samples = asyncio.run(both())
+        def restore_facts() -> None:
+            with session_scope(engine) as session:
+                cardfacts.store(session, as_of=TODAY, machine=load_stage_machine())
+
+        async def all_three() -> tuple[list[float], list[float], list[float]]:
+            # Interleaved halves, so that a noisy neighbour slows every app alike.
+            half = len(bodies) // 2
+            app: list[float] = []
+            noop_s: list[float] = []
+            live: list[float] = []
+            for part, other, skip in ((bodies[:half], again[:half], warmup), (bodies[half:], again[half:], 0)):
+                noop_s += await time_requests(noop, part, skip)
+                app += await time_requests(csbot, part, skip)
+                await asyncio.to_thread(drop_facts)
+                live += await time_requests(csbot, other, skip)
+                await asyncio.to_thread(restore_facts)
+            return app, noop_s, live
+
+        app_samples, noop_samples, live_samples = asyncio.run(all_three())
         answered = len(fake.calls_to("response_url", ok_only=True))
         errors = sum(1 for c in fake.calls_to("response_url") if "went wrong" in str(c.params.get("text", "")))
     engine.dispose()
-    return {"app": _percentiles(app_samples), "noop": _percentiles(noop_samples), "answered": answered,
-            "errors": errors, "accounts": len(names)}
+    return {"app": _percentiles(app_samples), "noop": _percentiles(noop_samples), "live": _percentiles(live_samples),
+            "answered": answered, "errors": errors, "accounts": len(names), "store_seconds": store_seconds}
 
 
 # ------------------------------------------------------------------------------------------------------ outbox
@@ -417,6 +442,14 @@ def model(url: str) -> dict[str, Any]:
         update={"horizon_days": MODEL_HORIZON_DAYS, "observation_every_days": 7})
     out: dict[str, Any] = {"horizon_days": settings.horizon_days}
     with Session(engine) as session:
+        # The baseline: one signals frame of the whole portfolio, the read every feature day costs; training
+        # needs one per observation date and one 30 days before each (shared when the dates are 30 days apart).
+        dates = churn.observation_dates(session, TODAY, settings)
+        days = {d for day in dates for d in (day, day - timedelta(days=USAGE_WINDOW_DAYS))}
+        started = time.perf_counter()
+        build_signals(session, TODAY)
+        out |= {"signals_seconds": time.perf_counter() - started, "signal_days": len(days),
+                "observation_dates": len(dates)}
         started = time.perf_counter()
         try:
             result = churn.train(session, today=TODAY, config=settings)

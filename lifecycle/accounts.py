@@ -207,7 +207,7 @@ class AccountInsight:
 
 def account_insight(session: Session, account: Account) -> AccountInsight:
     """Churn probability with its reasons and standing, cohort with its traits, tier and CLV of one account."""
-    from lifecycle.churn import churn_label_counts, default_insight_config, latest_model_info, standing
+    from lifecycle.churn import churned_with_date, default_insight_config, latest_model_info, standing
     from lifecycle.clv import expected_lifetime_years
 
     config = default_insight_config()
@@ -221,8 +221,7 @@ def account_insight(session: Session, account: Account) -> AccountInsight:
     }
     info = latest_model_info(session)
     if info is None:
-        churned, _total = churn_label_counts(session)
-        return AccountInsight(model="no_model", churned_accounts=churned,
+        return AccountInsight(model="no_model", churned_accounts=churned_with_date(session),
                               needed_accounts=config.churn.min_churned_accounts,
                               horizon_days=config.churn.horizon_days, **common)
     if account.churn_probability is None:

@@ -729,3 +729,26 @@ def account_kpis(session: Session, machine: StageMachine, account_id: int, *, to
         value = None if raw is None or pd.isna(raw) else float(raw)
         out.append(KpiResult(**KpiResult.fields_of(kpi, value), note=str(notes.get(account_id, "") or "")))
     return out
+
+
+def portfolio_account_kpis(session: Session, machine: StageMachine, *, today: date,
+                           rates: Rates | None = None) -> dict[int, list[KpiResult]]:
+    """`account_kpis` of every account at once (each account's values for the KPIs of its current stage): the
+    same per-account values, from one pass of the aggregate queries over the whole portfolio (what
+    `lifecycle.cardfacts` stores at recompute time)."""
+    accounts = _accounts(session, Slice())
+    if accounts.empty or not machine.kpis:
+        return {int(i): [] for i in accounts.index}
+    columns = _kpi_frame(session, machine, machine.kpis, Slice(), today, accounts, rates)
+    by_stage: dict[str, list[tuple[KpiDef, dict[Any, Any], dict[Any, Any]]]] = {}
+    for kpi, values, notes in columns:
+        by_stage.setdefault(kpi.stage, []).append((kpi, values.to_dict(), notes.to_dict()))
+    out: dict[int, list[KpiResult]] = {}
+    for account_id, stage in accounts["stage"].items():
+        results = []
+        for kpi, values, notes in by_stage.get(str(stage), []):
+            raw = values.get(account_id)
+            value = None if raw is None or pd.isna(raw) else float(raw)
+            results.append(KpiResult(**KpiResult.fields_of(kpi, value), note=str(notes.get(account_id, "") or "")))
+        out[int(account_id)] = results
+    return out

@@ -48,7 +48,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sqlalchemy import bindparam, case, func, select, text, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlmodel import Session, col
 from threadpoolctl import threadpool_limits
 
@@ -73,6 +73,11 @@ NUMERIC_FEATURES = (
 CATEGORICAL_FEATURES = ("stage", "segment", "plan")
 FEATURES = (*NUMERIC_FEATURES, *CATEGORICAL_FEATURES)
 MIN_CATEGORY_ROWS = 5  # rarer categories get no column of their own
+# Numeric features, measure points and the model matrix are float32: half the memory of float64, and the model's
+# inputs (days, counts, ratios, log ARR) need no more than float32's seven significant digits.
+FLOAT = np.float32
+# Accounts scored (predicted, explained and written) per chunk: bounds the scoring's memory whatever the portfolio.
+SCORE_CHUNK = 20_000
 UNKNOWN_STAGE = "unknown"
 
 
@@ -162,8 +167,17 @@ class NotEnoughHistory(CsbotError):
 # ---------------------------------------------------------------------------------------------------- features
 
 
+def _raw_rows(session: Session, sql: str) -> list[tuple[Any, ...]]:
+    """The driver's own tuples of a query: building SQLAlchemy Row objects for a few hundred thousand rows only to
+    hand them to pandas costs more than the query."""
+    result = session.execute(text(sql))
+    rows = result.cursor.fetchall()  # type: ignore[attr-defined]
+    result.close()
+    return list(rows)
+
+
 def _transitions(session: Session) -> pd.DataFrame:
-    rows = session.execute(text("SELECT account_id, to_stage, at FROM stage_transition")).all()
+    rows = _raw_rows(session, "SELECT account_id, to_stage, at FROM stage_transition")
     frame = pd.DataFrame.from_records(rows, columns=["account_id", "to_stage", "at"])
     frame["at"] = pd.to_datetime(frame["at"], format="ISO8601") if len(frame) else pd.Series(dtype="datetime64[ns]")
     frame["account_id"] = frame["account_id"].astype("int64")
@@ -237,8 +251,17 @@ class FeatureBuilder:
                 days_to_renewal=((renewal - pd.Timestamp(day)) / pd.Timedelta(days=1)).astype(float),
             )
             stage = stage_as_of(signals, self.transitions, day)
-            self._health[day] = (signals, _health_on(signals, stage, self.scorecard), stage)
+            scored = _health_on(signals, stage, self.scorecard)
+            # Only the score and the measure points are read from the scored frame: the rest is not kept.
+            kept = ["score", *(f"{name}_points" for name in self.scorecard.measures)]
+            self._health[day] = (signals, scored[kept].copy(), stage)
         return self._health[day]
+
+    def keep_only(self, days: set[date]) -> None:
+        """Drop the cached frames of every day not in `days` (training knows which days its remaining
+        observation dates still read)."""
+        for cached in [d for d in self._health if d not in days]:
+            del self._health[cached]
 
     def observe(self, as_of: date, signals: pd.DataFrame | None = None) -> Observation:
         """Features of every account on `as_of` (churned ones included; callers filter)."""
@@ -270,14 +293,15 @@ class FeatureBuilder:
         features["status"] = sig["status"].astype(object)
         features["contract_start"] = pd.to_datetime(sig["contract_start"])
         features["arr"] = sig["arr"].astype(float)
+        features = features.astype({name: FLOAT for name in NUMERIC_FEATURES})
         points = pd.DataFrame(
-            {name: scored[f"{name}_points"].astype(float) for name in self.scorecard.measures}, index=sig.index
+            {name: scored[f"{name}_points"].astype(FLOAT) for name in self.scorecard.measures}, index=sig.index
         )
         return Observation(as_of=as_of, features=features, points=points)
 
 
 def _churn_dates(session: Session) -> pd.Series:
-    rows = session.execute(select(col(Account.id), col(Account.churned_on))).all()
+    rows = _raw_rows(session, "SELECT id, churned_on FROM account")
     frame = pd.DataFrame.from_records(rows, columns=["account_id", "churned_on"])
     series = pd.to_datetime(frame["churned_on"]).set_axis(frame["account_id"].astype("int64"))
     return series.rename("churned_on")
@@ -340,8 +364,13 @@ def training_set(
     builder = builder or FeatureBuilder(session, scorecard or default_scorecard())
     churned_on = _churn_dates(session)
     parts, points, labels, dates = [], [], [], []
-    for day in observation_dates(session, today, config):
+    observed = observation_dates(session, today, config)
+    for position, day in enumerate(observed):
         obs = builder.observe(day)
+        # One date's frames at a time: keep only the days the later dates read (a date 30 days after this one
+        # reads this one's frame again).
+        later = observed[position + 1:]
+        builder.keep_only({*later, *(d - timedelta(days=USAGE_WINDOW_DAYS) for d in later)})
         f = obs.features
         ts = pd.Timestamp(day)
         gone = churned_on.reindex(f.index)
@@ -396,13 +425,13 @@ class Encoding:
         return out
 
     def matrix(self, features: pd.DataFrame) -> np.ndarray:
-        numeric = features[list(NUMERIC_FEATURES)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+        numeric = features[list(NUMERIC_FEATURES)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=FLOAT)
         blocks = [numeric]
         for c in CATEGORICAL_FEATURES:
             values = features[c].astype(object).where(features[c].notna(), None).to_numpy()
             cats = self.categories[c]
-            blocks.append(np.column_stack([values == v for v in cats]).astype(float) if cats
-                          else np.zeros((len(features), 0)))
+            blocks.append(np.column_stack([values == v for v in cats]).astype(FLOAT) if cats
+                          else np.zeros((len(features), 0), dtype=FLOAT))
         return np.hstack(blocks)
 
 
@@ -511,14 +540,15 @@ class TrainedModel:
         names = list(contrib.columns)
         order = np.argsort(-np.abs(np.round(values, 10)), axis=1, kind="stable")[:, :top]
         out: list[list[Driver]] = []
-        raw = features[names]
-        for i in range(len(values)):
+        # Column arrays read by position: far cheaper than a DataFrame lookup per cell.
+        raw = [features[name].to_numpy(dtype=object) for name in names]
+        chosen = np.take_along_axis(values, order, axis=1).tolist()
+        for i, (columns, amounts) in enumerate(zip(order.tolist(), chosen, strict=True)):
             row: list[Driver] = []
-            for j in order[i]:
-                amount = float(values[i, j])
+            for j, amount in zip(columns, amounts, strict=True):
                 if abs(amount) < 1e-9:
                     continue
-                row.append(Driver(names[j], "up" if amount > 0 else "down", amount, _json_value(raw.iat[i, j])))
+                row.append(Driver(names[j], "up" if amount > 0 else "down", amount, _json_value(raw[j][i])))
             out.append(row)
         return out
 
@@ -735,6 +765,14 @@ def load_model(session: Session, version: str | None = None) -> TrainedModel | N
     return model
 
 
+def churned_with_date(session: Session) -> int:
+    """Churned accounts with a churn date: one range of the (status, churned_on) index."""
+    return int(session.execute(
+        select(func.count()).select_from(Account).where(col(Account.status) == "churned",
+                                                        col(Account.churned_on).is_not(None))
+    ).scalar_one())
+
+
 def churn_label_counts(session: Session) -> tuple[int, int]:
     """(churned accounts with a churn date, all accounts): what the card says when there is no model yet."""
     churned = session.execute(
@@ -771,28 +809,33 @@ def score_portfolio(
     builder = builder or FeatureBuilder(session, default_scorecard())
     obs = builder.observe(as_of, signals)
     features = obs.features[obs.features["status"] == "active"]
-    # Small matrices: one thread is faster than a pool fighting over a busy machine's cores.
-    with threadpool_limits(limits=1):
-        probabilities = pd.Series(model.predict(features), index=features.index, name="churn_probability")
-        drivers = model.drivers(features, top=reasons)
     stamp = now or utcnow()
     table = Account.__table__  # type: ignore[attr-defined]
-    params = [
-        {"b_id": int(account_id), "b_p": round(float(p), 4), "b_r": [d.as_json() for d in ds], "b_at": stamp}
-        for account_id, p, ds in zip(features.index.tolist(), probabilities.tolist(), drivers, strict=True)
-    ]
-    if params:
-        session.execute(
-            update(table).where(table.c.id == bindparam("b_id"))
-            .values(churn_probability=bindparam("b_p"), churn_reasons=bindparam("b_r"),
-                    churn_scored_at=bindparam("b_at")),
-            params,
-        )
+    statement = (update(table).where(table.c.id == bindparam("b_id"))
+                 .values(churn_probability=bindparam("b_p"), churn_reasons=bindparam("b_r"),
+                         churn_scored_at=bindparam("b_at")))
+    parts: list[pd.Series] = []
+    drivers: list[list[Driver]] = []
+    # Account chunks: the matrix, the contributions and the UPDATE parameters of one chunk at a time.
+    for start in range(0, len(features), SCORE_CHUNK):
+        chunk = features.iloc[start:start + SCORE_CHUNK]
+        # Small matrices: one thread is faster than a pool fighting over a busy machine's cores.
+        with threadpool_limits(limits=1):
+            p_chunk = pd.Series(model.predict(chunk), index=chunk.index, name="churn_probability")
+            d_chunk = model.drivers(chunk, top=reasons)
+        session.execute(statement, [
+            {"b_id": int(account_id), "b_p": round(float(p), 4), "b_r": [d.as_json() for d in ds], "b_at": stamp}
+            for account_id, p, ds in zip(chunk.index.tolist(), p_chunk.tolist(), d_chunk, strict=True)
+        ])
+        parts.append(p_chunk)
+        drivers.extend(d_chunk)
+    probabilities = (pd.concat(parts) if parts
+                     else pd.Series(dtype=float, index=features.index, name="churn_probability"))
     session.execute(
         update(table).where(table.c.status != "active", table.c.churn_probability.is_not(None))
         .values(churn_probability=None, churn_reasons=None, churn_scored_at=None)
     )
-    return ScoreRun(model.version, len(params), probabilities,
+    return ScoreRun(model.version, len(features), probabilities,
                     dict(zip(features.index.astype(int).tolist(), drivers, strict=True)))
 
 
@@ -813,10 +856,12 @@ class ChurnStanding:
 
 def standing(session: Session, probability: float) -> ChurnStanding:
     """How `probability` compares with the other active accounts' (one aggregate query)."""
-    below, total = session.execute(
-        select(func.sum(case((col(Account.churn_probability) < probability, 1), else_=0)), func.count())
-        .where(col(Account.status) == "active", col(Account.churn_probability).is_not(None))
-    ).one()
+    # Two ranges of the (status, churn_probability) index, counted without reading the table.
+    active = col(Account.status) == "active"
+    below = session.execute(select(func.count()).select_from(Account)
+                            .where(active, col(Account.churn_probability) < probability)).scalar_one()
+    total = session.execute(select(func.count()).select_from(Account)
+                            .where(active, col(Account.churn_probability).is_not(None))).scalar_one()
     share = float(below or 0) / total if total else 0.0
     level: Literal["low", "typical", "high"] = "high" if share >= 0.75 else "low" if share < 0.25 else "typical"
     return ChurnStanding(round(100 * share, 1), level)
@@ -841,14 +886,12 @@ def refresh(
     note = ""
     moment = now or utcnow()
     stale = info is None or (moment - info.trained_at) >= timedelta(days=config.churn.retrain_days)
-    if stale:
-        churned, _total = churn_label_counts(session)
-        if churned >= config.churn.min_churned_accounts:
-            try:
-                result = train(session, today=as_of, config=config.churn, builder=builder, now=moment)
-                note = f"trained {result.version}; "
-            except NotEnoughHistory as exc:
-                note = f"not trained ({exc.labels} churn labels, {exc.needed_labels} needed); "
+    if stale and churned_with_date(session) >= config.churn.min_churned_accounts:
+        try:
+            result = train(session, today=as_of, config=config.churn, builder=builder, now=moment)
+            note = f"trained {result.version}; "
+        except NotEnoughHistory as exc:
+            note = f"not trained ({exc.labels} churn labels, {exc.needed_labels} needed); "
     model = load_model(session)
     if model is None:
         clear_scores(session)

@@ -46,7 +46,10 @@ class Account(SQLModel, table=True):
     """A customer account with its commercial facts and its latest lifecycle state."""
 
     # Chat lookups match the external id in any case: without this index that is a scan of every account.
-    __table_args__ = (Index("ix_account_external_id_lower", text("lower(external_id)")),)
+    # The card's churn figures count accounts by status with one index range each (lifecycle/churn.py).
+    __table_args__ = (Index("ix_account_external_id_lower", text("lower(external_id)")),
+                      Index("ix_account_status_churned_on", "status", "churned_on"),
+                      Index("ix_account_status_churn_probability", "status", "churn_probability"))
 
     id: int | None = Field(default=None, primary_key=True)
     external_id: str = Field(unique=True, index=True)
@@ -413,6 +416,19 @@ class Cohort(SQLModel, table=True):
     id: int = Field(primary_key=True)  # cohort number, 1 = the largest
     size: int = 0
     traits: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    computed_at: NaiveDatetime = Field(default_factory=utcnow)
+
+
+class AccountCardFact(SQLModel, table=True):
+    """What the account card shows that the nightly recompute precomputed (its stage KPIs), for one day, with the
+    freshness stamp of the inputs it came from (lifecycle/cardfacts.py)."""
+
+    __tablename__ = "account_card_fact"
+
+    account_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    as_of: date
+    stamp: str
+    kpis: list[Any] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     computed_at: NaiveDatetime = Field(default_factory=utcnow)
 
 

@@ -23,7 +23,8 @@ accounts, which the next incremental run rescores with the new stage weights, as
 The insight step (churn model, cohorts, tiers) runs with full recomputes only.
 
 Insight comes last: the churn model is trained when there is none (or it is older than `retrain_days`), every active
-account is scored with its probability and reasons, and cohorts and tiers are refreshed. It runs inside a savepoint:
+account is scored with its probability and reasons, cohorts and tiers are refreshed, and what the account card
+shows is stored for the day (`lifecycle.cardfacts`). It runs inside a savepoint:
 a failure there is reported in the summary and rolls back only the insight, never the health and stage results.
 """
 
@@ -204,7 +205,7 @@ def refresh_changed(
 def _insight(
     session: Session, as_of: date, signals: object, scorecard: Scorecard, machine: StageMachine, config: InsightConfig
 ) -> str:
-    from lifecycle import churn, segments
+    from lifecycle import cardfacts, churn, segments
 
     assert isinstance(signals, pd.DataFrame)
     try:
@@ -214,6 +215,7 @@ def _insight(
                 activation=(machine.activation.ratio, machine.activation.window_days),
             )
             cohort_note = segments.refresh(session, signals, segments=config.segments, tier_config=config.tiers)
+            cohort_note += "; " + cardfacts.store(session, as_of=as_of, machine=machine)
     except Exception as exc:  # the insight must never cost the night its health scores
         log.exception("insight step failed")
         return f"failed: {type(exc).__name__}: {exc}"

@@ -14,7 +14,7 @@ from bot.messages import Card, Reply, Section
 from bot.money import reply_rates
 from bot.router import Context, Param, UserError, command
 from lifecycle.accounts import account_view, add_note
-from lifecycle.analytics import account_kpis
+from lifecycle.cardfacts import card_kpis
 from lifecycle.models import Account
 from lifecycle.stages import StageVisit, move_stage, stage_history, unpin
 
@@ -27,7 +27,7 @@ def account(ctx: Context, acct: Annotated[Account, Param("account")]) -> Reply:
     machine = ctx.services.stage_machine()
     assert acct.id is not None
     rates = reply_rates(ctx)  # money KPIs are in the reporting currency, like their goals
-    kpis = account_kpi_section(account_kpis(ctx.session, machine, acct.id, today=ctx.today, rates=rates), machine,
+    kpis = account_kpi_section(card_kpis(ctx.session, machine, acct.id, today=ctx.today, rates=rates), machine,
                                rates.currency, ctx.lang)
     if kpis is not None:
         card = replace(card, sections=(*card.sections, kpis))
