@@ -32,10 +32,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from sqlalchemy import Date, String, Table, bindparam, cast, insert, or_, select, update
+from sqlalchemy import Date, Table, bindparam, insert, or_, select, update
 from sqlmodel import Session, SQLModel
 
-from lifecycle.bulkwrite import bulk_mode, upsert_rows
+from lifecycle.bulkwrite import bulk_mode, driver_connection, upsert_rows
 from lifecycle.config import CONFIG_DIR, get_settings, read_toml
 from lifecycle.db import upsert
 from lifecycle.errors import ConfigError, ImportFailed
@@ -1771,26 +1771,38 @@ def _stored_usage(
     valid_days = [d for d in day_objects if d is not None]
     parts: list[Any] = []
     if len(incoming) and valid_days:
-        table = _table(UsageDaily)
-        query = select(
-            table.c.account_id, table.c.feature, cast(table.c.day, String),
-            table.c.active_users, table.c.logins, table.c.events,
-        ).where(table.c.day >= min(valid_days), table.c.day <= max(valid_days))
-        for batch in _batches(sorted(set(incoming["account_id"].tolist()))):
-            parts.extend(session.execute(query.where(table.c.account_id.in_(batch))).all())
+        postgres = session.get_bind().dialect.name == "postgresql"
+        mark, day = ("%s", "CAST(day AS TEXT)") if postgres else ("?", "day")
+        query = (
+            f"SELECT account_id, feature, {day}, active_users, logins, events FROM usage_daily"
+            f" WHERE day >= {mark} AND day <= {mark} AND "
+        )
+        span = [min(valid_days).isoformat(), max(valid_days).isoformat()]
+        cursor = driver_connection(session).cursor()
+        try:
+            for batch in _batches(sorted(set(incoming["account_id"].tolist()))):
+                # A dense run of ids is read as a range (SQLite probes a long IN list one id at a time).
+                if batch[-1] - batch[0] < 2 * len(batch):
+                    cursor.execute(query + f"account_id BETWEEN {mark} AND {mark}", [*span, batch[0], batch[-1]])
+                else:
+                    cursor.execute(query + f"account_id IN ({', '.join([mark] * len(batch))})", [*span, *batch])
+                parts.extend(cursor.fetchall())
+        finally:
+            cursor.close()
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=np.int64) for c in columns})
-    acc, feature, day, users, logins, events = (np.asarray(col) for col in zip(*parts, strict=True))
+    rows = pd.DataFrame.from_records(parts, columns=columns)
+    del parts
     frame = pd.DataFrame({
-        "account_id": acc.astype(np.int64),
+        "account_id": rows["account_id"].to_numpy(dtype=np.int64),
         # Codes of the file's distinct values; stored rows with a feature or day absent from the file get -1.
-        "feature": pd.Index(features).get_indexer(feature),
-        "day": pd.Index(day_texts).get_indexer(day),
-        "active_users_old": users.astype(np.int64),
-        "logins_old": logins.astype(np.int64),
-        "events_old": events.astype(np.int64),
+        "feature": pd.Index(features).get_indexer(rows["feature"].to_numpy(dtype=object)),
+        "day": pd.Index(day_texts).get_indexer(rows["day"].to_numpy(dtype=object)),
+        **{c: rows[c].to_numpy(dtype=np.int64) for c in columns[3:]},
     })
-    return frame.loc[(frame["feature"] >= 0) & (frame["day"] >= 0)]
+    # A range of ids may hold accounts that are not in the file: they cannot clash.
+    wanted = frame["account_id"].isin(incoming["account_id"].unique())
+    return frame.loc[(frame["feature"] >= 0) & (frame["day"] >= 0) & wanted]
 
 
 def _refresh_last_usage(session: Session, written: pd.DataFrame) -> None:
