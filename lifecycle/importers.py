@@ -1745,8 +1745,8 @@ def _store_usage(session: Session, written: pd.DataFrame, meter: _Meter) -> None
     changed (account_id, feature, day as a date, active_users, logins, events), with what was stored before
     (`<count>_old`, 0 for a new row) and `is_new`; unchanged rows are not in it. Runs in the import's
     transaction: anything derived from these rows belongs here, in the same transaction."""
-    day_iso = np.array([d.isoformat() for d in pd.unique(written["day"])], dtype=object)
-    day_code = pd.Index(pd.unique(written["day"])).get_indexer(written["day"])
+    day_code, days = pd.factorize(written["day"].to_numpy(dtype=object))
+    day_iso = np.array([d.isoformat() for d in days], dtype=object)
     columns = ["account_id", "feature", "day", *_USAGE_COUNTS]
     with bulk_mode(session):
         for start in range(0, len(written), _WRITE_CHUNK):

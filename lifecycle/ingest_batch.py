@@ -137,4 +137,4 @@ class IngestBatcher:
 def _unwrap(outcome: Any) -> IngestResult:
     if isinstance(outcome, BaseException):
         raise outcome
-    return outcome  # type: ignore[no-any-return]
+    return outcome

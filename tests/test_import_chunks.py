@@ -42,7 +42,7 @@ def stored(session: Session) -> list[tuple[str, str, date, int, int, int]]:
                   col(UsageDaily.logins), col(UsageDaily.events))
         .join(Account, col(Account.id) == col(UsageDaily.account_id))
     ).all()
-    return sorted(tuple(r) for r in rows)  # type: ignore[misc]
+    return sorted(tuple(r) for r in rows)
 
 
 def usage_count(session: Session) -> int:
