@@ -246,6 +246,9 @@ def import_cmd(
         None, "--date-format", help="auto (default: detect 31/01 vs 01/31), iso, day-first, month-first or a "
         "strptime pattern such as '%d.%m.%Y %H:%M'."
     ),
+    chunk_rows: int = typer.Option(
+        250_000, "--chunk-rows", min=1, help="Usage files: rows read and checked at a time (memory vs. speed)."
+    ),
 ) -> None:
     """Import a CSV file (all-or-nothing: any bad row leaves the database unchanged)."""
     from lifecycle.importers import MissingColumns, import_csv, parse_column_map
@@ -267,7 +270,7 @@ def import_cmd(
             with session_scope(engine) as session:
                 report = import_csv(
                     session, kind.value, file, dry_run=dry_run, progress=progress, column_map=mapping,
-                    preset=preset, account=account, date_format=date_format,
+                    preset=preset, account=account, date_format=date_format, chunk_rows=chunk_rows,
                 )
         except ImportFailed as exc:
             bar.stop()

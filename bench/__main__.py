@@ -10,7 +10,11 @@ Scenarios (`--only` picks some):
 - outbox: delivery to a fake Slack API, unthrottled and with 429 + Retry-After injected.
 - model: churn model training and portfolio scoring (`lifecycle.churn`) at each size up to 100,000, against the
   whole-portfolio signal frames they read (one frame timed, times the frames each needs), with peak RSS.
-- ingest: Segment-style usage batches through `lifecycle.ingest.ingest_body`, then resent (idempotency).
+- ingest: Segment-style usage batches through `lifecycle.ingest.ingest_body`, then resent (idempotency); then 50
+  concurrent clients sending one event per request to `POST /api/usage` (`bench.scale_io`), with group commit and,
+  as the baseline, with the batching window at 0.
+- import: `csbot import usage` of accounts × 60 days (`--import-accounts`, default 10,000 and 100,000) on SQLite,
+  and on PostgreSQL with `--postgres`, against a bare executemany / COPY of the same rows (`bench.scale_io`).
 - nl: the natural-language layer on the evaluation corpus (`bench.nl`): exact-command accuracy per language on the
   held-out part, out-of-scope detection, clarification rate, parse latency at 60 and 100,000 accounts (5,000 with
   `--quick`), and a question's end-to-end time against its command's.
@@ -46,7 +50,10 @@ from bench import datasets
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SCENARIOS = ("recompute", "lookup", "outbox", "model", "ingest", "nl")
+SCENARIOS = ("recompute", "lookup", "outbox", "model", "ingest", "nl", "import")
+IMPORT_SIZES = (10_000, 100_000)  # accounts of the import scenario, × IMPORT_DAYS days of usage
+IMPORT_DAYS = 60
+INGEST_CLIENTS = 50
 DEFAULT_SIZES = (10_000, 100_000)
 LARGE_SIZE = 1_000_000
 QUICK_SIZE = 200
@@ -394,7 +401,8 @@ def model_scenario(report: Report, sizes: Sequence[int]) -> None:
     report.data["model"] = {**per_size[str(max(sizes))], "sizes": per_size}
 
 
-def ingest_scenario(report: Report, size: int, requests: int, calls: int) -> None:
+def ingest_scenario(report: Report, size: int, requests: int, calls: int, clients: int = INGEST_CLIENTS,
+                    per_client: int = 40) -> None:
     source = datasets.dataset(size)
     work = datasets.working_copy(source, datasets.CACHE_DIR / f"ingest-{size}.db")
     measured = run_child("ingest", url=work.url, requests=requests, calls_per_request=calls)
@@ -408,6 +416,69 @@ def ingest_scenario(report: Report, size: int, requests: int, calls: int) -> Non
     report.rows.append(Row("ingest", label, "  resent requests", f"{r['resent_duplicates']:,} duplicates",
                            "usage changed" if r["resend_changed_usage"] else "usage unchanged"))
     report.data["ingest"] = {**r, "size": size, "peak_rss_mb": measured.peak_rss_mb}
+    report.data["ingest"]["concurrent"] = ingest_clients_figures(report, source, label, clients, per_client)
+
+
+def ingest_clients_figures(report: Report, source: datasets.Dataset, label: str, clients: int,
+                           per_client: int) -> dict[str, Any]:
+    """N concurrent single-event clients through HTTP, with group commit and without (window 0)."""
+    figures: dict[str, Any] = {}
+    for name, window in (("grouped", 5.0), ("alone", 0.0)):
+        work = datasets.working_copy(source, datasets.CACHE_DIR / f"ingest-clients-{source.accounts}.db")
+        m = run_child("ingest_clients", url=work.url, clients=clients, per_client=per_client, window_ms=window)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{work.path}{suffix}").unlink(missing_ok=True)
+        figures[name] = {**m.result, "peak_rss_mb": m.peak_rss_mb}
+    g, a = figures["grouped"], figures["alone"]
+    report.rows.append(Row("ingest", label, f"{clients} concurrent clients, 1 event per request (group commit)",
+                           f"{g['events_per_second']:,.0f} events/s",
+                           f"window 0: {a['events_per_second']:,.0f} events/s",
+                           _x(g["events_per_second"] / a["events_per_second"])))
+    report.rows.append(Row("ingest", label, "  latency p50 / p95 per request",
+                           f"{_ms(g['p50'])} / {_ms(g['p95'])}", f"window 0: {_ms(a['p50'])} / {_ms(a['p95'])}",
+                           f"accepted {g['accepted']:,}/{g['events']:,}"))
+    report.goals.append(Goal(f"ingest {clients} concurrent single-event clients ≥ 2,000 events/s",
+                             g["events_per_second"], "≥ 2,000/s", g["events_per_second"] >= 2000))
+    return figures
+
+
+def import_scenario(report: Report, sizes: Sequence[int], days: int, postgres: str | None) -> None:
+    per_size: dict[str, Any] = {}
+    runs: list[tuple[str, int, str | None]] = [("sqlite", n, None) for n in sizes]
+    with _postgres(postgres) as database_for:
+        if database_for is not None:
+            runs += [("postgresql", n, database_for(n)) for n in sizes]
+        for db, n, url in runs:
+            with tempfile.TemporaryDirectory(prefix="csbot-bench-import-") as folder:
+                target = url or f"sqlite:///{Path(folder) / 'import.db'}"
+                prepared = run_child("import_prepare", url=target, folder=folder, accounts=n, days=days)
+                m = run_child("import_usage", url=target, folder=folder, accounts=n, days=days)
+            floor = prepared.result
+            r = {**m.result, **floor, "vs_floor": m.result["seconds"] / floor["floor_seconds"],
+                 "peak_rss_mb": m.peak_rss_mb, "cpu_seconds": m.cpu_seconds}
+            per_size[f"{db}-{n}"] = r
+            label = f"{_size(n)} × {days} d {db}"
+            report.rows.append(Row("import", label, f"csbot import usage ({r['rows']:,} rows)",
+                                   f"{r['rows_per_second']:,.0f} rows/s ({_s(r['seconds'])})",
+                                   f"bare {'COPY' if db == 'postgresql' else 'executemany'} "
+                                   f"{r['floor_rows_per_second']:,.0f} rows/s", _x(r["vs_floor"]) + " of floor"))
+            report.rows.append(Row("import", label, "  same file again (all unchanged) / peak RSS",
+                                   _s(r["reimport_seconds"]), f"{m.peak_rss_mb:,.0f} MB"))
+            report.rows.append(Row("import", label, f"  csbot import accounts ({n:,} rows)",
+                                   f"{r['accounts_rows_per_second']:,.0f} rows/s", _s(r["accounts_seconds"])))
+            if n == GOAL_SIZE:
+                goal = 200_000 if db == "sqlite" else 300_000
+                report.goals.append(Goal(f"import usage on {db} ≥ {goal:,} rows/s", r["rows_per_second"],
+                                         f"≥ {goal:,}/s", r["rows_per_second"] >= goal))
+                report.goals.append(Goal(f"import usage on {db} peak RSS ≤ 1 GB", m.peak_rss_mb, "≤ 1024 MB",
+                                         m.peak_rss_mb <= 1024))
+    for db in ("sqlite", "postgresql"):
+        ordered = [n for n in sorted(sizes) if f"{db}-{n}" in per_size]
+        for small, large in itertools.pairwise(ordered):
+            t_small, t_large = per_size[f"{db}-{small}"]["seconds"], per_size[f"{db}-{large}"]["seconds"]
+            report.rows.append(Row("import", f"{_size(small)} → {_size(large)} {db}", "growth of the import time",
+                                   _x(t_large / t_small), f"rows {_x(large / small)}"))
+    report.data["import"] = per_size
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
@@ -455,6 +526,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--orm-sample", type=int, default=500, help="accounts the ORM loop scores (default 500)")
     parser.add_argument("--requests", type=int, default=400, help="lookup requests per app (default 400)")
     parser.add_argument("--messages", type=int, default=2000, help="outbox messages per run (default 2000)")
+    parser.add_argument("--import-accounts", default=",".join(str(s) for s in IMPORT_SIZES),
+                        help=f"account counts for the import scenario (× {IMPORT_DAYS} days), comma-separated")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where the JSON files go")
     return parser.parse_args(argv)
 
@@ -468,8 +541,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()} | ({LARGE_SIZE} if args.large else set()))
     requests, messages, orm_sample, ingest_requests = args.requests, args.messages, args.orm_sample, 40
+    import_sizes, import_days, per_client = sorted(int(s) for s in args.import_accounts.split(",") if s.strip()), \
+        IMPORT_DAYS, 40
     if args.quick:
         sizes, requests, messages, orm_sample, ingest_requests = [QUICK_SIZE], 20, 60, 50, 4
+        import_sizes, import_days, per_client = [QUICK_SIZE], 10, 2
     report = Report()
     started = datetime.now(UTC).replace(tzinfo=None)
     machine = machine_info()
@@ -484,7 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif scenario == "model":
             model_scenario(report, sorted({min(n, GOAL_SIZE) for n in sizes}))
         elif scenario == "ingest":
-            ingest_scenario(report, min(max(sizes), GOAL_SIZE), ingest_requests, 500)
+            ingest_scenario(report, min(max(sizes), GOAL_SIZE), ingest_requests, 500, per_client=per_client)
+        elif scenario == "import":
+            import_scenario(report, import_sizes, import_days, args.postgres or None)
         elif scenario == "nl":
             nl_scenario(report, quick=bool(args.quick))
 

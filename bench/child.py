@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import measures
+from bench import measures, scale_io
 
 MEASURES: dict[str, Callable[..., dict[str, Any]]] = {
     "nightly": measures.nightly,
@@ -24,6 +24,9 @@ MEASURES: dict[str, Callable[..., dict[str, Any]]] = {
     "outbox_delivery": measures.outbox_delivery,
     "model": measures.model,
     "ingest": measures.ingest,
+    "import_prepare": scale_io.import_prepare,
+    "import_usage": scale_io.import_usage,
+    "ingest_clients": scale_io.ingest_clients,
 }
 
 

@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     ingest_max_bytes: int = Field(
         default=1_048_576, ge=1_024, le=104_857_600, validation_alias=AliasChoices("CSBOT_INGEST_MAX_BYTES")
     )
+    # Small ingest requests arriving within this many milliseconds are applied together in one transaction
+    # (group commit); 0 applies each request on its own.
+    ingest_batch_window_ms: float = Field(
+        default=5.0, ge=0, le=1_000, validation_alias=AliasChoices("CSBOT_INGEST_BATCH_WINDOW_MS")
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -32,10 +32,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from sqlalchemy import String, Table, cast, func, insert, or_, select, update
+from sqlalchemy import Date, Table, bindparam, insert, or_, select, update
 from sqlmodel import Session, SQLModel
 
 from lifecycle import rollups
+from lifecycle.bulkwrite import bulk_mode, driver_connection, upsert_rows
 from lifecycle.config import CONFIG_DIR, get_settings, read_toml
 from lifecycle.db import upsert
 from lifecycle.errors import ConfigError, ImportFailed
@@ -62,7 +63,9 @@ MAX_PROBLEMS = 200
 # Stage names used until `lifecycle.stages` provides the configured machine.
 DEFAULT_STAGES = ("onboarding", "adoption", "expansion", "renewal", "advocacy", "churned", "win-back")
 _IN_CHUNK = 5_000  # keys per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
-_WRITE_CHUNK = 50_000  # usage rows per executemany, so the progress bar moves during big writes
+_WRITE_CHUNK = 50_000  # usage rows per executemany / COPY, so the progress bar moves during big writes
+# Usage rows read and checked at a time: a big file is held as a few bytes of codes per row, never as text.
+USAGE_CHUNK_ROWS = 250_000
 _UNSET: Any = object()
 DEFAULT_PRESETS_FILE = CONFIG_DIR / "presets.toml"
 DATE_COLUMNS = ("contract_start", "renewal_date", "date")
@@ -253,6 +256,7 @@ def import_csv(
     preset: str | None = None,
     account: str | None = None,
     date_format: str | None = None,
+    chunk_rows: int = USAGE_CHUNK_ROWS,
 ) -> ImportReport:
     """Validate the CSV file at `path` as `kind`, then upsert it in the caller's transaction (no commit).
 
@@ -262,11 +266,18 @@ def import_csv(
 
     Raises `ImportFailed` listing every bad row (nothing written) or `MissingColumns`. `progress` gets (done,
     total) where total is twice the data rows: each row counts once validated, once written or found unchanged.
+    A usage file is read `chunk_rows` rows at a time (its total is counted from the file's lines), checked as a
+    whole, then written in bulk (COPY on PostgreSQL).
     """
     spec = KINDS.get(kind)
     if spec is None:
         raise ImportFailed([f"unknown kind {kind!r}; choose one of: {', '.join(KINDS)}"])
     mapping = _Mapping.build(spec, preset, column_map or {})
+    if kind == "usage":
+        return _import_usage_file(
+            session, spec, Path(path), mapping, account=account, date_format=date_format, dry_run=dry_run,
+            progress=progress, chunk_rows=chunk_rows,
+        )
     provided = {"account_external_id"} if account is not None else set()
     read = _read_frame(Path(path), spec, mapping, provided)
     frame, rownums = read.frame, read.rownums
@@ -305,13 +316,24 @@ def _too_long(limit: int) -> Callable[[str], str]:
 def _check_cells(spec: KindSpec, frame: pd.DataFrame, rownums: np.ndarray, problems: _Problems) -> None:
     """Cells with control characters or too long to be what their column holds are row/column errors."""
     for column in (c for c in frame.columns if c in spec.columns):
-        values = frame[column].astype(str)
-        limit = MAX_FREE_TEXT if column in _FREE_TEXT else MAX_CELL
-        control = values.str.contains(_CELL_CONTROL, regex=True).to_numpy(dtype=bool)
-        long = (values.str.len() > limit).to_numpy(dtype=bool)
-        problems.add_mask(rownums[control], column, values.to_numpy()[control],
-                          lambda _v: "contains a control character")
-        problems.add_mask(rownums[long & ~control], column, values.to_numpy()[long & ~control], _too_long(limit))
+        codes, uniques = pd.factorize(frame[column], use_na_sentinel=False)
+        _check_distinct(column, codes, np.asarray(uniques, dtype=object), rownums, problems)
+
+
+def _check_distinct(
+    column: str, codes: np.ndarray, texts: np.ndarray, rownums: np.ndarray, problems: _Problems
+) -> None:
+    """`_check_cells` for one column given as codes into its distinct cells: each distinct cell is checked once."""
+    values = pd.Series(texts, dtype=object).astype(str)
+    limit = MAX_FREE_TEXT if column in _FREE_TEXT else MAX_CELL
+    control = values.str.contains(_CELL_CONTROL, regex=True).to_numpy(dtype=bool)
+    long = (values.str.len() > limit).to_numpy(dtype=bool) & ~control
+    if control.any():
+        bad = control[codes]
+        problems.add_mask(rownums[bad], column, texts[codes[bad]], lambda _v: "contains a control character")
+    if long.any():
+        bad = long[codes]
+        problems.add_mask(rownums[bad], column, texts[codes[bad]], _too_long(limit))
 
 
 def stage_names() -> tuple[list[str], str]:
@@ -377,14 +399,12 @@ class _Read:
     raw: pd.DataFrame  # every column of the file, aligned with `frame`
 
 
-def _read_frame(path: Path, spec: KindSpec, mapping: _Mapping, provided: set[str]) -> _Read:
-    """Read every cell as text, map headers to our names, drop blank lines; number rows like a spreadsheet.
-
-    `provided` columns come from elsewhere (e.g. one account for the whole file): the file must not have them."""
+def _read_csv(path: Path, **options: Any) -> Any:
+    """`pd.read_csv` of every cell as text, with csbot's messages for unreadable files (`chunksize` streams)."""
     try:
-        raw = pd.read_csv(
+        return pd.read_csv(
             path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig",
-            skip_blank_lines=False,
+            skip_blank_lines=False, **options,
         )
     except FileNotFoundError as exc:
         raise ImportFailed([f"cannot read {path}: no such file"]) from exc
@@ -395,11 +415,41 @@ def _read_frame(path: Path, spec: KindSpec, mapping: _Mapping, provided: set[str
     except pd.errors.ParserError as exc:
         raise ImportFailed([f"{path.name} is not valid CSV: {exc}"]) from exc
 
+
+def _chunks_of(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+    """The file's data rows, `rows` at a time (the same messages as `_read_csv` when a later chunk is bad)."""
+    reader = _read_csv(path, chunksize=rows)
+    with reader:
+        while True:
+            try:
+                chunk = next(reader)
+            except StopIteration:
+                return
+            except UnicodeDecodeError as exc:
+                raise ImportFailed([f"{path.name} is not UTF-8 text ({exc.reason} at byte {exc.start})"]) from exc
+            except pd.errors.ParserError as exc:
+                raise ImportFailed([f"{path.name} is not valid CSV: {exc}"]) from exc
+            yield chunk
+
+
+@dataclass(frozen=True)
+class _Headers:
+    renames: dict[str, str]  # the file's header → csbot column
+    display: dict[str, str]  # csbot column → the file's header
+    warnings: list[str]
+
+
+def _map_headers(
+    path: Path, headers: Sequence[object], spec: KindSpec, mapping: _Mapping, provided: set[str]
+) -> _Headers:
+    """Map the file's headers onto csbot's columns; raise when one is given twice or a required one is missing.
+
+    `provided` columns come from elsewhere (e.g. one account for the whole file): the file must not have them."""
     known = set(spec.columns)
     renames: dict[str, str] = {}
     display: dict[str, str] = {}
     warnings: list[str] = []
-    for header in raw.columns:
+    for header in headers:
         label = str(header).strip()
         target = mapping.targets.get(_header_key(header), label.lower())
         if target == "":
@@ -419,7 +469,7 @@ def _read_frame(path: Path, spec: KindSpec, mapping: _Mapping, provided: set[str
         if c not in present and not any(s in present for s in spec.stand_ins.get(c, ()))
     ]
     if missing:
-        found = ", ".join(str(h) for h in raw.columns) or "none"
+        found = ", ".join(str(h) for h in headers) or "none"
         plural = "s" if len(missing) > 1 else ""
         names = [
             f"{c} (or {' / '.join(spec.stand_ins[c])})" if c in spec.stand_ins else c for c in missing
@@ -432,14 +482,25 @@ def _read_frame(path: Path, spec: KindSpec, mapping: _Mapping, provided: set[str
         raise MissingColumns(
             [f"missing required column{plural}: {', '.join(names)} (found: {found}){hint}"], missing
         )
-    frame = raw[list(renames)].rename(columns=renames)
+    return _Headers(renames, display, warnings)
+
+
+def _blank_rows(raw: pd.DataFrame) -> np.ndarray:
+    return (raw == "").all(axis=1).to_numpy() if len(raw.columns) else np.ones(len(raw), dtype=bool)
+
+
+def _read_frame(path: Path, spec: KindSpec, mapping: _Mapping, provided: set[str]) -> _Read:
+    """Read every cell as text, map headers to our names, drop blank lines; number rows like a spreadsheet."""
+    raw = _read_csv(path)
+    headers = _map_headers(path, list(raw.columns), spec, mapping, provided)
+    frame = raw[list(headers.renames)].rename(columns=headers.renames)
     rownums = np.arange(2, len(frame) + 2, dtype=np.int64)
-    blank = (raw == "").all(axis=1).to_numpy() if len(raw.columns) else np.ones(len(raw), dtype=bool)
+    blank = _blank_rows(raw)
     if blank.any():
         frame = frame.loc[~blank].reset_index(drop=True)
         raw = raw.loc[~blank].reset_index(drop=True)
         rownums = rownums[~blank]
-    return _Read(frame, rownums, display, warnings, raw)
+    return _Read(frame, rownums, headers.display, headers.warnings, raw)
 
 
 def _keep(frame: pd.DataFrame, rownums: np.ndarray, keep: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
@@ -556,6 +617,22 @@ def _normalise_dates(
     """Rewrite the date cells as ISO text (each distinct value once); rows with an impossible date become
     problems and leave the frame."""
     columns = [c for c in (*DATE_COLUMNS, *MOMENT_COLUMNS) if c in frame.columns]
+    # Each column as codes into its distinct cells: a usage file has millions of rows but few distinct days.
+    factors = {c: pd.factorize(frame[c], use_na_sentinel=False) for c in columns}
+    distinct = {c: [str(u) for u in factors[c][1]] for c in columns}
+    order, converted = _convert_distinct_dates(distinct, date_format)
+    keep = np.ones(len(frame), dtype=bool)
+    for column in columns:
+        codes = factors[column][0]
+        new_texts, impossible = converted[column]
+        keep &= ~_report_impossible(column, codes, new_texts, impossible, rownums, order, problems)
+        if new_texts != distinct[column]:
+            frame[column] = np.asarray(new_texts, dtype=object)[codes]
+    return _keep(frame, rownums, keep)
+
+
+def _date_order(distinct: Mapping[str, Sequence[str]], date_format: str | None) -> str | None:
+    """How the file writes its dates: None (ISO), day-first, month-first or a strptime pattern."""
     fmt = (date_format or "auto").strip()
     if fmt.lower() in DATE_FORMATS:
         fmt = fmt.lower()
@@ -563,23 +640,24 @@ def _normalise_dates(
         raise ImportFailed([
             f"date format {date_format!r}: use auto, iso, day-first, month-first or a pattern such as %d.%m.%Y %H:%M"
         ])
-    if not columns:
-        return frame, rownums
-    # Each column as codes into its distinct cells: a usage file has millions of rows but few distinct days.
-    factors = {c: pd.factorize(frame[c], use_na_sentinel=False) for c in columns}
-    texts = {c: [str(u).strip() for u in factors[c][1]] for c in columns}
-    order: str | None = fmt
     if fmt == "auto":
-        order = _detect_order((c, t) for c in columns for t in dict.fromkeys(texts[c]))
-    elif fmt == "iso":
-        order = None
-    keep = np.ones(len(frame), dtype=bool)
-    for column in columns:
+        return _detect_order((c, t) for c in distinct for t in dict.fromkeys(u.strip() for u in distinct[c]))
+    return None if fmt == "iso" else fmt
+
+
+def _convert_distinct_dates(
+    distinct: Mapping[str, Sequence[str]], date_format: str | None
+) -> tuple[str | None, dict[str, tuple[list[str], np.ndarray]]]:
+    """The file's date order and, per date column, its distinct cells as ISO text (stripped) and which of them
+    are impossible dates."""
+    order = _date_order(distinct, date_format)
+    out: dict[str, tuple[list[str], np.ndarray]] = {}
+    for column, texts in distinct.items():
         with_time = column in MOMENT_COLUMNS
-        codes, uniques = factors[column]
         new_texts: list[str] = []
-        impossible = np.zeros(len(uniques), dtype=bool)
-        for i, text in enumerate(texts[column]):
+        impossible = np.zeros(len(texts), dtype=bool)
+        for i, raw in enumerate(texts):
+            text = raw.strip()
             if text and order is None:
                 text = text if with_time or not _DATE_RE.match(text) else text[:10]
             elif text and order is not None:
@@ -587,14 +665,21 @@ def _normalise_dates(
                 impossible[i] = converted is None
                 text = converted or text
             new_texts.append(text)
-        if impossible.any():
-            bad = impossible[codes]
-            cells = np.asarray(new_texts, dtype=object)[codes]
-            problems.add_mask(rownums[bad], column, cells[bad], _not_in_format(str(order)))
-            keep &= ~bad
-        if new_texts != [str(u) for u in uniques]:
-            frame[column] = np.asarray(new_texts, dtype=object)[codes]
-    return _keep(frame, rownums, keep)
+        out[column] = (new_texts, impossible)
+    return order, out
+
+
+def _report_impossible(
+    column: str, codes: np.ndarray, new_texts: list[str], impossible: np.ndarray, rownums: np.ndarray,
+    order: str | None, problems: _Problems,
+) -> np.ndarray:
+    """Report the rows whose date cannot exist; returns their mask."""
+    if not impossible.any():
+        return np.zeros(len(codes), dtype=bool)
+    bad = impossible[codes]
+    cells = np.asarray(new_texts, dtype=object)[codes]
+    problems.add_mask(rownums[bad], column, cells[bad], _not_in_format(str(order)))
+    return bad
 
 
 def _not_in_format(order: str) -> Callable[[str], str]:
@@ -1463,23 +1548,120 @@ def _import_nps(
     return counts
 
 
-def _distinct(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """A column as codes into its distinct stripped values, so each distinct cell is parsed only once."""
-    if name not in frame.columns:
-        return np.zeros(len(frame), dtype=np.int64), np.array([""], dtype=object)
-    codes, uniques = pd.factorize(frame[name], use_na_sentinel=False)
-    stripped = np.array([str(u).strip() for u in uniques], dtype=object)
-    canon, distinct = pd.factorize(stripped, use_na_sentinel=False)
-    return canon[codes].astype(np.int64), np.asarray(distinct, dtype=object)
+class _Codebook:
+    """One column's distinct cells in order of first appearance, grown chunk by chunk."""
+
+    def __init__(self) -> None:
+        self._index: dict[str, int] = {}
+        self._texts: list[str] = []
+
+    def add(self, values: pd.Series) -> np.ndarray:
+        """The codes of `values` into the distinct cells seen so far (new cells are appended)."""
+        codes, uniques = pd.factorize(values, use_na_sentinel=False)
+        local = np.empty(len(uniques), dtype=np.int32)
+        for i, text in enumerate(np.asarray(uniques, dtype=object).tolist()):
+            code = self._index.get(text)
+            if code is None:
+                code = self._index[text] = len(self._texts)
+                self._texts.append(text)
+            local[i] = code
+        return local[codes]
+
+    @property
+    def texts(self) -> np.ndarray:
+        return np.asarray(self._texts, dtype=object)
 
 
-def _import_usage(
-    session: Session, frame: pd.DataFrame, rownums: np.ndarray, problems: _Problems, meter: _Meter,
-    dry_run: bool,
-) -> _Counts:
+@dataclass
+class _Coded:
+    """A file reduced to its columns as codes into their distinct cells (how a usage file of millions of rows
+    is held while it is checked: a few bytes per row instead of its text)."""
+
+    codes: dict[str, np.ndarray]
+    texts: dict[str, np.ndarray]  # column → its distinct cells, as written
+    rownums: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rownums)
+
+    def keep(self, mask: np.ndarray) -> _Coded:
+        if mask.all():
+            return self
+        return _Coded({c: v[mask] for c, v in self.codes.items()}, self.texts, self.rownums[mask])
+
+    def distinct(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """A column as codes into its distinct stripped values, so each distinct cell is parsed only once."""
+        if name not in self.codes:
+            return np.zeros(len(self), dtype=np.int64), np.array([""], dtype=object)
+        stripped = np.array([str(t).strip() for t in self.texts[name].tolist()], dtype=object)
+        canon, distinct = pd.factorize(stripped, use_na_sentinel=False)
+        return canon[self.codes[name]].astype(np.int64), np.asarray(distinct, dtype=object)
+
+
+def _data_lines(path: Path) -> int:
+    """Lines after the header (a cheap count of the rows to come, for the progress bar)."""
+    lines, last = 0, b"\n"
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return max(0, lines + (last != b"\n") - 1)
+
+
+def _import_usage_file(
+    session: Session, spec: KindSpec, path: Path, mapping: _Mapping, *, account: str | None,
+    date_format: str | None, dry_run: bool, progress: Progress | None, chunk_rows: int,
+) -> ImportReport:
+    """A usage file, read `chunk_rows` at a time into `_Coded` columns, then checked and written as a whole:
+    the same checks and messages as the other kinds, nothing written unless every row is good."""
+    provided = {"account_external_id"} if account is not None else set()
+    headers = _map_headers(path, list(_read_csv(path, nrows=0).columns), spec, mapping, provided)
+    meter = _Meter(progress, 2 * _data_lines(path))
+    books = {column: _Codebook() for column in headers.renames.values()}
+    parts: dict[str, list[np.ndarray]] = {column: [] for column in books}
+    row_parts: list[np.ndarray] = []
+    seen = 0
+    for chunk in _chunks_of(path, chunk_rows):
+        rownums = np.arange(seen + 2, seen + 2 + len(chunk), dtype=np.int64)
+        seen += len(chunk)
+        frame = chunk[list(headers.renames)].rename(columns=headers.renames)
+        blank = _blank_rows(chunk)
+        if blank.any():
+            frame, rownums = frame.loc[~blank], rownums[~blank]
+        for column, book in books.items():
+            parts[column].append(book.add(frame[column]))
+        row_parts.append(rownums)
+        meter.advance(len(chunk))
+    coded = _Coded(
+        {c: np.concatenate(p) if p else np.zeros(0, dtype=np.int32) for c, p in parts.items()},
+        {c: book.texts for c, book in books.items()},
+        np.concatenate(row_parts) if row_parts else np.zeros(0, dtype=np.int64),
+    )
+    if account is not None:
+        coded.codes["account_external_id"] = np.zeros(len(coded), dtype=np.int32)
+        coded.texts["account_external_id"] = np.array([_account_by_id_or_name(session, account)], dtype=object)
+    report = ImportReport(kind=spec.name, rows=len(coded), warnings=headers.warnings, dry_run=dry_run)
+    problems = _Problems(spec.columns, headers.display)
+    for column in coded.codes:
+        _check_distinct(column, coded.codes[column], coded.texts[column], coded.rownums, problems)
+    distinct = {"date": [str(t) for t in coded.texts["date"].tolist()]}
+    order, converted = _convert_distinct_dates(distinct, date_format)
+    new_texts, impossible = converted["date"]
+    bad = _report_impossible("date", coded.codes["date"], new_texts, impossible, coded.rownums, order, problems)
+    coded.texts["date"] = np.asarray(new_texts, dtype=object)
+    counts = _import_usage(session, coded.keep(~bad), problems, meter, dry_run)
+    report.inserted, report.updated, report.unchanged = counts.inserted, counts.updated, counts.unchanged
+    meter.finish()
+    return report
+
+
+_USAGE_COUNTS = ("active_users", "logins", "events")
+
+
+def _import_usage(session: Session, coded: _Coded, problems: _Problems, meter: _Meter, dry_run: bool) -> _Counts:
     """Usage files can hold millions of rows: validate with column masks, compare and write in bulk."""
-    n = len(frame)
-    ext_code, ext_values = _distinct(frame, "account_external_id")
+    n, rownums = len(coded), coded.rownums
+    ext_code, ext_values = coded.distinct("account_external_id")
     ids = _account_ids(session, [v for v in ext_values.tolist() if v])
     ext_ids = np.array([ids.get(v, -1) for v in ext_values.tolist()], dtype=np.int64)
     ext_missing = (ext_values == "")[ext_code]
@@ -1489,7 +1671,7 @@ def _import_usage(
     problems.add_mask(rownums[unknown], "account_external_id", ext_text[unknown], _no_account)
     account_id = ext_ids[ext_code]
 
-    day_code, day_values = _distinct(frame, "date")
+    day_code, day_values = coded.distinct("date")
     day_objects: list[date | None] = []
     for text in day_values.tolist():
         try:
@@ -1501,11 +1683,10 @@ def _import_usage(
     day_text = day_values[day_code]
     problems.add_mask(rownums[day_missing], "date", day_text[day_missing], _missing)
     problems.add_mask(rownums[bad_day], "date", day_text[bad_day], _not_date)
-    meter.advance(n // 2)
 
     counts: dict[str, np.ndarray] = {}
-    for name in ("active_users", "logins", "events"):
-        code, values = _distinct(frame, name)
+    for name in _USAGE_COUNTS:
+        code, values = coded.distinct(name)
         numbers = pd.to_numeric(pd.Series(np.where(values == "", "0", values), dtype=object), errors="coerce")
         parsed = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
         not_whole = (~np.isfinite(parsed) | (parsed != np.floor(parsed)))[code]
@@ -1514,7 +1695,7 @@ def _import_usage(
         problems.add_mask(rownums[not_whole], name, raw[not_whole], _not_whole)
         problems.add_mask(rownums[negative], name, raw[negative], _negative)
         counts[name] = np.where(not_whole | negative, 0, parsed[code]).astype(np.int64)
-    feature_code, feature_values = _distinct(frame, "feature")
+    feature_code, feature_values = coded.distinct("feature")
 
     keys = pd.DataFrame({"account": ext_code, "feature": feature_code, "day": day_code})
     repeated = keys.duplicated(keep="first").to_numpy()
@@ -1525,39 +1706,61 @@ def _import_usage(
             rownums[repeated], "date", first_row.to_numpy()[repeated].astype(str),
             lambda first: f"duplicate of row {first} (same account_external_id, feature and date)",
         )
-    meter.advance(n - n // 2)
+    del keys
     problems.raise_if_any()
 
     incoming = pd.DataFrame({"account_id": account_id, "feature": feature_code, "day": day_code, **counts})
     stored = _stored_usage(session, incoming, feature_values, day_values, day_objects)
-    merged = incoming.merge(stored, on=["account_id", "feature", "day"], how="left", suffixes=("", "_old"))
-    is_new = merged["active_users_old"].isna().to_numpy()
-    changed = ~is_new & np.logical_or.reduce(
-        [merged[c].to_numpy() != merged[f"{c}_old"].to_numpy() for c in counts]
-    )
+    if len(stored):
+        merged = incoming.merge(stored, on=["account_id", "feature", "day"], how="left", suffixes=("", "_old"))
+        is_new = merged["active_users_old"].isna().to_numpy()
+        changed = ~is_new & np.logical_or.reduce(
+            [merged[c].to_numpy() != merged[f"{c}_old"].to_numpy() for c in counts]
+        )
+        todo = merged.loc[is_new | changed]
+    else:
+        is_new, changed = np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
+        todo = incoming.assign(**{f"{c}_old": np.nan for c in counts})
     result = _Counts(int(is_new.sum()), int(changed.sum()), int(n - is_new.sum() - changed.sum()))
     if dry_run:
         return result
 
-    todo = merged.loc[is_new | changed]
     meter.advance(n - len(todo))
-    records = [
-        {
-            "account_id": a, "feature": feature_values[f], "day": day_objects[d],
-            "active_users": u, "logins": lg, "events": e,
-        }
-        for a, f, d, u, lg, e in zip(
-            todo["account_id"].tolist(), todo["feature"].tolist(), todo["day"].tolist(),
-            todo["active_users"].tolist(), todo["logins"].tolist(), todo["events"].tolist(), strict=True,
-        )
-    ]
-    for start in range(0, len(records), _WRITE_CHUNK):
-        part = records[start : start + _WRITE_CHUNK]
-        upsert(session, UsageDaily, part, conflict=["account_id", "feature", "day"], update=list(counts))
-        meter.advance(len(part))
-    rollups.apply_usage(session, records)
-    _refresh_last_usage(session, sorted(set(ids.values())))
+    day_array = np.array(day_objects, dtype=object)
+    written = pd.DataFrame({
+        "account_id": todo["account_id"].to_numpy(dtype=np.int64),
+        "feature": feature_values[todo["feature"].to_numpy()],
+        "day": day_array[todo["day"].to_numpy()],
+        **{c: todo[c].to_numpy(dtype=np.int64) for c in counts},
+        **{f"{c}_old": todo[f"{c}_old"].fillna(0).to_numpy(dtype=np.int64) for c in counts},
+        "is_new": todo[f"{_USAGE_COUNTS[0]}_old"].isna().to_numpy(),
+    })
+    del todo, incoming, stored
+    _store_usage(session, written, meter)
+    _refresh_last_usage(session, written)
     return result
+
+
+def _store_usage(session: Session, written: pd.DataFrame, meter: _Meter) -> None:
+    """The one place a usage import writes `usage_daily`: `written` holds exactly the rows that are new or
+    changed (account_id, feature, day as a date, active_users, logins, events), with what was stored before
+    (`<count>_old`, 0 for a new row) and `is_new`; unchanged rows are not in it. Runs in the import's
+    transaction: anything derived from these rows belongs here, in the same transaction."""
+    day_code, days = pd.factorize(written["day"].to_numpy(dtype=object))
+    day_iso = np.array([d.isoformat() for d in days], dtype=object)
+    columns = ["account_id", "feature", "day", *_USAGE_COUNTS]
+    with bulk_mode(session):
+        for start in range(0, len(written), _WRITE_CHUNK):
+            part = written.iloc[start : start + _WRITE_CHUNK]
+            rows = list(zip(
+                part["account_id"].tolist(), part["feature"].tolist(),
+                day_iso[day_code[start : start + _WRITE_CHUNK]].tolist(),
+                *(part[c].tolist() for c in _USAGE_COUNTS), strict=True,
+            ))
+            upsert_rows(session, _table(UsageDaily), columns, rows,
+                        conflict=["account_id", "feature", "day"], update=list(_USAGE_COUNTS))
+            meter.advance(len(part))
+    rollups.apply_usage(session, written[columns])
 
 
 def _stored_usage(
@@ -1570,39 +1773,56 @@ def _stored_usage(
     valid_days = [d for d in day_objects if d is not None]
     parts: list[Any] = []
     if len(incoming) and valid_days:
-        table = _table(UsageDaily)
-        query = select(
-            table.c.account_id, table.c.feature, cast(table.c.day, String),
-            table.c.active_users, table.c.logins, table.c.events,
-        ).where(table.c.day >= min(valid_days), table.c.day <= max(valid_days))
-        for batch in _batches(sorted(set(incoming["account_id"].tolist()))):
-            parts.extend(session.execute(query.where(table.c.account_id.in_(batch))).all())
+        postgres = session.get_bind().dialect.name == "postgresql"
+        mark, day = ("%s", "CAST(day AS TEXT)") if postgres else ("?", "day")
+        query = (
+            f"SELECT account_id, feature, {day}, active_users, logins, events FROM usage_daily"
+            f" WHERE day >= {mark} AND day <= {mark} AND "
+        )
+        span = [min(valid_days).isoformat(), max(valid_days).isoformat()]
+        cursor = driver_connection(session).cursor()
+        try:
+            for batch in _batches(sorted(set(incoming["account_id"].tolist()))):
+                # A dense run of ids is read as a range (SQLite probes a long IN list one id at a time).
+                if batch[-1] - batch[0] < 2 * len(batch):
+                    cursor.execute(query + f"account_id BETWEEN {mark} AND {mark}", [*span, batch[0], batch[-1]])
+                else:
+                    cursor.execute(query + f"account_id IN ({', '.join([mark] * len(batch))})", [*span, *batch])
+                parts.extend(cursor.fetchall())
+        finally:
+            cursor.close()
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=np.int64) for c in columns})
-    acc, feature, day, users, logins, events = (np.asarray(col) for col in zip(*parts, strict=True))
+    rows = pd.DataFrame.from_records(parts, columns=columns)
+    del parts
     frame = pd.DataFrame({
-        "account_id": acc.astype(np.int64),
+        "account_id": rows["account_id"].to_numpy(dtype=np.int64),
         # Codes of the file's distinct values; stored rows with a feature or day absent from the file get -1.
-        "feature": pd.Index(features).get_indexer(feature),
-        "day": pd.Index(day_texts).get_indexer(day),
-        "active_users_old": users.astype(np.int64),
-        "logins_old": logins.astype(np.int64),
-        "events_old": events.astype(np.int64),
+        "feature": pd.Index(features).get_indexer(rows["feature"].to_numpy(dtype=object)),
+        "day": pd.Index(day_texts).get_indexer(rows["day"].to_numpy(dtype=object)),
+        **{c: rows[c].to_numpy(dtype=np.int64) for c in columns[3:]},
     })
-    return frame.loc[(frame["feature"] >= 0) & (frame["day"] >= 0)]
+    # A range of ids may hold accounts that are not in the file: they cannot clash.
+    wanted = frame["account_id"].isin(incoming["account_id"].unique())
+    return frame.loc[(frame["feature"] >= 0) & (frame["day"] >= 0) & wanted]
 
 
-def _refresh_last_usage(session: Session, account_ids: Sequence[int]) -> None:
-    """Move `Account.last_usage_date` up to the newest stored usage day: one set-based UPDATE per batch."""
-    accounts, usage = _table(Account), _table(UsageDaily)
-    newest = select(func.max(usage.c.day)).where(usage.c.account_id == accounts.c.id).scalar_subquery()
-    for batch in _batches(account_ids):
-        session.execute(
-            update(accounts)
-            .where(accounts.c.id.in_(batch))
-            .where(or_(accounts.c.last_usage_date.is_(None), accounts.c.last_usage_date < newest))
-            .values(last_usage_date=newest)
-        )
+def _refresh_last_usage(session: Session, written: pd.DataFrame) -> None:
+    """Move `Account.last_usage_date` up to the newest day the import wrote for it (never back): one executemany
+    over the accounts, the newest day per account computed in pandas."""
+    if not len(written):
+        return
+    newest = written.groupby("account_id", sort=True)["day"].max()
+    rows = [{"account": a, "day": d} for a, d in zip(newest.index.tolist(), newest.tolist(), strict=True)]
+    accounts = _table(Account)
+    day = bindparam("day", type_=Date())
+    session.execute(
+        update(accounts)
+        .where(accounts.c.id == bindparam("account"))
+        .where(or_(accounts.c.last_usage_date.is_(None), accounts.c.last_usage_date < day))
+        .values(last_usage_date=day),
+        rows,
+    )
 
 
 def _import_rates(
@@ -1645,7 +1865,6 @@ _IMPORTERS: dict[str, _Importer] = {
     "users": _import_users,
     "accounts": _import_accounts,
     "contacts": _import_contacts,
-    "usage": _import_usage,
     "tickets": _import_tickets,
     "nps": _import_nps,
     "rates": _import_rates,

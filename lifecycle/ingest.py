@@ -335,6 +335,15 @@ class _SourceTally:
             self.last_event_at = moment
 
 
+@dataclass(frozen=True)
+class IngestRequest:
+    """One request's parsed calls (`raws`: their JSON objects) and its `?source=`, as `ingest_group` takes them."""
+
+    calls: Sequence[AnyCall]
+    raws: Sequence[Any] | None = None
+    source: str | None = None
+
+
 def ingest(
     session: Session,
     calls: Sequence[AnyCall],
@@ -347,96 +356,159 @@ def ingest(
     """Apply parsed calls in the caller's transaction (no commit); see the module docstring for the rules.
 
     `raws` are the calls' JSON objects (only used to derive an id for calls without a messageId)."""
+    return ingest_group(session, [IngestRequest(calls, raws, source)], options=options, now=now)[0]
+
+
+@dataclass
+class _Pass:
+    """One request on its way through `ingest_group`."""
+
+    result: IngestResult
+    source: str | None
+    tallies: dict[str, _SourceTally] = field(default_factory=dict)
+    fresh: list[tuple[str, TrackCall | IdentifyCall | GroupCall]] = field(default_factory=list)
+    learnt: dict[str, tuple[str, datetime]] = field(default_factory=dict)  # user → account, from this request
+    wanted: dict[int, str | None] = field(default_factory=dict)  # index in `fresh` → account external id
+
+    def tally(self, call: _Call) -> _SourceTally:
+        return self.tallies.setdefault(_source(call, self.source), _SourceTally())
+
+
+def _newer(learnt: dict[str, tuple[str, datetime]], user: str, value: tuple[str, datetime]) -> None:
+    if user not in learnt or learnt[user][1] <= value[1]:
+        learnt[user] = value
+
+
+def ingest_group(
+    session: Session,
+    requests: Sequence[IngestRequest],
+    *,
+    options: IngestOptions | None = None,
+    now: datetime | None = None,
+) -> list[IngestResult]:
+    """Apply several requests in the caller's transaction (no commit) with one set of bulk statements for all
+    of them (group commit); each request gets the result it would have got applied alone, one after the other
+    in the order given: a messageId sent by two of them is applied for the first, a duplicate for the rest, and
+    a user an earlier request identified resolves a later request's track calls."""
     options = options or IngestOptions()
     now = now or utcnow()
-    result = IngestResult(received=len(calls))
-    tallies: dict[str, _SourceTally] = {}
+    passes = [_Pass(IngestResult(received=len(r.calls)), r.source) for r in requests]
 
-    def tally(call: _Call) -> _SourceTally:
-        return tallies.setdefault(_source(call, source), _SourceTally())
-
-    # 1. Repeats within the request, then who belongs to which account as far as this request says.
-    fresh: list[tuple[str, TrackCall | IdentifyCall | GroupCall]] = []
-    seen_here: set[str] = set()
-    learnt: dict[str, tuple[str, datetime]] = {}
-    for i, call in enumerate(calls):
-        if isinstance(call, IgnoredCall):
-            result.ignored += 1
-            continue
-        mid = _message_id(call, raws[i] if raws is not None else call.model_dump(mode="json", by_alias=True))
-        if mid in seen_here:
-            result.duplicates += 1
-            tally(call).duplicates += 1
-            continue
-        seen_here.add(mid)
-        fresh.append((mid, call))
-        if isinstance(call, IdentifyCall | GroupCall):
-            account = _explicit_account(call, options.account_trait)
-            user, moment = call.user_key, _moment(call, now)
-            if account and user and (user not in learnt or learnt[user][1] <= moment):
-                learnt[user] = (account, moment)
-
-    # 2. Accounts: named by the call, else by its user (this request first, then what earlier calls taught us).
-    wanted: dict[int, str | None] = {}
-    need_user: set[str] = set()
-    for i, (_, call) in enumerate(fresh):
-        if isinstance(call, TrackCall):
-            account = _explicit_account(call, options.account_trait)
-            user = call.user_key or ""
-            if account is None and user in learnt:
-                account = learnt[user][0]
-            if account is None:
-                need_user.add(user)
-            wanted[i] = account
-    remembered = _remembered_accounts(session, sorted(need_user))
-    for i, account in wanted.items():
-        if account is None:
-            wanted[i] = remembered.get(fresh[i][1].user_key or "")
-    ids = _account_ids(session, sorted({a for a in wanted.values() if a}))
-
-    # 3. The calls to apply, claimed by messageId; the ones another request already claimed are duplicates.
-    apply: list[tuple[str, TrackCall | IdentifyCall | GroupCall, int | None]] = []
-    unknown_ids: set[str] = set()
-    for i, (mid, call) in enumerate(fresh):
-        if isinstance(call, TrackCall):
-            account = wanted[i]
-            if account is None or account not in ids:
-                result.unknown += 1
-                tally(call).unknown += 1
-                if account is None:
-                    result.unresolved += 1
-                else:
-                    unknown_ids.add(account)
+    # 1. Repeats within each request, then who belongs to which account as far as each request says.
+    for request, p in zip(requests, passes, strict=True):
+        seen_here: set[str] = set()
+        for i, call in enumerate(request.calls):
+            if isinstance(call, IgnoredCall):
+                p.result.ignored += 1
                 continue
-            apply.append((mid, call, ids[account]))
-        else:
-            apply.append((mid, call, None))
-    claimed = _claim(session, sorted(mid for mid, _, _ in apply), now)
+            raw = request.raws[i] if request.raws is not None else call.model_dump(mode="json", by_alias=True)
+            mid = _message_id(call, raw)
+            if mid in seen_here:
+                p.result.duplicates += 1
+                p.tally(call).duplicates += 1
+                continue
+            seen_here.add(mid)
+            p.fresh.append((mid, call))
+            if isinstance(call, IdentifyCall | GroupCall):
+                account = _explicit_account(call, options.account_trait)
+                if account and call.user_key:
+                    _newer(p.learnt, call.user_key, (account, _moment(call, now)))
+
+    # 2. Identify and group calls are claimed first (they need no account), so that what an earlier request
+    #    teaches is known when a later one's track calls look for their account.
+    claimed = _claim(session, sorted({mid for p in passes for mid, c in p.fresh if not isinstance(c, TrackCall)}), now)
+    need_user: set[str] = set()
+    for p in passes:
+        for i, (_, call) in enumerate(p.fresh):
+            if isinstance(call, TrackCall):
+                account = _explicit_account(call, options.account_trait)
+                user = call.user_key or ""
+                if account is None and user in p.learnt:
+                    account = p.learnt[user][0]
+                if account is None:
+                    need_user.add(user)
+                p.wanted[i] = account
+    remembered = _remembered_accounts(session, sorted(need_user))
+    taught: dict[str, tuple[str, datetime]] = {}  # what the applied identify/group calls of earlier requests say
+    taken: set[str] = set()  # message ids already given to a request of this group
+    for p in passes:
+        for i, account in p.wanted.items():
+            if account is None:
+                user = p.fresh[i][1].user_key or ""
+                p.wanted[i] = taught[user][0] if user in taught else remembered.get(user)
+        for mid, call in p.fresh:
+            user = call.user_key or ""
+            if not isinstance(call, TrackCall) and mid in claimed and mid not in taken and user in p.learnt:
+                _newer(taught, user, p.learnt[user])
+        taken |= {mid for mid, call in p.fresh if not isinstance(call, TrackCall) and mid in claimed}
+    ids = _account_ids(session, sorted({a for p in passes for a in p.wanted.values() if a}))
+
+    # 3. Track calls of known accounts are claimed by messageId; one another request already claimed is a duplicate.
+    applicable: list[str] = []
+    for p in passes:
+        for i, (mid, call) in enumerate(p.fresh):
+            if isinstance(call, TrackCall) and p.wanted[i] is not None and p.wanted[i] in ids:
+                applicable.append(mid)
+    claimed |= _claim(session, sorted(set(applicable) - claimed), now)
+    taken = set()
     tracks: list[tuple[TrackCall, int, datetime]] = []
-    taught: set[str] = set()  # users whose identify/group call is applied now
-    for mid, call, account_id in apply:
-        if mid not in claimed:
-            result.duplicates += 1
-            tally(call).duplicates += 1
-            continue
-        result.accepted += 1
-        t = tally(call)
-        t.accepted += 1
-        moment = _moment(call, now)
-        t.saw(moment)
-        if account_id is not None and isinstance(call, TrackCall):
-            tracks.append((call, account_id, moment))
-        elif call.user_key:
-            taught.add(call.user_key)
-    result.unknown_accounts = sorted(unknown_ids)[:MAX_UNKNOWN_LISTED]
-    result.events = len(tracks)
+    remember: dict[str, tuple[str, datetime]] = {}
+    tallies: dict[str, _SourceTally] = {}
+    for p in passes:
+        unknown_ids: set[str] = set()
+        here: list[tuple[TrackCall, int, datetime]] = []
+        for i, (mid, call) in enumerate(p.fresh):
+            account_id: int | None = None
+            if isinstance(call, TrackCall):
+                account = p.wanted[i]
+                if account is None or account not in ids:
+                    p.result.unknown += 1
+                    p.tally(call).unknown += 1
+                    if account is None:
+                        p.result.unresolved += 1
+                    else:
+                        unknown_ids.add(account)
+                    continue
+                account_id = ids[account]
+            if mid not in claimed or mid in taken:
+                p.result.duplicates += 1
+                p.tally(call).duplicates += 1
+                continue
+            taken.add(mid)
+            p.result.accepted += 1
+            t = p.tally(call)
+            t.accepted += 1
+            moment = _moment(call, now)
+            t.saw(moment)
+            if account_id is not None and isinstance(call, TrackCall):
+                here.append((call, account_id, moment))
+            elif call.user_key and call.user_key in p.learnt:
+                _newer(remember, call.user_key, p.learnt[call.user_key])
+        p.result.unknown_accounts = sorted(unknown_ids)[:MAX_UNKNOWN_LISTED]
+        p.result.events = len(here)
+        tracks += here
+        for name, t in p.tallies.items():
+            _merge_tally(tallies, name, t)
 
     # 4. Writes: user→account map, user-day sets, usage counts, account freshness, per-source status.
-    _remember(session, {user: value for user, value in learnt.items() if user in taught})
+    _remember(session, remember)
     _aggregate(session, tracks, options.login_event)
     _refresh_accounts(session, tracks)
     _record_sources(session, tallies, now)
-    return result
+    return [p.result for p in passes]
+
+
+def _merge_tally(tallies: dict[str, _SourceTally], name: str, t: _SourceTally) -> None:
+    into = tallies.get(name)
+    if into is None:
+        tallies[name] = _SourceTally(t.requests, t.accepted, t.duplicates, t.unknown, t.last_event_at)
+        return
+    into.requests += t.requests
+    into.accepted += t.accepted
+    into.duplicates += t.duplicates
+    into.unknown += t.unknown
+    if t.last_event_at is not None:
+        into.saw(t.last_event_at)
 
 
 def ingest_body(

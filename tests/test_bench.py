@@ -48,8 +48,8 @@ def quick_run(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         assert bench_main.main(["--quick", "--results", str(results)]) == 0
     written = {p.name for p in results.iterdir()}
     assert written == {"latest.json", "recompute.json", "lookup.json", "outbox.json", "model.json", "ingest.json",
-                       "nl.json"}
-    for name in ("recompute", "lookup", "outbox", "model", "ingest", "nl"):
+                       "nl.json", "import.json"}
+    for name in ("recompute", "lookup", "outbox", "model", "ingest", "nl", "import"):
         per_scenario = json.loads((results / f"{name}.json").read_text())
         assert per_scenario["scenario"] == name
         assert {"cpu_count", "python", "sqlite"} <= set(per_scenario["machine"])
@@ -60,7 +60,7 @@ def quick_run(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 def test_quick_run_records_the_machine_and_every_scenario(quick_run: dict[str, Any]) -> None:
     assert quick_run["quick"] is True
     assert quick_run["command"].startswith("python -m bench --quick")
-    assert set(quick_run["scenarios"]) == {"recompute", "lookup", "outbox", "model", "ingest", "nl"}
+    assert set(quick_run["scenarios"]) == {"recompute", "lookup", "outbox", "model", "ingest", "nl", "import"}
     assert quick_run["table"], "the printed table is kept in the JSON too"
 
 
@@ -113,6 +113,16 @@ def test_ingest_applies_every_call_once_and_a_resend_changes_nothing(quick_run: 
     assert ingest["calls"] == ingest["accepted"] == 4 * 500
     assert ingest["resent_duplicates"] == ingest["calls"]
     assert ingest["resend_changed_usage"] is False
+    for run in ingest["concurrent"].values():  # 50 single-event clients, grouped and alone: every event once
+        assert run["accepted"] == run["events"] == run["claimed"] == 50 * 2
+        assert run["statuses"] == {"200": 100}
+
+
+def test_import_stores_every_row_and_measures_the_floor_beside_it(quick_run: dict[str, Any]) -> None:
+    run = quick_run["scenarios"]["import"]["sqlite-200"]
+    assert run["rows"] == run["inserted"] == run["stored"] == 200 * 10
+    assert run["reimport_unchanged"] == run["rows"]
+    assert run["floor_seconds"] > 0 and run["vs_floor"] == run["seconds"] / run["floor_seconds"]
 
 
 def test_model_reports_its_timings_or_why_it_could_not_train(quick_run: dict[str, Any]) -> None:
