@@ -741,10 +741,10 @@ def portfolio_account_kpis(session: Session, machine: StageMachine, *, today: da
         return {int(i): [] for i in accounts.index}
     columns = _kpi_frame(session, machine, machine.kpis, Slice(), today, accounts, rates)
     by_stage: dict[str, list[tuple[KpiDef, dict[Any, Any], dict[Any, Any]]]] = {}
-    for kpi, values, notes in columns:
-        by_stage.setdefault(kpi.stage, []).append((kpi, values.to_dict(), notes.to_dict()))
+    for kpi, value_series, note_series in columns:
+        by_stage.setdefault(kpi.stage, []).append((kpi, value_series.to_dict(), note_series.to_dict()))
     out: dict[int, list[KpiResult]] = {}
-    for account_id, stage in accounts["stage"].items():
+    for account_id, stage in zip(accounts.index.tolist(), accounts["stage"].tolist(), strict=True):
         results = []
         for kpi, values, notes in by_stage.get(str(stage), []):
             raw = values.get(account_id)
