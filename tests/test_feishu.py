@@ -1,0 +1,361 @@
+"""The Feishu/Lark adapter end to end: the real `lark-oapi` client against a fake Feishu open platform.
+
+Webhook tests POST correctly encrypted and signed event callbacks to the Starlette route through httpx's ASGI
+transport; the long-connection test lets the SDK's `lark.ws.Client` connect to the fake and receives events as
+protobuf frames. Every assertion is about what the fake open platform received or what the database holds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from lark_oapi.core.token.manager import TokenManager
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+from starlette.applications import Starlette
+
+from adapters.feishu.api import FeishuApi
+from adapters.feishu.app import FeishuBridge, addressed_text, build_feishu, feishu_routes, message_text
+from adapters.feishu.port import FeishuPort
+from adapters.feishu.render import receive_id_type, to_cards
+from bot.messages import Button, Card, CardField, Image, Reply, Section
+from bot.notifier import RetryLater, drain_once, reply_to_payload
+from bot.router import Router, Services
+from lifecycle import outbox
+from lifecycle.config import Settings, load_settings
+from lifecycle.models import Account, AuditLog, Delivery, Note, User
+from tests.fakes.feishu_api import (
+    APP_ID,
+    APP_SECRET,
+    BOT_OPEN_ID,
+    ENCRYPT_KEY,
+    VERIFICATION_TOKEN,
+    FakeFeishu,
+    card_event,
+    message_event,
+    signed_request,
+    url_verification,
+)
+
+TODAY = date(2025, 3, 14)
+MIA = "ou_mia0000000000000000000000000000"
+VAL = "ou_val0000000000000000000000000000"
+STRANGER = "ou_eve0000000000000000000000000000"
+GROUP = "oc_team000000000000000000000000000"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+
+
+def feishu_settings(db_url: str, fake: FakeFeishu, **extra: Any) -> Settings:
+    return load_settings(CSBOT_DATABASE_URL=db_url, FEISHU_APP_ID=APP_ID, FEISHU_APP_SECRET=APP_SECRET,
+                         FEISHU_VERIFICATION_TOKEN=VERIFICATION_TOKEN, FEISHU_ENCRYPT_KEY=ENCRYPT_KEY,
+                         FEISHU_DOMAIN=fake.url, **extra)
+
+
+def forget_token() -> None:
+    """The SDK caches the tenant token per app id for the whole process: each test starts without one."""
+    TokenManager.cache.set(f"self_tenant_token:{APP_ID}", "", 0)
+
+
+@pytest.fixture
+def portfolio(engine: Engine) -> None:
+    with Session(engine) as s:
+        mia = User(email="mia@example.com", name="Mia Manager", role="manager", feishu_open_id=MIA)
+        val = User(email="val@example.com", name="Val Viewer", role="viewer", feishu_union_id="on_val-union")
+        s.add_all([mia, val])
+        s.flush()
+        s.add(Account(external_id="ACC-00012", name="Acme Corp", name_key="acme corp", owner_id=mia.id,
+                      arr=120_000, seats=50, renewal_date=TODAY + timedelta(days=75)))
+        s.commit()
+    from lifecycle.health import load_scorecard
+    from lifecycle.recompute import recompute
+    from lifecycle.stages import load_stage_machine
+
+    with Session(engine) as s:
+        recompute(s, as_of=TODAY, scorecard=load_scorecard(None), machine=load_stage_machine(None))
+        s.commit()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeFeishu]:
+    forget_token()
+    api = FakeFeishu()
+    await api.start()
+    yield api
+    await api.stop()
+    forget_token()
+
+
+@dataclass
+class Feishu:
+    """Posts signed callbacks the way Feishu's servers do; `settle` waits for the work they started."""
+
+    http: httpx.AsyncClient
+    fake: FakeFeishu
+    bridge: FeishuBridge
+
+    async def post(self, event: dict[str, Any], **signing: Any) -> httpx.Response:
+        body, headers = signed_request(event, **signing)
+        response = await self.http.post("/feishu/events", content=body, headers=headers)
+        await self.settle()
+        return response
+
+    async def settle(self) -> None:
+        await self.bridge.drain()
+
+
+@pytest.fixture
+async def feishu(engine: Engine, db_url: str, fake: FakeFeishu, portfolio: None) -> AsyncIterator[Feishu]:
+    settings = feishu_settings(db_url, fake)
+    router = Router(Services(engine=engine, settings=settings, today=lambda: TODAY))
+    bridge = build_feishu(router, settings)
+    await bridge.start()
+    asgi = Starlette(routes=feishu_routes(bridge, settings))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://csbot.test") as http:
+        yield Feishu(http, fake, bridge)
+    await bridge.drain()
+
+
+def _audit(engine: Engine) -> list[str]:
+    with Session(engine) as s:
+        return list(s.exec(select(AuditLog.action).order_by(col(AuditLog.id))).all())
+
+
+# --- the event subscription ---------------------------------------------------------------------------------
+
+
+async def test_url_verification_is_answered_only_with_the_right_token(feishu: Feishu) -> None:
+    ok = await feishu.http.post("/feishu/events", content=url_verification("ch-123"))
+    assert ok.status_code == 200 and ok.json() == {"challenge": "ch-123"}
+    bad = await feishu.http.post("/feishu/events", content=url_verification("ch-123", token="guess"))
+    assert bad.status_code == 401 and "challenge" not in bad.text
+
+
+async def test_private_command_gets_a_card_with_buttons(feishu: Feishu, engine: Engine) -> None:
+    answer = await feishu.post(message_event("account Acme Corp", open_id=MIA))
+    assert answer.status_code == 200
+    [sent] = feishu.fake.messages()
+    assert sent.kind == "send" and sent.query == {"receive_id_type": "chat_id"}
+    assert sent.body["receive_id"] == f"oc_p2p_{MIA}" and sent.body["msg_type"] == "interactive"
+    assert "**Acme Corp**" in sent.card_text and "ARR" in sent.card_text
+    assert sent.buttons(), "the account card's buttons"
+    assert all(set(b["value"]) == {"a", "v"} for b in sent.buttons())
+    assert feishu.fake.calls_to("token"), "the SDK fetched a tenant token"
+    assert feishu.fake.calls_to("bot_info"), "the bridge learned the bot's open_id"
+    assert _audit(engine)[-1] == "account"
+
+
+async def test_free_text_goes_through_the_understanding_layer(feishu: Feishu) -> None:
+    await feishu.post(message_event("how is acme doing?", open_id=MIA))
+    [sent] = feishu.fake.messages()
+    assert "Acme Corp" in sent.card_text and "Health" in sent.card_text
+
+
+async def test_group_text_is_answered_only_when_the_bot_is_mentioned(feishu: Feishu) -> None:
+    await feishu.post(message_event("account Acme Corp", open_id=MIA, chat_id=GROUP, chat_type="group"))
+    assert feishu.fake.messages() == []
+    other = "ou_someone_else_00000000000000000"
+    await feishu.post(message_event("@_user_1 account Acme Corp", open_id=MIA, chat_id=GROUP, chat_type="group",
+                                    mentions=[(other, "Someone")]))
+    assert feishu.fake.messages() == [], "a mention of somebody else is not for csbot"
+    incoming = message_event("account Acme Corp", open_id=MIA, chat_id=GROUP, chat_type="group", mention_bot=True)
+    await feishu.post(incoming)
+    [sent] = feishu.fake.messages()
+    assert sent.kind == "reply" and sent.body["parent_id"] == incoming["event"]["message"]["message_id"]
+    assert "**Acme Corp**" in sent.card_text
+
+
+async def test_unknown_sender_is_refused_with_the_id_to_import(feishu: Feishu, engine: Engine) -> None:
+    await feishu.post(message_event("account Acme Corp", open_id=STRANGER))
+    [sent] = feishu.fake.messages()
+    assert STRANGER in sent.card_text and "Feishu" in sent.card_text and "csbot import users" in sent.card_text
+    assert "120" not in sent.card_text and "Acme" not in sent.card_text
+    assert _audit(engine) == ["refused:unknown"]
+
+
+async def test_a_private_answer_asked_in_a_group_goes_to_the_asker(feishu: Feishu) -> None:
+    """A stranger's refusal is private: it goes to their own chat with the bot; the group gets a data-free note."""
+    incoming = message_event("account Acme Corp", open_id=STRANGER, chat_id=GROUP, chat_type="group",
+                             mention_bot=True)
+    await feishu.post(incoming)
+    private, note = feishu.fake.messages()
+    assert private.kind == "send" and private.body["receive_id"] == STRANGER
+    assert private.query == {"receive_id_type": "open_id"} and STRANGER in private.card_text
+    assert note.kind == "reply" and note.body["parent_id"] == incoming["event"]["message"]["message_id"]
+    assert "private chat" in note.card_text and STRANGER not in note.card_text
+
+
+async def test_union_id_identifies_a_user_imported_without_an_open_id(feishu: Feishu) -> None:
+    await feishu.post(message_event("whoami", open_id=VAL, union_id="on_val-union"))
+    [sent] = feishu.fake.messages()
+    assert "Val Viewer" in sent.card_text
+
+
+async def test_duplicate_events_and_messages_have_exactly_one_effect(feishu: Feishu, engine: Engine) -> None:
+    first = message_event("note Acme Corp called, all good", open_id=MIA, event_id="ev-dup-1",
+                          message_id="om_dup_1")
+    await feishu.post(first)
+    await feishu.post(first)  # Feishu retrying the same event
+    again = message_event("note Acme Corp called, all good", open_id=MIA, event_id="ev-dup-2",
+                          message_id="om_dup_1")
+    await feishu.post(again)  # the same message under a new event id
+    assert len(feishu.fake.messages()) == 1
+    with Session(engine) as s:
+        assert len(s.exec(select(Note)).all()) == 1
+
+
+async def test_card_button_runs_its_command_for_the_presser(feishu: Feishu, engine: Engine) -> None:
+    await feishu.post(message_event("account Acme Corp", open_id=MIA))
+    [card] = feishu.fake.messages()
+    note_button = next(b for b in card.buttons() if b["value"]["v"].startswith("health"))
+    answer = await feishu.post(card_event(note_button["value"], open_id=MIA, chat_id=card.body["receive_id"],
+                                          message_id="om_000001"))
+    assert answer.status_code == 200
+    [_card, reply] = feishu.fake.messages()
+    assert reply.body["receive_id"] == MIA and "Acme Corp" in reply.card_text
+    # Another press of the same card by a viewer without an account there is answered for the viewer.
+    await feishu.post(card_event({"a": "cmd", "v": "snooze 999 1d"}, open_id=VAL, chat_id=GROUP,
+                                 message_id="om_000001"))
+    assert feishu.fake.messages()[-1].body["receive_id"] == VAL
+
+
+async def test_a_button_value_that_is_not_ours_gets_a_toast(feishu: Feishu) -> None:
+    answer = await feishu.post(card_event({"x": 1}, open_id=MIA, chat_id=GROUP, message_id="om_1"))
+    assert answer.status_code == 200 and answer.json()["toast"]["type"] == "error"
+    assert feishu.fake.messages() == []
+
+
+async def test_events_csbot_does_not_read_are_acknowledged(feishu: Feishu) -> None:
+    event = message_event("x", open_id=MIA)
+    event["header"]["event_type"] = "im.message.message_read_v1"
+    answer = await feishu.post(event)
+    assert answer.status_code == 200 and feishu.fake.messages() == []
+
+
+# --- delivery through the outbox ---------------------------------------------------------------------------
+
+
+def _port(fake: FakeFeishu, db_url: str) -> FeishuPort:
+    return FeishuPort(FeishuApi.from_settings(feishu_settings(db_url, fake)))
+
+
+async def test_port_uploads_charts_and_sends_cards_with_alert_buttons(fake: FakeFeishu, db_url: str) -> None:
+    reply = Reply(
+        text="⚠ *Acme Corp* is at risk",
+        cards=[Card(title="Acme Corp", fields=(CardField("Health", "41 (red): 0–100, higher is healthier"),),
+                    sections=(Section("Why", ("usage down 30%",)),),
+                    buttons=(Button("Acknowledge", "cmd", "ack 7", "primary"), Button("Snooze", "cmd", "snooze 7 1d"),
+                             Button("Useful", "cmd", "feedback 7 useful", row=1)))],
+        images=[Image(PNG, "trend.png", "Health trend")],
+    )
+    ref = await _port(fake, db_url).send(MIA, reply, delivery_id=41)
+    [upload] = fake.calls_to("image")
+    assert upload.files["image"] == PNG and upload.body["image_type"] == "message"
+    [sent] = fake.calls_to("send")
+    assert ref == "om_000002" or ref.startswith("om_")
+    assert sent.query == {"receive_id_type": "open_id"} and sent.body["uuid"] == "csbot-d41-0"
+    assert "**Acme Corp**" in sent.card_text and "0–100" in sent.card_text
+    images = [e for e in sent.card["elements"] if e["tag"] == "img"]
+    assert images == [{"tag": "img", "img_key": upload.body["image_key"],
+                       "alt": {"tag": "plain_text", "content": "Health trend"}}]
+    rows = [e for e in sent.card["elements"] if e["tag"] == "action"]
+    assert [[a["text"]["content"] for a in row["actions"]] for row in rows] == [["Acknowledge", "Snooze"], ["Useful"]]
+    assert rows[0]["actions"][0]["value"] == {"a": "cmd", "v": "ack 7"}
+
+
+async def test_resending_a_delivery_posts_it_once(fake: FakeFeishu, db_url: str) -> None:
+    port = _port(fake, db_url)
+    first = await port.send("oc_team", Reply(text="hello"), delivery_id=5)
+    second = await port.send("oc_team", Reply(text="hello"), delivery_id=5)
+    assert first == second and len(fake.calls_to("send")) == 1
+
+
+async def test_rate_limit_is_retry_later_and_the_outbox_delivers_once(fake: FakeFeishu, db_url: str,
+                                                                    engine: Engine) -> None:
+    port = _port(fake, db_url)
+    fake.fail_next("send", reset=3)
+    with pytest.raises(RetryLater) as caught:
+        await port.send(MIA, Reply(text="x"), delivery_id=1)
+    assert caught.value.retry_after == 3.0
+    with Session(engine) as s:
+        row = outbox.enqueue(s, platform="feishu", target=MIA, payload=reply_to_payload(Reply(text="digest")),
+                             kind="digest", dedupe="fs-digest-1")
+        s.commit()
+        row_id = row.id
+    fake.fail_next("send", reset=1)
+    first = await drain_once(engine, {"feishu": port})
+    assert (first.sent, first.retried) == (0, 1)
+    from lifecycle.models import utcnow
+
+    later = utcnow() + timedelta(minutes=5)
+    second = await drain_once(engine, {"feishu": port}, now=later)
+    assert second.sent == 1
+    with Session(engine) as s:
+        stored = s.get(Delivery, row_id)
+        assert stored is not None and stored.status == outbox.SENT and stored.message_ref
+    assert len(fake.calls_to("send")) == 1 and len(fake.attempts_to("send")) == 3  # two were rate-limited
+
+
+async def test_an_expired_tenant_token_is_fetched_again(fake: FakeFeishu, db_url: str) -> None:
+    port = _port(fake, db_url)
+    await port.send(MIA, Reply(text="one"), delivery_id=1)
+    fake.revoke_token()
+    with pytest.raises(Exception, match="99991663"):
+        await port.send(MIA, Reply(text="two"), delivery_id=2)
+    await port.send(MIA, Reply(text="two"), delivery_id=2)  # the outbox's retry
+    assert len(fake.calls_to("token")) == 2 and len(fake.calls_to("send")) == 2
+
+
+# --- rendering ----------------------------------------------------------------------------------------------
+
+
+def test_long_replies_are_cut_into_cards_with_the_buttons_on_the_last() -> None:
+    lines = tuple(f"line {i} " + "x" * 80 for i in range(800))
+    reply = Reply(text="*Big*", cards=[Card(title="T", sections=(Section("S", lines),))],
+                  buttons=[Button("More", "cmd", "list page 2")])
+    cards = to_cards(reply)
+    assert len(cards) > 2
+    assert all(len(json.dumps(c, ensure_ascii=False).encode()) < 30_000 for c in cards)
+    text = "\n".join(e["text"]["content"] for c in cards for e in c["elements"] if e.get("tag") == "div")
+    assert all(f"line {i} " in text for i in (0, 399, 799))
+    assert [e["tag"] for e in cards[-1]["elements"]][-1] == "action"
+    assert not any(e["tag"] == "action" for c in cards[:-1] for e in c["elements"])
+
+
+def test_text_is_escaped_and_marks_become_lark_md() -> None:
+    [card] = to_cards(Reply(text="*Acme* <at id=all></at> & `code`"))
+    assert card["elements"][0]["text"]["content"] == "**Acme** &lt;at id=all&gt;&lt;/at&gt; &amp; `code`"
+
+
+def test_targets_are_read_by_their_prefix() -> None:
+    assert [receive_id_type(t) for t in ("oc_1", "ou_1", "on_1", "x")] == ["chat_id", "open_id", "union_id",
+                                                                           "open_id"]
+
+
+def test_message_text_and_mentions() -> None:
+    assert message_text("text", json.dumps({"text": "@_user_1 hi"})) == "@_user_1 hi"
+    post = {"zh_cn": {"title": "", "content": [[{"tag": "at", "user_id": "@_user_1"}, {"tag": "text",
+                                                                                       "text": " 你好 Acme"}]]}}
+    assert message_text("post", json.dumps(post)) == "@_user_1 你好 Acme"
+    assert message_text("image", "{}") is None
+
+    @dataclass
+    class Id:
+        open_id: str
+
+    @dataclass
+    class M:
+        key: str
+        id: Id
+        name: str
+
+    bot, ann = M("@_user_1", Id(BOT_OPEN_ID), "csbot"), M("@_user_2", Id("ou_ann"), "Ann")
+    assert addressed_text("@_user_1 note Acme met @_user_2", [bot, ann], direct=False,
+                          bot_open_id=BOT_OPEN_ID) == "note Acme met @Ann"
+    assert addressed_text("hello @_user_2", [ann], direct=False, bot_open_id=BOT_OPEN_ID) is None
+    assert addressed_text("hello", None, direct=True, bot_open_id=BOT_OPEN_ID) == "hello"
