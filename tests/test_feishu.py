@@ -7,10 +7,12 @@ protobuf frames. Every assertion is about what the fake open platform received o
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +31,7 @@ from bot.notifier import RetryLater, drain_once, reply_to_payload
 from bot.router import Router, Services
 from lifecycle import outbox
 from lifecycle.config import Settings, load_settings
-from lifecycle.models import Account, AuditLog, Delivery, Note, User
+from lifecycle.models import Account, AuditLog, Contact, Delivery, Note, NpsResponse, NpsSurvey, User
 from tests.fakes.feishu_api import (
     APP_ID,
     APP_SECRET,
@@ -218,7 +220,7 @@ async def test_card_button_runs_its_command_for_the_presser(feishu: Feishu, engi
     assert answer.status_code == 200
     [_card, reply] = feishu.fake.messages()
     assert reply.body["receive_id"] == MIA and "Acme Corp" in reply.card_text
-    # Another press of the same card by a viewer without an account there is answered for the viewer.
+    # A press by someone csbot does not know (no id imported) is answered to them, privately.
     await feishu.post(card_event({"a": "cmd", "v": "snooze 999 1d"}, open_id=VAL, chat_id=GROUP,
                                  message_id="om_000001"))
     assert feishu.fake.messages()[-1].body["receive_id"] == VAL
@@ -257,7 +259,7 @@ async def test_port_uploads_charts_and_sends_cards_with_alert_buttons(fake: Fake
     [upload] = fake.calls_to("image")
     assert upload.files["image"] == PNG and upload.body["image_type"] == "message"
     [sent] = fake.calls_to("send")
-    assert ref == "om_000002" or ref.startswith("om_")
+    assert ref == sent.message_id
     assert sent.query == {"receive_id_type": "open_id"} and sent.body["uuid"] == "csbot-d41-0"
     assert "**Acme Corp**" in sent.card_text and "0–100" in sent.card_text
     images = [e for e in sent.card["elements"] if e["tag"] == "img"]
@@ -359,3 +361,141 @@ def test_message_text_and_mentions() -> None:
                           bot_open_id=BOT_OPEN_ID) == "note Acme met @Ann"
     assert addressed_text("hello @_user_2", [ann], direct=False, bot_open_id=BOT_OPEN_ID) is None
     assert addressed_text("hello", None, direct=True, bot_open_id=BOT_OPEN_ID) == "hello"
+
+
+# --- the long connection -----------------------------------------------------------------------------------
+
+
+async def test_long_connection_receives_messages_and_card_callbacks(engine: Engine, db_url: str, fake: FakeFeishu,
+                                                                   portfolio: None) -> None:
+    """The SDK's own `lark.ws.Client` asks the fake for its endpoint, connects, and gets events as data frames."""
+    from adapters.feishu.longconn import LongConnection
+
+    settings = load_settings(CSBOT_DATABASE_URL=db_url, FEISHU_APP_ID=APP_ID, FEISHU_APP_SECRET=APP_SECRET,
+                             FEISHU_DOMAIN=fake.url)  # no token or key: the connection itself is authenticated
+    bridge = build_feishu(Router(Services(engine=engine, settings=settings, today=lambda: TODAY)), settings)
+    await bridge.start()
+    connection = LongConnection(bridge, settings)
+    connection.start()
+    try:
+        await fake.wait_connected()
+        assert fake.calls_to("ws_endpoint")
+        answer = await fake.push_event(message_event("account Acme Corp", open_id=MIA, token=""))
+        assert answer == {"code": 200}
+        [sent] = await fake.wait_for("send")
+        assert "**Acme Corp**" in sent.card_text
+        toast = await fake.push_event(card_event({"x": 1}, open_id=MIA, chat_id=GROUP, message_id="om_1", token=""))
+        assert toast["toast"]["type"] == "error"
+        await fake.push_event(card_event({"a": "cmd", "v": "account Acme Corp"}, open_id=MIA, chat_id=GROUP,
+                                         message_id=sent.body["receive_id"]))
+        await fake.wait_for("send", 2)
+    finally:
+        await asyncio.to_thread(connection.stop)
+        await bridge.drain()
+    assert not connection.connected
+
+
+# --- NPS surveys in the customer's group --------------------------------------------------------------------
+
+ANN = "ou_ann0000000000000000000000000000"
+ACME_GROUP = "oc_acme000000000000000000000000000"
+NOON = datetime(2025, 3, 14, 12, 0)
+
+
+@pytest.fixture
+def surveyed(engine: Engine, db_url: str, fake: FakeFeishu, portfolio: None, tmp_path: Path) -> Settings:
+    """Ann, Acme's contact, is in Acme's Feishu group; quiet hours are off."""
+    path = tmp_path / "surveys.toml"
+    path.write_text('[delivery]\nquiet_start = "00:00"\nquiet_end = "00:00"\n', encoding="utf-8")
+    with Session(engine) as s:
+        acme = s.exec(select(Account)).one()
+        s.add(Contact(account_id=acme.id or 0, key="ann@acme.test", name="Ann Customer", email="ann@acme.test",
+                      feishu_open_id=ANN, feishu_chat_id=ACME_GROUP))
+        s.commit()
+    return feishu_settings(db_url, fake, CSBOT_SURVEYS_FILE=str(path))
+
+
+async def _ask_ann(settings: Settings, engine: Engine) -> str:
+    from adapters.ports import open_ports
+    from bot.surveys import enqueue_questions, survey_config
+    from lifecycle import surveys as core
+
+    config = survey_config(settings)
+    with Session(engine) as s:
+        acme = s.exec(select(Account)).one()
+        plan = core.plan_manual(s, acme, contact=None, now=NOON, config=config)
+        created = core.create_surveys(s, plan.due, now=NOON, config=config, secret=core.survey_secret(settings))
+        enqueue_questions(s, created, now=NOON, config=config)
+        s.commit()
+    async with open_ports(settings) as ports:
+        assert set(ports) == {"feishu"}
+        stats = await drain_once(engine, ports, now=NOON)
+    assert stats.sent == 1
+    return created[0].token
+
+
+def _responses(engine: Engine) -> list[tuple[int, str | None]]:
+    with Session(engine) as s:
+        return [(r.score, r.comment) for r in s.exec(select(NpsResponse).order_by(col(NpsResponse.id))).all()]
+
+
+async def test_survey_card_in_the_group_one_answer_only_from_the_contact(
+    surveyed: Settings, engine: Engine, fake: FakeFeishu
+) -> None:
+    from bot.surveys import desk_for
+
+    token = await _ask_ann(surveyed, engine)
+    [question] = fake.calls_to("send")
+    assert question.body["receive_id"] == ACME_GROUP and question.query == {"receive_id_type": "chat_id"}
+    assert f"<at id={ANN}></at>" in question.card_text
+    assert "How likely is it that you would recommend us" in question.card_text
+    assert [b["value"] for b in question.buttons()] == [{"a": "nps", "v": f"{token}:{n}"} for n in range(11)]
+    assert "120" not in question.card_text, "no account data in the customer's group"
+    with Session(engine) as s:
+        survey = s.exec(select(NpsSurvey)).one()
+        assert (survey.platform, survey.status, survey.channel_id) == ("feishu", "sent", ACME_GROUP)
+
+    router = Router(Services(engine=engine, settings=surveyed, today=lambda: TODAY))
+    desk_for(router.services).clock = lambda: NOON
+    bridge = build_feishu(router, surveyed)
+    await bridge.start()
+    asgi = Starlette(routes=feishu_routes(bridge, surveyed))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://csbot.test") as http:
+        feishu = Feishu(http, fake, bridge)
+        message_id = question.message_id
+        # Somebody else in the group presses: refused privately, nothing stored, the card unchanged.
+        refused = await feishu.post(card_event({"a": "nps", "v": f"{token}:10"}, open_id=MIA, chat_id=ACME_GROUP,
+                                               message_id=message_id))
+        assert refused.json()["toast"]["type"] == "error" and "isn't for you" in refused.json()["toast"]["content"]
+        assert _responses(engine) == [] and fake.calls_to("patch") == []
+        # A forged token.
+        head, mac = token.split(".")
+        forged = await feishu.post(card_event({"a": "nps", "v": f"{head}.{mac[::-1]}:10"}, open_id=ANN,
+                                              chat_id=ACME_GROUP, message_id=message_id))
+        assert forged.json()["toast"]["type"] == "error" and _responses(engine) == []
+        # Ann answers 9; Feishu delivering the same callback again changes nothing.
+        press = card_event({"a": "nps", "v": f"{token}:9"}, open_id=ANN, chat_id=ACME_GROUP, message_id=message_id)
+        answer = await feishu.post(press)
+        again = await feishu.post(press)
+        assert answer.json()["toast"]["type"] == "success" and again.json() == {}
+        assert _responses(engine) == [(9, None)]
+        [patched] = fake.calls_to("patch")
+        assert patched.body["message_id"] == message_id and "recorded your answer: 9" in patched.card_text
+        assert len(patched.buttons()) == 11, "the score can still be changed"
+        prompt = fake.calls_to("send")[-1]
+        assert prompt.body["receive_id"] == ACME_GROUP and f"<at id={ANN}></at>" in prompt.card_text
+        assert "main reason" in prompt.card_text
+        # A second tap with another score inside the edit window changes the answer (still one response).
+        await feishu.post(card_event({"a": "nps", "v": f"{token}:10"}, open_id=ANN, chat_id=ACME_GROUP,
+                                     message_id=message_id))
+        assert _responses(engine) == [(10, None)] and len(fake.calls_to("patch")) == 2
+        # Ann replies to the prompt (mentioning the bot, as a group member must): her comment.
+        with Session(engine) as s:
+            ref = s.exec(select(NpsSurvey.comment_ref)).one()
+        assert ref is not None and ref.startswith("om_")
+        await feishu.post(message_event("Setup was painless", open_id=ANN, chat_id=ACME_GROUP, chat_type="group",
+                                        mention_bot=True, parent_id=ref))
+        thanks = fake.calls_to("reply")[-1]
+        assert "Thank you for explaining" in thanks.card_text
+        assert _responses(engine) == [(10, "Setup was painless")]
+        await bridge.drain()

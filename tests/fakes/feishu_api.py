@@ -48,6 +48,7 @@ class ApiCall:
     body: dict[str, Any]
     ok: bool = True
     files: dict[str, bytes] = field(default_factory=dict)
+    message_id: str = ""  # the id a posted message got
 
     @property
     def card(self) -> dict[str, Any]:
@@ -232,7 +233,7 @@ class FakeFeishu:
         message_id = f"om_{next(self._ids):06d}"
         if uuid:
             self._by_uuid[uuid] = message_id
-        await self._record(ApiCall("send", request.path, dict(request.query), body))
+        await self._record(ApiCall("send", request.path, dict(request.query), body, message_id=message_id))
         return web.json_response({"code": 0, "msg": "success",
                                   "data": self._message(message_id, body["receive_id"], body)})
 
@@ -243,7 +244,7 @@ class FakeFeishu:
             return refused
         body = body | {"parent_id": request.match_info["message_id"]}
         message_id = f"om_{next(self._ids):06d}"
-        await self._record(ApiCall("reply", request.path, dict(request.query), body))
+        await self._record(ApiCall("reply", request.path, dict(request.query), body, message_id=message_id))
         return web.json_response({"code": 0, "msg": "success", "data": self._message(message_id, "", body)})
 
     async def _patch(self, request: web.Request) -> web.Response:
