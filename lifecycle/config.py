@@ -25,7 +25,7 @@ CONFIG_DIR = Path(__file__).parent / "config"
 # The chat platforms csbot can post to, in the order it prefers them for a person who has both, each with the
 # variable whose token makes it configured.
 PLATFORM_TOKENS: dict[str, str] = {
-    "slack": "SLACK_BOT_TOKEN", "telegram": "TELEGRAM_BOT_TOKEN", "feishu": "FEISHU_APP_SECRET",
+    "slack": "SLACK_BOT_TOKEN", "telegram": "TELEGRAM_BOT_TOKEN", "feishu": "FEISHU_APP_ID and FEISHU_APP_SECRET",
 }
 # FEISHU_DOMAIN's two names; anything else must be the URL of an open platform (a private deployment, a test fake).
 FEISHU_DOMAINS = {"feishu": "https://open.feishu.cn", "lark": "https://open.larksuite.com"}

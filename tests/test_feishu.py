@@ -499,3 +499,83 @@ async def test_survey_card_in_the_group_one_answer_only_from_the_contact(
         assert "Thank you for explaining" in thanks.card_text
         assert _responses(engine) == [(10, "Setup was painless")]
         await bridge.drain()
+
+
+# --- configuration, identities, and a platform that is not configured -----------------------------------------
+
+
+def test_csv_import_reads_the_feishu_columns(engine: Engine, tmp_path: Path) -> None:
+    from lifecycle.importers import import_csv
+
+    users = tmp_path / "users.csv"
+    users.write_text("email,name,role,feishu_open_id,feishu_union_id\n"
+                     f"fay@example.com,Fay,csm,{MIA}x,on_fay\n", encoding="utf-8")
+    accounts = tmp_path / "accounts.csv"
+    accounts.write_text("external_id,name\nACC-9,Nine Ltd\n", encoding="utf-8")
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text("account_external_id,name,email,feishu_open_id,feishu_chat_id\n"
+                        "ACC-9,Nia,nia@nine.test,ou_nia,oc_nine\n", encoding="utf-8")
+    with Session(engine) as s:
+        import_csv(s, "users", users)
+        import_csv(s, "accounts", accounts)
+        import_csv(s, "contacts", contacts)
+        s.commit()
+    with Session(engine) as s:
+        fay = s.exec(select(User).where(User.email == "fay@example.com")).one()
+        assert (fay.feishu_open_id, fay.feishu_union_id) == (f"{MIA}x", "on_fay")
+        nia = s.exec(select(Contact)).one()
+        assert (nia.feishu_open_id, nia.feishu_chat_id, nia.feishu_union_id) == ("ou_nia", "oc_nine", None)
+
+
+def test_a_delivery_for_feishu_when_it_is_not_configured_becomes_undeliverable_with_why(
+    engine: Engine, db_url: str, portfolio: None
+) -> None:
+    from bot.undelivered import Routes, reroute_waiting
+    from lifecycle.models import utcnow
+
+    settings = load_settings(CSBOT_DATABASE_URL=db_url, SLACK_BOT_TOKEN="xoxb-only-slack")
+    with Session(engine) as s:
+        mia = s.exec(select(User).where(User.feishu_open_id == MIA)).one()
+        row = outbox.enqueue(s, platform="feishu", target=MIA, kind="digest",
+                             payload=reply_to_payload(Reply(text="your digest")) | {"to": {"user": mia.id}})
+        s.commit()
+        row_id = row.id
+    with Session(engine) as s:
+        done = reroute_waiting(s, Routes.from_settings(settings), now=utcnow())
+        s.commit()
+    assert done.undeliverable == 1
+    with Session(engine) as s:
+        stored = s.get(Delivery, row_id)
+        assert stored is not None and stored.status == outbox.UNDELIVERABLE
+        assert stored.last_error is not None
+        assert "Feishu is not configured (FEISHU_APP_ID and FEISHU_APP_SECRET)" in stored.last_error
+
+
+def test_serve_starts_feishu_on_the_long_connection_or_the_webhook(db_url: str) -> None:
+    from adapters.server import platforms_from
+
+    base = {"CSBOT_DATABASE_URL": db_url}
+    ws = platforms_from(load_settings(**base, FEISHU_APP_ID=APP_ID, FEISHU_APP_SECRET=APP_SECRET))
+    assert (ws.feishu, ws.feishu_webhook, ws.problems) == (True, False, [])
+    hook = platforms_from(load_settings(**base, FEISHU_APP_ID=APP_ID, FEISHU_APP_SECRET=APP_SECRET,
+                                        FEISHU_VERIFICATION_TOKEN="v", FEISHU_ENCRYPT_KEY="k"), feishu_webhook=True)
+    assert (hook.feishu, hook.feishu_webhook, hook.problems) == (True, True, [])
+    half = platforms_from(load_settings(**base, FEISHU_APP_ID=APP_ID))
+    assert half.problems == ["FEISHU_APP_SECRET is missing (Feishu is half-configured)"]
+    unsigned = platforms_from(load_settings(**base, FEISHU_APP_ID=APP_ID, FEISHU_APP_SECRET=APP_SECRET),
+                              feishu_webhook=True)
+    assert unsigned.problems == ["FEISHU_VERIFICATION_TOKEN, FEISHU_ENCRYPT_KEY are missing (needed for "
+                                 "--feishu-webhook)"]
+
+
+def test_feishu_domain_names_and_urls() -> None:
+    from lifecycle.errors import ConfigError
+
+    assert load_settings(FEISHU_DOMAIN="Lark").feishu_base_url == "https://open.larksuite.com"
+    assert load_settings().feishu_base_url == "https://open.feishu.cn"
+    assert load_settings(FEISHU_DOMAIN="http://127.0.0.1:9/").feishu_base_url == "http://127.0.0.1:9"
+    with pytest.raises(ConfigError, match="FEISHU_DOMAIN"):
+        load_settings(FEISHU_DOMAIN="dingtalk")
+    secrets = load_settings(FEISHU_APP_ID=APP_ID, FEISHU_APP_SECRET="s3", FEISHU_VERIFICATION_TOKEN="v3",
+                            FEISHU_ENCRYPT_KEY="k3").secrets()
+    assert {"s3", "v3", "k3"} <= set(secrets)
