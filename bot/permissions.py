@@ -116,16 +116,14 @@ def identify(session: Session, incoming: Incoming) -> tuple[User | None, Contact
 def _identify_feishu(session: Session, incoming: Incoming) -> tuple[User | None, Contact | None]:
     """Feishu names a sender by open_id (per app) and union_id (across the developer's apps): either matches."""
     union_id = incoming.raw_ids.get("union_id") or ""
-    user = session.exec(select(User).where(
-        or_(User.feishu_open_id == incoming.sender_id, (User.feishu_union_id == union_id) if union_id else false()),
-        User.active == True,  # noqa: E712
-    )).first()
+    user_match = or_(col(User.feishu_open_id) == incoming.sender_id,
+                     (col(User.feishu_union_id) == union_id) if union_id else false())
+    user = session.exec(select(User).where(user_match, col(User.active).is_(True))).first()
     if user is not None:
         return user, None
-    contact = session.exec(select(Contact).where(
-        or_(Contact.feishu_open_id == incoming.sender_id,
-            (Contact.feishu_union_id == union_id) if union_id else false()),
-    )).first()
+    contact_match = or_(col(Contact.feishu_open_id) == incoming.sender_id,
+                        (col(Contact.feishu_union_id) == union_id) if union_id else false())
+    contact = session.exec(select(Contact).where(contact_match)).first()
     return None, contact
 
 

@@ -451,7 +451,8 @@ def feishu_routes(bridge: FeishuBridge, settings: Settings, *, clock: Any = time
             return _refuse(401, "stale")
         if not hmac.compare_digest(signature(stamp, nonce, key, body), given):
             return _refuse(401, "bad signature")
-        header = inner.get("header") if isinstance(inner.get("header"), dict) else {}
+        found = inner.get("header")
+        header: dict[str, Any] = found if isinstance(found, dict) else {}
         if not token_ok(header.get("token")):
             return _refuse(401, "invalid token")
         if header.get("event_type") not in (MESSAGE_EVENT, CARD_EVENT):
