@@ -499,6 +499,9 @@ async def test_survey_card_in_the_group_one_answer_only_from_the_contact(
         assert "Thank you for explaining" in thanks.card_text
         assert _responses(engine) == [(10, "Setup was painless")]
         await bridge.drain()
+    with Session(engine) as s:  # a promoter: the owner is asked for advocacy, on Feishu, in her private chat
+        advocacy = s.exec(select(Delivery).where(Delivery.kind == "advocacy")).one()
+    assert (advocacy.platform, advocacy.target) == ("feishu", MIA)
 
 
 # --- configuration, identities, and a platform that is not configured -----------------------------------------
