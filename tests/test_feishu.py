@@ -582,3 +582,22 @@ def test_feishu_domain_names_and_urls() -> None:
     secrets = load_settings(FEISHU_APP_ID=APP_ID, FEISHU_APP_SECRET="s3", FEISHU_VERIFICATION_TOKEN="v3",
                             FEISHU_ENCRYPT_KEY="k3").secrets()
     assert {"s3", "v3", "k3"} <= set(secrets)
+
+
+async def test_serve_opens_the_long_connection_by_default(engine: Engine, db_url: str, fake: FakeFeishu,
+                                                          portfolio: None) -> None:
+    from adapters.server import build_app
+
+    settings = load_settings(CSBOT_DATABASE_URL=db_url, FEISHU_APP_ID=APP_ID, FEISHU_APP_SECRET=APP_SECRET,
+                             FEISHU_DOMAIN=fake.url)
+    app = build_app(engine, settings)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport,
+                                                                   base_url="http://csbot.test") as http:
+        await fake.wait_connected()
+        health = await http.get("/healthz")
+        assert health.json()["feishu"] == "long connection"
+        assert (await http.post("/feishu/events", content=b"{}")).status_code == 404  # no webhook in this mode
+        await fake.push_event(message_event("account Acme Corp", open_id=MIA, token=""))
+        [sent] = await fake.wait_for("send")
+        assert "**Acme Corp**" in sent.card_text
