@@ -440,12 +440,16 @@ def serve(
     host: str | None = typer.Option(None, help="Address to listen on (default CSBOT_HOST)."),
     port: int | None = typer.Option(None, help="Port to listen on (default CSBOT_PORT)."),
     telegram_polling: bool = typer.Option(False, "--telegram-polling", help="Long-poll Telegram (no webhook)."),
+    feishu_webhook: bool = typer.Option(
+        False, "--feishu-webhook", help="Receive Feishu/Lark events on /feishu/events instead of the long connection."
+    ),
     no_scheduler: bool = typer.Option(
         False, "--no-scheduler", help="Serve chat only: no scheduled jobs and no outbox worker in this process."
     ),
 ) -> None:
-    """Serve Slack (/slack/events or Socket Mode), Telegram (/telegram/webhook or polling), usage ingest
-    (/api/usage), /healthz and /metrics; run the scheduled jobs and the delivery worker."""
+    """Serve Slack (/slack/events or Socket Mode), Telegram (/telegram/webhook or polling), Feishu/Lark (long
+    connection or /feishu/events), usage ingest (/api/usage), /healthz and /metrics; run the scheduled jobs and
+    the delivery worker."""
     import uvicorn
 
     from adapters.server import build_app
@@ -454,7 +458,8 @@ def serve(
     logging.getLogger().setLevel(settings.log_level)
     engine = _engine(settings)
     try:
-        asgi = build_app(engine, settings, telegram_polling=telegram_polling, scheduler=not no_scheduler)
+        asgi = build_app(engine, settings, telegram_polling=telegram_polling, scheduler=not no_scheduler,
+                         feishu_webhook=feishu_webhook)
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None

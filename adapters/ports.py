@@ -1,5 +1,6 @@
 """The outbox's delivery ports, built from the settings: Slack when SLACK_BOT_TOKEN is set, Telegram when
-TELEGRAM_BOT_TOKEN is set (each pointed at its configured API base URL).
+TELEGRAM_BOT_TOKEN is set, Feishu/Lark when FEISHU_APP_ID and FEISHU_APP_SECRET are (each pointed at its
+configured API base URL; the Feishu SDK is imported only then, as it takes seconds to load).
 
 `delivery_ports` builds them; `open_ports` is the form the jobs and `csbot serve` use: it also initialises the
 Telegram bot's HTTP client and closes it afterwards, within the event loop that uses it.
@@ -32,6 +33,11 @@ def delivery_ports(settings: Settings, *, telegram_keys: CallbackKeys | None = N
         base_url, file_url = telegram_urls(settings.telegram_api_url)
         bot = Bot(settings.telegram_bot_token, base_url=base_url, base_file_url=file_url)
         ports["telegram"] = TelegramPort(bot, telegram_keys)
+    if "feishu" in settings.delivery_platforms:
+        from adapters.feishu.api import FeishuApi
+        from adapters.feishu.port import FeishuPort
+
+        ports["feishu"] = FeishuPort(FeishuApi.from_settings(settings))
     return ports
 
 

@@ -1,4 +1,4 @@
-"""`csbot serve`: one ASGI app (Starlette under uvicorn) for Slack, Telegram, health checks and metrics.
+"""`csbot serve`: one ASGI app (Starlette under uvicorn) for Slack, Telegram, Feishu/Lark, health checks and metrics.
 
 Starts whichever platforms are configured; a half-configured platform (a token without its secret, or the other
 way round) stops start-up with a message naming the missing variable. With `scheduler=True` (what `csbot serve`
@@ -40,10 +40,12 @@ class Platforms:
     slack_socket: bool = False
     telegram: bool = False
     telegram_polling: bool = False
+    feishu: bool = False
+    feishu_webhook: bool = False
     problems: list[str] = field(default_factory=list)
 
 
-def platforms_from(settings: Settings, *, telegram_polling: bool = False) -> Platforms:
+def platforms_from(settings: Settings, *, telegram_polling: bool = False, feishu_webhook: bool = False) -> Platforms:
     """Decide what to start; collect every half-configured platform as a problem naming the missing variable."""
     p = Platforms()
     if settings.slack_bot_token or settings.slack_signing_secret or settings.slack_app_token:
@@ -68,17 +70,38 @@ def platforms_from(settings: Settings, *, telegram_polling: bool = False) -> Pla
             p.telegram = True
     if telegram_polling and not settings.telegram_bot_token:
         p.problems.append("--telegram-polling needs TELEGRAM_BOT_TOKEN")
+    _feishu_platform(p, settings, feishu_webhook)
     return p
 
 
+def _feishu_platform(p: Platforms, settings: Settings, webhook: bool) -> None:
+    """Feishu runs on the long connection (app id and secret), or with `webhook` on /feishu/events, which also
+    needs the verification token and the encrypt key (every callback is then encrypted and signed)."""
+    fields = (settings.feishu_app_id, settings.feishu_app_secret, settings.feishu_verification_token,
+              settings.feishu_encrypt_key)
+    if not any(fields) and not webhook:
+        return
+    missing = [name for name, value in (("FEISHU_APP_ID", settings.feishu_app_id),
+                                        ("FEISHU_APP_SECRET", settings.feishu_app_secret)) if not value]
+    if webhook:
+        missing += [name for name, value in (("FEISHU_VERIFICATION_TOKEN", settings.feishu_verification_token),
+                                             ("FEISHU_ENCRYPT_KEY", settings.feishu_encrypt_key)) if not value]
+    if missing:
+        what = "needed for --feishu-webhook" if webhook else "Feishu is half-configured"
+        p.problems.append(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing ({what})")
+        return
+    p.feishu, p.feishu_webhook = True, webhook
+
+
 def build_app(
-    engine: Engine, settings: Settings, *, telegram_polling: bool = False, scheduler: bool = False
+    engine: Engine, settings: Settings, *, telegram_polling: bool = False, scheduler: bool = False,
+    feishu_webhook: bool = False,
 ) -> Starlette:
     """The whole HTTP surface of csbot; raises `ConfigError` when a platform is half-configured.
 
     `scheduler` also runs the scheduled jobs and the outbox worker (`app.state.scheduler` is the scheduler while
     the app runs). The worker replaces the per-minute `deliver` job here: it drains continuously."""
-    platforms = platforms_from(settings, telegram_polling=telegram_polling)
+    platforms = platforms_from(settings, telegram_polling=telegram_polling, feishu_webhook=feishu_webhook)
     if platforms.problems:
         raise ConfigError("Cannot start: " + "; ".join(platforms.problems))
     router = Router(Services(engine=engine, settings=settings))
@@ -86,7 +109,7 @@ def build_app(
     metrics = CollectorRegistry()
     requests = Counter("csbot_http_requests", "HTTP requests served", ["path", "status"], registry=metrics)
     routes: list[Any] = []
-    slack_app = telegram_app = socket_handler = None
+    slack_app = telegram_app = socket_handler = feishu_bridge = feishu_connection = None
 
     if platforms.slack_http or platforms.slack_socket:
         from adapters.slack.app import build_slack_app, slack_routes
@@ -101,6 +124,13 @@ def build_app(
         if not platforms.telegram_polling:
             routes += telegram_routes(telegram_app, settings.telegram_webhook_secret or "")
 
+    if platforms.feishu:
+        from adapters.feishu.app import build_feishu, feishu_routes
+
+        feishu_bridge = build_feishu(router, settings)
+        if platforms.feishu_webhook:
+            routes += feishu_routes(feishu_bridge, settings)
+
     async def healthz(_: Request) -> Response:
         try:
             with engine.connect() as conn:
@@ -114,6 +144,7 @@ def build_app(
                 "database": "ok",
                 "slack": "socket" if platforms.slack_socket else ("http" if platforms.slack_http else "off"),
                 "telegram": ("polling" if platforms.telegram_polling else "webhook") if platforms.telegram else "off",
+                "feishu": ("webhook" if platforms.feishu_webhook else "long connection") if platforms.feishu else "off",
             }
         )
 
@@ -125,7 +156,7 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        nonlocal socket_handler
+        nonlocal socket_handler, feishu_connection
         if telegram_app is not None:
             from adapters.telegram.app import start_telegram
 
@@ -134,6 +165,13 @@ def build_app(
             from adapters.slack.app import start_socket_mode
 
             socket_handler = await start_socket_mode(slack_app, settings.slack_app_token or "")
+        if feishu_bridge is not None:
+            await feishu_bridge.start()
+            if not platforms.feishu_webhook:
+                from adapters.feishu.longconn import LongConnection
+
+                feishu_connection = LongConnection(feishu_bridge, settings)
+                feishu_connection.start()
         log.info("csbot serving: %s", platforms)
         async with contextlib.AsyncExitStack() as background:
             if scheduler:
@@ -144,6 +182,10 @@ def build_app(
                 await background.aclose()
                 if socket_handler is not None:
                     await socket_handler.close_async()
+                if feishu_connection is not None:
+                    await asyncio.to_thread(feishu_connection.stop)
+                if feishu_bridge is not None:
+                    await feishu_bridge.drain()
                 if telegram_app is not None:
                     from adapters.telegram.app import stop_telegram
 

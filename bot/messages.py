@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Platform = Literal["console", "slack", "telegram"]
+Platform = Literal["console", "slack", "telegram", "feishu"]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from sqlalchemy import false, or_
 from sqlmodel import Session, col, select
 
 from bot.messages import Incoming
@@ -86,12 +87,28 @@ def identify(session: Session, incoming: Incoming) -> tuple[User | None, Contact
     if incoming.platform == "console":
         user = session.exec(select(User).where(User.email == incoming.sender_id)).first()
         return (user if user and user.active else None), None
+    if incoming.platform == "feishu":
+        return _identify_feishu(session, incoming)
     column = {"slack": User.slack_user_id, "telegram": User.telegram_user_id}[incoming.platform]
     user = session.exec(select(User).where(column == incoming.sender_id, User.active == True)).first()  # noqa: E712
     if user is not None:
         return user, None
     ccol = {"slack": Contact.slack_user_id, "telegram": Contact.telegram_user_id}[incoming.platform]
     contact = session.exec(select(Contact).where(ccol == incoming.sender_id)).first()
+    return None, contact
+
+
+def _identify_feishu(session: Session, incoming: Incoming) -> tuple[User | None, Contact | None]:
+    """Feishu names a sender by open_id (per app) and union_id (across the developer's apps): either matches."""
+    union_id = incoming.raw_ids.get("union_id") or ""
+    user_match = or_(col(User.feishu_open_id) == incoming.sender_id,
+                     (col(User.feishu_union_id) == union_id) if union_id else false())
+    user = session.exec(select(User).where(user_match, col(User.active).is_(True))).first()
+    if user is not None:
+        return user, None
+    contact_match = or_(col(Contact.feishu_open_id) == incoming.sender_id,
+                        (col(Contact.feishu_union_id) == union_id) if union_id else false())
+    contact = session.exec(select(Contact).where(contact_match)).first()
     return None, contact
 
 
@@ -103,6 +120,7 @@ def is_customer_channel(session: Session, incoming: Incoming) -> bool:
         return True
     if not incoming.channel_id:
         return False
-    column = Contact.slack_channel_id if incoming.platform == "slack" else Contact.telegram_chat_id
+    column = {"slack": Contact.slack_channel_id, "telegram": Contact.telegram_chat_id,
+              "feishu": Contact.feishu_chat_id}[incoming.platform]
     found = session.exec(select(Contact.id).where(column == incoming.channel_id).limit(1)).first()
     return found is not None

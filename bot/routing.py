@@ -50,7 +50,7 @@ ALERT_KIND = "alert"
 ESCALATION_KIND = "escalation"
 
 
-PLATFORM_NAMES = {"slack": "Slack", "telegram": "Telegram"}
+PLATFORM_NAMES = {"slack": "Slack", "telegram": "Telegram", "feishu": "Feishu"}
 TO_KEY, ABOUT_KEY, WHY_KEY = "to", "about", "why"  # payload keys: the recipient, whom it concerns, why undelivered
 
 
@@ -198,7 +198,7 @@ class Target:
 
 
 def user_ids(user: User) -> dict[str, str | None]:
-    return {"slack": user.slack_user_id, "telegram": user.telegram_user_id}
+    return {"slack": user.slack_user_id, "telegram": user.telegram_user_id, "feishu": user.feishu_open_id}
 
 
 def has_chat_identity(user: User) -> bool:
@@ -221,8 +221,10 @@ def route(routing: RoutingConfig, recipient: Recipient, user: User | None) -> Ta
             if ident:
                 parts.append({"why": "off", "platform": platform})
                 wanted = wanted or (platform, ident)
-            else:
-                parts.append({"why": "no_id", "platform": platform, "who": user.name})
+        # A missing id matters only on a platform csbot could send on (all of them when none is).
+        lacking = [p for p, ident in ids.items() if not ident]
+        parts += [{"why": "no_id", "platform": p, "who": user.name}
+                  for p in ([p for p in lacking if p in configured] or lacking)]
         reasons.append(tuple(parts))
     elif user is not None:
         reasons.append(({"why": "inactive", "who": user.name},))
@@ -232,7 +234,8 @@ def route(routing: RoutingConfig, recipient: Recipient, user: User | None) -> Ta
         reasons.append(({"why": recipient.missing, "who": recipient.name},))
     team_tz = zone(routing.team_timezone)
     if recipient.team:
-        channels = {"slack": routing.team_slack_channel, "telegram": routing.team_telegram_chat}
+        channels = {"slack": routing.team_slack_channel, "telegram": routing.team_telegram_chat,
+                    "feishu": routing.team_feishu_chat}
         for platform, channel in channels.items():
             if channel and platform in configured:
                 return Target(platform, channel, team_tz, routing.lang, None, recipient)

@@ -103,6 +103,8 @@ def mention_for(contact: Contact, platform: str, target: str) -> Mention | None:
         return Mention(contact.slack_user_id, contact.name)
     if platform == "telegram" and contact.telegram_user_id and target != contact.telegram_user_id:
         return Mention(contact.telegram_user_id, contact.name)
+    if platform == "feishu" and contact.feishu_open_id and target != contact.feishu_open_id:
+        return Mention(contact.feishu_open_id, contact.name)
     return None
 
 
@@ -127,12 +129,15 @@ _UTC = ZoneInfo("UTC")
 
 def contact_reasons(contact: Contact, config: core.SurveyConfig, platforms: Collection[str]) -> Reasons:
     """Why no configured platform reaches a contact, for each platform surveys may use (`delivery.platforms`)."""
-    ids = {"slack": contact.slack_user_id, "telegram": contact.telegram_user_id or contact.telegram_chat_id}
+    ids = {"slack": contact.slack_user_id, "telegram": contact.telegram_user_id or contact.telegram_chat_id,
+           "feishu": contact.feishu_open_id or contact.feishu_chat_id}
     parts: list[Why] = []
+    lacking = [p for p in config.delivery.platforms if not ids.get(p)]
     for platform in config.delivery.platforms:
-        if not ids.get(platform):
+        # A missing id matters only on a platform csbot could send on (all of them when none is).
+        if not ids.get(platform) and (platform in platforms or not set(lacking) & set(platforms)):
             parts.append({"why": "no_id", "platform": platform, "who": contact.name})
-        elif platform not in platforms:
+        elif ids.get(platform) and platform not in platforms:
             parts.append({"why": "off", "platform": platform})
     return (tuple(parts),)
 
@@ -245,7 +250,8 @@ def dispatch_surveys(
 
 
 def _owner_lang(owner: User | None, delivery: Delivery, config: AlertConfig) -> str:
-    mine = owner is not None and delivery.target in (owner.slack_user_id, owner.telegram_user_id)
+    mine = owner is not None and delivery.target in (owner.slack_user_id, owner.telegram_user_id,
+                                                     owner.feishu_open_id)
     return _lang(owner.lang if mine and owner is not None and owner.lang else config.routing.lang)
 
 

@@ -194,15 +194,19 @@ def _guess(session: Session, rows: list[Delivery], config: AlertConfig) -> dict[
         return {}
     slack = sorted({r.target for r in rows if r.platform == "slack"})
     telegram = sorted({r.target for r in rows if r.platform == "telegram"})
+    feishu = sorted({r.target for r in rows if r.platform == "feishu"})
     found = session.execute(
-        select(User).where(or_(col(User.slack_user_id).in_(slack), col(User.telegram_user_id).in_(telegram)))
+        select(User).where(or_(col(User.slack_user_id).in_(slack), col(User.telegram_user_id).in_(telegram),
+                               col(User.feishu_open_id).in_(feishu)))
     ).scalars().all()
     by_target: dict[tuple[str, str | None], User] = {}
     for user in found:
         by_target[("slack", user.slack_user_id)] = user
         by_target[("telegram", user.telegram_user_id)] = user
+        by_target[("feishu", user.feishu_open_id)] = user
     routing = config.routing
-    team = {("slack", routing.team_slack_channel), ("telegram", routing.team_telegram_chat)}
+    team = {("slack", routing.team_slack_channel), ("telegram", routing.team_telegram_chat),
+            ("feishu", routing.team_feishu_chat)}
     out: dict[int | None, Recipient | None] = {}
     for row in rows:
         user = by_target.get((row.platform, row.target))

@@ -231,6 +231,7 @@ class RoutingConfig(_Strict):
 
     team_slack_channel: str | None = None
     team_telegram_chat: str | None = None
+    team_feishu_chat: str | None = None  # a Feishu/Lark group chat id (oc_…)
     team_timezone: str = "UTC"
     lang: Lang = "en"
     quiet_start: time = time(20, 0)

@@ -24,7 +24,11 @@ from lifecycle.errors import ConfigError
 CONFIG_DIR = Path(__file__).parent / "config"
 # The chat platforms csbot can post to, in the order it prefers them for a person who has both, each with the
 # variable whose token makes it configured.
-PLATFORM_TOKENS: dict[str, str] = {"slack": "SLACK_BOT_TOKEN", "telegram": "TELEGRAM_BOT_TOKEN"}
+PLATFORM_TOKENS: dict[str, str] = {
+    "slack": "SLACK_BOT_TOKEN", "telegram": "TELEGRAM_BOT_TOKEN", "feishu": "FEISHU_APP_ID and FEISHU_APP_SECRET",
+}
+# FEISHU_DOMAIN's two names; anything else must be the URL of an open platform (a private deployment, a test fake).
+FEISHU_DOMAINS = {"feishu": "https://open.feishu.cn", "lark": "https://open.larksuite.com"}
 
 
 class Settings(BaseSettings):
@@ -80,6 +84,20 @@ class Settings(BaseSettings):
     telegram_webhook_secret: str | None = Field(
         default=None, repr=False, validation_alias=AliasChoices("TELEGRAM_WEBHOOK_SECRET")
     )
+    # Feishu / Lark: the app's credentials from the developer console. With app id and secret csbot connects over
+    # the long connection; the verification token (and the encrypt key, when the app has one) are needed for the
+    # HTTP event subscription on /feishu/events instead.
+    feishu_app_id: str | None = Field(default=None, validation_alias=AliasChoices("FEISHU_APP_ID"))
+    feishu_app_secret: str | None = Field(
+        default=None, repr=False, validation_alias=AliasChoices("FEISHU_APP_SECRET")
+    )
+    feishu_verification_token: str | None = Field(
+        default=None, repr=False, validation_alias=AliasChoices("FEISHU_VERIFICATION_TOKEN")
+    )
+    feishu_encrypt_key: str | None = Field(
+        default=None, repr=False, validation_alias=AliasChoices("FEISHU_ENCRYPT_KEY")
+    )
+    feishu_domain: str = Field(default="feishu", validation_alias=AliasChoices("FEISHU_DOMAIN"))
     ingest_token: str | None = Field(default=None, repr=False, validation_alias=AliasChoices("CSBOT_INGEST_TOKEN"))
     ingest_login_event: str = Field(
         default="Logged In", min_length=1, validation_alias=AliasChoices("CSBOT_INGEST_LOGIN_EVENT")
@@ -111,6 +129,21 @@ class Settings(BaseSettings):
         if not value.startswith(("sqlite:", "postgresql")):
             raise ValueError("must start with sqlite:/// or postgresql+psycopg://")
         return value
+
+    @field_validator("feishu_domain")
+    @classmethod
+    def _feishu_domain(cls, value: str) -> str:
+        name = value.strip().lower()
+        if name in FEISHU_DOMAINS:
+            return name
+        if not re.match(r"^https?://[^/\s]+", value.strip()):
+            raise ValueError(f"not feishu, lark or an http(s) URL: {value!r}")
+        return value.strip().rstrip("/")
+
+    @property
+    def feishu_base_url(self) -> str:
+        """The open platform's base URL for FEISHU_DOMAIN."""
+        return FEISHU_DOMAINS.get(self.feishu_domain, self.feishu_domain)
 
     @field_validator("timezone")
     @classmethod
@@ -154,7 +187,8 @@ class Settings(BaseSettings):
     @property
     def delivery_platforms(self) -> tuple[str, ...]:
         """The platforms messages can be delivered on: those whose bot token is set (see `PLATFORM_TOKENS`)."""
-        tokens = {"slack": self.slack_bot_token, "telegram": self.telegram_bot_token}
+        tokens = {"slack": self.slack_bot_token, "telegram": self.telegram_bot_token,
+                  "feishu": self.feishu_app_secret if self.feishu_app_id else None}
         return tuple(name for name in PLATFORM_TOKENS if tokens[name])
 
     def secrets(self) -> list[str]:
@@ -162,6 +196,7 @@ class Settings(BaseSettings):
         values = [
             self.slack_bot_token, self.slack_signing_secret, self.slack_app_token, self.telegram_bot_token,
             self.telegram_webhook_secret, self.survey_secret, self.ingest_token, self.llm_api_key,
+            self.feishu_app_secret, self.feishu_verification_token, self.feishu_encrypt_key,
         ]
         if "://" in self.database_url:
             from sqlalchemy.engine import make_url

@@ -96,7 +96,8 @@ KINDS: dict[str, KindSpec] = {
         KindSpec(
             "users",
             required=("email", "name", "role"),
-            optional=("slack_user_id", "telegram_user_id", "timezone", "manager_email", "active"),
+            optional=("slack_user_id", "telegram_user_id", "feishu_open_id", "feishu_union_id", "timezone",
+                      "manager_email", "active"),
             key=("email",),
             description="internal people; role is admin, manager, csm or viewer",
         ),
@@ -116,7 +117,7 @@ KINDS: dict[str, KindSpec] = {
             required=("account_external_id", "name"),
             optional=(
                 "email", "role", "slack_user_id", "telegram_user_id", "slack_channel_id", "telegram_chat_id",
-                "account_name", "first_name", "last_name",
+                "feishu_open_id", "feishu_union_id", "feishu_chat_id", "account_name", "first_name", "last_name",
             ),
             key=("account_external_id", "email"),
             description="people at customers; keyed by e-mail, or by name when there is no e-mail; account_name "
@@ -1053,6 +1054,8 @@ class UserRow(_Row):
     role: Annotated[str, BeforeValidator(_required(_one_of(ROLES)))]
     slack_user_id: OptText = None
     telegram_user_id: OptText = None
+    feishu_open_id: OptText = None
+    feishu_union_id: OptText = None
     timezone: Annotated[str | None, BeforeValidator(_optional(_parse_timezone))] = None
     manager_email: OptEmail = None
     active: Annotated[bool | None, BeforeValidator(_optional(_parse_bool))] = None
@@ -1096,6 +1099,9 @@ class ContactRow(_AccountRowBase):
     telegram_user_id: OptText = None
     slack_channel_id: OptText = None
     telegram_chat_id: OptText = None
+    feishu_open_id: OptText = None
+    feishu_union_id: OptText = None
+    feishu_chat_id: OptText = None
 
 
 class TicketRow(_AccountRowBase):
@@ -1274,7 +1280,8 @@ def _import_users(
 ) -> _Counts:
     rows = _validate(frame, rownums, UserRow, problems, meter)
     table = _table(User)
-    columns = ("name", "role", "slack_user_id", "telegram_user_id", "timezone", "manager_id", "active")
+    columns = ("name", "role", "slack_user_id", "telegram_user_id", "feishu_open_id", "feishu_union_id", "timezone",
+               "manager_id", "active")
     stored = {
         r["email"].lower(): dict(r)
         for r in session.execute(select(table.c.id, table.c.email, *(table.c[c] for c in columns))).mappings()
@@ -1309,6 +1316,8 @@ def _import_users(
             "role": r.role,
             "slack_user_id": _pick(r.slack_user_id, old, "slack_user_id", None),
             "telegram_user_id": _pick(r.telegram_user_id, old, "telegram_user_id", None),
+            "feishu_open_id": _pick(r.feishu_open_id, old, "feishu_open_id", None),
+            "feishu_union_id": _pick(r.feishu_union_id, old, "feishu_union_id", None),
             "timezone": _pick(r.timezone, old, "timezone", "UTC"),
             "manager_id": manager_id,
             # A departed employee is imported with active = no: from their next message csbot treats them as a
@@ -1444,6 +1453,7 @@ def _import_contacts(
 
     columns = (
         "name", "email", "role", "slack_user_id", "telegram_user_id", "slack_channel_id", "telegram_chat_id",
+        "feishu_open_id", "feishu_union_id", "feishu_chat_id",
     )
     stored = {
         (s["account_id"], s["key"]): s

@@ -34,6 +34,8 @@ class User(SQLModel, table=True):
     role: str = Field(default="csm")
     slack_user_id: str | None = Field(default=None, index=True)
     telegram_user_id: str | None = Field(default=None, index=True)
+    feishu_open_id: str | None = Field(default=None, index=True)
+    feishu_union_id: str | None = Field(default=None, index=True)
     timezone: str = Field(default="UTC")
     manager_id: int | None = Field(default=None, foreign_key="user.id")
     lang: str | None = None
@@ -100,6 +102,10 @@ class Contact(SQLModel, table=True):
     telegram_user_id: str | None = Field(default=None, index=True)
     slack_channel_id: str | None = Field(default=None, index=True)
     telegram_chat_id: str | None = Field(default=None, index=True)
+    # Feishu/Lark: the contact's open_id and union_id, and the group chat (oc_…) where their surveys go.
+    feishu_open_id: str | None = Field(default=None, index=True)
+    feishu_union_id: str | None = Field(default=None, index=True)
+    feishu_chat_id: str | None = Field(default=None, index=True)
     created_at: NaiveDatetime = Field(default_factory=utcnow)
 
 

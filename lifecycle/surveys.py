@@ -51,7 +51,7 @@ PROMOTER_FROM, PASSIVE_FROM = 9, 7
 DETRACTOR_RULE = "nps_detractor"
 COMMENT_MAX = 2000
 MAC_CHARS = 16  # 96 bits of HMAC-SHA256, base64url
-Platform = Literal["slack", "telegram"]
+Platform = Literal["slack", "telegram", "feishu"]
 Category = Literal["promoter", "passive", "detractor"]
 
 
@@ -76,7 +76,7 @@ class Cadence(_Strict):
 class DeliveryRules(_Strict):
     """Where and when questions go (`[delivery]`)."""
 
-    platforms: tuple[Platform, ...] = Field(default=("slack", "telegram"), min_length=1)
+    platforms: tuple[Platform, ...] = Field(default=("slack", "telegram", "feishu"), min_length=1)
     slack_mode: Literal["channel", "dm"] = "channel"
     quiet_start: time = time(19, 0)
     quiet_end: time = time(9, 0)
@@ -168,6 +168,8 @@ def survey_secret(settings: Settings) -> bytes:
     if settings.survey_secret:
         return settings.survey_secret.encode("utf-8")
     parts = [settings.slack_bot_token, settings.slack_signing_secret, settings.telegram_bot_token]
+    if settings.feishu_app_secret:  # only when set, so the key of an install without Feishu stays the same
+        parts.append(settings.feishu_app_secret)
     material = "\0".join(p or "" for p in parts)
     if not material.strip("\0"):
         material = settings.database_url
@@ -270,6 +272,8 @@ class AnswerResult:
 def _platform_user(contact: Contact, platform: str) -> str | None:
     if platform == "slack":
         return contact.slack_user_id
+    if platform == "feishu":
+        return contact.feishu_open_id
     return contact.telegram_user_id if platform == "telegram" else None
 
 
@@ -282,7 +286,8 @@ def respondent_contact(session: Session, survey: NpsSurvey, who: Respondent, con
     if contact is not None and _platform_user(contact, who.platform) == who.user_id:
         return contact
     if config.answering.who == "any_contact_in_channel" and who.channel_id and who.channel_id == survey.channel_id:
-        column = col(Contact.slack_user_id) if who.platform == "slack" else col(Contact.telegram_user_id)
+        column = {"slack": col(Contact.slack_user_id), "telegram": col(Contact.telegram_user_id),
+                  "feishu": col(Contact.feishu_open_id)}[who.platform]
         other: Contact | None = session.execute(
             select(Contact).where(col(Contact.account_id) == survey.account_id, column == who.user_id)
         ).scalars().first()
@@ -500,7 +505,7 @@ def send_time(now: datetime, tz: ZoneInfo, config: SurveyConfig) -> datetime:
 
 _CONTACTS_SQL = """
 SELECT c.id AS contact_id, c.account_id, c.key, c.name, c.slack_user_id, c.telegram_user_id,
-       c.slack_channel_id, c.telegram_chat_id, c.created_at AS contact_created,
+       c.slack_channel_id, c.telegram_chat_id, c.feishu_open_id, c.feishu_chat_id, c.created_at AS contact_created,
        a.name AS account_name, a.arr, a.status, a.stage, a.contract_start, a.renewal_date, a.owner_id,
        u.timezone AS owner_tz
 FROM contact c
@@ -576,6 +581,9 @@ def targets(
     tg_chat = contacts["telegram_chat_id"].astype(object).to_numpy()
     has_slack_user, has_slack_channel = _present(contacts["slack_user_id"]), _present(contacts["slack_channel_id"])
     has_tg_user, has_tg_chat = _present(contacts["telegram_user_id"]), _present(contacts["telegram_chat_id"])
+    fs_user = contacts["feishu_open_id"].astype(object).to_numpy()
+    fs_chat = contacts["feishu_chat_id"].astype(object).to_numpy()
+    has_fs_user, has_fs_chat = _present(contacts["feishu_open_id"]), _present(contacts["feishu_chat_id"])
 
     def pick(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = len(contacts)
@@ -589,6 +597,12 @@ def targets(
                 platform = np.where(reach, "slack", platform)
                 target = np.where(use_channel, slack_channel, np.where(reach, slack_user, target))
                 channel = np.where(use_channel, slack_channel, np.where(reach, "", channel))
+            elif name == "feishu":  # the customer's group chat, else a private message to the contact's open_id
+                reach = has_fs_chat | has_fs_user
+                chat = np.where(has_fs_chat, fs_chat, fs_user)
+                platform = np.where(reach, "feishu", platform)
+                target = np.where(reach, chat, target)
+                channel = np.where(reach, chat, channel)
             else:
                 reach = has_tg_chat | has_tg_user
                 chat = np.where(has_tg_chat, tg_chat, tg_user)
@@ -610,7 +624,8 @@ def contact_targets(
     contacts: Sequence[Contact], config: SurveyConfig, platforms: Collection[str] | None = None
 ) -> pd.DataFrame:
     """`targets` for these contacts, indexed by contact id."""
-    columns = ["slack_user_id", "slack_channel_id", "telegram_user_id", "telegram_chat_id"]
+    columns = ["slack_user_id", "slack_channel_id", "telegram_user_id", "telegram_chat_id", "feishu_open_id",
+               "feishu_chat_id"]
     frame = pd.DataFrame([[getattr(c, name) for name in columns] for c in contacts], columns=columns,
                          index=pd.Index([c.id for c in contacts]), dtype=object)
     return targets(frame, config, platforms)
@@ -630,7 +645,8 @@ def candidates(
     """The contact frame the cadence reads (of one account, or all), built from a few aggregate queries; targets
     on the configured `platforms` (None: all)."""
     columns = ["contact_id", "account_id", "key", "name", "slack_user_id", "telegram_user_id", "slack_channel_id",
-               "telegram_chat_id", "contact_created", "account_name", "arr", "status", "stage", "contract_start",
+               "telegram_chat_id", "feishu_open_id", "feishu_chat_id", "contact_created", "account_name", "arr",
+               "status", "stage", "contract_start",
                "renewal_date", "owner_id", "owner_tz"]
     if account_id is None:
         contacts = _frame(session, _CONTACTS_SQL, {}, columns)
@@ -899,7 +915,8 @@ class Reminder:
 _REMINDERS_SQL = text(
     """
     SELECT s.id, s.account_id, s.contact_id, s.platform, s.channel_id, s.token, s.lang,
-           c.slack_user_id, c.slack_channel_id, c.telegram_user_id, c.telegram_chat_id, u.timezone
+           c.slack_user_id, c.slack_channel_id, c.telegram_user_id, c.telegram_chat_id, c.feishu_open_id,
+           c.feishu_chat_id, u.timezone
     FROM nps_survey s
     JOIN account a ON a.id = s.account_id
     LEFT JOIN contact c ON c.id = s.contact_id
@@ -919,12 +936,14 @@ def choose_reminders(session: Session, now: datetime, config: SurveyConfig) -> l
         return []
     rows = session.execute(_REMINDERS_SQL, {"cutoff": now - timedelta(days=days), "until": now}).all()
     out: list[Reminder] = []
-    for sid, account_id, contact_id, platform, channel, token, lang, su, sc, tu, tc, tz in rows:
+    for sid, account_id, contact_id, platform, channel, token, lang, su, sc, tu, tc, fu, fc, tz in rows:
         send_at = send_time(now, zone(tz, config.delivery.timezone), config)
         if not token or send_at >= now + config.expiry:
             continue
         if platform == "slack":
             target = channel if channel and channel == sc else (su or channel)
+        elif platform == "feishu":
+            target = channel or fc or fu
         else:
             target = channel or tc or tu
         if not target:

@@ -119,8 +119,8 @@ def test_team_channel_on_telegram_and_nowhere_to_go(session: Session, people: di
     # Not dropped: recorded undeliverable, with why, for `csbot deliveries` and the digest.
     [_team, kept] = _deliveries(session)
     assert (kept.alert_id, kept.status, kept.platform, kept.target) == (lost.id, "undeliverable", "", "")
-    assert kept.last_error == ("Nel has no Slack or Telegram id; no team channel is set ([routing] "
-                               "team_slack_channel, team_telegram_chat)")
+    assert kept.last_error == ("Nel has no Slack or Telegram or Feishu id; no team channel is set ([routing] "
+                               "team_slack_channel, team_telegram_chat, team_feishu_chat)")
 
 
 def test_the_delivered_card_carries_the_alert_and_its_buttons(session: Session, people: dict[str, int]) -> None:
@@ -276,7 +276,7 @@ def test_acknowledged_or_managerless_alerts_are_not_escalated_to_a_manager(
     [kept] = _deliveries(session, "escalation")
     assert (kept.status, kept.alert_id) == ("undeliverable", no_manager.id)
     assert kept.last_error == ("Ida has no manager; no team channel is set ([routing] team_slack_channel, "
-                               "team_telegram_chat)")
+                               "team_telegram_chat, team_feishu_chat)")
     # Once a team channel is set, `csbot deliveries --retry` routes it there.
     routes = Routes(_config(team_slack_channel="CTEAM"), default_survey_config(), b"k" * 32)
     assert requeue(session, routes, now=later).routed == 1

@@ -173,7 +173,8 @@ async def test_health_and_metrics(served: Served) -> None:
     async with served.client() as http:
         health = await http.get("/healthz")
         assert health.status_code == 200
-        assert health.json() == {"status": "ok", "database": "ok", "slack": "http", "telegram": "webhook"}
+        assert health.json() == {"status": "ok", "database": "ok", "slack": "http", "telegram": "webhook",
+                                 "feishu": "off"}
         metrics = await http.get("/metrics")
     assert metrics.status_code == 200
     assert metrics.headers["content-type"].startswith("text/plain")

@@ -59,7 +59,7 @@ quiet_start = "00:00"
 quiet_end = "00:00"
 """
 PRIYA_WHY = "Slack is not configured (SLACK_BOT_TOKEN) and Priya Raman has no Telegram id"
-NO_TEAM = "no team channel is set ([routing] team_slack_channel, team_telegram_chat)"
+NO_TEAM = "no team channel is set ([routing] team_slack_channel, team_telegram_chat, team_feishu_chat)"
 ANN_WHY = "Slack is not configured (SLACK_BOT_TOKEN) and Ann Customer has no Telegram id"
 
 

@@ -109,7 +109,8 @@ def whoami_text(session: Session, user: User, lang: str, default_lang: str) -> s
     owned = session.execute(select(func.count()).select_from(Account).where(
         col(Account.owner_id) == user.id, col(Account.status) == "active")).scalar_one()
     ids = ", ".join(f"{platform} {value}" for platform, value in
-                    (("Slack", user.slack_user_id), ("Telegram", user.telegram_user_id)) if value)
+                    (("Slack", user.slack_user_id), ("Telegram", user.telegram_user_id),
+                     ("Feishu", user.feishu_open_id)) if value)
     current = user.lang or default_lang
     return t(
         "whoami", lang, name=user.name, email=user.email, role=t(f"role_{user.role}", lang), team=team_text,
