@@ -37,7 +37,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
 from lifecycle import risk
-from lifecycle.config import CONFIG_DIR, read_toml, validate_config
+from lifecycle.config import CONFIG_DIR, PLATFORM_TOKENS, read_toml, validate_config
 from lifecycle.db import upsert
 from lifecycle.health import Scorecard, critical_frame, default_scorecard, split_measures, value_text
 from lifecycle.models import Account, Alert, HealthSnapshot
@@ -249,7 +249,7 @@ class RoutingConfig(_Strict):
     def _not_from_the_file(cls, value: object) -> object:
         if value is not None:
             raise ValueError("is not set here: csbot delivers on every platform whose bot token is set "
-                             "(SLACK_BOT_TOKEN, TELEGRAM_BOT_TOKEN)")
+                             f"({', '.join(PLATFORM_TOKENS.values())})")
         return value
 
     @field_validator("team_timezone")

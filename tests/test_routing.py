@@ -15,7 +15,7 @@ from bot.alert_cards import alert_reply
 from bot.messages import Incoming, Reply
 from bot.notifier import payload_to_reply
 from bot.router import Router, Services
-from bot.routing import escalate, in_quiet_hours, release_time, route_alerts, zone
+from bot.routing import escalate, in_quiet_hours, person, release_time, route, route_alerts, with_platforms, zone
 from bot.undelivered import Routes, requeue
 from lifecycle.alerts import AlertConfig, RoutingConfig, default_alert_config
 from lifecycle.config import load_settings
@@ -316,3 +316,18 @@ def test_not_useful_and_reassign_buttons(engine: Engine, session: Session, peopl
     session.refresh(alert)
     assert alert.owner_id == people["ida"]
     assert session.get(Account, people["A-sam"]).owner_id == people["ida"]  # type: ignore[union-attr]
+
+
+def test_an_owner_on_feishu_and_the_team_group_on_feishu(session: Session, people: dict[str, int]) -> None:
+    """Alerts, digests and renewal prompts all route through `route`: with Feishu configured, an owner known only
+    by a Feishu open_id gets them in a private chat, and the team's Feishu group takes what has no owner."""
+    fei = User(email="fei@example.com", name="Fei", role="csm", feishu_open_id="ou_fei", timezone="Asia/Shanghai")
+    both = User(email="bo@example.com", name="Bo", role="csm", slack_user_id="UBO", feishu_open_id="ou_bo")
+    routing = with_platforms(_config(team_feishu_chat="oc_team"), ["feishu"]).routing
+    target = route(routing, person(fei, team=True), fei)
+    assert (target.platform, target.target) == ("feishu", "ou_fei") and target.reasons == ()
+    assert route(routing, person(both, team=True), both).platform == "feishu"  # Slack is not configured
+    team = route(routing, person(None, team=True, missing="no_owner"), None)
+    assert (team.platform, team.target) == ("feishu", "oc_team")
+    nowhere = route(with_platforms(_config(), ["slack"]).routing, person(fei), fei)
+    assert nowhere.platform == "feishu" and nowhere.reasons  # kept, with why, until Feishu is configured
