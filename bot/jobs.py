@@ -572,6 +572,15 @@ def scheduled_run(name: str) -> None:
             fire_time=occurrence(name, _runtime.settings, now))
 
 
+def _create_jobstore_table(engine: Engine, store: SQLAlchemyJobStore) -> None:
+    """Create APScheduler's job table once. Replicas starting together would race in its own CREATE TABLE (two
+    creators of one PostgreSQL type clash), so on PostgreSQL the creation waits on a transaction advisory lock."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(JOBSTORE_TABLE)})
+        store.jobs_t.create(conn, checkfirst=True)
+
+
 def _forget_other_jobs(engine: Engine, keep: set[str]) -> None:
     """Remove stored jobs that are no longer scheduled here (renamed, or excluded), so they stop firing."""
     if not has_table(engine, JOBSTORE_TABLE):
@@ -598,8 +607,10 @@ def build_scheduler(
     if unknown:
         raise NotFoundError("job", ", ".join(sorted(unknown)))
     _runtime = _Runtime(engine, settings, ports)
+    store = SQLAlchemyJobStore(engine=engine, tablename=JOBSTORE_TABLE)
+    _create_jobstore_table(engine, store)
     scheduler = AsyncIOScheduler(
-        jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=JOBSTORE_TABLE)},
+        jobstores={"default": store},
         job_defaults={"coalesce": True, "max_instances": 1},
         timezone=settings.tz,
     )

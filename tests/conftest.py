@@ -4,7 +4,7 @@ The database is SQLite by default; `pytest --db postgres` (or CSBOT_TEST_DB=post
 `db_url`/`engine`/`session` a fresh PostgreSQL database instead, from the temporary server in conftest_pg.py.
 `scripts/test.sh` runs the suite both ways. A test that is about SQLite itself, or whose outcome cannot depend on
 the database (the permission matrix asked in words repeats the typed matrix's database work), is marked
-`sqlite_only`.
+`sqlite_only`; a test that uses no database fixture at all is skipped by the PostgreSQL pass too.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("PTB_TIMEDELTA", "1")
 
 _extra_numbers = itertools.count(1)
+# The fixtures through which a test reaches the database under test; a test using none of them (directly or through
+# another fixture) runs the same on both passes, so the PostgreSQL pass skips it.
+_DB_FIXTURES = frozenset({"db_url", "new_db_url", "engine", "session", "pg_server", "pg_url", "pg_engine"})
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -55,9 +58,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if config.getoption("--db") != "postgres":
         return
     skip = pytest.mark.skip(reason="about SQLite itself (--db postgres)")
+    no_database = pytest.mark.skip(reason="uses no database fixture: its outcome is the SQLite pass's (--db postgres)")
     for item in items:
         if item.get_closest_marker("sqlite_only"):
             item.add_marker(skip)
+        elif not _DB_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(no_database)
 
 
 @pytest.fixture(scope="session")

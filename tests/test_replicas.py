@@ -219,3 +219,25 @@ def test_two_replicas_share_jobs_outbox_and_chat(pg_url: str, slack_api: FakeSla
     assert set(delivery_ids) == sent_ids
     assert max(delivery_ids.values()) == 1
     engine.dispose()
+
+
+def test_replicas_starting_together_create_the_job_table_once(pg_url: str) -> None:
+    """Each replica's scheduler creates APScheduler's job table on start; started together they must not clash."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+    from bot.jobs import JOBSTORE_TABLE, build_scheduler
+    from lifecycle.db import has_table
+
+    engines = [make_engine(pg_url) for _ in range(6)]
+    try:
+        with ThreadPoolExecutor(len(engines)) as pool:
+            schedulers = list(pool.map(lambda e: build_scheduler(e, load_settings()), engines))
+        assert len(schedulers) == len(engines)
+        assert has_table(engines[0], JOBSTORE_TABLE)
+        store = SQLAlchemyJobStore(engine=engines[0], tablename=JOBSTORE_TABLE)
+        store.jobs_t.create(engines[0], checkfirst=True)  # already there: nothing to do
+    finally:
+        for eng in engines:
+            eng.dispose()
