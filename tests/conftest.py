@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest_pg import PG_FIXTURES
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -38,7 +39,7 @@ os.environ.setdefault("PTB_TIMEDELTA", "1")
 _extra_numbers = itertools.count(1)
 # The fixtures through which a test reaches the database under test; a test using none of them (directly or through
 # another fixture) runs the same on both passes, so the PostgreSQL pass skips it.
-_DB_FIXTURES = frozenset({"db_url", "new_db_url", "engine", "session", "pg_server", "pg_url", "pg_engine"})
+_DB_FIXTURES = frozenset({"db_url", "new_db_url", "engine", "session"}) | PG_FIXTURES
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from lifecycle.db import ensure_schema, make_engine
 
 _TEMPLATE_DB = "csbot_template"
-_PG_FIXTURES = {"pg_server", "pg_url", "pg_engine"}
+PG_FIXTURES = {"pg_server", "pg_url", "pg_engine"}
 _db_numbers = itertools.count(1)
 
 
@@ -29,7 +29,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if _PG_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        if PG_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.postgres)
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
@@ -24,12 +25,12 @@ from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
-from bot.jobs import occurrence, run_job
+from bot.jobs import JOBSTORE_TABLE, build_scheduler, occurrence, run_job
 from bot.messages import Reply
 from bot.notifier import reply_to_payload
 from lifecycle import outbox
 from lifecycle.config import cron_trigger, load_settings
-from lifecycle.db import make_engine, session_scope
+from lifecycle.db import has_table, make_engine, session_scope
 from lifecycle.demo import seed_demo
 from lifecycle.models import Delivery, JobRun, utcnow
 from tests.fakes.slack_api import RESPONSE_URL, FakeSlackAPI
@@ -223,21 +224,12 @@ def test_two_replicas_share_jobs_outbox_and_chat(pg_url: str, slack_api: FakeSla
 
 def test_replicas_starting_together_create_the_job_table_once(pg_url: str) -> None:
     """Each replica's scheduler creates APScheduler's job table on start; started together they must not clash."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-
-    from bot.jobs import JOBSTORE_TABLE, build_scheduler
-    from lifecycle.db import has_table
-
     engines = [make_engine(pg_url) for _ in range(6)]
     try:
         with ThreadPoolExecutor(len(engines)) as pool:
             schedulers = list(pool.map(lambda e: build_scheduler(e, load_settings()), engines))
         assert len(schedulers) == len(engines)
         assert has_table(engines[0], JOBSTORE_TABLE)
-        store = SQLAlchemyJobStore(engine=engines[0], tablename=JOBSTORE_TABLE)
-        store.jobs_t.create(engines[0], checkfirst=True)  # already there: nothing to do
     finally:
         for eng in engines:
             eng.dispose()
