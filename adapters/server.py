@@ -241,6 +241,18 @@ async def _start_background(
             await refresher
 
         stack.push_async_callback(stop_refresher)
+    if engine.dialect.name == "postgresql" and settings.shard_poll_seconds > 0:
+        from bot.shardwork import run_shard_helper
+
+        quit_helping = asyncio.Event()
+        helper = asyncio.create_task(run_shard_helper(engine, settings, quit_helping, settings.shard_poll_seconds),
+                                     name="csbot-shard-helper")
+
+        async def stop_helper() -> None:
+            quit_helping.set()
+            await helper
+
+        stack.push_async_callback(stop_helper)
     sched = build_scheduler(engine, settings, ports=open_ports, exclude={"deliver"} if ports else set())
     sched.start()
     app.state.scheduler = sched
