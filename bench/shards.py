@@ -60,11 +60,11 @@ def generate(url: str, accounts: int) -> dict[str, Any]:
     times: dict[str, float] = {}
     started = time.perf_counter()
     with engine.begin() as conn:
-        conn.exec_driver_sql(_ACCOUNTS_SQL.format(today=TODAY.isoformat(), n=accounts))
+        conn.execute(text(_ACCOUNTS_SQL.format(today=TODAY.isoformat(), n=accounts)))
         times["accounts"] = time.perf_counter() - started
-        conn.exec_driver_sql(_USAGE_SQL.format(today=TODAY.isoformat(), days=DAYS))
+        conn.execute(text(_USAGE_SQL.format(today=TODAY.isoformat(), days=DAYS)))
         times["usage"] = time.perf_counter() - started - times["accounts"]
-        conn.exec_driver_sql("UPDATE account SET last_usage_date = DATE '%s'" % (TODAY - timedelta(days=1)))
+        conn.execute(text(f"UPDATE account SET last_usage_date = DATE '{TODAY - timedelta(days=1)}'"))
         rollups.rebuild(conn)
         conn.exec_driver_sql("DELETE FROM account_change")
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
