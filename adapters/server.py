@@ -2,7 +2,8 @@
 
 Starts whichever platforms are configured; a half-configured platform (a token without its secret, or the other
 way round) stops start-up with a message naming the missing variable. With `scheduler=True` (what `csbot serve`
-does unless `--no-scheduler`) the lifespan also runs the scheduled jobs of `bot.jobs` and the outbox worker,
+does unless `--no-scheduler`) the lifespan also runs the scheduled jobs of `bot.jobs` and the outbox worker
+(and, on PostgreSQL, the helper that works on the nightly recompute's shards, `bot.shardwork`),
 and stops both on shutdown: the worker finishes the message in hand, a running job finishes in its thread.
 """
 

@@ -249,8 +249,9 @@ def run_shard(
     if not marked:  # our lease lapsed and another worker took the shard over; the results are the same
         log.warning("shard %d of %s: finished after its lease lapsed; another worker has it now", job.shard, job.key)
         return ShardResult(job.shard, "lost", summary.accounts, summary.stage_moves, seconds)
-    log.info("shard %d of %s [%d, %d): %d account(s), %d stage move(s) in %.2f s", job.shard, job.key, job.lo,
-             job.hi, summary.accounts, summary.stage_moves, seconds)
+    steps = ", ".join(f"{name} {t:.2f}" for name, t in summary.timings.items())
+    log.info("shard %d of %s [%d, %d): %d account(s), %d stage move(s) in %.2f s (%s)", job.shard, job.key, job.lo,
+             job.hi, summary.accounts, summary.stage_moves, seconds, steps)
     return ShardResult(job.shard, DONE, summary.accounts, summary.stage_moves, seconds)
 
 

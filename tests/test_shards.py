@@ -283,3 +283,17 @@ def test_the_nightly_on_postgresql_runs_in_shards_and_reports_a_failed_one(
     assert "1 of 3 shard(s) failed — shard 1 [" in error and "after 3 attempt(s): RuntimeError: disk full" in error
     assert failed.step("alerts").skipped
     assert "FAILED" in failed.describe()
+
+
+def test_a_replica_helps_with_an_open_run_of_its_own_configuration_only(seeded: Engine, pg_url: str) -> None:
+    from bot.shardwork import help_once
+
+    plan = _plan(seeded, 3)
+    with session_scope(seeded) as s:  # a run planned with another scorecard: not this replica's to help with
+        s.execute(text("INSERT INTO recompute_shard (run_key, as_of, shard, lo, hi, status, attempts, created_at, "
+                       "accounts, stage_moves, seconds) VALUES ('2025-03-14:otherconfig', :day, 0, 0, 10, "
+                       "'pending', 0, now(), 0, 0, 0)"), {"day": TODAY})
+    done = help_once(seeded, load_settings(database_url=pg_url))
+    assert sorted(r.shard for r in done) == [0, 1, 2]
+    assert shards.run_status(seeded, plan.key).done
+    assert shards.open_runs(seeded) == ["2025-03-14:otherconfig"]
