@@ -530,6 +530,36 @@ def jobs_list() -> None:
     console.print(table)
 
 
+@jobs_app.command(name="shards")
+def jobs_shards(
+    as_of: str | None = typer.Option(None, help="Day of the run (YYYY-MM-DD, default the newest run)."),
+) -> None:
+    """The nightly recompute's shards (newest run): range, status, worker, attempts, accounts, time, error."""
+    from lifecycle.shards import latest_key, run_status
+
+    settings = _settings()
+    try:
+        day = date.fromisoformat(as_of) if as_of else None
+    except ValueError:
+        err.print(f"[red]--as-of: not a date (YYYY-MM-DD): {as_of}[/red]")
+        raise typer.Exit(1) from None
+    engine = _engine(settings)
+    key = latest_key(engine, day)
+    if key is None:
+        err.print("No sharded recompute run on record (one shard, e.g. SQLite, runs the plain full recompute).")
+        raise typer.Exit(1)
+    status = run_status(engine, key)
+    table = Table("shard", "account ids", "status", "worker", "attempts", "accounts", "seconds", "error",
+                  title=f"recompute run {key}")
+    rows = [*status.shards, *([status.finish] if status.finish else [])]
+    for row in rows:
+        name = "whole portfolio" if row.shard < 0 else str(row.shard)
+        ids = "—" if row.shard < 0 else f"[{row.lo:,}, {row.hi:,})"
+        table.add_row(name, ids, row.status, row.claimed_by or "—", str(row.attempts), f"{row.accounts:,}",
+                      f"{row.seconds:.2f}", row.error or "")
+    console.print(table)
+
+
 @jobs_app.command(name="run")
 def jobs_run(
     name: str = typer.Argument(..., help="The job (see `csbot jobs list`)."),

@@ -2,7 +2,8 @@
 
 Starts whichever platforms are configured; a half-configured platform (a token without its secret, or the other
 way round) stops start-up with a message naming the missing variable. With `scheduler=True` (what `csbot serve`
-does unless `--no-scheduler`) the lifespan also runs the scheduled jobs of `bot.jobs` and the outbox worker,
+does unless `--no-scheduler`) the lifespan also runs the scheduled jobs of `bot.jobs` and the outbox worker
+(and, on PostgreSQL, the helper that works on the nightly recompute's shards, `bot.shardwork`),
 and stops both on shutdown: the worker finishes the message in hand, a running job finishes in its thread.
 """
 
@@ -241,6 +242,18 @@ async def _start_background(
             await refresher
 
         stack.push_async_callback(stop_refresher)
+    if engine.dialect.name == "postgresql" and settings.shard_poll_seconds > 0:
+        from bot.shardwork import run_shard_helper
+
+        quit_helping = asyncio.Event()
+        helper = asyncio.create_task(run_shard_helper(engine, settings, quit_helping, settings.shard_poll_seconds),
+                                     name="csbot-shard-helper")
+
+        async def stop_helper() -> None:
+            quit_helping.set()
+            await helper
+
+        stack.push_async_callback(stop_helper)
     sched = build_scheduler(engine, settings, ports=open_ports, exclude={"deliver"} if ports else set())
     sched.start()
     app.state.scheduler = sched

@@ -15,6 +15,9 @@ Scenarios (`--only` picks some):
   as the baseline, with the batching window at 0.
 - import: `csbot import usage` of accounts × 60 days (`--import-accounts`, default 10,000 and 100,000) on SQLite,
   and on PostgreSQL with `--postgres`, against a bare executemany / COPY of the same rows (`bench.scale_io`).
+- shards: on PostgreSQL only (`--postgres`), the sharded nightly recompute (`lifecycle.shards`, `bench.shards`) at
+  `--shards-accounts` accounts × 90 days (default 100,000), worked by one process and by two (a second replica),
+  on the same data and the same run, and the ratio.
 - nl: the natural-language layer on the evaluation corpus (`bench.nl`): exact-command accuracy per language on the
   held-out part, out-of-scope detection, clarification rate, parse latency at 60 and 100,000 accounts (5,000 with
   `--quick`), and a question's end-to-end time against its command's.
@@ -50,7 +53,9 @@ from bench import datasets
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SCENARIOS = ("recompute", "lookup", "outbox", "model", "ingest", "nl", "import")
+SCENARIOS = ("recompute", "lookup", "outbox", "model", "ingest", "nl", "import", "shards")
+SHARDS_SIZE = 100_000  # accounts of the shards scenario (`--shards-accounts`), × 90 days
+SHARDS = 8
 IMPORT_SIZES = (10_000, 100_000)  # accounts of the import scenario, × IMPORT_DAYS days of usage
 IMPORT_DAYS = 60
 INGEST_CLIENTS = 50
@@ -484,6 +489,31 @@ def import_scenario(report: Report, sizes: Sequence[int], days: int, postgres: s
 # ---------------------------------------------------------------------------------------------------------- CLI
 
 
+def shards_scenario(report: Report, sizes: Sequence[int], postgres: str | None) -> None:
+    figures: dict[str, Any] = {}
+    with _postgres(postgres) as database_for:
+        if database_for is None:
+            report.notes.append("shards: needs PostgreSQL (--postgres auto or a URL); skipped")
+            return
+        for n in sizes:
+            url = database_for(n)
+            loaded = run_child("shards_generate", url=url, accounts=n)
+            one = run_child("shards_run", url=url, workers=1, shard_count=SHARDS)
+            two = run_child("shards_run", url=url, workers=2, shard_count=SHARDS)
+            ratio = two.result["seconds"] / one.result["seconds"]
+            rows = loaded.result["usage_rows"]
+            figures[str(n)] = {"usage_rows": rows, "load_seconds": loaded.result["seconds"],
+                               "one_worker": one.result, "two_workers": two.result, "ratio": ratio}
+            label = f"{_size(n)} × 90 d"
+            report.rows.append(Row("shards", label, f"nightly recompute, {SHARDS} shards, 2 workers",
+                                   _s(two.result["seconds"]), f"1 worker {_s(one.result['seconds'])}", _x(ratio)))
+            report.notes.append(f"shards {_size(n)}: loaded {rows:,} usage rows in "
+                                f"{loaded.result['seconds']['total']:,.0f} s (SQL generate_series); whole-portfolio "
+                                f"step {one.result['finish_seconds']:.1f} s / {two.result['finish_seconds']:.1f} s")
+            report.goals.append(Goal(f"shards two workers vs one at {_size(n)}", ratio, "≤ 0.6×", ratio <= 0.6))
+    report.data["shards"] = figures
+
+
 def nl_scenario(report: Report, *, quick: bool) -> None:
     from bench import nl
 
@@ -528,6 +558,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--messages", type=int, default=2000, help="outbox messages per run (default 2000)")
     parser.add_argument("--import-accounts", default=",".join(str(s) for s in IMPORT_SIZES),
                         help=f"account counts for the import scenario (× {IMPORT_DAYS} days), comma-separated")
+    parser.add_argument("--shards-accounts", default=[SHARDS_SIZE],
+                        type=lambda v: [int(s) for s in v.split(",") if s.strip()],
+                        help=f"account counts for the shards scenario (× 90 days), comma-separated "
+                             f"(default {SHARDS_SIZE})")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where the JSON files go")
     return parser.parse_args(argv)
 
@@ -565,6 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             import_scenario(report, import_sizes, import_days, args.postgres or None)
         elif scenario == "nl":
             nl_scenario(report, quick=bool(args.quick))
+        elif scenario == "shards":
+            shards_scenario(report, [QUICK_SIZE] if args.quick else args.shards_accounts, args.postgres or None)
 
     table = Table(title=f"csbot benchmarks — {machine['cpu_count']} CPUs, Python {machine['python']}, "
                         f"SQLite {machine['sqlite']}")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import measures, scale_io
+from bench import measures, scale_io, shards
 
 MEASURES: dict[str, Callable[..., dict[str, Any]]] = {
     "nightly": measures.nightly,
@@ -27,6 +27,8 @@ MEASURES: dict[str, Callable[..., dict[str, Any]]] = {
     "import_prepare": scale_io.import_prepare,
     "import_usage": scale_io.import_usage,
     "ingest_clients": scale_io.ingest_clients,
+    "shards_generate": shards.generate,
+    "shards_run": shards.sharded_run,
 }
 
 

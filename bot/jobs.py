@@ -42,6 +42,8 @@ from lifecycle.errors import NotFoundError
 from lifecycle.models import Delivery, JobRun, utcnow
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from bot.notifier import DeliveryPort
     from lifecycle.alerts import AlertConfig
     from lifecycle.health import Scorecard
@@ -428,11 +430,19 @@ def nightly(ctx: JobContext) -> None:
     and its deliveries commit together (one step), so an alert never exists without its messages."""
     from lifecycle.alerts import run_alert_rules
     from lifecycle.recompute import recompute
+    from lifecycle.shards import shard_count
 
-    with ctx.step("recompute") as step, session_scope(ctx.engine) as session:
-        summary = recompute(session, as_of=ctx.today, scorecard=ctx.scorecard, machine=ctx.machine)
-        step.add(accounts=summary.accounts, stage_moves=summary.stage_moves)
-        step.note = ", ".join(f"{grade} {n}" for grade, n in sorted(summary.grades.items()))
+    frame = None
+    shards = shard_count(ctx.settings.recompute_shards, ctx.engine.dialect.name)
+    if shards <= 1:
+        with ctx.step("recompute") as step, session_scope(ctx.engine) as session:
+            summary = recompute(session, as_of=ctx.today, scorecard=ctx.scorecard, machine=ctx.machine)
+            step.add(accounts=summary.accounts, stage_moves=summary.stage_moves)
+            step.note = ", ".join(f"{grade} {n}" for grade, n in sorted(summary.grades.items()))
+            frame = summary.signals
+    else:
+        with ctx.step("recompute") as step:
+            frame = _sharded_recompute(ctx, step, shards)
 
     if not ctx.succeeded("recompute"):
         ctx.skip("alerts", "the recompute failed; rules would read stale health")
@@ -443,7 +453,7 @@ def nightly(ctx: JobContext) -> None:
             # The recompute's signals frame (with today's scores filled in) saves reading the usage a second time.
             raised = run_alert_rules(
                 session, ctx.today, config=ctx.alert_config, now=ctx.now, scorecard=ctx.scorecard,
-                frame=summary.signals,
+                frame=frame,
             )
             stats = route_alerts(session, [*raised.new, *raised.reopened], now=ctx.now, config=ctx.alert_config)
             session.flush()
@@ -478,6 +488,27 @@ def nightly(ctx: JobContext) -> None:
         from bot.understanding.memory import forget_idle
 
         step.add(forgotten=forget_idle(session, ttl_minutes=ctx.settings.context_ttl_minutes))
+
+
+def _sharded_recompute(ctx: JobContext, step: StepResult, shards: int) -> pd.DataFrame | None:
+    """The nightly recompute in account-range shards that every replica helps with (`lifecycle.shards`): this
+    replica plans the run, works shards, waits for the others' and runs the whole-portfolio step. A failed shard
+    fails the step (naming it), so the alert rules do not read stale health."""
+    from lifecycle.shards import nightly_recompute
+
+    run = nightly_recompute(
+        ctx.engine, as_of=ctx.today, scorecard=ctx.scorecard, machine=ctx.machine, shards=shards,
+        lease=timedelta(seconds=ctx.settings.recompute_lease_seconds),
+    )
+    step.add(accounts=run.accounts, stage_moves=run.stage_moves)
+    if run.mode == "sharded":
+        step.add(shards=len(run.status.shards), shards_here=sum(r.status == "done" for r in run.mine))
+    grades = ", ".join(f"{grade} {n}" for grade, n in sorted(run.grades().items()))
+    step.note = "; ".join(part for part in (run.describe(), grades) if part)
+    problem = run.problem()
+    if problem is not None:
+        raise RuntimeError(f"recompute run {run.key}: {problem}")
+    return run.signals
 
 
 @job("deliver", cron="* * * * *", help="Send what is due in the outbox (retries with backoff).",

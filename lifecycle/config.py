@@ -64,6 +64,20 @@ class Settings(BaseSettings):
     nightly_cron: str = Field(default="0 2 * * *", validation_alias=AliasChoices("CSBOT_NIGHTLY_CRON"))
     # How often `csbot serve` recomputes the accounts whose data changed (bot/refresh.py); 0 turns it off.
     refresh_seconds: float = Field(default=2.0, ge=0, le=3600, validation_alias=AliasChoices("CSBOT_REFRESH_SECONDS"))
+    # The nightly recompute's account-range shards (lifecycle/shards.py), which every `csbot serve` replica helps
+    # with; unset: 8 on PostgreSQL, 1 on SQLite (one shard is the plain full recompute, in one process).
+    recompute_shards: int | None = Field(
+        default=None, ge=1, le=1024, validation_alias=AliasChoices("CSBOT_RECOMPUTE_SHARDS")
+    )
+    # How long a claimed shard is a worker's before another may claim it again (its worker died); longer than a
+    # shard takes.
+    recompute_lease_seconds: float = Field(
+        default=600.0, ge=5, le=86_400, validation_alias=AliasChoices("CSBOT_RECOMPUTE_LEASE_SECONDS")
+    )
+    # How often a `csbot serve` replica looks for shards of an open nightly run to help with; 0: it never helps.
+    shard_poll_seconds: float = Field(
+        default=5.0, ge=0, le=3600, validation_alias=AliasChoices("CSBOT_SHARD_POLL_SECONDS")
+    )
     # What `csbot serve` logs: INFO records every job run (and every run a replica skipped) and outbox retries.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias=AliasChoices("CSBOT_LOG_LEVEL")

@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from pydantic import NaiveDatetime
-from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint, event, text
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, UniqueConstraint, event, text
 from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel, col
 
@@ -490,6 +490,36 @@ class RecomputeState(SQLModel, table=True):
     as_of: date
     digest: str  # of the scorecard and stage machine it ran with
     finished_at: NaiveDatetime = Field(default_factory=utcnow)
+
+
+class RecomputeShard(SQLModel, table=True):
+    """One account-id range of a sharded nightly recompute (`lifecycle.shards`), claimed by one worker at a time.
+
+    A run is keyed by its day and configuration digest; its shards cover every account id in [lo, hi) ranges,
+    and the row with shard number `FINISH_SHARD` (-1) is the run's whole-portfolio step (insight, the run record),
+    done once after every range shard. `lease_until` is when a running shard's claim lapses (its worker died):
+    another worker then claims it again, counting `attempts`."""
+
+    __tablename__ = "recompute_shard"
+    __table_args__ = (UniqueConstraint("run_key", "shard", name="uq_recompute_shard_run_shard"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_key: str = Field(index=True)  # "<day>:<config digest>"
+    as_of: date
+    shard: int  # 0 … n-1; -1 is the whole-portfolio step
+    lo: int = Field(default=0, sa_type=BigInteger)  # account ids lo <= id < hi
+    hi: int = Field(default=0, sa_type=BigInteger)
+    status: str = "pending"  # pending, running, done, failed
+    claimed_by: str | None = None  # host:pid of the worker
+    lease_until: NaiveDatetime | None = None
+    attempts: int = 0
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
+    started_at: NaiveDatetime | None = None
+    finished_at: NaiveDatetime | None = None
+    accounts: int = 0
+    stage_moves: int = 0
+    seconds: float = 0.0
+    error: str | None = None
 
 
 # Account columns that feed the signals frame; health, churn and cache columns written by the recompute itself

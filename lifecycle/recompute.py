@@ -288,3 +288,18 @@ def backfill_new_accounts(
     log.info("backfilling %d day(s) of health for %d account(s) scored for the first time", span, len(starts))
     return backfill_health(session, today=as_of, offsets=tuple(range(1, span + 1)), scorecard=scorecard,
                            machine=machine, starts=starts, accounts=starts.index.tolist())
+
+
+def portfolio_insight(
+    session: Session, *, as_of: date, signals: pd.DataFrame, scorecard: Scorecard, machine: StageMachine,
+    insight: InsightConfig | None = None,
+) -> str:
+    """The insight step of a full run (churn, cohorts, tiers, card facts) on a whole-portfolio signals frame, for
+    runs whose health and stages were computed in parts (`lifecycle.shards`); in a savepoint, as in `recompute`."""
+    return _insight(session, as_of, signals, scorecard, machine, insight or default_insight_config())
+
+
+def record_full_run(session: Session, *, as_of: date, scorecard: Scorecard, machine: StageMachine) -> None:
+    """Record in `recompute_state` that every account was recomputed for `as_of` with this configuration."""
+    session.merge(RecomputeState(name=STATE_NAME, as_of=as_of, digest=config_digest(scorecard, machine),
+                                 finished_at=utcnow()))
