@@ -7,7 +7,8 @@
   `UPDATE target SET … FROM staging WHERE target.key = staging.key` (SQLite ≥ 3.33; older SQLite runs one
   executemany `UPDATE … WHERE key = ?` instead).
 - `insert_rows`: COPY straight into the table on PostgreSQL, executemany on SQLite.
-- `delete_rows`: staging, then one `DELETE … USING staging` (PostgreSQL) / `DELETE … WHERE EXISTS` (SQLite).
+- `delete_rows`: staging, then one `DELETE … USING staging` (PostgreSQL) / `DELETE … WHERE (keys) IN (SELECT … FROM
+  staging)` (SQLite).
 
 All of them run inside the caller's transaction (on the session's own connection) and never commit, so a failure
 later in the same transaction still leaves nothing written. `bulk_mode` gives SQLite a larger page cache while a big
@@ -173,12 +174,12 @@ def stored_values(
 
 
 @contextmanager
-def _staging(session: Session, table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]],
-             index: Sequence[str] = ()) -> Iterator[tuple[Any, str]]:
+def _staging(session: Session, table: Table, columns: Sequence[str],
+             rows: Sequence[tuple[Any, ...]]) -> Iterator[tuple[Any, str]]:
     """A temporary table holding `rows` (already stored values) in `columns`, dropped afterwards; yields the
     driver cursor and the staging table's quoted name. PostgreSQL: the target's column types, filled by COPY.
     SQLite: untyped columns (the values reach the target exactly as a bound parameter would), filled by
-    executemany, indexed on `index`."""
+    executemany."""
     conn = driver_connection(session)
     cols = ", ".join(_quote(c) for c in columns)
     stage = _quote(f"{_STAGE_PREFIX}{table.name}_{next(_stage_ids)}")
@@ -195,9 +196,6 @@ def _staging(session: Session, table: Table, columns: Sequence[str], rows: Seque
             cur.execute(f"CREATE TEMPORARY TABLE {stage} ({cols})")
             marks = ", ".join("?" for _ in columns)
             cur.executemany(f"INSERT INTO {stage} VALUES ({marks})", rows)
-            if index:
-                cur.execute(f"CREATE INDEX {_quote(stage.strip(chr(34)) + '_key')} ON {stage} "
-                            f"({', '.join(_quote(c) for c in index)})")
         yield cur, stage
         cur.execute(f"DROP TABLE {stage}")
     finally:
@@ -308,9 +306,12 @@ def delete_rows(session: Session, table: Table, key_columns: Sequence[str], rows
     values = stored_values(dialect, table, key_columns, rows)
     name = _quote(table.name)
     where = " AND ".join(f"{name}.{_quote(k)} = s.{_quote(k)}" for k in key_columns)
-    with _staging(session, table, key_columns, values, index=key_columns) as (cur, stage):
+    with _staging(session, table, key_columns, values) as (cur, stage):
         if dialect == "postgresql":
             cur.execute(f"DELETE FROM {name} USING {stage} AS s WHERE {where}")
         else:
-            cur.execute(f"DELETE FROM {name} WHERE EXISTS (SELECT 1 FROM {stage} AS s WHERE {where})")
+            # A row-value IN: SQLite looks each staged key up in the target's index (a correlated EXISTS would scan
+            # the staging table once per target row).
+            keys = ", ".join(_quote(k) for k in key_columns)
+            cur.execute(f"DELETE FROM {name} WHERE ({keys}) IN (SELECT {keys} FROM {stage})")
         return int(cur.rowcount)
