@@ -48,10 +48,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlmodel import Session, col
 from threadpoolctl import threadpool_limits
 
+from lifecycle.bulkwrite import update_rows
 from lifecycle.config import CONFIG_DIR, read_toml, validate_config
 from lifecycle.errors import ConfigError, CsbotError
 from lifecycle.evaluate import Scores, score_summary
@@ -805,15 +806,13 @@ def score_portfolio(
     now: datetime | None = None,
 ) -> ScoreRun:
     """Score every active account on `as_of` and store probability, reasons and time on the accounts
-    (churned accounts are cleared). Bulk UPDATEs; the caller commits."""
+    (churned accounts are cleared). One staged UPDATE per chunk of accounts (`lifecycle.bulkwrite`); the caller
+    commits."""
     builder = builder or FeatureBuilder(session, default_scorecard())
     obs = builder.observe(as_of, signals)
     features = obs.features[obs.features["status"] == "active"]
     stamp = now or utcnow()
     table = Account.__table__  # type: ignore[attr-defined]
-    statement = (update(table).where(table.c.id == bindparam("b_id"))
-                 .values(churn_probability=bindparam("b_p"), churn_reasons=bindparam("b_r"),
-                         churn_scored_at=bindparam("b_at")))
     parts: list[pd.Series] = []
     drivers: list[list[Driver]] = []
     # Account chunks: the matrix, the contributions and the UPDATE parameters of one chunk at a time.
@@ -823,8 +822,8 @@ def score_portfolio(
         with threadpool_limits(limits=1):
             p_chunk = pd.Series(model.predict(chunk), index=chunk.index, name="churn_probability")
             d_chunk = model.drivers(chunk, top=reasons)
-        session.execute(statement, [
-            {"b_id": int(account_id), "b_p": round(float(p), 4), "b_r": [d.as_json() for d in ds], "b_at": stamp}
+        update_rows(session, table, ("id",), ("churn_probability", "churn_reasons", "churn_scored_at"), [
+            (int(account_id), round(float(p), 4), [d.as_json() for d in ds], stamp)
             for account_id, p, ds in zip(chunk.index.tolist(), p_chunk.tolist(), d_chunk, strict=True)
         ])
         parts.append(p_chunk)

@@ -34,13 +34,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sqlalchemy import Date, bindparam, text
+from sqlalchemy import Date, Table, bindparam, text
 from sqlmodel import Session
 
+from lifecycle.bulkwrite import update_rows, upsert_rows
 from lifecycle.config import read_toml
-from lifecycle.db import upsert
 from lifecycle.errors import ConfigError
-from lifecycle.models import HealthSnapshot, utcnow
+from lifecycle.models import Account, HealthSnapshot, utcnow
 from lifecycle.signals import NO_LOGIN_IN_WINDOW, SIGNAL_COLUMNS, build_signals
 
 DEFAULT_SCORECARD = Path(__file__).parent / "config" / "scorecard.toml"
@@ -583,68 +583,60 @@ def snapshot_json(scored: pd.DataFrame, scorecard: Scorecard) -> list[str]:
 
 
 _WRITE_CHUNK = 20_000
+_SNAPSHOT_COLUMNS = ("account_id", "day", "score", "grade", "measures", "scorecard_version", "computed_at")
+_SNAPSHOT_UPDATE = _SNAPSHOT_COLUMNS[2:]
+_HEALTH_COLUMNS = ("health_score", "health_grade", "health_at")
+
+
+def _snapshot_table() -> Table:
+    return HealthSnapshot.__table__  # type: ignore[attr-defined]
+
+
+def _account_table() -> Table:
+    return Account.__table__  # type: ignore[attr-defined]
 
 
 def write_snapshots(session: Session, scored: pd.DataFrame, as_of: date, scorecard: Scorecard) -> int:
     """Upsert the snapshots of every scored account of `scored` on (account, day) and copy score, grade and day
     onto the accounts (accounts without a score get grade "unknown"); returns the number of snapshots.
 
-    The bulk path of the nightly recompute: plain tuples through the driver's executemany, with the values in
-    the form SQLAlchemy itself stores (ISO text dates on SQLite), so the ORM reads the rows back unchanged.
+    The bulk path of the nightly recompute (`lifecycle.bulkwrite`): the snapshots through one staged upsert per
+    chunk (COPY on PostgreSQL), the accounts through one staged `UPDATE … FROM`.
     """
-    conn = session.connection()
-    sqlite = conn.dialect.name == "sqlite"
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     known = scored[scored["score"].notna()]
     now = utcnow()
-    day: Any = as_of.isoformat() if sqlite else as_of
-    stamp: Any = now.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else now
     ids = known.index.astype("int64").tolist()
     scores = known["score"].astype(float).tolist()
     grades = known["grade"].astype(str).tolist()
     documents = snapshot_json(known, scorecard)
-    json_mark = mark if sqlite else f"CAST({mark} AS JSON)"
-    insert = (
-        "INSERT INTO health_snapshot (account_id, day, score, grade, measures, scorecard_version, computed_at) "
-        f"VALUES ({mark}, {mark}, {mark}, {mark}, {json_mark}, {mark}, {mark}) "
-        "ON CONFLICT (account_id, day) DO UPDATE SET score = excluded.score, grade = excluded.grade, "
-        "measures = excluded.measures, scorecard_version = excluded.scorecard_version, "
-        "computed_at = excluded.computed_at"
-    )
     for start in range(0, len(ids), _WRITE_CHUNK):
         stop = start + _WRITE_CHUNK
-        conn.exec_driver_sql(insert, [
-            (a, day, s, g, d, scorecard.version, stamp)
+        upsert_rows(session, _snapshot_table(), _SNAPSHOT_COLUMNS, [
+            (a, as_of, s, g, d, scorecard.version, now)
             for a, s, g, d in zip(ids[start:stop], scores[start:stop], grades[start:stop], documents[start:stop],
                                   strict=True)
-        ])
+        ], conflict=("account_id", "day"), update=_SNAPSHOT_UPDATE)
     unknown = scored.index[scored["score"].isna()].astype("int64").tolist()
-    updates = [*zip(scores, grades, [day] * len(ids), ids, strict=True),
-               *((None, UNKNOWN_GRADE, day, a) for a in unknown)]
-    if updates:
-        conn.exec_driver_sql(
-            f"UPDATE account SET health_score = {mark}, health_grade = {mark}, health_at = {mark} WHERE id = {mark}",
-            updates,
-        )
+    update_rows(session, _account_table(), ("id",), _HEALTH_COLUMNS, [
+        *zip(ids, scores, grades, [as_of] * len(ids), strict=True),
+        *((a, None, UNKNOWN_GRADE, as_of) for a in unknown),
+    ])
     return len(ids)
 
 
-_UPDATE_ACCOUNT_HEALTH = text(
-    "UPDATE account SET health_score = :score, health_grade = :grade, health_at = :day WHERE id = :account_id"
-).bindparams(bindparam("day", type_=Date()))
-
-
 def update_account_health(session: Session, records: Sequence[Mapping[str, Any]]) -> int:
-    """Copy score, grade and day onto the account rows in one executemany UPDATE."""
-    params = [{k: r[k] for k in ("account_id", "score", "grade", "day")} for r in records]
-    if params:
-        session.execute(_UPDATE_ACCOUNT_HEALTH, params)
-    return len(params)
+    """Copy score, grade and day onto the account rows (one staged UPDATE, `lifecycle.bulkwrite.update_rows`)."""
+    rows = [(r["account_id"], r["score"], r["grade"], r["day"]) for r in records]
+    update_rows(session, _account_table(), ("id",), _HEALTH_COLUMNS, rows)
+    return len(rows)
 
 
 def save_snapshots(session: Session, rows: Sequence[dict[str, Any]]) -> int:
     """Upsert snapshots on (account, day) — a re-run of the same day overwrites — and update the accounts."""
-    upsert(session, HealthSnapshot, rows, conflict=["account_id", "day"])
+    now = utcnow()
+    upsert_rows(session, _snapshot_table(), _SNAPSHOT_COLUMNS,
+                [tuple(r.get(c, now) if c == "computed_at" else r[c] for c in _SNAPSHOT_COLUMNS) for r in rows],
+                conflict=("account_id", "day"), update=_SNAPSHOT_UPDATE)
     update_account_health(session, rows)
     return len(rows)
 

@@ -41,9 +41,10 @@ import pandas as pd
 from sqlalchemy import Date, bindparam, text
 from sqlmodel import Session
 
+from lifecycle.bulkwrite import delete_rows
 from lifecycle.churn import InsightConfig, default_insight_config
 from lifecycle.health import Scorecard, recompute_health
-from lifecycle.models import RecomputeState, utcnow
+from lifecycle.models import AccountChange, RecomputeState, utcnow
 from lifecycle.signals import build_signals, refresh_stages
 from lifecycle.stages import StageMachine, apply_automatic_rules
 
@@ -158,13 +159,9 @@ def read_marks(session: Session, accounts: Iterable[int] | None = None) -> list[
 
 
 def clear_marks(session: Session, marks: Iterable[tuple[int, int]]) -> None:
-    """Remove the marks a run has dealt with, unless their account changed again since (a higher version)."""
-    conn = session.connection()
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    params = list(marks)
-    for start in range(0, len(params), 10_000):
-        conn.exec_driver_sql(f"DELETE FROM account_change WHERE account_id = {mark} AND version = {mark}",
-                             params[start:start + 10_000])
+    """Remove the marks a run has dealt with, unless their account changed again since (a higher version): one
+    staged DELETE (`lifecycle.bulkwrite.delete_rows`) on (account, version)."""
+    delete_rows(session, AccountChange.__table__, ("account_id", "version"), list(marks))  # type: ignore[attr-defined]
 
 
 def recompute_changed(

@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
-from sqlalchemy import bindparam, delete, update
+from sqlalchemy import delete, update
 from sqlmodel import Session
 from threadpoolctl import threadpool_limits
 
+from lifecycle.bulkwrite import update_rows
 from lifecycle.churn import SegmentSettings, TierSettings
 from lifecycle.db import upsert
 from lifecycle.models import Account, Cohort, utcnow
@@ -140,10 +141,8 @@ def save_segmentation(session: Session, result: Segmentation | None, *, now: dat
     session.execute(delete(Cohort.__table__))  # type: ignore[attr-defined]
     if result is None:
         return 0
-    params = [{"b_id": int(a), "b_c": int(c)} for a, c in zip(result.cohort.index.tolist(), result.cohort.tolist(),
-                                                              strict=True)]
-    if params:
-        session.execute(update(table).where(table.c.id == bindparam("b_id")).values(cohort=bindparam("b_c")), params)
+    params = list(zip(result.cohort.index.tolist(), result.cohort.tolist(), strict=True))
+    update_rows(session, table, ("id",), ("cohort",), params)
     stamp = now or utcnow()
     rows = [{"id": c, "size": result.sizes.get(c, 0), "traits": [t.as_json() for t in traits], "computed_at": stamp}
             for c, traits in result.traits.items()]
@@ -163,9 +162,8 @@ def tiers(arr: pd.Series, utilisation: pd.Series, usage_trend: pd.Series, config
 
 def save_tiers(session: Session, tier: pd.Series) -> int:
     table = Account.__table__  # type: ignore[attr-defined]
-    params = [{"b_id": int(a), "b_t": str(t)} for a, t in zip(tier.index.tolist(), tier.tolist(), strict=True)]
-    if params:
-        session.execute(update(table).where(table.c.id == bindparam("b_id")).values(tier=bindparam("b_t")), params)
+    params = [(a, str(t)) for a, t in zip(tier.index.tolist(), tier.tolist(), strict=True)]
+    update_rows(session, table, ("id",), ("tier",), params)
     return len(params)
 
 

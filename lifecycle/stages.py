@@ -35,9 +35,10 @@ from pydantic import (
     model_validator,
 )
 from rapidfuzz import fuzz, process
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import select
 from sqlmodel import Session
 
+from lifecycle.bulkwrite import insert_rows, update_rows
 from lifecycle.config import CONFIG_DIR, read_toml
 from lifecycle.errors import ConfigError, InvalidTransition, NotFoundError
 from lifecycle.models import Account, AuditLog, StageTransition, utcnow
@@ -659,12 +660,16 @@ def _expire_accounts(session: Session, ids: set[int]) -> None:
             session.expire(obj)
 
 
+_TRANSITION_COLUMNS = ("account_id", "from_stage", "to_stage", "at", "reason", "source", "actor_id")
+_RULE_MOVE_COLUMNS = ("stage", "stage_since", "stage_pinned", "updated_at")
+
+
 def apply_automatic_rules(session: Session, frame: pd.DataFrame, as_of: date, machine: StageMachine) -> int:
     """Apply the rules to every account in `frame`; returns the number of moves (transitions written).
 
     Stage and pin are re-read from the database (one query), so a frame built before a manual move, or a
     second run on the same frame, never undoes or repeats a move. Writes are one bulk INSERT of transitions
-    and one executemany UPDATE of accounts; the caller commits.
+    (COPY on PostgreSQL) and one staged UPDATE of accounts (`lifecycle.bulkwrite`); the caller commits.
     """
     frame = _signals_index(frame)
     current = pd.DataFrame(
@@ -678,27 +683,17 @@ def apply_automatic_rules(session: Session, frame: pd.DataFrame, as_of: date, ma
     if moves.empty:
         return 0
     at = transition_time(as_of)
-    transitions = [
-        {"account_id": int(aid), "from_stage": src, "to_stage": dst, "at": at, "reason": why,
-         "source": f"rule:{rule}", "actor_id": None}
-        for aid, src, dst, rule, why in zip(
-            moves["account_id"].to_numpy(), moves["from_stage"].to_numpy(), moves["to_stage"].to_numpy(),
-            moves["rule"].to_numpy(), moves["reason"].to_numpy(), strict=True,
-        )
-    ]
-    session.execute(insert(StageTransition.__table__), transitions)  # type: ignore[attr-defined]
+    insert_rows(session, StageTransition.__table__, _TRANSITION_COLUMNS, list(zip(  # type: ignore[attr-defined]
+        moves["account_id"].astype("int64").tolist(), moves["from_stage"].tolist(), moves["to_stage"].tolist(),
+        [at] * len(moves), moves["reason"].tolist(), [f"rule:{rule}" for rule in moves["rule"].tolist()],
+        [None] * len(moves), strict=True,
+    )))
     final = moves.groupby("account_id", sort=True)["to_stage"].last()
     final_ids = [int(i) for i in final.index.to_numpy()]
-    table = Account.__table__  # type: ignore[attr-defined]
     now = utcnow()
-    session.execute(
-        update(table)
-        .where(table.c.id == bindparam("b_id"))
-        .values(stage=bindparam("b_stage"), stage_since=bindparam("b_since"), stage_pinned=False,
-                updated_at=bindparam("b_now")),
-        [{"b_id": i, "b_stage": s, "b_since": at, "b_now": now}
-         for i, s in zip(final_ids, final.to_numpy(), strict=True)],
-    )
+    update_rows(session, Account.__table__, ("id",), _RULE_MOVE_COLUMNS, [  # type: ignore[attr-defined]
+        (i, s, at, False, now) for i, s in zip(final_ids, final.tolist(), strict=True)
+    ])
     _expire_accounts(session, set(final_ids))
     return len(moves)
 
