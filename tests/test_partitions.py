@@ -174,7 +174,8 @@ def test_the_migration_keeps_every_row_and_every_path_then_downgrades(bare_pg: E
     assert _rows(engine) == after
     with session_scope(engine) as s:
         upsert(s, UsageDaily, [{"account_id": after[0][1], "day": date(2025, 9, 21), "feature": "",
-                                "active_users": 1, "logins": 1, "events": 1}], conflict=["account_id", "feature", "day"])
+                                "active_users": 1, "logins": 1, "events": 1}],
+               conflict=["account_id", "feature", "day"])
     with engine.connect() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM usage_audit")).scalar_one() == audited + 1
     upgrade(engine)  # and up again
@@ -221,7 +222,7 @@ def test_two_replicas_ensuring_partitions_at_once_both_succeed(pg_engine: Engine
                 s.connection()
                 start.wait(timeout=10)
                 created.append(ensure_partitions(s, through=date(2031, 1, 15)).created)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(2)]
