@@ -422,7 +422,7 @@ def _nightly_cron(settings: Settings) -> str:
     "nightly",
     cron=_nightly_cron,
     help="Recompute health and stages, evaluate the alert rules and route new alerts, renewal prompts, NPS surveys, "
-    "digests.",
+    "digests; usage partitions ahead and retention.",
     misfire_grace=timedelta(hours=6),
 )
 def nightly(ctx: JobContext) -> None:
@@ -488,6 +488,23 @@ def nightly(ctx: JobContext) -> None:
         from bot.understanding.memory import forget_idle
 
         step.add(forgotten=forget_idle(session, ttl_minutes=ctx.settings.context_ttl_minutes))
+
+    with ctx.step("usage_storage") as step, session_scope(ctx.engine) as session:
+        from lifecycle.partitions import ensure_partitions, is_partitioned, prune_usage
+
+        # The coming months' partitions (PostgreSQL), then the retention when CSBOT_USAGE_RETENTION_MONTHS is set.
+        made = ensure_partitions(session, through=ctx.today)
+        step.add(**{key: n for key, n in (("partitions_created", len(made.created)), ("rows_moved", made.moved)) if n})
+        notes = [] if is_partitioned(session.connection()) else ["usage_daily is not partitioned"]
+        keep = ctx.settings.usage_retention_months
+        if keep:
+            pruned = prune_usage(session, keep_months=keep, today=ctx.today)
+            step.add(**{key: n for key, n in (("partitions_dropped", len(pruned.partitions)),
+                                              ("rows_deleted", pruned.rows_deleted)) if n})
+            notes.append(f"usage kept from {pruned.cutoff.isoformat()}")
+        else:
+            notes.append("usage retention off")
+        step.note = "; ".join(notes)
 
 
 def _sharded_recompute(ctx: JobContext, step: StepResult, shards: int) -> pd.DataFrame | None:

@@ -136,12 +136,27 @@ class Settings(BaseSettings):
     ingest_batch_window_ms: float = Field(
         default=5.0, ge=0, le=1_000, validation_alias=AliasChoices("CSBOT_INGEST_BATCH_WINDOW_MS")
     )
+    # Raw daily usage kept: the current month and this many whole months before it (the nightly job drops older
+    # months; `csbot usage prune`); 0 keeps everything. Never fewer than 4, so the health windows lose nothing.
+    usage_retention_months: int = Field(
+        default=0, ge=0, le=1_200, validation_alias=AliasChoices("CSBOT_USAGE_RETENTION_MONTHS")
+    )
 
     @field_validator("database_url")
     @classmethod
     def _known_driver(cls, value: str) -> str:
         if not value.startswith(("sqlite:", "postgresql")):
             raise ValueError("must start with sqlite:/// or postgresql+psycopg://")
+        return value
+
+    @field_validator("usage_retention_months")
+    @classmethod
+    def _retention_long_enough(cls, value: int) -> int:
+        from lifecycle.partitions import MIN_RETENTION_MONTHS
+
+        if 0 < value < MIN_RETENTION_MONTHS:
+            raise ValueError(f"keep at least {MIN_RETENTION_MONTHS} months (the health windows reach 90 days back), "
+                             "or 0 to keep everything")
         return value
 
     @field_validator("feishu_domain")

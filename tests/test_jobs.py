@@ -120,7 +120,8 @@ def test_nightly_on_the_demo_then_deliver_sends_each_owner_their_alerts_once(
     assert result.status == "ok", result.describe()
     assert result.today == TODAY
     assert [s.name for s in result.steps] == ["recompute", "alerts", "renewal_prompts", "surveys", "digests",
-                                                 "conversations"]
+                                                 "conversations", "usage_storage"]
+    assert result.step("usage_storage").note.endswith("usage retention off")
 
     assert result.step("recompute").counts["accounts"] == 60
     active = _count(engine, Account, col(Account.status) == "active")

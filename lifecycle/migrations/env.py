@@ -7,6 +7,7 @@ from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
 import lifecycle.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from lifecycle.partitions import PARTITION_NAME
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -15,9 +16,10 @@ FOREIGN_TABLES = frozenset({"apscheduler_jobs"})  # APScheduler's persistent job
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
-    """Leave alone what other software keeps in our database: its tables and their indexes and columns."""
+    """Leave alone what other software keeps in our database (its tables and their indexes and columns), and
+    the monthly partitions of `usage_daily` on PostgreSQL, which are part of that table (`lifecycle.partitions`)."""
     table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
-    return table not in FOREIGN_TABLES
+    return table not in FOREIGN_TABLES and not (table and PARTITION_NAME.match(table))
 
 
 def run_migrations_offline() -> None:
