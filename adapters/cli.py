@@ -26,8 +26,8 @@ from sqlmodel import Session, col, select
 from adapters.console import render_text, run_console
 from adapters.logsafe import install_redaction
 from adapters.model_cli import app as model_app
-from bot.messages import Incoming
-from bot.router import Router, Services
+from bot.core.messages import Incoming
+from bot.core.router import Router, Services
 from lifecycle.config import Settings, get_settings
 from lifecycle.db import ensure_schema, make_engine, session_scope, upgrade
 from lifecycle.errors import ConfigError, CsbotError, ImportFailed, NotFoundError
@@ -114,7 +114,7 @@ def _chat(engine: Engine, settings: Settings, as_email: str | None) -> int:
         return 2
     from adapters.console.render import render_text
     from bot.commands.people import greeting_text
-    from bot.inbox import waiting_for
+    from bot.push.inbox import waiting_for
 
     with Session(engine) as s:
         user = s.exec(select(User).where(col(User.email) == actor)).first()
@@ -161,7 +161,7 @@ def _tonight(engine: Engine, settings: Settings) -> None:
     """The demo's nightly run as of today: alert rules, renewal prompts, surveys and digests, so `alerts`,
     `alert-stats` and `csbot deliveries` have something to show. Nothing leaves the machine: without Slack or
     Telegram the messages are kept as undeliverable, to be retried once a platform is configured."""
-    from bot.jobs import run_job
+    from bot.push.jobs import run_job
 
     result = run_job("nightly", engine, settings)
     counts = {step.name: step.counts for step in result.steps}
@@ -521,7 +521,7 @@ def _local_time(moment: datetime | None, settings: Settings) -> str:
 @jobs_app.command(name="list")
 def jobs_list() -> None:
     """Every scheduled job: its crontab, next run (in CSBOT_TIMEZONE) and what it does."""
-    from bot.jobs import list_jobs
+    from bot.push.jobs import list_jobs
 
     settings = _settings()
     table = Table("job", "schedule", f"next run ({settings.timezone})", "what it does")
@@ -537,7 +537,7 @@ def jobs_run(
 ) -> None:
     """Run one job now, exactly as the scheduler would (with its lock on PostgreSQL); exit 1 when it fails."""
     from adapters.ports import open_ports
-    from bot.jobs import run_job
+    from bot.push.jobs import run_job
 
     settings = _settings()
     try:
@@ -549,7 +549,7 @@ def jobs_run(
     try:
         result = run_job(name, engine, settings, today=day, ports=open_ports)
     except NotFoundError:
-        from bot.jobs import JOBS
+        from bot.push.jobs import JOBS
 
         err.print(f"[red]No job called {name!r}; the jobs are: {', '.join(JOBS)}.[/red]")
         raise typer.Exit(1) from None
@@ -620,7 +620,7 @@ def deliveries_cmd(
 
 def _retry_deliveries(engine: Engine, settings: Settings, ids: list[int] | None, status: DeliveryStatus | None) -> None:
     """`csbot deliveries --retry`: failed rows back in the queue; undeliverable rows routed again."""
-    from bot.undelivered import Routes, requeue
+    from bot.push.undelivered import Routes, requeue
     from lifecycle import outbox
     from lifecycle.models import Delivery, utcnow
 

@@ -17,7 +17,7 @@ from adapters.slack.port import SlackPort, delivery_client
 from adapters.telegram.app import telegram_urls
 from adapters.telegram.port import TelegramPort
 from adapters.telegram.render import CallbackKeys
-from bot.notifier import DeliveryPort
+from bot.push.notifier import DeliveryPort
 from lifecycle.config import Settings
 
 

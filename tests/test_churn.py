@@ -16,9 +16,9 @@ from sqlmodel import Session, select
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
-from bot.alert_cards import alert_reply
-from bot.messages import Incoming
-from bot.router import Router, Services
+from bot.core.messages import Incoming
+from bot.core.router import Router, Services
+from bot.views.alert_cards import alert_reply
 from lifecycle import churn
 from lifecycle.config import get_settings, load_settings
 from lifecycle.db import make_engine, upgrade

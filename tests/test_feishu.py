@@ -26,9 +26,9 @@ from adapters.feishu.api import FeishuApi
 from adapters.feishu.app import FeishuBridge, addressed_text, build_feishu, feishu_routes, message_text
 from adapters.feishu.port import FeishuPort
 from adapters.feishu.render import receive_id_type, to_cards
-from bot.messages import Button, Card, CardField, Image, Reply, Section
-from bot.notifier import RetryLater, drain_once, reply_to_payload
-from bot.router import Router, Services
+from bot.core.messages import Button, Card, CardField, Image, Reply, Section
+from bot.core.router import Router, Services
+from bot.push.notifier import RetryLater, drain_once, reply_to_payload
 from lifecycle import outbox
 from lifecycle.config import Settings, load_settings
 from lifecycle.models import Account, AuditLog, Contact, Delivery, Note, NpsResponse, NpsSurvey, User
@@ -417,7 +417,7 @@ def surveyed(engine: Engine, db_url: str, fake: FakeFeishu, portfolio: None, tmp
 
 async def _ask_ann(settings: Settings, engine: Engine) -> str:
     from adapters.ports import open_ports
-    from bot.surveys import enqueue_questions, survey_config
+    from bot.push.surveys import enqueue_questions, survey_config
     from lifecycle import surveys as core
 
     config = survey_config(settings)
@@ -442,7 +442,7 @@ def _responses(engine: Engine) -> list[tuple[int, str | None]]:
 async def test_survey_card_in_the_group_one_answer_only_from_the_contact(
     surveyed: Settings, engine: Engine, fake: FakeFeishu
 ) -> None:
-    from bot.surveys import desk_for
+    from bot.push.surveys import desk_for
 
     token = await _ask_ann(surveyed, engine)
     [question] = fake.calls_to("send")
@@ -533,7 +533,7 @@ def test_csv_import_reads_the_feishu_columns(engine: Engine, tmp_path: Path) -> 
 def test_a_delivery_for_feishu_when_it_is_not_configured_becomes_undeliverable_with_why(
     engine: Engine, db_url: str, portfolio: None
 ) -> None:
-    from bot.undelivered import Routes, reroute_waiting
+    from bot.push.undelivered import Routes, reroute_waiting
     from lifecycle.models import utcnow
 
     settings = load_settings(CSBOT_DATABASE_URL=db_url, SLACK_BOT_TOKEN="xoxb-only-slack")

@@ -28,8 +28,8 @@ from starlette.applications import Starlette
 
 from adapters.slack import build_slack_app, slack_routes, to_blocks
 from adapters.slack.assistant import PROMPTS, TITLE_MAX, prompt, thread_title
-from bot.messages import Incoming, Reply
-from bot.router import Router, Services
+from bot.core.messages import Incoming, Reply
+from bot.core.router import Router, Services
 from bot.understanding.memory import conversation_key
 from lifecycle.config import load_settings
 from lifecycle.demo import seed_demo

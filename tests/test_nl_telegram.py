@@ -19,8 +19,8 @@ from sqlmodel import Session, select
 from adapters.telegram import build_telegram_app, send_reply, start_telegram, stop_telegram
 from adapters.telegram.app import AnyApplication
 from adapters.telegram.render import to_html
-from bot.messages import Button, Incoming, Reply
-from bot.router import Router, Services
+from bot.core.messages import Button, Incoming, Reply
+from bot.core.router import Router, Services
 from bot.understanding.memory import conversation_key
 from lifecycle.config import Settings
 from lifecycle.demo import seed_demo

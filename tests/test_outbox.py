@@ -26,8 +26,8 @@ from telegram import Bot
 
 from adapters.slack.port import SlackPort, delivery_client
 from adapters.telegram.port import TelegramPort
-from bot.messages import Button, Card, CardField, Image, Reply, Section
-from bot.notifier import (
+from bot.core.messages import Button, Card, CardField, Image, Reply, Section
+from bot.push.notifier import (
     DeliveryPort,
     DrainStats,
     drain_once,
@@ -397,7 +397,7 @@ import sys
 from pathlib import Path
 
 from adapters.slack.port import SlackPort, delivery_client
-from bot.notifier import drain_once
+from bot.push.notifier import drain_once
 from lifecycle.db import make_engine
 
 db_url, api_url, hang_after, marker, limit = sys.argv[1:6]

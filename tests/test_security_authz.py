@@ -33,10 +33,10 @@ from telegram.ext import AIORateLimiter
 from adapters.slack import build_slack_app, slack_routes, to_text
 from adapters.telegram.app import AnyApplication, build_telegram_app, start_telegram, stop_telegram, telegram_name
 from adapters.telegram.render import to_html
-from bot.i18n import t
-from bot.messages import Incoming, Platform, Reply
-from bot.permissions import carries_account_data, role_allows
-from bot.router import Router, Services, registry
+from bot.core.i18n import t
+from bot.core.messages import Incoming, Platform, Reply
+from bot.core.permissions import carries_account_data, role_allows
+from bot.core.router import Router, Services, registry
 from lifecycle.config import load_settings
 from lifecycle.models import AuditLog, User
 from tests import test_permissions as matrix

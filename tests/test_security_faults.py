@@ -26,8 +26,8 @@ from telegram import Bot
 
 from adapters.slack.port import SlackPort
 from adapters.telegram.port import TelegramPort
-from bot.jobs import run_job
-from bot.notifier import DeliveryPort, DrainStats, drain_once
+from bot.push.jobs import run_job
+from bot.push.notifier import DeliveryPort, DrainStats, drain_once
 from lifecycle import outbox
 from lifecycle.config import load_settings
 from lifecycle.db import ensure_schema, make_engine

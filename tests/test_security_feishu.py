@@ -28,9 +28,9 @@ from starlette.applications import Starlette
 from adapters.feishu.app import build_feishu, feishu_routes
 from adapters.feishu.render import to_cards
 from adapters.server import build_app
-from bot.messages import Reply
-from bot.permissions import carries_account_data
-from bot.router import Router, Services
+from bot.core.messages import Reply
+from bot.core.permissions import carries_account_data
+from bot.core.router import Router, Services
 from lifecycle import surveys as core
 from lifecycle.config import Settings, load_settings
 from lifecycle.models import Account, AuditLog, Contact, Note, NpsResponse, NpsSurvey, User, utcnow

@@ -39,9 +39,9 @@ import bot.commands  # noqa: F401  (registers every command, so COMMAND_WORDS li
 from adapters.slack import build_slack_app, slack_routes, to_blocks, to_text
 from adapters.telegram.app import AnyApplication, build_telegram_app, start_telegram, stop_telegram
 from adapters.telegram.render import split_html, to_html
-from bot.i18n import t
-from bot.messages import Card, CardField, Incoming, Reply, Section
-from bot.router import Router, Services, registry
+from bot.core.i18n import t
+from bot.core.messages import Card, CardField, Incoming, Reply, Section
+from bot.core.router import Router, Services, registry
 from lifecycle.config import load_settings
 from lifecycle.db import session_scope
 from lifecycle.errors import ImportFailed

@@ -30,9 +30,9 @@ from sqlmodel import Session
 import bot.commands  # noqa: F401  (registers every command)
 from adapters.logsafe import REDACTED, install_redaction, redactor
 from adapters.server import build_app
-from bot.messages import Reply
-from bot.notifier import reply_to_payload
-from bot.router import Context, registry
+from bot.core.messages import Reply
+from bot.core.router import Context, registry
+from bot.push.notifier import reply_to_payload
 from lifecycle import outbox
 from lifecycle.config import Settings, load_settings
 from lifecycle.models import Account, User

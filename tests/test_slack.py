@@ -29,8 +29,8 @@ from starlette.applications import Starlette
 from adapters.slack import build_slack_app, slack_routes, to_blocks, to_text
 from adapters.slack.app import SeenEvents, incoming_from_command, strip_mention
 from adapters.slack.render import view_blocks
-from bot.messages import Button, Card, CardField, Image, Reply, Section
-from bot.router import Context, Registry, Router, Services
+from bot.core.messages import Button, Card, CardField, Image, Reply, Section
+from bot.core.router import Context, Registry, Router, Services
 from lifecycle.config import Settings, load_settings
 from lifecycle.errors import ConfigError
 from lifecycle.models import Account, Contact, UsageDaily, User

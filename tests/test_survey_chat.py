@@ -31,9 +31,9 @@ from adapters.slack import build_slack_app, slack_routes
 from adapters.slack.port import SlackPort, delivery_client
 from adapters.telegram import build_telegram_app, start_telegram, stop_telegram, telegram_routes
 from adapters.telegram.app import AnyApplication, bridge_of
-from bot.notifier import drain_once
-from bot.router import Router, Services
-from bot.surveys import desk_for, enqueue_questions, survey_config
+from bot.core.router import Router, Services
+from bot.push.notifier import drain_once
+from bot.push.surveys import desk_for, enqueue_questions, survey_config
 from lifecycle import surveys as core
 from lifecycle.config import Settings, load_settings
 from lifecycle.models import Account, Alert, Contact, Delivery, NpsResponse, NpsSurvey, User

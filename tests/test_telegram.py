@@ -25,8 +25,8 @@ from starlette.applications import Starlette
 from adapters.telegram import build_telegram_app, send_reply, start_telegram, stop_telegram, telegram_routes
 from adapters.telegram.app import AnyApplication, bridge_of, telegram_urls
 from adapters.telegram.render import CALLBACK_LIMIT, CallbackKeys, split_html, to_html, to_keyboard
-from bot.messages import Button, Card, CardField, Image, Reply, Section
-from bot.router import Router, Services
+from bot.core.messages import Button, Card, CardField, Image, Reply, Section
+from bot.core.router import Router, Services
 from lifecycle.config import Settings
 from lifecycle.models import Account, AuditLog, Note, User
 from tests.fakes.telegram_api import TOKEN, FakeTelegramAPI, callback_update, message_update

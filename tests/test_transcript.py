@@ -32,7 +32,7 @@ from telegram.ext import ContextTypes, TypeHandler
 from adapters.console.app import PROMPT, run_console
 from adapters.slack.app import build_slack_app, slack_routes
 from adapters.telegram.app import bridge_of, build_telegram_app, start_telegram, stop_telegram, telegram_routes
-from bot.router import Router, Services
+from bot.core.router import Router, Services
 from lifecycle.config import load_settings
 from lifecycle.db import make_engine
 from lifecycle.demo import seed_demo

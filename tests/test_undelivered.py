@@ -20,11 +20,11 @@ from typer.testing import CliRunner
 
 from adapters import cli
 from adapters.ports import open_ports
-from bot.jobs import run_job
-from bot.messages import Incoming, Reply
-from bot.notifier import payload_to_reply, reply_to_payload
-from bot.router import Router, Services
-from bot.routing import why_text
+from bot.core.messages import Incoming, Reply
+from bot.core.router import Router, Services
+from bot.push.jobs import run_job
+from bot.push.notifier import payload_to_reply, reply_to_payload
+from bot.push.routing import why_text
 from lifecycle import outbox
 from lifecycle import surveys as core
 from lifecycle.config import Settings, get_settings, load_settings

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from bot.cards import stage_label
-from bot.charts import chart_lang, stage_distribution_png
-from bot.format import grade
-from bot.i18n import t
-from bot.messages import Card, CardField, Image, Reply, Section
-from bot.money import reply_rates, total_text, totals_note
-from bot.permissions import coverage
-from bot.router import Context, Param, command
+from bot.core.format import grade
+from bot.core.i18n import t
+from bot.core.messages import Card, CardField, Image, Reply, Section
+from bot.core.money import reply_rates, total_text, totals_note
+from bot.core.permissions import coverage
+from bot.core.router import Context, Param, command
+from bot.views.cards import stage_label
+from bot.views.charts import chart_lang, stage_distribution_png
 from lifecycle.models import Owners
 from lifecycle.money import Rates, Total
 from lifecycle.overview import PortfolioTotals, portfolio_totals, stage_distribution

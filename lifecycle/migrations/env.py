@@ -11,7 +11,7 @@ import lifecycle.models  # noqa: F401  (registers the tables on SQLModel.metadat
 config = context.config
 target_metadata = SQLModel.metadata
 # Tables that live in the database but not in the models: autogenerate must never emit a DROP for them.
-FOREIGN_TABLES = frozenset({"apscheduler_jobs"})  # APScheduler's persistent job store (bot/jobs.py)
+FOREIGN_TABLES = frozenset({"apscheduler_jobs"})  # APScheduler's persistent job store (bot/push/jobs.py)
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
