@@ -285,7 +285,7 @@ def test_churn_risk_rule_fires_from_the_stored_probability(demo: Engine) -> None
 
 
 def test_model_report_and_backtest_commands_on_the_demo(demo: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    from adapters.cli import app
+    from adapters.cli.app import app
 
     monkeypatch.setenv("CSBOT_DATABASE_URL", str(demo.url))
     monkeypatch.setenv("COLUMNS", "200")

@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
-from adapters.cli import app as cli
+from adapters.cli.app import app as cli
 from adapters.server import build_app
 from lifecycle.config import Settings, get_settings, load_settings
 from lifecycle.demo import seed_demo

@@ -18,7 +18,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
-from adapters import cli
+from adapters.cli import deliveries
+from adapters.cli.app import app as cli_app
 from adapters.ports import open_ports
 from bot.core.messages import Incoming, Reply
 from bot.core.router import Router, Services
@@ -94,10 +95,10 @@ def _csbot(monkeypatch: pytest.MonkeyPatch, db_url: str, tmp_path: Path, *args: 
     for name, value in {"CSBOT_DATABASE_URL": db_url, "CSBOT_SURVEYS_FILE": str(tmp_path / "surveys.toml"),
                         **env}.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(cli, "console", Console(width=320))
+    monkeypatch.setattr(deliveries, "console", Console(width=320))
     get_settings.cache_clear()
     try:
-        return CliRunner().invoke(cli.app, list(args))
+        return CliRunner().invoke(cli_app, list(args))
     finally:
         get_settings.cache_clear()
 
