@@ -47,6 +47,7 @@ from telegram.ext import (
     filters,
 )
 
+import bot.commands  # noqa: F401  (registers every command)
 from adapters.telegram.render import SURVEY_PREFIX, CallbackKeys, split_html, to_html, to_keyboard
 from bot.core.i18n import t
 from bot.core.messages import Incoming, Reply
@@ -386,8 +387,6 @@ async def _on_error(update: object, context: CallbackContext) -> None:
 
 def command_menu(lang: str) -> list[BotCommand]:
     """The `/` menu: every registered command whose Telegram name is valid, described in `lang`."""
-    import bot.commands  # noqa: F401  (registers every command)
-
     menu = []
     for name, spec in sorted(registry.commands.items()):
         tname = telegram_name(name)

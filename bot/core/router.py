@@ -45,7 +45,9 @@ from bot.understanding.pipeline import (
 )
 from lifecycle.config import Settings
 from lifecycle.errors import CsbotError, NotFoundError
+from lifecycle.health import load_scorecard
 from lifecycle.models import Account, Alert, AuditLog, User, utcnow
+from lifecycle.stages import load_stage_machine
 
 log = logging.getLogger("csbot.router")
 
@@ -134,15 +136,11 @@ class Services:
 
     def stage_machine(self) -> Any:
         if "stages" not in self.extras:
-            from lifecycle.stages import load_stage_machine
-
             self.extras["stages"] = load_stage_machine(self.settings.stages_file)
         return self.extras["stages"]
 
     def scorecard(self) -> Any:
         if "scorecard" not in self.extras:
-            from lifecycle.health import load_scorecard
-
             self.extras["scorecard"] = load_scorecard(self.settings.scorecard_file)
         return self.extras["scorecard"]
 
@@ -202,7 +200,7 @@ class Router:
     """Turns an `Incoming` into a `Reply`."""
 
     def __init__(self, services: Services, reg: Registry | None = None) -> None:
-        import bot.commands  # noqa: F401  (registers every command)
+        import bot.commands  # noqa: F401  (registers every command; they import this module, so not at the top)
 
         self.services = services
         self.registry = reg or registry

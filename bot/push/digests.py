@@ -57,6 +57,7 @@ from lifecycle.models import Account, Alert, Delivery, User
 from lifecycle.money import Rates, load_rates
 from lifecycle.outbox import UNDELIVERABLE
 from lifecycle.overview import GRADE_COLUMNS, stage_table
+from lifecycle.stages import load_stage_machine
 
 DIGEST_KIND = "digest"
 WEEKLY_KIND = "weekly"
@@ -297,8 +298,6 @@ def _portfolio_frame(session: Session) -> pd.DataFrame:
 
 
 def _stage_machine() -> Any:
-    from lifecycle.stages import load_stage_machine
-
     try:
         return load_stage_machine()
     except ConfigError:

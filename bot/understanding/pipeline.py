@@ -23,6 +23,7 @@ from sqlmodel import Session
 
 from bot.core.i18n import t
 from bot.core.messages import Button
+from bot.core.permissions import role_allows
 from bot.understanding.entities import (
     AccountIndex,
     AccountRef,
@@ -34,6 +35,7 @@ from bot.understanding.entities import (
 )
 from bot.understanding.intents import MASKS, IntentModel, intent_model
 from bot.understanding.lexicon import PhraseMatcher, lexicon
+from bot.understanding.llm import LlmFallback, command_line, tool_definitions
 from bot.understanding.query import Query, quote_name
 from bot.understanding.slots import Found, Slot, Vocabulary, find_slots, lexicon_matcher, window_of
 from bot.understanding.text import normal_offsets, normalise, strip_punctuation, words, zh_words
@@ -1173,9 +1175,6 @@ def llm_chooser(settings: Any, registry: Any) -> Callable[[str, str, str], str |
     it picks is parsed, authorised (and confirmed, for a change) by the router like any typed command."""
     if not settings.llm_base_url:
         return None
-    from bot.core.permissions import role_allows
-    from bot.understanding.llm import LlmFallback, command_line, tool_definitions
-
     fallback = LlmFallback.from_settings(settings)
     if fallback is None:
         return None

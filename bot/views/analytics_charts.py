@@ -11,10 +11,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from bot.core.i18n import t
-from bot.views.charts import COLOURS, LINE, figure_png, mark_empty, new_figure
+from bot.views.charts import COLOURS, DPI, LINE, SIZE_INCHES, figure_png, mark_empty, new_figure
 from lifecycle.analytics import StageKpi
 
 # Stages without a colour of their own cycle through these; exits are grey.
@@ -59,10 +60,6 @@ def kpi_png(kpis: Sequence[StageKpi], title: str, *, lang: str, stage_labels: Ma
 
 def funnel_png(stages: pd.DataFrame, title: str, *, lang: str, stage_labels: Mapping[str, str]) -> bytes:
     """Per funnel stage: the share that moved on (bars, left) and the median and p90 days in stage (right)."""
-    from matplotlib.figure import Figure
-
-    from bot.views.charts import DPI, SIZE_INCHES
-
     fig = Figure(figsize=SIZE_INCHES, dpi=DPI)
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
     fig.suptitle(title, fontsize=14, x=0.01, ha="left")
