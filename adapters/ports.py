@@ -17,7 +17,7 @@ from adapters.slack.port import SlackPort, delivery_client
 from adapters.telegram.app import telegram_urls
 from adapters.telegram.port import TelegramPort
 from adapters.telegram.render import CallbackKeys
-from bot.notifier import DeliveryPort
+from bot.push.notifier import DeliveryPort
 from lifecycle.config import Settings
 
 
@@ -34,6 +34,7 @@ def delivery_ports(settings: Settings, *, telegram_keys: CallbackKeys | None = N
         bot = Bot(settings.telegram_bot_token, base_url=base_url, base_file_url=file_url)
         ports["telegram"] = TelegramPort(bot, telegram_keys)
     if "feishu" in settings.delivery_platforms:
+        # The Feishu SDK (lark-oapi) is imported only when Feishu is configured: it takes seconds to load.
         from adapters.feishu.api import FeishuApi
         from adapters.feishu.port import FeishuPort
 

@@ -2,8 +2,8 @@
 
 Starts whichever platforms are configured; a half-configured platform (a token without its secret, or the other
 way round) stops start-up with a message naming the missing variable. With `scheduler=True` (what `csbot serve`
-does unless `--no-scheduler`) the lifespan also runs the scheduled jobs of `bot.jobs` and the outbox worker
-(and, on PostgreSQL, the helper that works on the nightly recompute's shards, `bot.shardwork`),
+does unless `--no-scheduler`) the lifespan also runs the scheduled jobs of `bot.push.jobs` and the outbox worker
+(and, on PostgreSQL, the helper that works on the nightly recompute's shards, `bot.push.shardwork`),
 and stops both on shutdown: the worker finishes the message in hand, a running job finishes in its thread.
 """
 
@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from adapters.ingest_api import usage_routes
-from bot.router import Router, Services
+from bot.core.router import Router, Services
 from lifecycle.config import Settings
 from lifecycle.errors import ConfigError
 
@@ -207,8 +207,8 @@ async def _start_background(
 ) -> None:
     """Start the outbox worker and the scheduler; `stack` stops them (scheduler first, then the worker)."""
     from adapters.ports import open_ports
-    from bot.jobs import build_scheduler
-    from bot.notifier import run_worker
+    from bot.push.jobs import build_scheduler
+    from bot.push.notifier import run_worker
 
     keys = None
     if telegram_app is not None:
@@ -217,7 +217,7 @@ async def _start_background(
         keys = bridge_of(telegram_app).keys
     ports = await stack.enter_async_context(open_ports(settings, telegram_keys=keys))
     if ports:
-        from bot.undelivered import rerouter
+        from bot.push.undelivered import rerouter
 
         stop = asyncio.Event()
         worker = asyncio.create_task(run_worker(engine, ports, stop, reroute=rerouter(engine, settings, list(ports))),
@@ -231,7 +231,7 @@ async def _start_background(
     else:
         log.warning("no chat platform configured: deliveries stay in the outbox (see `csbot deliveries`)")
     if settings.refresh_seconds > 0:
-        from bot.refresh import run_refresher
+        from bot.push.refresh import run_refresher
 
         halt = asyncio.Event()
         refresher = asyncio.create_task(run_refresher(engine, settings, halt, settings.refresh_seconds),
@@ -243,7 +243,7 @@ async def _start_background(
 
         stack.push_async_callback(stop_refresher)
     if engine.dialect.name == "postgresql" and settings.shard_poll_seconds > 0:
-        from bot.shardwork import run_shard_helper
+        from bot.push.shardwork import run_shard_helper
 
         quit_helping = asyncio.Event()
         helper = asyncio.create_task(run_shard_helper(engine, settings, quit_helping, settings.shard_poll_seconds),

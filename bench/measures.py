@@ -61,7 +61,7 @@ def incremental(url: str, share: float = 0.01) -> dict[str, Any]:
     """After the nightly run: `share` of the active accounts get a new day of usage (through the import's roll-up
     path, `lifecycle.rollups.apply_usage`), then the incremental recompute of the same day (`recompute_changed`)
     is timed against a full recompute of the same day in the same process (its baseline); then one account's usage
-    posted through the ingest path and the server's refresh tick (`bot.refresh.refresh_once`): ingest-to-fresh."""
+    posted through the ingest path and the server's refresh tick (`bot.push.refresh.refresh_once`): ingest-to-fresh."""
     from lifecycle import rollups
     from lifecycle.db import upsert
     from lifecycle.models import UsageDaily
@@ -102,7 +102,7 @@ def _ingest_to_fresh(engine: Any, url: str) -> dict[str, Any]:
     import json as json_module
     from datetime import UTC, datetime
 
-    from bot.refresh import refresh_once
+    from bot.push.refresh import refresh_once
     from lifecycle.config import load_settings
     from lifecycle.ingest import ingest_body
 
@@ -271,7 +271,7 @@ def lookup(url: str, requests: int, warmup: int = 10) -> dict[str, Any]:
     from starlette.applications import Starlette
 
     from adapters.slack import build_slack_app, slack_routes
-    from bot.router import Router, Services
+    from bot.core.router import Router, Services
     from lifecycle import cardfacts
     from lifecycle.config import load_settings
     from tests.fakes.slack_api import FakeSlackAPI
@@ -348,8 +348,8 @@ def lookup(url: str, requests: int, warmup: int = 10) -> dict[str, Any]:
 
 
 def _enqueue(engine: Any, n: int) -> list[int]:
-    from bot.messages import Button, Card, CardField, Reply, Section
-    from bot.notifier import reply_to_payload
+    from bot.core.messages import Button, Card, CardField, Reply, Section
+    from bot.push.notifier import reply_to_payload
     from lifecycle import outbox
 
     ids: list[int] = []
@@ -371,12 +371,12 @@ def _enqueue(engine: Any, n: int) -> list[int]:
 
 def outbox_delivery(messages: int, throttle_every: int = 0) -> dict[str, Any]:
     """Enqueue `messages` deliveries in a fresh database and drain them to the fake Slack API with the real
-    worker (`bot.notifier.drain_once`) and Slack port. With `throttle_every` = k, before every k-th batch of the
+    worker (`bot.push.notifier.drain_once`) and Slack port. With `throttle_every` = k, before every k-th batch of the
     first sweep the fake is told to answer the next three `chat.postMessage` calls with 429 and Retry-After: 1;
     the worker's injected clock is moved past the backoff whenever nothing is due, so nobody sleeps. Counts what
     the fake received per delivery id: lost and duplicated messages."""
     from adapters.slack.port import SlackPort, delivery_client
-    from bot.notifier import drain_once
+    from bot.push.notifier import drain_once
     from lifecycle.models import utcnow
     from tests.fakes.slack_api import FakeSlackAPI
 

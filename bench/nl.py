@@ -31,8 +31,8 @@ from typing import Any
 from sqlalchemy import Engine, insert
 from sqlmodel import Session, select
 
-from bot.messages import Incoming
-from bot.router import Router, Services
+from bot.core.messages import Incoming
+from bot.core.router import Router, Services
 from bot.understanding.lexicon import load_words
 from bot.understanding.pipeline import Asker
 from lifecycle.config import load_settings

@@ -241,7 +241,7 @@ class RoutingConfig(_Strict):
     digest_at: time = time(9, 0)
     weekly_day: int = Field(default=0, ge=0, le=6)  # Monday = 0, as date.weekday()
     # The platforms messages can be delivered on. Not a setting of this file: csbot fills it in from the bot tokens
-    # (`bot.routing.with_platforms`). None = not known, every platform is taken to be configured.
+    # (`bot.push.routing.with_platforms`). None = not known, every platform is taken to be configured.
     platforms: tuple[str, ...] | None = Field(default=None, exclude=True)
 
     @field_validator("platforms", mode="before")

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     reporting_currency: str = Field(default="USD", validation_alias=AliasChoices("CSBOT_REPORTING_CURRENCY"))
     csm_read_scope: Literal["own", "all"] = Field(default="all", validation_alias=AliasChoices("CSBOT_CSM_READ_SCOPE"))
     nightly_cron: str = Field(default="0 2 * * *", validation_alias=AliasChoices("CSBOT_NIGHTLY_CRON"))
-    # How often `csbot serve` recomputes the accounts whose data changed (bot/refresh.py); 0 turns it off.
+    # How often `csbot serve` recomputes the accounts whose data changed (bot/push/refresh.py); 0 turns it off.
     refresh_seconds: float = Field(default=2.0, ge=0, le=3600, validation_alias=AliasChoices("CSBOT_REFRESH_SECONDS"))
     # The nightly recompute's account-range shards (lifecycle/shards.py), which every `csbot serve` replica helps
     # with; unset: 8 on PostgreSQL, 1 on SQLite (one shard is the plain full recompute, in one process).

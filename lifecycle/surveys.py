@@ -11,7 +11,7 @@ the score, later taps are refused; unanswered surveys expire, with at most one r
 onboarding and relationship triggers, minus throttled contacts, contacts with an open survey and contacts csbot
 cannot reach, within the daily cap. A contact whose chat ids are all on platforms that are not configured gets an
 `undeliverable` survey instead (once, until it is requeued or replaced): it does not count against the daily cap or
-the throttle, and is not open. Delivery, routing of the effects and all wording live in `bot.surveys`.
+the throttle, and is not open. Delivery, routing of the effects and all wording live in `bot.push.surveys`.
 """
 
 from __future__ import annotations

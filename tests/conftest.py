@@ -1,10 +1,13 @@
-"""Shared fixtures: a fresh, migrated database per test, and an offline network environment.
+"""Shared fixtures: a fresh, migrated database per test, an offline network environment, and the fake chat servers.
 
 The database is SQLite by default; `pytest --db postgres` (or CSBOT_TEST_DB=postgres) gives every test that uses
 `db_url`/`engine`/`session` a fresh PostgreSQL database instead, from the temporary server in conftest_pg.py.
 `scripts/test.sh` runs the suite both ways. A test that is about SQLite itself, or whose outcome cannot depend on
 the database (the permission matrix asked in words repeats the typed matrix's database work), is marked
 `sqlite_only`; a test that uses no database fixture at all is skipped by the PostgreSQL pass too.
+
+`fake_slack`, `fake_telegram` and `fake_feishu` are the fake platform APIs of tests/fakes/, started for one test;
+tests/fakes/chat_requests.py builds and signs the requests the platforms send to csbot.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,9 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from lifecycle.db import ensure_schema, make_engine
+from tests.fakes.feishu_api import FakeFeishu, forget_tenant_token
+from tests.fakes.slack_api import FakeSlackAPI
+from tests.fakes.telegram_api import FakeTelegramAPI
 
 pytest_plugins = ["conftest_pg", "security_counts"]
 
@@ -126,3 +132,31 @@ def engine(db_url: str) -> Iterator[Engine]:
 def session(engine: Engine) -> Iterator[Session]:
     with Session(engine, expire_on_commit=False) as s:
         yield s
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[FakeSlackAPI]:
+    """The fake Slack Web API (its own thread), for slack_sdk clients with `base_url=fake_slack.api_url`."""
+    with FakeSlackAPI() as api:
+        yield api
+
+
+@pytest.fixture
+async def fake_telegram() -> AsyncIterator[FakeTelegramAPI]:
+    """The fake Telegram Bot API on the test's event loop, for python-telegram-bot at `fake_telegram.api_url`."""
+    api = FakeTelegramAPI()
+    await api.start()
+    yield api
+    await api.stop()
+
+
+@pytest.fixture
+async def fake_feishu() -> AsyncIterator[FakeFeishu]:
+    """The fake Feishu open platform on the test's event loop; the SDK's cached tenant token is forgotten before
+    and after, so each test fetches its own."""
+    forget_tenant_token()
+    api = FakeFeishu()
+    await api.start()
+    yield api
+    await api.stop()
+    forget_tenant_token()

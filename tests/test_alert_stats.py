@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from bot.messages import Incoming
-from bot.router import Router, Services
+from bot.core.messages import Incoming
+from bot.core.router import Router, Services
 from lifecycle.alerts import alert_stats
 from lifecycle.config import load_settings
 from lifecycle.errors import ConfigError

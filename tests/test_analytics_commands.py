@@ -18,8 +18,8 @@ from PIL import Image as PILImage
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from bot.messages import Card, Incoming, Reply
-from bot.router import Router, Services
+from bot.core.messages import Card, Incoming, Reply
+from bot.core.router import Router, Services
 from lifecycle.config import load_settings
 from lifecycle.demo import seed_demo
 from lifecycle.models import Account, ArrChange, StageTransition, User
@@ -295,7 +295,7 @@ def test_kpis_for_a_stage_without_kpis_says_so(book: Engine) -> None:
 
 
 def test_the_account_card_section_of_stage_kpis(book: Engine) -> None:
-    from bot.commands.analytics import account_kpi_section
+    from bot.views.readings import account_kpi_section
     from lifecycle.analytics import account_kpis
 
     machine = load_stage_machine(DEFAULT_STAGES_FILE)

@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy import Engine, func, update
 from sqlmodel import Session, col, select
 
-from bot.arguments import SEGMENT_WORDS, SYNONYMS, UNIT_WORDS, near
-from bot.messages import Incoming, Reply
-from bot.router import CommandSpec, Router, Services, registry
+from bot.core.arguments import SEGMENT_WORDS, SYNONYMS, UNIT_WORDS, near
+from bot.core.messages import Incoming, Reply
+from bot.core.router import CommandSpec, Router, Services, registry
 from lifecycle.accounts import segment_names
 from lifecycle.config import load_settings
 from lifecycle.demo import seed_demo

@@ -10,8 +10,8 @@ from sqlalchemy import Engine, text
 from sqlmodel import Session
 
 from adapters.console.render import render_card
-from bot.messages import Incoming
-from bot.router import Router, Services
+from bot.core.messages import Incoming
+from bot.core.router import Router, Services
 from lifecycle import cardfacts
 from lifecycle.accounts import add_note
 from lifecycle.analytics import account_kpis, portfolio_account_kpis

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bot import charts
-from bot.charts import chart_lang, has_cjk, health_trend_png, nps_trend_png, stage_distribution_png
+from bot.views import charts
+from bot.views.charts import chart_lang, has_cjk, health_trend_png, nps_trend_png, stage_distribution_png
 
 
 def _decode(png: bytes) -> Image.Image:

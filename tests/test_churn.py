@@ -16,9 +16,9 @@ from sqlmodel import Session, select
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
-from bot.alert_cards import alert_reply
-from bot.messages import Incoming
-from bot.router import Router, Services
+from bot.core.messages import Incoming
+from bot.core.router import Router, Services
+from bot.views.alert_cards import alert_reply
 from lifecycle import churn
 from lifecycle.config import get_settings, load_settings
 from lifecycle.db import make_engine, upgrade
@@ -285,7 +285,7 @@ def test_churn_risk_rule_fires_from_the_stored_probability(demo: Engine) -> None
 
 
 def test_model_report_and_backtest_commands_on_the_demo(demo: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    from adapters.cli import app
+    from adapters.cli.app import app
 
     monkeypatch.setenv("CSBOT_DATABASE_URL", str(demo.url))
     monkeypatch.setenv("COLUMNS", "200")

@@ -8,9 +8,9 @@ from datetime import date, datetime, timedelta
 import pytest
 from sqlmodel import Session, col, select
 
-from bot.digests import manager_weekly, owner_digests
-from bot.messages import Reply
-from bot.notifier import payload_to_reply
+from bot.core.messages import Reply
+from bot.push.digests import manager_weekly, owner_digests
+from bot.push.notifier import payload_to_reply
 from lifecycle.alerts import default_alert_config
 from lifecycle.models import Account, Alert, Delivery, HealthSnapshot, User
 

@@ -71,7 +71,7 @@ def test_cross_validation_on_a_telco_slice_ranks_churners_well() -> None:
 @needs_telco
 def test_model_evaluate_command_prints_each_candidate_and_records_them(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from adapters.cli import app
+    from adapters.cli.app import app
 
     path = tmp_path / "slice.csv"
     telco_slice(800).to_csv(path, index=False)
@@ -112,7 +112,7 @@ def test_the_health_scorecard_ranks_a_labelled_file_from_its_mapped_columns() ->
 
 @needs_qwe
 def test_model_evaluate_prints_the_health_score_next_to_the_models(monkeypatch: pytest.MonkeyPatch) -> None:
-    from adapters.cli import app
+    from adapters.cli.app import app
 
     monkeypatch.setenv("COLUMNS", "200")
     run = CliRunner().invoke(app, ["model", "evaluate", str(QWE), "--target", "Churn", "--positive", "1", "--id", "ID",

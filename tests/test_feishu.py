@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-from lark_oapi.core.token.manager import TokenManager
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 from starlette.applications import Starlette
@@ -26,9 +25,9 @@ from adapters.feishu.api import FeishuApi
 from adapters.feishu.app import FeishuBridge, addressed_text, build_feishu, feishu_routes, message_text
 from adapters.feishu.port import FeishuPort
 from adapters.feishu.render import receive_id_type, to_cards
-from bot.messages import Button, Card, CardField, Image, Reply, Section
-from bot.notifier import RetryLater, drain_once, reply_to_payload
-from bot.router import Router, Services
+from bot.core.messages import Button, Card, CardField, Image, Reply, Section
+from bot.core.router import Router, Services
+from bot.push.notifier import RetryLater, drain_once, reply_to_payload
 from lifecycle import outbox
 from lifecycle.config import Settings, load_settings
 from lifecycle.models import Account, AuditLog, Contact, Delivery, Note, NpsResponse, NpsSurvey, User
@@ -44,6 +43,7 @@ from tests.fakes.feishu_api import (
     signed_request,
     url_verification,
 )
+from tests.seeding import recompute_at
 
 TODAY = date(2025, 3, 14)
 MIA = "ou_mia0000000000000000000000000000"
@@ -53,15 +53,10 @@ GROUP = "oc_team000000000000000000000000000"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
 
 
-def feishu_settings(db_url: str, fake: FakeFeishu, **extra: Any) -> Settings:
+def feishu_settings(db_url: str, fake_feishu: FakeFeishu, **extra: Any) -> Settings:
     return load_settings(CSBOT_DATABASE_URL=db_url, FEISHU_APP_ID=APP_ID, FEISHU_APP_SECRET=APP_SECRET,
                          FEISHU_VERIFICATION_TOKEN=VERIFICATION_TOKEN, FEISHU_ENCRYPT_KEY=ENCRYPT_KEY,
-                         FEISHU_DOMAIN=fake.url, **extra)
-
-
-def forget_token() -> None:
-    """The SDK caches the tenant token per app id for the whole process: each test starts without one."""
-    TokenManager.cache.set(f"self_tenant_token:{APP_ID}", "", 0)
+                         FEISHU_DOMAIN=fake_feishu.url, **extra)
 
 
 @pytest.fixture
@@ -74,23 +69,7 @@ def portfolio(engine: Engine) -> None:
         s.add(Account(external_id="ACC-00012", name="Acme Corp", name_key="acme corp", owner_id=mia.id,
                       arr=120_000, seats=50, renewal_date=TODAY + timedelta(days=75)))
         s.commit()
-    from lifecycle.health import load_scorecard
-    from lifecycle.recompute import recompute
-    from lifecycle.stages import load_stage_machine
-
-    with Session(engine) as s:
-        recompute(s, as_of=TODAY, scorecard=load_scorecard(None), machine=load_stage_machine(None))
-        s.commit()
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeFeishu]:
-    forget_token()
-    api = FakeFeishu()
-    await api.start()
-    yield api
-    await api.stop()
-    forget_token()
+    recompute_at(engine, TODAY)
 
 
 @dataclass
@@ -112,14 +91,14 @@ class Feishu:
 
 
 @pytest.fixture
-async def feishu(engine: Engine, db_url: str, fake: FakeFeishu, portfolio: None) -> AsyncIterator[Feishu]:
-    settings = feishu_settings(db_url, fake)
+async def feishu(engine: Engine, db_url: str, fake_feishu: FakeFeishu, portfolio: None) -> AsyncIterator[Feishu]:
+    settings = feishu_settings(db_url, fake_feishu)
     router = Router(Services(engine=engine, settings=settings, today=lambda: TODAY))
     bridge = build_feishu(router, settings)
     await bridge.start()
     asgi = Starlette(routes=feishu_routes(bridge, settings))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://csbot.test") as http:
-        yield Feishu(http, fake, bridge)
+        yield Feishu(http, fake_feishu, bridge)
     await bridge.drain()
 
 
@@ -242,11 +221,11 @@ async def test_events_csbot_does_not_read_are_acknowledged(feishu: Feishu) -> No
 # --- delivery through the outbox ---------------------------------------------------------------------------
 
 
-def _port(fake: FakeFeishu, db_url: str) -> FeishuPort:
-    return FeishuPort(FeishuApi.from_settings(feishu_settings(db_url, fake)))
+def _port(fake_feishu: FakeFeishu, db_url: str) -> FeishuPort:
+    return FeishuPort(FeishuApi.from_settings(feishu_settings(db_url, fake_feishu)))
 
 
-async def test_port_uploads_charts_and_sends_cards_with_alert_buttons(fake: FakeFeishu, db_url: str) -> None:
+async def test_port_uploads_charts_and_sends_cards_with_alert_buttons(fake_feishu: FakeFeishu, db_url: str) -> None:
     reply = Reply(
         text="⚠ *Acme Corp* is at risk",
         cards=[Card(title="Acme Corp", fields=(CardField("Health", "41 (red): 0–100, higher is healthier"),),
@@ -255,10 +234,10 @@ async def test_port_uploads_charts_and_sends_cards_with_alert_buttons(fake: Fake
                              Button("Useful", "cmd", "feedback 7 useful", row=1)))],
         images=[Image(PNG, "trend.png", "Health trend")],
     )
-    ref = await _port(fake, db_url).send(MIA, reply, delivery_id=41)
-    [upload] = fake.calls_to("image")
+    ref = await _port(fake_feishu, db_url).send(MIA, reply, delivery_id=41)
+    [upload] = fake_feishu.calls_to("image")
     assert upload.files["image"] == PNG and upload.body["image_type"] == "message"
-    [sent] = fake.calls_to("send")
+    [sent] = fake_feishu.calls_to("send")
     assert ref == sent.message_id
     assert sent.query == {"receive_id_type": "open_id"} and sent.body["uuid"] == "csbot-d41-0"
     assert "**Acme Corp**" in sent.card_text and "0–100" in sent.card_text
@@ -270,17 +249,17 @@ async def test_port_uploads_charts_and_sends_cards_with_alert_buttons(fake: Fake
     assert rows[0]["actions"][0]["value"] == {"a": "cmd", "v": "ack 7"}
 
 
-async def test_resending_a_delivery_posts_it_once(fake: FakeFeishu, db_url: str) -> None:
-    port = _port(fake, db_url)
+async def test_resending_a_delivery_posts_it_once(fake_feishu: FakeFeishu, db_url: str) -> None:
+    port = _port(fake_feishu, db_url)
     first = await port.send("oc_team", Reply(text="hello"), delivery_id=5)
     second = await port.send("oc_team", Reply(text="hello"), delivery_id=5)
-    assert first == second and len(fake.calls_to("send")) == 1
+    assert first == second and len(fake_feishu.calls_to("send")) == 1
 
 
-async def test_rate_limit_is_retry_later_and_the_outbox_delivers_once(fake: FakeFeishu, db_url: str,
+async def test_rate_limit_is_retry_later_and_the_outbox_delivers_once(fake_feishu: FakeFeishu, db_url: str,
                                                                     engine: Engine) -> None:
-    port = _port(fake, db_url)
-    fake.fail_next("send", reset=3)
+    port = _port(fake_feishu, db_url)
+    fake_feishu.fail_next("send", reset=3)
     with pytest.raises(RetryLater) as caught:
         await port.send(MIA, Reply(text="x"), delivery_id=1)
     assert caught.value.retry_after == 3.0
@@ -289,7 +268,7 @@ async def test_rate_limit_is_retry_later_and_the_outbox_delivers_once(fake: Fake
                              kind="digest", dedupe="fs-digest-1")
         s.commit()
         row_id = row.id
-    fake.fail_next("send", reset=1)
+    fake_feishu.fail_next("send", reset=1)
     first = await drain_once(engine, {"feishu": port})
     assert (first.sent, first.retried) == (0, 1)
     from lifecycle.models import utcnow
@@ -300,17 +279,17 @@ async def test_rate_limit_is_retry_later_and_the_outbox_delivers_once(fake: Fake
     with Session(engine) as s:
         stored = s.get(Delivery, row_id)
         assert stored is not None and stored.status == outbox.SENT and stored.message_ref
-    assert len(fake.calls_to("send")) == 1 and len(fake.attempts_to("send")) == 3  # two were rate-limited
+    assert len(fake_feishu.calls_to("send")) == 1 and len(fake_feishu.attempts_to("send")) == 3  # two were rate-limited
 
 
-async def test_an_expired_tenant_token_is_fetched_again(fake: FakeFeishu, db_url: str) -> None:
-    port = _port(fake, db_url)
+async def test_an_expired_tenant_token_is_fetched_again(fake_feishu: FakeFeishu, db_url: str) -> None:
+    port = _port(fake_feishu, db_url)
     await port.send(MIA, Reply(text="one"), delivery_id=1)
-    fake.revoke_token()
+    fake_feishu.revoke_token()
     with pytest.raises(Exception, match="99991663"):
         await port.send(MIA, Reply(text="two"), delivery_id=2)
     await port.send(MIA, Reply(text="two"), delivery_id=2)  # the outbox's retry
-    assert len(fake.calls_to("token")) == 2 and len(fake.calls_to("send")) == 2
+    assert len(fake_feishu.calls_to("token")) == 2 and len(fake_feishu.calls_to("send")) == 2
 
 
 # --- rendering ----------------------------------------------------------------------------------------------
@@ -366,29 +345,31 @@ def test_message_text_and_mentions() -> None:
 # --- the long connection -----------------------------------------------------------------------------------
 
 
-async def test_long_connection_receives_messages_and_card_callbacks(engine: Engine, db_url: str, fake: FakeFeishu,
-                                                                   portfolio: None) -> None:
+async def test_long_connection_receives_messages_and_card_callbacks(
+    engine: Engine, db_url: str, fake_feishu: FakeFeishu, portfolio: None
+) -> None:
     """The SDK's own `lark.ws.Client` asks the fake for its endpoint, connects, and gets events as data frames."""
     from adapters.feishu.longconn import LongConnection
 
     settings = load_settings(CSBOT_DATABASE_URL=db_url, FEISHU_APP_ID=APP_ID, FEISHU_APP_SECRET=APP_SECRET,
-                             FEISHU_DOMAIN=fake.url)  # no token or key: the connection itself is authenticated
+                             FEISHU_DOMAIN=fake_feishu.url)  # no token or key: the connection itself is authenticated
     bridge = build_feishu(Router(Services(engine=engine, settings=settings, today=lambda: TODAY)), settings)
     await bridge.start()
     connection = LongConnection(bridge, settings)
     connection.start()
     try:
-        await fake.wait_connected()
-        assert fake.calls_to("ws_endpoint")
-        answer = await fake.push_event(message_event("account Acme Corp", open_id=MIA, token=""))
+        await fake_feishu.wait_connected()
+        assert fake_feishu.calls_to("ws_endpoint")
+        answer = await fake_feishu.push_event(message_event("account Acme Corp", open_id=MIA, token=""))
         assert answer == {"code": 200}
-        [sent] = await fake.wait_for("send")
+        [sent] = await fake_feishu.wait_for("send")
         assert "**Acme Corp**" in sent.card_text
-        toast = await fake.push_event(card_event({"x": 1}, open_id=MIA, chat_id=GROUP, message_id="om_1", token=""))
+        toast = await fake_feishu.push_event(card_event({"x": 1}, open_id=MIA, chat_id=GROUP, message_id="om_1",
+                                                        token=""))
         assert toast["toast"]["type"] == "error"
-        await fake.push_event(card_event({"a": "cmd", "v": "account Acme Corp"}, open_id=MIA, chat_id=GROUP,
-                                         message_id=sent.body["receive_id"]))
-        await fake.wait_for("send", 2)
+        await fake_feishu.push_event(card_event({"a": "cmd", "v": "account Acme Corp"}, open_id=MIA, chat_id=GROUP,
+                                                message_id=sent.body["receive_id"]))
+        await fake_feishu.wait_for("send", 2)
     finally:
         await asyncio.to_thread(connection.stop)
         await bridge.drain()
@@ -403,7 +384,7 @@ NOON = datetime(2025, 3, 14, 12, 0)
 
 
 @pytest.fixture
-def surveyed(engine: Engine, db_url: str, fake: FakeFeishu, portfolio: None, tmp_path: Path) -> Settings:
+def surveyed(engine: Engine, db_url: str, fake_feishu: FakeFeishu, portfolio: None, tmp_path: Path) -> Settings:
     """Ann, Acme's contact, is in Acme's Feishu group; quiet hours are off."""
     path = tmp_path / "surveys.toml"
     path.write_text('[delivery]\nquiet_start = "00:00"\nquiet_end = "00:00"\n', encoding="utf-8")
@@ -412,12 +393,12 @@ def surveyed(engine: Engine, db_url: str, fake: FakeFeishu, portfolio: None, tmp
         s.add(Contact(account_id=acme.id or 0, key="ann@acme.test", name="Ann Customer", email="ann@acme.test",
                       feishu_open_id=ANN, feishu_chat_id=ACME_GROUP))
         s.commit()
-    return feishu_settings(db_url, fake, CSBOT_SURVEYS_FILE=str(path))
+    return feishu_settings(db_url, fake_feishu, CSBOT_SURVEYS_FILE=str(path))
 
 
 async def _ask_ann(settings: Settings, engine: Engine) -> str:
     from adapters.ports import open_ports
-    from bot.surveys import enqueue_questions, survey_config
+    from bot.push.surveys import enqueue_questions, survey_config
     from lifecycle import surveys as core
 
     config = survey_config(settings)
@@ -440,12 +421,12 @@ def _responses(engine: Engine) -> list[tuple[int, str | None]]:
 
 
 async def test_survey_card_in_the_group_one_answer_only_from_the_contact(
-    surveyed: Settings, engine: Engine, fake: FakeFeishu
+    surveyed: Settings, engine: Engine, fake_feishu: FakeFeishu
 ) -> None:
-    from bot.surveys import desk_for
+    from bot.push.surveys import desk_for
 
     token = await _ask_ann(surveyed, engine)
-    [question] = fake.calls_to("send")
+    [question] = fake_feishu.calls_to("send")
     assert question.body["receive_id"] == ACME_GROUP and question.query == {"receive_id_type": "chat_id"}
     assert f"<at id={ANN}></at>" in question.card_text
     assert "How likely is it that you would recommend us" in question.card_text
@@ -461,13 +442,13 @@ async def test_survey_card_in_the_group_one_answer_only_from_the_contact(
     await bridge.start()
     asgi = Starlette(routes=feishu_routes(bridge, surveyed))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://csbot.test") as http:
-        feishu = Feishu(http, fake, bridge)
+        feishu = Feishu(http, fake_feishu, bridge)
         message_id = question.message_id
         # Somebody else in the group presses: refused privately, nothing stored, the card unchanged.
         refused = await feishu.post(card_event({"a": "nps", "v": f"{token}:10"}, open_id=MIA, chat_id=ACME_GROUP,
                                                message_id=message_id))
         assert refused.json()["toast"]["type"] == "error" and "isn't for you" in refused.json()["toast"]["content"]
-        assert _responses(engine) == [] and fake.calls_to("patch") == []
+        assert _responses(engine) == [] and fake_feishu.calls_to("patch") == []
         # A forged token.
         head, mac = token.split(".")
         forged = await feishu.post(card_event({"a": "nps", "v": f"{head}.{mac[::-1]}:10"}, open_id=ANN,
@@ -479,23 +460,23 @@ async def test_survey_card_in_the_group_one_answer_only_from_the_contact(
         again = await feishu.post(press)
         assert answer.json()["toast"]["type"] == "success" and again.json() == {}
         assert _responses(engine) == [(9, None)]
-        [patched] = fake.calls_to("patch")
+        [patched] = fake_feishu.calls_to("patch")
         assert patched.body["message_id"] == message_id and "recorded your answer: 9" in patched.card_text
         assert len(patched.buttons()) == 11, "the score can still be changed"
-        prompt = fake.calls_to("send")[-1]
+        prompt = fake_feishu.calls_to("send")[-1]
         assert prompt.body["receive_id"] == ACME_GROUP and f"<at id={ANN}></at>" in prompt.card_text
         assert "main reason" in prompt.card_text
         # A second tap with another score inside the edit window changes the answer (still one response).
         await feishu.post(card_event({"a": "nps", "v": f"{token}:10"}, open_id=ANN, chat_id=ACME_GROUP,
                                      message_id=message_id))
-        assert _responses(engine) == [(10, None)] and len(fake.calls_to("patch")) == 2
+        assert _responses(engine) == [(10, None)] and len(fake_feishu.calls_to("patch")) == 2
         # Ann replies to the prompt (mentioning the bot, as a group member must): her comment.
         with Session(engine) as s:
             ref = s.exec(select(NpsSurvey.comment_ref)).one()
         assert ref is not None and ref.startswith("om_")
         await feishu.post(message_event("Setup was painless", open_id=ANN, chat_id=ACME_GROUP, chat_type="group",
                                         mention_bot=True, parent_id=ref))
-        thanks = fake.calls_to("reply")[-1]
+        thanks = fake_feishu.calls_to("reply")[-1]
         assert "Thank you for explaining" in thanks.card_text
         assert _responses(engine) == [(10, "Setup was painless")]
         await bridge.drain()
@@ -533,7 +514,7 @@ def test_csv_import_reads_the_feishu_columns(engine: Engine, tmp_path: Path) -> 
 def test_a_delivery_for_feishu_when_it_is_not_configured_becomes_undeliverable_with_why(
     engine: Engine, db_url: str, portfolio: None
 ) -> None:
-    from bot.undelivered import Routes, reroute_waiting
+    from bot.push.undelivered import Routes, reroute_waiting
     from lifecycle.models import utcnow
 
     settings = load_settings(CSBOT_DATABASE_URL=db_url, SLACK_BOT_TOKEN="xoxb-only-slack")
@@ -584,20 +565,20 @@ def test_feishu_domain_names_and_urls() -> None:
     assert {"s3", "v3", "k3"} <= set(secrets)
 
 
-async def test_serve_opens_the_long_connection_by_default(engine: Engine, db_url: str, fake: FakeFeishu,
+async def test_serve_opens_the_long_connection_by_default(engine: Engine, db_url: str, fake_feishu: FakeFeishu,
                                                           portfolio: None) -> None:
     from adapters.server import build_app
 
     settings = load_settings(CSBOT_DATABASE_URL=db_url, FEISHU_APP_ID=APP_ID, FEISHU_APP_SECRET=APP_SECRET,
-                             FEISHU_DOMAIN=fake.url)
+                             FEISHU_DOMAIN=fake_feishu.url)
     app = build_app(engine, settings)
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport,
                                                                    base_url="http://csbot.test") as http:
-        await fake.wait_connected()
+        await fake_feishu.wait_connected()
         health = await http.get("/healthz")
         assert health.json()["feishu"] == "long connection"
         assert (await http.post("/feishu/events", content=b"{}")).status_code == 404  # no webhook in this mode
-        await fake.push_event(message_event("account Acme Corp", open_id=MIA, token=""))
-        [sent] = await fake.wait_for("send")
+        await fake_feishu.push_event(message_event("account Acme Corp", open_id=MIA, token=""))
+        [sent] = await fake_feishu.wait_for("send")
         assert "**Acme Corp**" in sent.card_text

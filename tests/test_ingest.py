@@ -13,7 +13,7 @@ from sqlalchemy import Engine, func, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from bot.cards import usage_age
+from bot.views.cards import usage_age
 from lifecycle.alerts import evaluate, load_alert_config
 from lifecycle.db import session_scope
 from lifecycle.ingest import (

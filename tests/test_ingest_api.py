@@ -5,14 +5,12 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import threading
 from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import Engine
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
@@ -22,26 +20,15 @@ from lifecycle.config import load_settings
 from lifecycle.db import session_scope
 from lifecycle.ingest import source_status
 from lifecycle.models import Account, UsageDaily
+from tests.fakes.serving import served_in_thread
 
 TOKEN = "ingest-test-token-0123456789"
 
 
 def serve(engine: Engine, db_url: str, **overrides: Any) -> Iterator[httpx.Client]:
     settings = load_settings(database_url=db_url, **({"ingest_token": TOKEN} | overrides))
-    server = uvicorn.Server(uvicorn.Config(build_app(engine, settings), host="127.0.0.1", port=0,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="csbot-ingest", daemon=True)
-    thread.start()
-    while not server.started and thread.is_alive():
-        thread.join(0.02)
-    assert server.started, "the server did not start"
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with served_in_thread(build_app(engine, settings)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield client
 
 
 @pytest.fixture

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import Engine, func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col
@@ -28,6 +26,7 @@ from lifecycle.db import session_scope
 from lifecycle.ingest import IngestOptions, IngestRequest, ingest_group, parse_payload
 from lifecycle.ingest_batch import IngestBatcher
 from lifecycle.models import Account, IngestMessage, UsageDaily
+from tests.fakes.serving import served_in_thread
 
 TOKEN = "ingest-group-token-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -133,18 +132,8 @@ def test_a_batch_window_of_zero_applies_each_request_alone(accounts: Engine) -> 
 
 def serve(engine: Engine, db_url: str) -> Iterator[str]:
     settings = load_settings(database_url=db_url, ingest_token=TOKEN, ingest_batch_window_ms=20)
-    server = uvicorn.Server(uvicorn.Config(build_app(engine, settings), host="127.0.0.1", port=0,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="csbot-ingest-group", daemon=True)
-    thread.start()
-    while not server.started and thread.is_alive():
-        thread.join(0.02)
-    assert server.started, "the server did not start"
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with served_in_thread(build_app(engine, settings)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -23,9 +23,9 @@ from adapters.ports import delivery_ports, open_ports
 from adapters.server import build_app
 from adapters.slack.port import SlackPort
 from adapters.telegram.port import TelegramPort
-from bot.jobs import JOBS, JOBSTORE_TABLE, JobContext, build_scheduler, job, list_jobs, lock_key, run_job
-from bot.messages import Reply
-from bot.notifier import reply_to_payload
+from bot.core.messages import Reply
+from bot.push.jobs import JOBS, JOBSTORE_TABLE, JobContext, build_scheduler, job, list_jobs, lock_key, run_job
+from bot.push.notifier import reply_to_payload
 from lifecycle import outbox
 from lifecycle.config import Settings, load_settings
 from lifecycle.db import alembic_config, has_table, make_engine, session_scope

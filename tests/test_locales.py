@@ -19,9 +19,9 @@ from typing import get_args, get_type_hints
 
 import pytest
 
-from bot.alert_cards import SEVERITY_ICON
-from bot.i18n import LANGS, LOCALES, LocaleError, load_messages, messages, read_locales, t
-from bot.permissions import ROLE_RANK, Coverage
+from bot.core.i18n import LANGS, LOCALES, LocaleError, load_messages, messages, read_locales, t
+from bot.core.permissions import ROLE_RANK, Coverage
+from bot.views.alert_cards import SEVERITY_ICON
 from lifecycle.churn import FEATURES, ChurnStanding
 from lifecycle.search import FIELDS, Problem
 from lifecycle.segments import BEHAVIOUR_FEATURES
@@ -35,25 +35,25 @@ _SEVERITIES = tuple(SEVERITY_ICON)
 
 # Keys built from data: prefix → the values the data takes (and where they come from).
 DYNAMIC: dict[str, Iterable[str]] = {
-    "cr_": FEATURES,  # bot/cards.py: a churn driver in words, one per feature of the churn model
-    "driver_": FEATURES,  # bot/cards.py: a churn driver's name when its value is missing
-    "tf_": BEHAVIOUR_FEATURES,  # bot/cards.py: what sets a cohort apart
-    "churn_level_": get_args(get_type_hints(ChurnStanding)["level"]),  # bot/cards.py
+    "cr_": FEATURES,  # bot/views/cards.py: a churn driver in words, one per feature of the churn model
+    "driver_": FEATURES,  # bot/views/cards.py: a churn driver's name when its value is missing
+    "tf_": BEHAVIOUR_FEATURES,  # bot/views/cards.py: what sets a cohort apart
+    "churn_level_": get_args(get_type_hints(ChurnStanding)["level"]),  # bot/views/cards.py
     "role_": tuple(ROLE_RANK),  # bot/commands/people.py
-    "grade_": ("red", "yellow", "green", "unknown"),  # bot/format.py, bot/charts.py
-    "ac_sev_": _SEVERITIES,  # bot/alert_cards.py
+    "grade_": ("red", "yellow", "green", "unknown"),  # bot/core/format.py, bot/views/charts.py
+    "ac_sev_": _SEVERITIES,  # bot/views/alert_cards.py
     "alert_sev_": _SEVERITIES,  # bot/commands/alerts.py
     "scope_": _COVERAGE,  # bot/commands/lists.py, portfolio.py, alerts.py
     "alerts_": _COVERAGE,  # bot/commands/alerts.py
     "find_": get_args(Problem),  # bot/commands/find.py: a filter that cannot be read
     # bot/commands/find.py: the fields with words (`score` reads as typed)
     "find_field_": tuple(name for name in FIELDS if name != "score"),
-    "sv_": get_args(get_type_hints(SurveyRefused.__init__)["reason"]),  # bot/surveys.py: a refused survey tap
-    "inbox_kind_": ("alert", "escalation", "digest", "weekly", "other"),  # bot/inbox.py
-    "kind_": ("stage", "user"),  # bot/router.py: the NotFoundError kinds a chat reply names (stages, users)
-    # bot/routing.py: why an alert reached nobody
+    "sv_": get_args(get_type_hints(SurveyRefused.__init__)["reason"]),  # bot/push/surveys.py: a refused survey tap
+    "inbox_kind_": ("alert", "escalation", "digest", "weekly", "other"),  # bot/push/inbox.py
+    "kind_": ("stage", "user"),  # bot/core/router.py: the NotFoundError kinds a chat reply names (stages, users)
+    # bot/push/routing.py: why an alert reached nobody
     "why_": ("off", "team_off", "inactive", "no_manager", "gone", "no_owner", "no_team", "nobody"),
-    # bot/digests.py: what an undelivered message was
+    # bot/push/digests.py: what an undelivered message was
     "dk_": ("alert", "escalation", "alert_comment", "survey", "survey_reminder", "advocacy", "digest", "weekly"),
 }
 

@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 from sqlmodel import Session, col
 
-from bot.digests import weekly_reply
-from bot.format import money
-from bot.messages import Card, Incoming
-from bot.router import Router, Services
+from bot.core.format import money
+from bot.core.messages import Card, Incoming
+from bot.core.router import Router, Services
+from bot.push.digests import weekly_reply
 from lifecycle.analytics import Period, retention
 from lifecycle.config import load_settings
 from lifecycle.errors import ImportFailed

@@ -20,8 +20,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 import bot.commands  # noqa: F401  (registers every command)
-from bot.messages import Incoming
-from bot.router import Context, Router, Services, _split, registry
+from bot.core.messages import Incoming
+from bot.core.router import Context, Router, Services, _split, registry
 from bot.understanding import llm
 from bot.understanding.llm import SYSTEM_PROMPT, LlmChoice, LlmFallback, command_line, tool_definitions
 from lifecycle.analytics import Period

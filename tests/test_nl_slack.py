@@ -8,33 +8,30 @@ without it.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 import pytest
 import yaml
-from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 from starlette.applications import Starlette
 
 from adapters.slack import build_slack_app, slack_routes, to_blocks
 from adapters.slack.assistant import PROMPTS, TITLE_MAX, prompt, thread_title
-from bot.messages import Incoming, Reply
-from bot.router import Router, Services
+from bot.core.messages import Incoming, Reply
+from bot.core.router import Router, Services
 from bot.understanding.memory import conversation_key
 from lifecycle.config import load_settings
-from lifecycle.demo import seed_demo
 from lifecycle.models import AuditLog, Note, SeenKey, User
+from tests.fakes.chat_requests import FORM, JSON, RecordingRouter, event_callback, interactive, post_slack, settle
 from tests.fakes.slack_api import BOT_ID, BOT_USER_ID, RESPONSE_URL, FakeCall, FakeSlackAPI
+from tests.seeding import seed_demo_at
 
 SIGNING_SECRET = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 TOKEN = "xoxb-nl-test-token"
@@ -45,41 +42,10 @@ THREAD = "1765100000.000100"  # the assistant thread's parent message
 
 
 
-class RecordingRouter(Router):
-    """The real router, remembering every `Incoming` it was given (to check channel and thread)."""
-
-    def __init__(self, services: Services) -> None:
-        super().__init__(services)
-        self.seen: list[Incoming] = []
-
-    def handle(self, incoming: Incoming) -> Reply:
-        self.seen.append(incoming)
-        return super().handle(incoming)
-
-
 @pytest.fixture
 def demo(engine: Engine) -> Engine:
-    with Session(engine) as s:
-        seed_demo(s, accounts=60, today=TODAY)
-        s.commit()
+    seed_demo_at(engine, TODAY)
     return engine
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSlackAPI]:
-    with FakeSlackAPI() as api:
-        yield api
-
-
-async def settle() -> None:
-    """Wait until the app's background work (listeners run after the HTTP 200) has finished."""
-    me = asyncio.current_task()
-    for _ in range(100):
-        pending = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
-        if not pending:
-            return
-        await asyncio.wait(pending, timeout=30)
-    raise AssertionError("background work did not finish")
 
 
 @dataclass
@@ -92,23 +58,12 @@ class Slack:
 
     async def post(self, body: str, content_type: str, *, secret: str = SIGNING_SECRET,
                    signed: bool = True) -> httpx.Response:
-        ts = str(int(time.time()))
-        headers = {"Content-Type": content_type}
-        if signed:
-            signature = SignatureVerifier(secret).generate_signature(timestamp=ts, body=body)
-            assert signature is not None
-            headers |= {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": signature}
-        response = await self.http.post("/slack/events", content=body, headers=headers)
+        response = await post_slack(self.http, body, content_type, secret=secret, signed=signed)
         await settle()
         return response
 
     async def event(self, event: dict[str, Any], *, event_id: str, **kwargs: Any) -> httpx.Response:
-        body = json.dumps({
-            "token": "legacy", "team_id": "T1", "api_app_id": "A1", "event": event, "type": "event_callback",
-            "event_id": event_id, "event_time": 1765100000,
-            "authorizations": [{"team_id": "T1", "user_id": BOT_USER_ID, "is_bot": True}],
-        })
-        return await self.post(body, "application/json", **kwargs)
+        return await self.post(event_callback(event, event_id=event_id, event_time=1765100000), JSON, **kwargs)
 
     async def thread_started(self, user: str = PRIYA, *, channel: str = DM, thread: str = THREAD,
                              event_id: str = "EvStart", **kwargs: Any) -> httpx.Response:
@@ -146,17 +101,18 @@ class Slack:
         }
         if not in_container:
             payload["message"] = message
-        return await self.post(urlencode({"payload": json.dumps(payload)}), "application/x-www-form-urlencoded")
+        return await self.post(interactive(payload), FORM)
 
 
 @pytest.fixture
-async def slack(demo: Engine, fake: FakeSlackAPI) -> AsyncIterator[Slack]:
-    settings = load_settings(SLACK_BOT_TOKEN=TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET, SLACK_API_URL=fake.api_url)
+async def slack(demo: Engine, fake_slack: FakeSlackAPI) -> AsyncIterator[Slack]:
+    settings = load_settings(SLACK_BOT_TOKEN=TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET,
+                             SLACK_API_URL=fake_slack.api_url)
     router = RecordingRouter(Services(engine=demo, settings=settings, today=lambda: TODAY))
     app = build_slack_app(router, settings)
     transport = httpx.ASGITransport(app=Starlette(routes=slack_routes(app)))
     async with httpx.AsyncClient(transport=transport, base_url="http://csbot.test") as http:
-        yield Slack(http, fake, router)
+        yield Slack(http, fake_slack, router)
 
 
 def only(calls: list[FakeCall]) -> FakeCall:

@@ -19,13 +19,14 @@ from sqlmodel import Session, select
 from adapters.telegram import build_telegram_app, send_reply, start_telegram, stop_telegram
 from adapters.telegram.app import AnyApplication
 from adapters.telegram.render import to_html
-from bot.messages import Button, Incoming, Reply
-from bot.router import Router, Services
+from bot.core.messages import Button, Incoming, Reply
+from bot.core.router import Router, Services
 from bot.understanding.memory import conversation_key
 from lifecycle.config import Settings
-from lifecycle.demo import seed_demo
 from lifecycle.models import Note
+from tests.fakes.chat_requests import RecordingRouter
 from tests.fakes.telegram_api import TOKEN, ApiCall, FakeTelegramAPI, callback_update, message_update
+from tests.seeding import seed_demo_at
 
 TODAY = date(2026, 12, 7)
 PRIYA = 700_000_005  # the demo CSM's Telegram id
@@ -33,33 +34,11 @@ GROUP = -500
 
 
 
-class RecordingRouter(Router):
-    """The real router, remembering every `Incoming` it was given (to check chat and text)."""
-
-    def __init__(self, services: Services) -> None:
-        super().__init__(services)
-        self.seen: list[Incoming] = []
-
-    def handle(self, incoming: Incoming) -> Reply:
-        self.seen.append(incoming)
-        return super().handle(incoming)
-
-
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeTelegramAPI]:
-    api = FakeTelegramAPI()
-    await api.start()
-    yield api
-    await api.stop()
-
-
-@pytest.fixture
-def router(engine: Engine, db_url: str, fake: FakeTelegramAPI) -> RecordingRouter:
-    with Session(engine) as s:
-        seed_demo(s, accounts=60, today=TODAY)
-        s.commit()
+def router(engine: Engine, db_url: str, fake_telegram: FakeTelegramAPI) -> RecordingRouter:
+    seed_demo_at(engine, TODAY)
     settings = Settings.model_validate({
-        "CSBOT_DATABASE_URL": db_url, "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake.api_url,
+        "CSBOT_DATABASE_URL": db_url, "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": fake_telegram.api_url,
     })
     return RecordingRouter(Services(engine=engine, settings=settings, today=lambda: TODAY))
 
@@ -84,10 +63,10 @@ def keyboard_of(call: ApiCall) -> list[list[dict[str, str]]]:
 
 
 async def test_an_exact_command_in_a_private_chat_gets_the_card(
-    fake: FakeTelegramAPI, polling: AnyApplication, router: RecordingRouter
+    fake_telegram: FakeTelegramAPI, polling: AnyApplication, router: RecordingRouter
 ) -> None:
-    await fake.push_update(message_update(1, "account Northwind Traders", user_id=PRIYA, first_name="Priya"))
-    [sent] = await fake.wait_for("sendMessage")
+    await fake_telegram.push_update(message_update(1, "account Northwind Traders", user_id=PRIYA, first_name="Priya"))
+    [sent] = await fake_telegram.wait_for("sendMessage")
     assert sent.params["chat_id"] == str(PRIYA)
     assert sent.params["text"] == exact_html(router, "account Northwind Traders")
     assert sent.params["text"].startswith("<b>Northwind Traders</b> <i>ACC-00006</i>")
@@ -96,22 +75,22 @@ async def test_an_exact_command_in_a_private_chat_gets_the_card(
 
 
 async def test_a_reply_of_only_buttons_is_a_keyboard_whose_press_runs_its_command_in_the_same_chat(
-    fake: FakeTelegramAPI, polling: AnyApplication, router: RecordingRouter
+    fake_telegram: FakeTelegramAPI, polling: AnyApplication, router: RecordingRouter
 ) -> None:
     choices = Reply(buttons=[Button("Quantum Freight", "cmd", "account Quantum Freight"),
                              Button("Blue Yonder Freight", "cmd", "account Blue Yonder Freight")])
     [question] = await send_reply(polling, PRIYA, choices)
-    [shown] = fake.calls_to("sendMessage")
+    [shown] = fake_telegram.calls_to("sendMessage")
     assert shown.params["text"].strip()  # Telegram refuses a message without text, even one with a keyboard
     keyboard = keyboard_of(shown)
     assert [[b["text"] for b in row] for row in keyboard] == [["Quantum Freight", "Blue Yonder Freight"]]
     data = keyboard[0][1]["callback_data"]
 
-    await fake.push_update(callback_update(2, data, user_id=PRIYA, first_name="Priya",
+    await fake_telegram.push_update(callback_update(2, data, user_id=PRIYA, first_name="Priya",
                                            message_id=question.message_id))
-    [answered] = await fake.wait_for("answerCallbackQuery")
+    [answered] = await fake_telegram.wait_for("answerCallbackQuery")
     assert answered.params["callback_query_id"] == "cbq-2"
-    sent = await fake.wait_for("sendMessage", 2)
+    sent = await fake_telegram.wait_for("sendMessage", 2)
     assert sent[1].params["chat_id"] == str(PRIYA)
     assert sent[1].params["text"].startswith("<b>Blue Yonder Freight</b>")
     pressed = router.seen[-1]
@@ -119,13 +98,13 @@ async def test_a_reply_of_only_buttons_is_a_keyboard_whose_press_runs_its_comman
 
 
 async def test_a_group_mention_reaches_the_router_without_the_mention(
-    fake: FakeTelegramAPI, polling: AnyApplication, router: RecordingRouter
+    fake_telegram: FakeTelegramAPI, polling: AnyApplication, router: RecordingRouter
 ) -> None:
     in_group = partial(message_update, user_id=PRIYA, first_name="Priya", chat_id=GROUP, chat_type="group")
-    await fake.push_update(in_group(3, "@csbot_test_bot, account Northwind Traders", message_id=7))
-    await fake.push_update(in_group(4, "@csbot_test_bot2 account Northwind Traders", message_id=8))
-    await fake.push_update(in_group(5, "account Quantum Freight @CSBOT_test_bot", message_id=9))
-    sent = await fake.wait_for("sendMessage", 2)
+    await fake_telegram.push_update(in_group(3, "@csbot_test_bot, account Northwind Traders", message_id=7))
+    await fake_telegram.push_update(in_group(4, "@csbot_test_bot2 account Northwind Traders", message_id=8))
+    await fake_telegram.push_update(in_group(5, "account Quantum Freight @CSBOT_test_bot", message_id=9))
+    sent = await fake_telegram.wait_for("sendMessage", 2)
     assert [s.value("reply_parameters")["message_id"] for s in sent] == [7, 9]
     assert sent[0].params["chat_id"] == str(GROUP)
     assert sent[0].params["text"] == exact_html(router, "account Northwind Traders")
@@ -135,15 +114,15 @@ async def test_a_group_mention_reaches_the_router_without_the_mention(
 
 
 async def test_a_press_in_a_group_runs_in_that_group_for_the_presser(
-    fake: FakeTelegramAPI, polling: AnyApplication, router: RecordingRouter
+    fake_telegram: FakeTelegramAPI, polling: AnyApplication, router: RecordingRouter
 ) -> None:
     in_group = partial(message_update, user_id=PRIYA, first_name="Priya", chat_id=GROUP, chat_type="group")
-    await fake.push_update(in_group(6, "@csbot_test_bot account Northwind Traders", message_id=11))
-    [card] = await fake.wait_for("sendMessage")
+    await fake_telegram.push_update(in_group(6, "@csbot_test_bot account Northwind Traders", message_id=11))
+    [card] = await fake_telegram.wait_for("sendMessage")
     health = keyboard_of(card)[0][0]["callback_data"]
-    await fake.push_update(callback_update(7, health, user_id=PRIYA, first_name="Priya", chat_id=GROUP,
+    await fake_telegram.push_update(callback_update(7, health, user_id=PRIYA, first_name="Priya", chat_id=GROUP,
                                            chat_type="group", message_id=12))
-    sent = await fake.wait_for("sendMessage", 2)
+    sent = await fake_telegram.wait_for("sendMessage", 2)
     assert sent[1].params["chat_id"] == str(GROUP)
     asked, pressed = router.seen
     assert pressed.text == "health ACC-00006" and conversation_key(pressed) == conversation_key(asked)
@@ -153,10 +132,10 @@ async def test_a_press_in_a_group_runs_in_that_group_for_the_presser(
 
 
 async def test_a_question_in_words_gets_the_commands_card_and_says_how_it_was_read(
-    fake: FakeTelegramAPI, polling: AnyApplication, router: RecordingRouter
+    fake_telegram: FakeTelegramAPI, polling: AnyApplication, router: RecordingRouter
 ) -> None:
-    await fake.push_update(message_update(8, "how is Northwind doing?", user_id=PRIYA, first_name="Priya"))
-    [sent] = await fake.wait_for("sendMessage")
+    await fake_telegram.push_update(message_update(8, "how is Northwind doing?", user_id=PRIYA, first_name="Priya"))
+    [sent] = await fake_telegram.wait_for("sendMessage")
     first, _, rest = sent.params["text"].partition("\n")
     assert first.startswith("I read this as")
     assert first == "I read this as <code>account Northwind Traders</code>."
@@ -164,23 +143,24 @@ async def test_a_question_in_words_gets_the_commands_card_and_says_how_it_was_re
 
 
 async def test_a_clarifying_question_and_a_confirmation_are_answered_by_presses(
-    fake: FakeTelegramAPI, polling: AnyApplication, router: RecordingRouter, engine: Engine
+    fake_telegram: FakeTelegramAPI, polling: AnyApplication, router: RecordingRouter, engine: Engine
 ) -> None:
-    await fake.push_update(message_update(9, "how is Freight doing?", user_id=PRIYA, first_name="Priya"))
-    [question] = await fake.wait_for("sendMessage")
+    await fake_telegram.push_update(message_update(9, "how is Freight doing?", user_id=PRIYA, first_name="Priya"))
+    [question] = await fake_telegram.wait_for("sendMessage")
     buttons = {b["text"]: b["callback_data"] for row in keyboard_of(question) for b in row}
     assert set(buttons) >= {"Quantum Freight", "Blue Yonder Freight"}
-    await fake.push_update(callback_update(10, buttons["Blue Yonder Freight"], user_id=PRIYA, first_name="Priya"))
-    sent = await fake.wait_for("sendMessage", 2)
+    await fake_telegram.push_update(callback_update(10, buttons["Blue Yonder Freight"], user_id=PRIYA,
+                                                    first_name="Priya"))
+    sent = await fake_telegram.wait_for("sendMessage", 2)
     assert sent[1].params["chat_id"] == str(PRIYA)
     assert sent[1].params["text"].startswith("<b>Blue Yonder Freight</b>")
 
-    await fake.push_update(message_update(11, "log a note on Northwind: called the CFO about the renewal",
+    await fake_telegram.push_update(message_update(11, "log a note on Northwind: called the CFO about the renewal",
                                           user_id=PRIYA, first_name="Priya", message_id=2))
-    sent = await fake.wait_for("sendMessage", 3)
+    sent = await fake_telegram.wait_for("sendMessage", 3)
     answers = {b["text"]: b["callback_data"] for row in keyboard_of(sent[2]) for b in row}
-    await fake.push_update(callback_update(12, answers["Yes"], user_id=PRIYA, first_name="Priya"))
-    sent = await fake.wait_for("sendMessage", 4)
+    await fake_telegram.push_update(callback_update(12, answers["Yes"], user_id=PRIYA, first_name="Priya"))
+    sent = await fake_telegram.wait_for("sendMessage", 4)
     assert "Note saved on Northwind Traders." in sent[3].params["text"]
     assert {i.channel_id for i in router.seen} == {str(PRIYA)}
     with Session(engine) as s:

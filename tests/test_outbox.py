@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,8 +26,8 @@ from telegram import Bot
 
 from adapters.slack.port import SlackPort, delivery_client
 from adapters.telegram.port import TelegramPort
-from bot.messages import Button, Card, CardField, Image, Reply, Section
-from bot.notifier import (
+from bot.core.messages import Button, Card, CardField, Image, Reply, Section
+from bot.push.notifier import (
     DeliveryPort,
     DrainStats,
     drain_once,
@@ -77,27 +77,13 @@ def posted_delivery_ids(fake: FakeSlackAPI) -> list[int]:
 
 
 @pytest.fixture
-def slack_fake() -> Iterator[FakeSlackAPI]:
-    with FakeSlackAPI() as api:
-        yield api
+def slack_port(fake_slack: FakeSlackAPI) -> SlackPort:
+    return SlackPort(delivery_client(SLACK_TOKEN, fake_slack.api_url))
 
 
 @pytest.fixture
-def slack_port(slack_fake: FakeSlackAPI) -> SlackPort:
-    return SlackPort(delivery_client(SLACK_TOKEN, slack_fake.api_url))
-
-
-@pytest.fixture
-async def telegram_fake() -> AsyncIterator[FakeTelegramAPI]:
-    api = FakeTelegramAPI()
-    await api.start()
-    yield api
-    await api.stop()
-
-
-@pytest.fixture
-async def telegram_port(telegram_fake: FakeTelegramAPI) -> AsyncIterator[TelegramPort]:
-    bot = Bot(TOKEN, base_url=telegram_fake.api_url, base_file_url=f"{telegram_fake.url}/file/bot")
+async def telegram_port(fake_telegram: FakeTelegramAPI) -> AsyncIterator[TelegramPort]:
+    bot = Bot(TOKEN, base_url=fake_telegram.api_url, base_file_url=f"{fake_telegram.url}/file/bot")
     async with bot:
         yield TelegramPort(bot)
 
@@ -203,14 +189,14 @@ def test_a_stale_worker_cannot_overwrite_the_attempt_that_replaced_it(engine: En
 
 
 async def test_slack_delivery_reaches_the_dm_and_the_channel(
-    engine: Engine, slack_fake: FakeSlackAPI, slack_port: SlackPort
+    engine: Engine, fake_slack: FakeSlackAPI, slack_port: SlackPort
 ) -> None:
     to_user = add(engine, "slack", "U1", 1)
     to_channel = add(engine, "slack", "C42", 2)
     stats = await drain_once(engine, {"slack": slack_port}, now=utcnow() + timedelta(seconds=1))
     assert stats == DrainStats(sent=2)
-    assert [c.params["users"] for c in slack_fake.calls_to("conversations.open")] == ["U1"]
-    posts = slack_fake.calls_to("chat.postMessage", ok_only=True)
+    assert [c.params["users"] for c in fake_slack.calls_to("conversations.open")] == ["U1"]
+    posts = fake_slack.calls_to("chat.postMessage", ok_only=True)
     assert [p.params["channel"] for p in posts] == ["DU1", "C42"]
     assert posts[0].params["text"].startswith("Risk alert 1")
     assert posts[0].params["metadata"] == {"event_type": "csbot_delivery",
@@ -223,12 +209,12 @@ async def test_slack_delivery_reaches_the_dm_and_the_channel(
 
 
 async def test_telegram_delivery_sends_html_with_the_keyboard(
-    engine: Engine, telegram_fake: FakeTelegramAPI, telegram_port: TelegramPort
+    engine: Engine, fake_telegram: FakeTelegramAPI, telegram_port: TelegramPort
 ) -> None:
     delivery_id = add(engine, "telegram", "1001")
     stats = await drain_once(engine, {"telegram": telegram_port}, now=utcnow() + timedelta(seconds=1))
     assert stats == DrainStats(sent=1)
-    [sent] = telegram_fake.calls_to("sendMessage")
+    [sent] = fake_telegram.calls_to("sendMessage")
     assert sent.value("chat_id") == 1001
     assert sent.params["parse_mode"] == "HTML"
     assert "<b>Acme Corp</b>" in sent.params["text"]
@@ -239,11 +225,11 @@ async def test_telegram_delivery_sends_html_with_the_keyboard(
 
 
 async def test_slack_429_waits_for_retry_after_then_delivers_once(
-    engine: Engine, slack_fake: FakeSlackAPI, slack_port: SlackPort
+    engine: Engine, fake_slack: FakeSlackAPI, slack_port: SlackPort
 ) -> None:
     delivery_id = add(engine, "slack", "C1")
     t0 = utcnow() + timedelta(seconds=1)
-    slack_fake.fail_next("chat.postMessage", 429, retry_after=120)
+    fake_slack.fail_next("chat.postMessage", 429, retry_after=120)
     ports: dict[str, DeliveryPort] = {"slack": slack_port}
 
     assert await drain_once(engine, ports, now=t0) == DrainStats(retried=1)
@@ -253,43 +239,43 @@ async def test_slack_429_waits_for_retry_after_then_delivers_once(
 
     assert await drain_once(engine, ports, now=t0 + timedelta(seconds=119)) == DrainStats()
     assert await drain_once(engine, ports, now=t0 + timedelta(seconds=120)) == DrainStats(sent=1)
-    assert len(slack_fake.calls_to("chat.postMessage")) == 2
-    assert posted_delivery_ids(slack_fake) == [delivery_id]
+    assert len(fake_slack.calls_to("chat.postMessage")) == 2
+    assert posted_delivery_ids(fake_slack) == [delivery_id]
     # the retry looked in the channel first: the failed attempt might have been posted
-    assert [c.params["channel"] for c in slack_fake.calls_to("conversations.history")] == ["C1"]
+    assert [c.params["channel"] for c in fake_slack.calls_to("conversations.history")] == ["C1"]
     assert rows(engine)[delivery_id].status == "sent"
 
 
 async def test_a_short_retry_after_still_gets_the_backoff(
-    engine: Engine, slack_fake: FakeSlackAPI, slack_port: SlackPort
+    engine: Engine, fake_slack: FakeSlackAPI, slack_port: SlackPort
 ) -> None:
     delivery_id = add(engine, "slack", "C1")
     t0 = utcnow() + timedelta(seconds=1)
-    slack_fake.fail_next("chat.postMessage", 429, retry_after=1)
+    fake_slack.fail_next("chat.postMessage", 429, retry_after=1)
     await drain_once(engine, {"slack": slack_port}, now=t0)
     assert rows(engine)[delivery_id].next_attempt_at == t0 + timedelta(seconds=30)
 
 
 async def test_telegram_429_waits_for_retry_after_then_delivers_once(
-    engine: Engine, telegram_fake: FakeTelegramAPI, telegram_port: TelegramPort
+    engine: Engine, fake_telegram: FakeTelegramAPI, telegram_port: TelegramPort
 ) -> None:
     delivery_id = add(engine, "telegram", "1001")
     t0 = utcnow() + timedelta(seconds=1)
-    telegram_fake.fail_next("sendMessage", 1, retry_after=45)
+    fake_telegram.fail_next("sendMessage", 1, retry_after=45)
     ports: dict[str, DeliveryPort] = {"telegram": telegram_port}
     assert await drain_once(engine, ports, now=t0) == DrainStats(retried=1)
     assert rows(engine)[delivery_id].next_attempt_at == t0 + timedelta(seconds=45)
     assert await drain_once(engine, ports, now=t0 + timedelta(seconds=44)) == DrainStats()
     assert await drain_once(engine, ports, now=t0 + timedelta(seconds=45)) == DrainStats(sent=1)
-    assert len(telegram_fake.attempts_to("sendMessage")) == 2
-    assert len(telegram_fake.calls_to("sendMessage")) == 1
+    assert len(fake_telegram.attempts_to("sendMessage")) == 2
+    assert len(fake_telegram.calls_to("sendMessage")) == 1
 
 
 async def test_permanent_failure_is_kept_as_failed_and_retried_on_demand(
-    engine: Engine, slack_fake: FakeSlackAPI, slack_port: SlackPort
+    engine: Engine, fake_slack: FakeSlackAPI, slack_port: SlackPort
 ) -> None:
     delivery_id = add(engine, "slack", "C1")
-    slack_fake.fail_next("chat.postMessage", 500, retry_after=None, times=3)
+    fake_slack.fail_next("chat.postMessage", 500, retry_after=None, times=3)
     ports: dict[str, DeliveryPort] = {"slack": slack_port}
     now = utcnow() + timedelta(seconds=1)
     results = []
@@ -308,7 +294,7 @@ async def test_permanent_failure_is_kept_as_failed_and_retried_on_demand(
     assert await drain_once(engine, ports, now=now) == DrainStats(sent=1)
     row = rows(engine)[delivery_id]
     assert (row.status, row.attempts, row.last_error) == ("sent", 1, None)
-    assert posted_delivery_ids(slack_fake) == [delivery_id]
+    assert posted_delivery_ids(fake_slack) == [delivery_id]
 
 
 async def test_retry_failed_takes_only_the_given_rows(engine: Engine) -> None:
@@ -322,7 +308,7 @@ async def test_retry_failed_takes_only_the_given_rows(engine: Engine) -> None:
 
 
 async def test_worker_that_died_after_posting_is_reconciled_from_slack_history(
-    engine: Engine, slack_fake: FakeSlackAPI, slack_port: SlackPort
+    engine: Engine, fake_slack: FakeSlackAPI, slack_port: SlackPort
 ) -> None:
     ids = [add(engine, "slack", target, n) for n, target in enumerate(["U1", "C1", "U1"])]
     t0 = utcnow() + timedelta(seconds=1)
@@ -337,14 +323,14 @@ async def test_worker_that_died_after_posting_is_reconciled_from_slack_history(
     assert await drain_once(engine, {"slack": slack_port}, now=t0 + lease - timedelta(seconds=1)) == DrainStats()
     stats = await drain_once(engine, {"slack": slack_port}, now=t0 + lease)
     assert stats == DrainStats(sent=3, reconciled=1)
-    assert sorted(posted_delivery_ids(slack_fake)) == ids  # 0 lost, 0 duplicated
+    assert sorted(posted_delivery_ids(fake_slack)) == ids  # 0 lost, 0 duplicated
     done = rows(engine)
     assert {r.status for r in done.values()} == {"sent"}
     assert done[ids[0]].message_ref == "DU1:1700000000.000001"
 
 
 async def test_telegram_cannot_search_so_a_lost_outcome_is_sent_again(
-    engine: Engine, telegram_fake: FakeTelegramAPI, telegram_port: TelegramPort
+    engine: Engine, fake_telegram: FakeTelegramAPI, telegram_port: TelegramPort
 ) -> None:
     delivery_id = add(engine, "telegram", "1001")
     t0 = utcnow() + timedelta(seconds=1)
@@ -355,12 +341,12 @@ async def test_telegram_cannot_search_so_a_lost_outcome_is_sent_again(
     assert await telegram_port.find_sent(row.target, delivery_id) is None
     # at least once: nothing is lost, and the window is exactly this sent-but-unrecorded message
     assert await drain_once(engine, {"telegram": telegram_port}, now=t0 + lease) == DrainStats(sent=1)
-    assert len(telegram_fake.calls_to("sendMessage")) == 2
+    assert len(fake_telegram.calls_to("sendMessage")) == 2
     assert rows(engine)[delivery_id].status == "sent"
 
 
 async def test_a_row_whose_worker_died_on_its_last_attempt_fails_without_posting(
-    engine: Engine, telegram_fake: FakeTelegramAPI, telegram_port: TelegramPort
+    engine: Engine, fake_telegram: FakeTelegramAPI, telegram_port: TelegramPort
 ) -> None:
     delivery_id = add(engine, "telegram", "1001")
     t0 = utcnow() + timedelta(seconds=1)
@@ -370,21 +356,21 @@ async def test_a_row_whose_worker_died_on_its_last_attempt_fails_without_posting
         outbox.claim(s, limit=1, now=t0 + lease, lease=lease)  # both workers died
     stats = await drain_once(engine, {"telegram": telegram_port}, now=t0 + 2 * lease, max_attempts=2)
     assert stats == DrainStats(failed=1)
-    assert telegram_fake.calls_to("sendMessage") == []
+    assert fake_telegram.calls_to("sendMessage") == []
     row = rows(engine)[delivery_id]
     assert (row.status, row.attempts) == ("failed", 3)
 
 
 async def test_run_worker_delivers_until_stopped(
-    engine: Engine, telegram_fake: FakeTelegramAPI, telegram_port: TelegramPort
+    engine: Engine, fake_telegram: FakeTelegramAPI, telegram_port: TelegramPort
 ) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(run_worker(engine, {"telegram": telegram_port}, stop, interval=0.05))
     ids = [add(engine, "telegram", str(chat)) for chat in (1001, 1002)]
-    await telegram_fake.wait_for("sendMessage", 2)
+    await fake_telegram.wait_for("sendMessage", 2)
     stop.set()
     await asyncio.wait_for(task, 10)
-    assert sorted(c.value("chat_id") for c in telegram_fake.calls_to("sendMessage")) == [1001, 1002]
+    assert sorted(c.value("chat_id") for c in fake_telegram.calls_to("sendMessage")) == [1001, 1002]
     assert {rows(engine)[i].status for i in ids} == {"sent"}
 
 
@@ -397,7 +383,7 @@ import sys
 from pathlib import Path
 
 from adapters.slack.port import SlackPort, delivery_client
-from bot.notifier import drain_once
+from bot.push.notifier import drain_once
 from lifecycle.db import make_engine
 
 db_url, api_url, hang_after, marker, limit = sys.argv[1:6]
@@ -434,7 +420,7 @@ asyncio.run(main())
 
 
 def test_worker_killed_mid_batch_then_restarted_loses_and_repeats_nothing(
-    engine: Engine, db_url: str, slack_fake: FakeSlackAPI, slack_port: SlackPort, tmp_path: Path
+    engine: Engine, db_url: str, fake_slack: FakeSlackAPI, slack_port: SlackPort, tmp_path: Path
 ) -> None:
     ids = [add(engine, "slack", ["U1", "C1"][n % 2], n) for n in range(8)]
     script = tmp_path / "doomed_worker.py"
@@ -442,7 +428,7 @@ def test_worker_killed_mid_batch_then_restarted_loses_and_repeats_nothing(
     marker = tmp_path / "posted"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, str(script), db_url, slack_fake.api_url, "3", str(marker), "5"],
+        [sys.executable, str(script), db_url, fake_slack.api_url, "3", str(marker), "5"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     assert proc.stdout is not None and proc.stderr is not None
@@ -463,12 +449,12 @@ def test_worker_killed_mid_batch_then_restarted_loses_and_repeats_nothing(
     assert in_flight == ids[2]
     assert statuses == {**dict.fromkeys(ids[:2], "sent"), **dict.fromkeys(ids[2:5], "sending"),
                         **dict.fromkeys(ids[5:], "pending")}
-    assert posted_delivery_ids(slack_fake) == ids[:3]
+    assert posted_delivery_ids(fake_slack) == ids[:3]
 
     after_lease = utcnow() + outbox.DEFAULT_LEASE + timedelta(seconds=1)
     stats = asyncio.run(drain_once(engine, {"slack": slack_port}, now=after_lease, worker="restarted"))
     assert stats == DrainStats(sent=6, reconciled=1)
-    assert Counter(posted_delivery_ids(slack_fake)) == Counter(ids)  # each exactly once
+    assert Counter(posted_delivery_ids(fake_slack)) == Counter(ids)  # each exactly once
     done = rows(engine)
     assert {r.status for r in done.values()} == {"sent"}
     assert done[in_flight].message_ref == "DU1:1700000000.000003"  # ids[2] went to U1's DM
@@ -495,14 +481,14 @@ def test_claim_skips_rows_another_transaction_holds(pg_engine: Engine) -> None:
 
 
 async def test_two_workers_on_one_postgres_send_each_delivery_once(
-    pg_engine: Engine, slack_fake: FakeSlackAPI
+    pg_engine: Engine, fake_slack: FakeSlackAPI
 ) -> None:
     ids = [add(pg_engine, "slack", ["U1", "C1", "C2"][n % 3], n) for n in range(30)]
     url = pg_engine.url.render_as_string(hide_password=False)
     engines = [make_engine(url), make_engine(url)]
 
     async def work(engine: Engine, name: str) -> int:
-        port = SlackPort(delivery_client(SLACK_TOKEN, slack_fake.api_url))
+        port = SlackPort(delivery_client(SLACK_TOKEN, fake_slack.api_url))
         sent = 0
         while True:
             stats = await drain_once(engine, {"slack": port}, limit=4, worker=name)
@@ -516,7 +502,7 @@ async def test_two_workers_on_one_postgres_send_each_delivery_once(
         for e in engines:
             e.dispose()
     assert sum(counts) == len(ids)
-    assert Counter(posted_delivery_ids(slack_fake)) == Counter(ids)
+    assert Counter(posted_delivery_ids(fake_slack)) == Counter(ids)
     with Session(pg_engine) as s:
         assert set(s.exec(select(Delivery.status)).all()) == {"sent"}
         assert s.exec(select(col(Delivery.attempts)).distinct()).all() == [1]

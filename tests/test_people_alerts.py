@@ -9,8 +9,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from bot.commands.alerts import age
-from bot.messages import Incoming, Reply
-from bot.router import Router, Services
+from bot.core.messages import Incoming, Reply
+from bot.core.router import Router, Services
 from lifecycle.config import load_settings
 from lifecycle.models import Account, Alert, AuditLog, User, utcnow
 

@@ -25,10 +25,10 @@ from starlette.applications import Starlette
 
 from adapters.slack.app import incoming_from_action, incoming_from_command, incoming_from_event
 from adapters.telegram.app import AnyApplication, build_telegram_app, start_telegram, stop_telegram, telegram_routes
-from bot.i18n import t
-from bot.messages import Incoming, Platform, Reply
-from bot.permissions import carries_account_data
-from bot.router import Router, Services, registry
+from bot.core.i18n import t
+from bot.core.messages import Incoming, Platform, Reply
+from bot.core.permissions import carries_account_data
+from bot.core.router import Router, Services, registry
 from lifecycle.config import load_settings
 from lifecycle.models import Account, Alert, AuditLog, Contact, User
 from tests.fakes.telegram_api import BOT_USERNAME, TOKEN, ApiCall, FakeTelegramAPI, message_update

@@ -20,8 +20,8 @@ from PIL import Image as PILImage
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from bot.messages import Card, Incoming, Reply
-from bot.router import Router, Services
+from bot.core.messages import Card, Incoming, Reply
+from bot.core.router import Router, Services
 from lifecycle.config import load_settings
 from lifecycle.models import Account, HealthSnapshot, NpsResponse, NpsSurvey, User
 from lifecycle.nps import latest_comments, month_start, nps_by, nps_summary, nps_trend

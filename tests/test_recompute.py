@@ -12,7 +12,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from adapters.console import run_console
-from bot.router import Router, Services
+from bot.core.router import Router, Services
 from lifecycle.config import load_settings
 from lifecycle.demo import seed_demo
 from lifecycle.health import default_scorecard

@@ -13,9 +13,9 @@ from sqlalchemy import Engine, text
 from sqlmodel import Session, select
 
 from adapters.console.render import render_text
-from bot.messages import Incoming
-from bot.refresh import refresh_once
-from bot.router import Router, Services
+from bot.core.messages import Incoming
+from bot.core.router import Router, Services
+from bot.push.refresh import refresh_once
 from lifecycle.config import load_settings
 from lifecycle.db import session_scope
 from lifecycle.health import default_scorecard

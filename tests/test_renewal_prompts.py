@@ -9,9 +9,9 @@ from datetime import date, datetime, time, timedelta
 import pandas as pd
 from sqlmodel import Session, col, select
 
-from bot.alert_cards import alert_reply
-from bot.notifier import payload_to_reply
-from bot.renewals import due_prompts, renewal_prompts
+from bot.push.notifier import payload_to_reply
+from bot.push.renewals import due_prompts, renewal_prompts
+from bot.views.alert_cards import alert_reply
 from lifecycle.alerts import AlertConfig, RenewalPromptConfig, default_alert_config
 from lifecycle.models import Account, Alert, Delivery, HealthSnapshot, NpsResponse, Ticket, UsageDaily, User
 

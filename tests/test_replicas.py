@@ -25,9 +25,9 @@ from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
-from bot.jobs import JOBSTORE_TABLE, build_scheduler, occurrence, run_job
-from bot.messages import Reply
-from bot.notifier import reply_to_payload
+from bot.core.messages import Reply
+from bot.push.jobs import JOBSTORE_TABLE, build_scheduler, occurrence, run_job
+from bot.push.notifier import reply_to_payload
 from lifecycle import outbox
 from lifecycle.config import cron_trigger, load_settings
 from lifecycle.db import has_table, make_engine, session_scope

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from bot.jobs import run_job
-from bot.messages import Incoming, Reply
-from bot.router import Router, Services
+from bot.core.messages import Incoming, Reply
+from bot.core.router import Router, Services
+from bot.push.jobs import run_job
 from lifecycle.config import load_settings
 from lifecycle.errors import ConfigError
 from lifecycle.health import (

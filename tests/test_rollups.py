@@ -166,7 +166,7 @@ def test_migration_fills_the_rollups_and_rebuild_command_agrees(engine: Engine, 
         session.commit()
     from typer.testing import CliRunner
 
-    from adapters.cli import app
+    from adapters.cli.app import app
     from lifecycle.config import get_settings
 
     get_settings.cache_clear()  # the command reads the settings (and so the database URL) from the environment

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from bot.messages import Incoming, Reply
-from bot.router import Router, Services, registry
+from bot.core.messages import Incoming, Reply
+from bot.core.router import Router, Services, registry
 from lifecycle.config import load_settings
 from lifecycle.models import Account, AuditLog, Contact, Note, StageTransition, User
 

@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from bot.alert_cards import alert_reply
-from bot.messages import Incoming, Reply
-from bot.notifier import payload_to_reply
-from bot.router import Router, Services
-from bot.routing import escalate, in_quiet_hours, person, release_time, route, route_alerts, with_platforms, zone
-from bot.undelivered import Routes, requeue
+from bot.core.messages import Incoming, Reply
+from bot.core.router import Router, Services
+from bot.push.notifier import payload_to_reply
+from bot.push.routing import escalate, in_quiet_hours, person, release_time, route, route_alerts, with_platforms, zone
+from bot.push.undelivered import Routes, requeue
+from bot.views.alert_cards import alert_reply
 from lifecycle.alerts import AlertConfig, RoutingConfig, default_alert_config
 from lifecycle.config import load_settings
 from lifecycle.models import Account, Alert, Delivery, User

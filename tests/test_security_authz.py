@@ -15,15 +15,13 @@ import asyncio
 import itertools
 import json
 import random
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import pytest
-from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import Engine, delete, update
 from sqlmodel import Session, col, select
 from starlette.applications import Starlette
@@ -33,13 +31,14 @@ from telegram.ext import AIORateLimiter
 from adapters.slack import build_slack_app, slack_routes, to_text
 from adapters.telegram.app import AnyApplication, build_telegram_app, start_telegram, stop_telegram, telegram_name
 from adapters.telegram.render import to_html
-from bot.i18n import t
-from bot.messages import Incoming, Platform, Reply
-from bot.permissions import carries_account_data, role_allows
-from bot.router import Router, Services, registry
+from bot.core.i18n import t
+from bot.core.messages import Incoming, Platform, Reply
+from bot.core.permissions import carries_account_data, role_allows
+from bot.core.router import Router, Services, registry
 from lifecycle.config import load_settings
 from lifecycle.models import AuditLog, User
 from tests import test_permissions as matrix
+from tests.fakes.chat_requests import JSON, event_callback, post_slack, settle
 from tests.fakes.slack_api import RESPONSE_URL, FakeCall, FakeSlackAPI
 from tests.fakes.telegram_api import TOKEN, FakeTelegramAPI, message_update
 from tests.security_counts import SecurityCount
@@ -109,48 +108,29 @@ def _names_an_account(text: str) -> bool:
 # --- Slack ---------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def slack_api() -> Iterator[FakeSlackAPI]:
-    with FakeSlackAPI() as api:
-        yield api
-
-
 @dataclass
 class SlackApps:
     clients: dict[str, httpx.AsyncClient]  # by CSM read scope
     fake: FakeSlackAPI
     baseline: set[asyncio.Task[Any]]
 
-    async def settle(self) -> None:
-        me = asyncio.current_task()
-        for _ in range(100):
-            pending = [t for t in asyncio.all_tasks() if t is not me and not t.done() and t not in self.baseline]
-            if not pending:
-                return
-            await asyncio.wait(pending, timeout=10)
-        raise AssertionError("background work did not finish")
-
     async def post(self, scope: str, body: str, content_type: str) -> None:
-        ts = str(int(time.time()))
-        signature = SignatureVerifier(SIGNING_SECRET).generate_signature(timestamp=ts, body=body)
-        assert signature is not None
-        response = await self.clients[scope].post("/slack/events", content=body, headers={
-            "Content-Type": content_type, "X-Slack-Request-Timestamp": ts, "X-Slack-Signature": signature})
+        response = await post_slack(self.clients[scope], body, content_type, secret=SIGNING_SECRET)
         assert response.status_code == 200
-        await self.settle()
+        await settle(baseline=self.baseline, timeout=10)
 
 
 @pytest.fixture
-async def slack(engine: Engine, world: World, slack_api: FakeSlackAPI) -> AsyncIterator[SlackApps]:
+async def slack(engine: Engine, world: World, fake_slack: FakeSlackAPI) -> AsyncIterator[SlackApps]:
     clients: dict[str, httpx.AsyncClient] = {}
     for scope in ("own", "all"):
         settings = load_settings(database_url="sqlite://", csm_read_scope=scope, slack_bot_token="xoxb-authz",
-                                 slack_signing_secret=SIGNING_SECRET, slack_api_url=slack_api.api_url)
+                                 slack_signing_secret=SIGNING_SECRET, slack_api_url=fake_slack.api_url)
         router = Router(Services(engine=engine, settings=settings, today=lambda: matrix.TODAY))
         app = Starlette(routes=slack_routes(build_slack_app(router, settings)))
         clients[scope] = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://csbot.test")
     try:
-        yield SlackApps(clients, slack_api, set(asyncio.all_tasks()))
+        yield SlackApps(clients, fake_slack, set(asyncio.all_tasks()))
     finally:
         for client in clients.values():
             await client.aclose()
@@ -212,14 +192,10 @@ async def test_mentions_in_customer_channels_are_answered_ephemerally(
     for channel, shared in (SLACK_CHANNELS["customer"], SLACK_CHANNELS["shared"]):
         for role in ("admin", "manager", "csm", "viewer", "contact", "unknown"):
             sender = matrix._sender(role, "slack")
-            body = json.dumps({
-                "token": "legacy", "team_id": "T1", "api_app_id": "A1", "type": "event_callback",
-                "event_id": f"Ev{channel}{role}", "event_time": 1700000000, "is_ext_shared_channel": shared,
-                "authorizations": [{"team_id": "T1", "user_id": "UBOT", "is_bot": True}],
-                "event": {"type": "app_mention", "channel": channel, "user": sender,
-                          "text": "<@UBOT> account Acme Corp", "ts": f"1700000100.{asked:06d}"},
-            })
-            await slack.post("all", body, "application/json")
+            body = event_callback({"type": "app_mention", "channel": channel, "user": sender,
+                                   "text": "<@UBOT> account Acme Corp", "ts": f"1700000100.{asked:06d}"},
+                                  event_id=f"Ev{channel}{role}", is_ext_shared_channel=shared)
+            await slack.post("all", body, JSON)
             asked += 1
     assert [c for c in slack.fake.calls_to("chat.postMessage")] == []
     ephemeral = slack.fake.calls_to("chat.postEphemeral")
@@ -235,16 +211,8 @@ async def test_mentions_in_customer_channels_are_answered_ephemerally(
 
 
 @pytest.fixture
-async def telegram_api() -> AsyncIterator[FakeTelegramAPI]:
-    api = FakeTelegramAPI()
-    await api.start()
-    yield api
-    await api.stop()
-
-
-@pytest.fixture
 async def telegram(
-    engine: Engine, world: World, telegram_api: FakeTelegramAPI, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, world: World, fake_telegram: FakeTelegramAPI, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[dict[str, AnyApplication]]:
     # Telegram allows a bot 20 messages a minute per group, and the adapter's rate limiter keeps to that; the
     # fake has no such limit, and hundreds of cases in two groups would otherwise take minutes (0 = no limit).
@@ -254,7 +222,7 @@ async def telegram(
     apps: dict[str, AnyApplication] = {}
     for scope in ("own", "all"):
         settings = load_settings(database_url="sqlite://", csm_read_scope=scope, telegram_bot_token=TOKEN,
-                                 telegram_api_url=telegram_api.api_url, telegram_webhook_secret="authz-secret")
+                                 telegram_api_url=fake_telegram.api_url, telegram_webhook_secret="authz-secret")
         router = Router(Services(engine=engine, settings=settings, today=lambda: matrix.TODAY))
         apps[scope] = build_telegram_app(router, settings, polling=False)
         await start_telegram(apps[scope], polling=False)
@@ -267,7 +235,7 @@ TELEGRAM_CHATS = {"team": (-500, "group"), "customer": (int(matrix.ACME_TELEGRAM
 
 
 async def test_a_sample_of_the_matrix_through_the_telegram_adapter_leaks_nothing(
-    telegram: dict[str, AnyApplication], telegram_api: FakeTelegramAPI, world: World,
+    telegram: dict[str, AnyApplication], fake_telegram: FakeTelegramAPI, world: World,
     security_count: SecurityCount,
 ) -> None:
     problems: list[str] = []
@@ -280,11 +248,11 @@ async def test_a_sample_of_the_matrix_through_the_telegram_adapter_leaks_nothing
         word, _, rest = line.partition(" ")
         text = f"/{telegram_name(word)} {rest}".strip()
         app = telegram[case.scope]
-        before = len(telegram_api.calls)
+        before = len(fake_telegram.calls)
         data = message_update(n, text, user_id=int(sender), first_name="Someone", chat_id=chat_id,
                               chat_type=chat_type, message_id=n)
         await app.process_update(Update.de_json(data, app.bot))
-        sent = [c for c in telegram_api.calls[before:] if c.method in ("sendMessage", "sendPhoto")]
+        sent = [c for c in fake_telegram.calls[before:] if c.method in ("sendMessage", "sendPhoto")]
         name = f"telegram/{case.channel} {case.role}({case.scope}) `{text}`"
         in_chat = [c for c in sent if c.params.get("chat_id") == str(chat_id)]
         to_asker = [c for c in sent if c.params.get("chat_id") == sender]
@@ -321,7 +289,7 @@ def _reply_text(call: FakeCall) -> str:
 
 async def test_a_removed_user_loses_access_on_the_next_request(
     engine: Engine, world: World, slack: SlackApps, telegram: dict[str, AnyApplication],
-    telegram_api: FakeTelegramAPI, security_count: SecurityCount,
+    fake_telegram: FakeTelegramAPI, security_count: SecurityCount,
 ) -> None:
     """Cam (CSM) works on every platform; then Cam is deactivated, unlinked, deleted: each change bites at once."""
     slack.baseline |= set(asyncio.all_tasks())  # the Telegram apps' own long-lived tasks are not Slack's work
@@ -342,10 +310,10 @@ async def test_a_removed_user_loses_access_on_the_next_request(
         [answer] = [c for c in slack.fake.calls_to(RESPONSE_URL) if c.path_id == rid]
         answers["slack"] = json.dumps(answer.params)
         app = telegram["all"]
-        before = len(telegram_api.calls)
+        before = len(fake_telegram.calls)
         data = message_update(next(update_ids), "/account Acme Corp", user_id=9003, first_name="Cam")
         await app.process_update(Update.de_json(data, app.bot))
-        answers["telegram"] = " ".join(c.params.get("text", "") for c in telegram_api.calls[before:]
+        answers["telegram"] = " ".join(c.params.get("text", "") for c in fake_telegram.calls[before:]
                                        if c.method == "sendMessage")
         return answers
 

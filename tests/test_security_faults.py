@@ -14,7 +14,6 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,8 +25,8 @@ from telegram import Bot
 
 from adapters.slack.port import SlackPort
 from adapters.telegram.port import TelegramPort
-from bot.jobs import run_job
-from bot.notifier import DeliveryPort, DrainStats, drain_once
+from bot.push.jobs import run_job
+from bot.push.notifier import DeliveryPort, DrainStats, drain_once
 from lifecycle import outbox
 from lifecycle.config import load_settings
 from lifecycle.db import ensure_schema, make_engine
@@ -58,57 +57,43 @@ def _drain_until_done(engine: Engine, ports: dict[str, DeliveryPort], ids: list[
     raise AssertionError(f"not all delivered after {max_passes} passes: {passes}")
 
 
-@pytest.fixture
-def slack_fake() -> Iterator[FakeSlackAPI]:
-    with FakeSlackAPI() as api:
-        yield api
-
-
 def test_slack_5xx_timeouts_and_429s_still_deliver_every_message_exactly_once(
-    engine: Engine, slack_fake: FakeSlackAPI, security_count: SecurityCount
+    engine: Engine, fake_slack: FakeSlackAPI, security_count: SecurityCount
 ) -> None:
     ids = [add(engine, "slack", ["U1", "C1", "C2"][n % 3], n) for n in range(9)]
-    port = SlackPort(AsyncWebClient(token="xoxb-faults", base_url=slack_fake.api_url, timeout=CLIENT_TIMEOUT,
+    port = SlackPort(AsyncWebClient(token="xoxb-faults", base_url=fake_slack.api_url, timeout=CLIENT_TIMEOUT,
                                     retry_handlers=[]))
     ports: dict[str, DeliveryPort] = {"slack": port}
     faults = 0
     # First pass: two 500s, then a call that times out although Slack posted it, then a 503.
-    slack_fake.fail_next("chat.postMessage", 500, retry_after=None, times=2)
-    slack_fake.stall_next("chat.postMessage", STALL, times=1, deliver=True)
+    fake_slack.fail_next("chat.postMessage", 500, retry_after=None, times=2)
+    fake_slack.stall_next("chat.postMessage", STALL, times=1, deliver=True)
     faults += 3
     passes: list[DrainStats] = []
     now = utcnow() + timedelta(seconds=1)
     passes.append(asyncio.run(drain_once(engine, ports, now=now)))
     # Second pass: a 429 with Retry-After, a 502 on the history check a retry makes first, a hang nobody answers.
-    slack_fake.fail_next("chat.postMessage", 429, retry_after=30, times=1)
-    slack_fake.fail_next("conversations.history", 502, retry_after=None, times=1)
-    slack_fake.stall_next("chat.postMessage", STALL, times=1, deliver=False)
+    fake_slack.fail_next("chat.postMessage", 429, retry_after=30, times=1)
+    fake_slack.fail_next("conversations.history", 502, retry_after=None, times=1)
+    fake_slack.stall_next("chat.postMessage", STALL, times=1, deliver=False)
     faults += 3
     now += timedelta(hours=1)
     passes.append(asyncio.run(drain_once(engine, ports, now=now)))
     passes += _drain_until_done(engine, ports, ids)
     assert sum(p.retried for p in passes) >= 5
-    assert Counter(posted_delivery_ids(slack_fake)) == Counter(ids)  # each exactly once, the timed-out one too
+    assert Counter(posted_delivery_ids(fake_slack)) == Counter(ids)  # each exactly once, the timed-out one too
     assert sum(p.reconciled for p in passes) == 1  # the post that timed out was found in the channel, not resent
     assert {r.status for i, r in rows(engine).items() if i in ids} == {outbox.SENT}
     security_count("deliveries through Slack faults (5xx, 429, timeouts): delivered once", len(ids))
     security_count("platform faults survived", faults)
 
 
-@pytest.fixture
-async def telegram_fake() -> AsyncIterator[FakeTelegramAPI]:
-    api = FakeTelegramAPI()
-    await api.start()
-    yield api
-    await api.stop()
-
-
 async def test_telegram_5xx_timeouts_and_429s_still_deliver_every_message_exactly_once(
-    engine: Engine, telegram_fake: FakeTelegramAPI, monkeypatch: pytest.MonkeyPatch, security_count: SecurityCount
+    engine: Engine, fake_telegram: FakeTelegramAPI, monkeypatch: pytest.MonkeyPatch, security_count: SecurityCount
 ) -> None:
     monkeypatch.setattr("adapters.telegram.port.READ_TIMEOUT", CLIENT_TIMEOUT)
     ids = [add(engine, "telegram", str(chat), n) for n, chat in enumerate((1001, 1002, 1003, -500) * 2)]
-    bot = Bot(TOKEN, base_url=telegram_fake.api_url, base_file_url=f"{telegram_fake.url}/file/bot")
+    bot = Bot(TOKEN, base_url=fake_telegram.api_url, base_file_url=f"{fake_telegram.url}/file/bot")
     faults = 0
     async with bot:
         ports: dict[str, DeliveryPort] = {"telegram": TelegramPort(bot)}
@@ -116,11 +101,11 @@ async def test_telegram_5xx_timeouts_and_429s_still_deliver_every_message_exactl
         passes = []
         for fault in ("500", "502", "429", "hang", "500"):
             if fault == "429":
-                telegram_fake.fail_next("sendMessage", 1, retry_after=40)
+                fake_telegram.fail_next("sendMessage", 1, retry_after=40)
             elif fault == "hang":  # lost on its way in: the client times out, Telegram never had it
-                telegram_fake.stall_next("sendMessage", STALL, 1, deliver=False)
+                fake_telegram.stall_next("sendMessage", STALL, 1, deliver=False)
             else:
-                telegram_fake.fail_next("sendMessage", 1, status=int(fault))
+                fake_telegram.fail_next("sendMessage", 1, status=int(fault))
             faults += 1
             passes.append(await drain_once(engine, ports, now=now))
             now += timedelta(hours=1)
@@ -129,7 +114,7 @@ async def test_telegram_5xx_timeouts_and_429s_still_deliver_every_message_exactl
                 break
             passes.append(await drain_once(engine, ports, now=now))
             now += timedelta(hours=1)
-    sent = [c for c in telegram_fake.calls_to("sendMessage")]
+    sent = [c for c in fake_telegram.calls_to("sendMessage")]
     assert sorted(c.params["text"].split("\n")[0] for c in sent) == sorted(
         f"Risk alert {n}" for n in range(len(ids)))  # every message once
     assert sum(p.retried for p in passes) == faults
@@ -139,21 +124,21 @@ async def test_telegram_5xx_timeouts_and_429s_still_deliver_every_message_exactl
 
 
 async def test_a_telegram_timeout_after_telegram_accepted_is_at_least_once(
-    engine: Engine, telegram_fake: FakeTelegramAPI, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, fake_telegram: FakeTelegramAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The documented limit: the Bot API cannot be searched, so a message Telegram accepted but whose answer was
     lost is sent again on the retry — never lost, at most one extra copy per lost answer."""
     monkeypatch.setattr("adapters.telegram.port.READ_TIMEOUT", CLIENT_TIMEOUT)
     [delivery] = [add(engine, "telegram", "1001", 1)]
-    bot = Bot(TOKEN, base_url=telegram_fake.api_url, base_file_url=f"{telegram_fake.url}/file/bot")
-    telegram_fake.stall_next("sendMessage", STALL, 1, deliver=True)
+    bot = Bot(TOKEN, base_url=fake_telegram.api_url, base_file_url=f"{fake_telegram.url}/file/bot")
+    fake_telegram.stall_next("sendMessage", STALL, 1, deliver=True)
     async with bot:
         ports: dict[str, DeliveryPort] = {"telegram": TelegramPort(bot)}
         first = await drain_once(engine, ports, now=utcnow() + timedelta(seconds=1))
         second = await drain_once(engine, ports, now=utcnow() + timedelta(hours=1))
     assert (first, second) == (DrainStats(retried=1), DrainStats(sent=1))
-    await telegram_fake.wait_for("sendMessage", 2)  # the stalled call finishes on the server after the timeout
-    assert len(telegram_fake.calls_to("sendMessage")) == 2
+    await fake_telegram.wait_for("sendMessage", 2)  # the stalled call finishes on the server after the timeout
+    assert len(fake_telegram.calls_to("sendMessage")) == 2
     assert rows(engine)[delivery].status == outbox.SENT
 
 

@@ -28,13 +28,14 @@ from starlette.applications import Starlette
 from adapters.feishu.app import build_feishu, feishu_routes
 from adapters.feishu.render import to_cards
 from adapters.server import build_app
-from bot.messages import Reply
-from bot.permissions import carries_account_data
-from bot.router import Router, Services
+from bot.core.messages import Reply
+from bot.core.permissions import carries_account_data
+from bot.core.router import Router, Services
 from lifecycle import surveys as core
 from lifecycle.config import Settings, load_settings
 from lifecycle.models import Account, AuditLog, Contact, Note, NpsResponse, NpsSurvey, User, utcnow
 from tests import test_permissions as matrix
+from tests.fakes.chat_requests import settle
 from tests.fakes.feishu_api import (
     APP_ID,
     APP_SECRET,
@@ -48,7 +49,6 @@ from tests.fakes.feishu_api import (
     signed_request,
 )
 from tests.security_counts import SecurityCount
-from tests.test_feishu import forget_token
 from tests.test_security_authz import INTERNAL_ERROR_MARK, Case, _cases, _expected, _names_an_account
 from tests.test_security_requests import fingerprint
 
@@ -63,20 +63,10 @@ STALE = 6 * 60
 FEISHU_CASES = 180
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeFeishu]:
-    forget_token()
-    api = FakeFeishu()
-    await api.start()
-    yield api
-    await api.stop()
-    forget_token()
-
-
-def _settings(db_url: str, fake: FakeFeishu, **extra: Any) -> Settings:
+def _settings(db_url: str, fake_feishu: FakeFeishu, **extra: Any) -> Settings:
     return load_settings(database_url=db_url, feishu_app_id=APP_ID, feishu_app_secret=APP_SECRET,
                          feishu_verification_token=VERIFICATION_TOKEN, feishu_encrypt_key=ENCRYPT_KEY,
-                         feishu_domain=fake.url, survey_secret=SURVEY_SECRET, **extra)
+                         feishu_domain=fake_feishu.url, survey_secret=SURVEY_SECRET, **extra)
 
 
 # --- forged, stale and replayed callbacks ---------------------------------------------------------------------
@@ -118,27 +108,18 @@ class Served:
     baseline: set[asyncio.Task[Any]]
 
     async def settle(self) -> None:
-        me = asyncio.current_task()
-        for _ in range(200):
-            pending = [t for t in asyncio.all_tasks() if t is not me and not t.done() and t not in self.baseline]
-            if not pending:
-                # work handed from the SDK's dispatcher thread to the loop may still be on its way
-                await asyncio.sleep(0.05)
-                if not [t for t in asyncio.all_tasks() if t is not me and not t.done() and t not in self.baseline]:
-                    return
-                continue
-            await asyncio.wait(pending, timeout=10)
-        raise AssertionError("background work did not finish")
+        # work handed from the SDK's dispatcher thread to the loop may still be on its way
+        await settle(baseline=self.baseline, timeout=10, rounds=200, recheck=0.05)
 
 
 @pytest.fixture
-async def served(engine: Engine, db_url: str, acme: Ids, fake: FakeFeishu) -> AsyncIterator[Served]:
-    app: Starlette = build_app(engine, _settings(db_url, fake), feishu_webhook=True)
+async def served(engine: Engine, db_url: str, acme: Ids, fake_feishu: FakeFeishu) -> AsyncIterator[Served]:
+    app: Starlette = build_app(engine, _settings(db_url, fake_feishu), feishu_webhook=True)
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport,
                                                                    base_url="http://csbot.test") as http:
         await asyncio.sleep(0.05)
-        yield Served(http, fake, engine, set(asyncio.all_tasks()))
+        yield Served(http, fake_feishu, engine, set(asyncio.all_tasks()))
 
 
 def _events(ids: Ids) -> dict[str, Callable[[], dict[str, Any]]]:
@@ -290,7 +271,7 @@ class Bridges:
 
 
 @pytest.fixture
-async def bridges(engine: Engine, world: World, fake: FakeFeishu) -> AsyncIterator[Bridges]:
+async def bridges(engine: Engine, world: World, fake_feishu: FakeFeishu) -> AsyncIterator[Bridges]:
     """The matrix's people and Acme's contact get Feishu ids; Acme's customer group is FEISHU_CHATS["customer"]."""
     with Session(engine) as s:
         for person in matrix.PEOPLE:
@@ -302,7 +283,7 @@ async def bridges(engine: Engine, world: World, fake: FakeFeishu) -> AsyncIterat
     for scope in ("own", "all"):
         settings = load_settings(database_url="sqlite://", csm_read_scope=scope, feishu_app_id=APP_ID,
                                  feishu_app_secret=APP_SECRET, feishu_verification_token=VERIFICATION_TOKEN,
-                                 feishu_encrypt_key=ENCRYPT_KEY, feishu_domain=fake.url)
+                                 feishu_encrypt_key=ENCRYPT_KEY, feishu_domain=fake_feishu.url)
         bridge = build_feishu(Router(Services(engine=engine, settings=settings, today=lambda: matrix.TODAY)),
                               settings)
         await bridge.start()
@@ -322,7 +303,7 @@ def _refusal_md(text: str) -> str:
 
 
 async def test_a_sample_of_the_matrix_through_the_feishu_adapter_leaks_nothing(
-    bridges: Bridges, fake: FakeFeishu, world: World, security_count: SecurityCount,
+    bridges: Bridges, fake_feishu: FakeFeishu, world: World, security_count: SecurityCount,
 ) -> None:
     problems: list[str] = []
     leaks = 0
@@ -331,10 +312,10 @@ async def test_a_sample_of_the_matrix_through_the_feishu_adapter_leaks_nothing(
         sender = _open_id(case.role)
         chat_id = FEISHU_CHATS[case.channel]
         line = matrix._line(case.sample, case.account, world)
-        before = len(fake.calls)
+        before = len(fake_feishu.calls)
         await bridges.post(case.scope, message_event(line, open_id=sender, chat_id=chat_id, chat_type="group",
                                                      mention_bot=True))
-        sent = [c for c in fake.calls[before:] if c.kind in ("send", "reply", "image") and c.ok]
+        sent = [c for c in fake_feishu.calls[before:] if c.kind in ("send", "reply", "image") and c.ok]
         name = f"feishu/{case.channel} {case.role}({case.scope}) `{line}`"
         in_chat = [c for c in sent if c.kind == "reply" or c.body.get("receive_id") == chat_id]
         to_asker = [c for c in sent if c.kind == "send" and c.body.get("receive_id") == sender]

@@ -16,20 +16,17 @@ import io
 import itertools
 import json
 import threading
-import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import date
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlencode
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session, SQLModel, col
 from starlette.applications import Starlette
@@ -39,14 +36,15 @@ import bot.commands  # noqa: F401  (registers every command, so COMMAND_WORDS li
 from adapters.slack import build_slack_app, slack_routes, to_blocks, to_text
 from adapters.telegram.app import AnyApplication, build_telegram_app, start_telegram, stop_telegram
 from adapters.telegram.render import split_html, to_html
-from bot.i18n import t
-from bot.messages import Card, CardField, Incoming, Reply, Section
-from bot.router import Router, Services, registry
+from bot.core.i18n import t
+from bot.core.messages import Card, CardField, Incoming, Reply, Section
+from bot.core.router import Router, Services, registry
 from lifecycle.config import load_settings
 from lifecycle.db import session_scope
 from lifecycle.errors import ImportFailed
 from lifecycle.importers import KINDS, import_csv
 from lifecycle.models import Account, Alert, Contact, Note, User
+from tests.fakes.chat_requests import FORM, interactive, post_slack, settle
 from tests.fakes.slack_api import FakeSlackAPI
 from tests.fakes.telegram_api import TOKEN, FakeTelegramAPI, callback_update
 from tests.security_counts import SecurityCount
@@ -278,13 +276,7 @@ class Adapters:
     counter: Iterator[int]
 
     async def settle(self) -> None:
-        for _ in range(100):
-            pending = [tk for tk in asyncio.all_tasks() if tk is not asyncio.current_task() and not tk.done()
-                       and tk not in self.baseline]
-            if not pending:
-                return
-            await asyncio.wait(pending, timeout=10)
-        raise AssertionError("background work did not finish")
+        await settle(baseline=self.baseline, timeout=10)
 
 
 SIGNING_SECRET = "fuzz-signing-secret"
@@ -346,16 +338,11 @@ def test_garbage_slack_button_values_are_refused_and_write_nothing(
         "actions": [{"action_id": action_id, "block_id": "b", "type": "button", "value": value,
                      "action_ts": f"1700000001.{n:06d}"}],
     }
-    body = urlencode({"payload": json.dumps(payload)})
-    ts = str(int(time.time()))
-    signature = SignatureVerifier(SIGNING_SECRET).generate_signature(timestamp=ts, body=body)
-    assert signature is not None
+    body = interactive(payload)
     before = data_fingerprint(engine)
 
     async def press() -> int:
-        response = await adapters.slack_http.post("/slack/events", content=body, headers={
-            "Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": ts,
-            "X-Slack-Signature": signature})
+        response = await post_slack(adapters.slack_http, body, FORM, secret=SIGNING_SECRET)
         await adapters.settle()
         return response.status_code
 

@@ -9,17 +9,14 @@ before. A correctly signed control request at the end proves the harness would h
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 import pytest
-from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session, SQLModel
 from starlette.applications import Starlette
@@ -29,6 +26,16 @@ from adapters.slack.render import COMMENT_ACTION, COMMENT_BLOCK, COMMENT_CALLBAC
 from lifecycle import surveys as core
 from lifecycle.config import Settings, load_settings
 from lifecycle.models import Account, AuditLog, Contact, Note, NpsResponse, User, utcnow
+from tests.fakes.chat_requests import (
+    FORM,
+    JSON,
+    event_callback,
+    post_telegram,
+    settle,
+    slack_signature,
+    slash_command,
+)
+from tests.fakes.chat_requests import interactive as interactive_body
 from tests.fakes.slack_api import RESPONSE_URL, FakeSlackAPI
 from tests.fakes.telegram_api import TOKEN, FakeTelegramAPI, callback_update, message_update
 from tests.security_counts import SecurityCount
@@ -71,20 +78,6 @@ def world(engine: Engine) -> Ids:
         return Ids(acme.id or 0, survey.token)
 
 
-@pytest.fixture
-def slack_api() -> Iterator[FakeSlackAPI]:
-    with FakeSlackAPI() as api:
-        yield api
-
-
-@pytest.fixture
-async def telegram_api() -> AsyncIterator[FakeTelegramAPI]:
-    api = FakeTelegramAPI()
-    await api.start()
-    yield api
-    await api.stop()
-
-
 def serve_settings(db_url: str, slack: FakeSlackAPI, telegram: FakeTelegramAPI) -> Settings:
     return load_settings(
         database_url=db_url, slack_bot_token=SLACK_TOKEN, slack_signing_secret=SIGNING_SECRET,
@@ -104,15 +97,15 @@ class Served:
 
 @pytest.fixture
 async def served(
-    engine: Engine, db_url: str, world: Ids, slack_api: FakeSlackAPI, telegram_api: FakeTelegramAPI
+    engine: Engine, db_url: str, world: Ids, fake_slack: FakeSlackAPI, fake_telegram: FakeTelegramAPI
 ) -> AsyncIterator[Served]:
     """The app `csbot serve` runs (Slack HTTP mode and the Telegram webhook), its lifespan started."""
-    app: Starlette = build_app(engine, serve_settings(db_url, slack_api, telegram_api))
+    app: Starlette = build_app(engine, serve_settings(db_url, fake_slack, fake_telegram))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://csbot.test") as http:
             await asyncio.sleep(0.05)
-            yield Served(http, slack_api, telegram_api, engine, set(asyncio.all_tasks()))
+            yield Served(http, fake_slack, fake_telegram, engine, set(asyncio.all_tasks()))
 
 
 def fingerprint(engine: Engine) -> dict[str, int]:
@@ -122,44 +115,21 @@ def fingerprint(engine: Engine) -> dict[str, int]:
                 for t in SQLModel.metadata.sorted_tables}
 
 
-async def settle(served: Served) -> None:
-    """Let background work the requests started (bolt acks first, then runs listeners) finish; the tasks that
-    run for the app's whole life (Telegram's update fetcher, …) were there before and are not waited for."""
-    me = asyncio.current_task()
-    for _ in range(100):
-        pending = [t for t in asyncio.all_tasks() if t is not me and not t.done() and t not in served.baseline]
-        if not pending:
-            return
-        await asyncio.wait(pending, timeout=10)
-    raise AssertionError("background work did not finish")
-
-
 # --- what Slack sends -----------------------------------------------------------------------------------------
-
-
-FORM = "application/x-www-form-urlencoded"
-JSON = "application/json"
 
 
 def slack_payloads(fake: FakeSlackAPI, ids: Ids) -> dict[str, tuple[str, str]]:
     """One request of each kind Slack sends to /slack/events, each with an effect if it were believed."""
 
     def interactive(payload: dict[str, Any]) -> tuple[str, str]:
-        return urlencode({"payload": json.dumps(payload)}), FORM
+        return interactive_body(payload), FORM
 
     def event(event: dict[str, Any], event_id: str) -> tuple[str, str]:
-        return json.dumps({
-            "token": "legacy", "team_id": "T1", "api_app_id": "A1", "event": event, "type": "event_callback",
-            "event_id": event_id, "event_time": 1700000000,
-            "authorizations": [{"team_id": "T1", "user_id": "UBOT", "is_bot": True}],
-        }), JSON
+        return event_callback(event, event_id=event_id), JSON
 
     def slash(text: str, rid: str) -> tuple[str, str]:
-        return urlencode({
-            "token": "legacy", "team_id": "T1", "team_domain": "acme", "channel_id": "CTEAM", "channel_name": "cs",
-            "user_id": "UMIA", "user_name": "mia", "command": "/cs", "text": text, "api_app_id": "A1",
-            "response_url": fake.response_url(rid), "trigger_id": f"trigger-{rid}",
-        }), FORM
+        return slash_command(text, user="UMIA", channel="CTEAM", response_url=fake.response_url(rid),
+                             channel_name="cs", user_name="mia", trigger_id=f"trigger-{rid}"), FORM
 
     message = {"type": "message", "message_ts": "1700000000.000100", "channel_id": "CACME", "is_ephemeral": False}
     return {
@@ -197,9 +167,7 @@ def slack_payloads(fake: FakeSlackAPI, ids: Ids) -> dict[str, tuple[str, str]]:
 
 
 def sign(body: str, timestamp: str, secret: str = SIGNING_SECRET) -> str:
-    signature = SignatureVerifier(secret).generate_signature(timestamp=timestamp, body=body)
-    assert signature is not None
-    return signature
+    return slack_signature(body, secret, timestamp)
 
 
 Tamper = Callable[[str, int], tuple[str, dict[str, str]]]
@@ -247,7 +215,7 @@ async def test_forged_and_stale_slack_requests_are_refused_without_any_effect(
             response = await served.http.post("/slack/events", content=sent,
                                               headers={"Content-Type": content_type, **headers})
             statuses[f"{kind} / {tamper}"] = response.status_code
-    await settle(served)
+    await settle(baseline=served.baseline, timeout=10)
     assert {case: status for case, status in statuses.items() if status != 401} == {}
     assert served.slack.calls == []  # no Web API call, no response_url post
     assert fingerprint(served.engine) == before  # no audit row, no note, no NPS answer: nothing at all
@@ -278,14 +246,14 @@ async def test_a_replayed_slack_request_has_one_effect(
         now = str(int(time.time()))
         headers = {"Content-Type": content_type, **_headers(now, sign(body, now))}
         first = await served.http.post("/slack/events", content=body, headers=headers)
-        await settle(served)
+        await settle(baseline=served.baseline, timeout=10)
         after_first = fingerprint(served.engine)
         calls = len(served.slack.calls)
         for _ in range(3):
             again = await served.http.post("/slack/events", content=body, headers=headers)
             assert (first.status_code, again.status_code) == (200, 200)
             replays += 1
-        await settle(served)
+        await settle(baseline=served.baseline, timeout=10)
         assert fingerprint(served.engine) == after_first, kind
         assert len(served.slack.calls) == calls, kind
     with Session(served.engine) as s:
@@ -309,7 +277,7 @@ TELEGRAM_SECRETS: dict[str, str | None] = {
 async def test_telegram_webhook_without_the_secret_is_refused_without_any_effect(
     served: Served, world: Ids, security_count: SecurityCount
 ) -> None:
-    await settle(served)
+    await settle(baseline=served.baseline, timeout=10)
     before, startup_calls = fingerprint(served.engine), len(served.telegram.calls)
     updates = {
         "command": lambda n: message_update(n, "/note Acme Corp forged", user_id=1001),
@@ -322,22 +290,16 @@ async def test_telegram_webhook_without_the_secret_is_refused_without_any_effect
     for kind, make in updates.items():
         for name, secret in TELEGRAM_SECRETS.items():
             update_id += 1
-            headers = {"Content-Type": "application/json"}
-            if secret is not None:
-                headers["X-Telegram-Bot-Api-Secret-Token"] = secret
-            response = await served.http.post("/telegram/webhook", content=json.dumps(make(update_id)),
-                                              headers=headers)
+            response = await post_telegram(served.http, make(update_id), secret=secret)
             assert response.status_code == 403, f"{kind} / {name}"
             refused += 1
-    await settle(served)
+    await settle(baseline=served.baseline, timeout=10)
     assert served.telegram.calls[startup_calls:] == []
     assert fingerprint(served.engine) == before
     security_count("Telegram webhooks without the right secret refused (403, no effect)", refused)
 
     # The control: the right secret, and the same update is handled.
-    ok = await served.http.post("/telegram/webhook", content=json.dumps(updates["command"](999)),
-                                headers={"X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET,
-                                         "Content-Type": "application/json"})
+    ok = await post_telegram(served.http, updates["command"](999), secret=WEBHOOK_SECRET)
     assert ok.status_code == 200
     [sent] = await served.telegram.wait_for("sendMessage")
     assert sent.params["text"] == "Note saved on Acme Corp."

@@ -14,28 +14,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
 from datetime import date
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import httpx
 import pytest
-import uvicorn
-from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 import bot.commands  # noqa: F401  (registers every command)
 from adapters.logsafe import REDACTED, install_redaction, redactor
 from adapters.server import build_app
-from bot.messages import Reply
-from bot.notifier import reply_to_payload
-from bot.router import Context, registry
+from bot.core.messages import Reply
+from bot.core.router import Context, registry
+from bot.push.notifier import reply_to_payload
 from lifecycle import outbox
 from lifecycle.config import Settings, load_settings
 from lifecycle.models import Account, User
+from tests.fakes.chat_requests import FORM, post_slack, post_telegram, slash_command
+from tests.fakes.serving import served_on_loop
 from tests.fakes.slack_api import RESPONSE_URL, FakeSlackAPI
 from tests.fakes.telegram_api import TOKEN, FakeTelegramAPI, message_update
 from tests.security_counts import SecurityCount
@@ -49,20 +47,6 @@ SECRETS = {
     "ingest_token": "SECRETingest-token-77",
 }
 TELEGRAM_TOKEN = TOKEN  # the fake Bot API only answers its own token: "123456:TEST-token"
-
-
-@pytest.fixture
-def slack_api() -> Iterator[FakeSlackAPI]:
-    with FakeSlackAPI() as api:
-        yield api
-
-
-@pytest.fixture
-async def telegram_api() -> AsyncIterator[FakeTelegramAPI]:
-    api = FakeTelegramAPI()
-    await api.start()
-    yield api
-    await api.stop()
 
 
 def _settings(db_url: str, slack: FakeSlackAPI, telegram: FakeTelegramAPI) -> Settings:
@@ -89,10 +73,10 @@ def _every_logged_text(records: list[logging.LogRecord]) -> str:
 
 
 async def test_a_whole_serve_run_with_failures_logs_no_secret(
-    engine: Engine, db_url: str, people: None, slack_api: FakeSlackAPI, telegram_api: FakeTelegramAPI,
+    engine: Engine, db_url: str, people: None, fake_slack: FakeSlackAPI, fake_telegram: FakeTelegramAPI,
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, security_count: SecurityCount,
 ) -> None:
-    settings = _settings(db_url, slack_api, telegram_api)
+    settings = _settings(db_url, fake_slack, fake_telegram)
     secrets = settings.secrets()
     assert sorted(secrets) == sorted([*SECRETS.values(), TELEGRAM_TOKEN])
     uninstall = install_redaction(secrets)  # what `csbot` does once it has its settings
@@ -102,52 +86,39 @@ async def test_a_whole_serve_run_with_failures_logs_no_secret(
         raise RuntimeError(f"upstream refused bot{TELEGRAM_TOKEN} and {SECRETS['slack_bot_token']}")
 
     monkeypatch.setattr(registry.commands["portfolio"], "handler", fails_quoting_the_token)
-    slack_api.fail_next("chat.postMessage", 500, retry_after=None, times=5)
-    telegram_api.fail_next("sendMessage", 5, status=500)
+    fake_slack.fail_next("chat.postMessage", 500, retry_after=None, times=5)
+    fake_telegram.fail_next("sendMessage", 5, status=500)
     try:
         asgi = build_app(engine, settings, scheduler=True)
-        server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=0, log_level="debug", lifespan="on"))
-        thread = threading.Thread(target=server.run, name="csbot-serve", daemon=True)
-        thread.start()
-        while not server.started and thread.is_alive():
-            await asyncio.sleep(0.02)
-        assert server.started
-        port = server.servers[0].sockets[0].getsockname()[1]
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        async with (
+            served_on_loop(asgi, log_level="debug") as url,
+            httpx.AsyncClient(base_url=url, timeout=30) as http,
+        ):
             for text, rid, secret in (("account Acme Corp", "ok", SECRETS["slack_signing_secret"]),
                                       ("portfolio", "boom", SECRETS["slack_signing_secret"]),
                                       ("account Acme Corp", "forged", "not-the-secret")):
-                body = urlencode({"team_id": "T1", "channel_id": "CTEAM", "user_id": "UMIA", "command": "/cs",
-                                  "text": text, "response_url": slack_api.response_url(rid), "trigger_id": rid})
-                ts = str(int(time.time()))
-                signature = SignatureVerifier(secret).generate_signature(timestamp=ts, body=body)
-                assert signature is not None
-                await http.post("/slack/events", content=body, headers={
-                    "Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": ts,
-                    "X-Slack-Signature": signature})
+                body = slash_command(text, user="UMIA", channel="CTEAM", response_url=fake_slack.response_url(rid),
+                                     trigger_id=rid)
+                await post_slack(http, body, FORM, secret=secret)
             updates: list[tuple[str | None, str]] = [
                 (SECRETS["telegram_webhook_secret"], "/portfolio"),
                 (SECRETS["telegram_webhook_secret"], "/account Acme Corp"),
                 ("wrong", "/account Acme Corp"), (None, "/help"),
             ]
             for n, (header, command) in enumerate(updates, start=1):
-                headers: dict[str, str] = {"X-Telegram-Bot-Api-Secret-Token": header} if header else {}
-                await http.post("/telegram/webhook", json=message_update(n, command), headers=headers)
+                await post_telegram(http, message_update(n, command), secret=header)
             for token in (SECRETS["ingest_token"], "wrong-token"):
                 await http.post("/api/usage", headers={"Authorization": f"Bearer {token}"},
                                 json={"type": "track", "event": "Logged In", "userId": "u1",
                                       "context": {"groupId": "ACC-1"}, "messageId": f"m-{token}"})
-            await asyncio.to_thread(slack_api.wait_for, RESPONSE_URL, 2)
+            await asyncio.to_thread(fake_slack.wait_for, RESPONSE_URL, 2)
             # The outbox worker (every 2 s) tries the queued deliveries; both platforms answer 500 (Telegram also
             # to the webhook's replies), and the failures are logged, tracebacks included.
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and not (
-                slack_api.calls_to("chat.postMessage") and len(telegram_api.attempts_to("sendMessage")) >= 3
+                fake_slack.calls_to("chat.postMessage") and len(fake_telegram.attempts_to("sendMessage")) >= 3
             ):
                 await asyncio.sleep(0.1)
-        server.should_exit = True
-        while thread.is_alive():
-            await asyncio.sleep(0.02)
     finally:
         uninstall()
 
@@ -159,7 +130,7 @@ async def test_a_whole_serve_run_with_failures_logs_no_secret(
     for secret in secrets:
         for form in (secret, quote(secret, safe="")):
             assert form not in logged, f"a secret reached the logs: {form[:6]}…"
-    sent_to_chat = json.dumps([c.params for c in slack_api.calls] + [c.params for c in telegram_api.calls])
+    sent_to_chat = json.dumps([c.params for c in fake_slack.calls] + [c.params for c in fake_telegram.calls])
     assert "error id" in sent_to_chat  # the failing command was answered, with an error id …
     for secret in secrets:
         assert secret not in sent_to_chat  # … and nothing else

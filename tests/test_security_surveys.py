@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session, SQLModel, col
 
-from bot.surveys import SurveyDesk
+from bot.push.surveys import SurveyDesk
 from lifecycle import surveys as core
 from lifecycle.alerts import default_alert_config
 from lifecycle.config import load_settings

@@ -8,34 +8,28 @@ naming the variable.
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 import pytest
-import uvicorn
-from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
-from adapters.cli import app as cli
+from adapters.cli.app import app as cli
 from adapters.server import build_app
 from lifecycle.config import Settings, get_settings, load_settings
-from lifecycle.demo import seed_demo
 from lifecycle.errors import ConfigError
-from lifecycle.health import load_scorecard
 from lifecycle.models import Account
-from lifecycle.recompute import recompute
-from lifecycle.stages import load_stage_machine
+from tests.fakes.chat_requests import FORM, post_slack, slash_command
+from tests.fakes.serving import served_on_loop
 from tests.fakes.slack_api import RESPONSE_URL, FakeCall, FakeSlackAPI
 from tests.fakes.telegram_api import TOKEN, FakeTelegramAPI, message_update
+from tests.seeding import seed_demo_at
 
 TODAY = date(2025, 3, 14)
 SIGNING_SECRET = "serve-signing-secret"
@@ -48,27 +42,9 @@ ACCOUNT = "Acme Logistics"
 @pytest.fixture
 def demo(engine: Engine) -> Account:
     """The demo portfolio, recomputed; returns the account the tests ask about."""
+    seed_demo_at(engine, TODAY, recomputed=True)
     with Session(engine) as s:
-        seed_demo(s, accounts=60, today=TODAY)
-        s.commit()
-    with Session(engine) as s:
-        recompute(s, as_of=TODAY, scorecard=load_scorecard(None), machine=load_stage_machine(None))
-        s.commit()
         return s.exec(select(Account).where(Account.name == ACCOUNT)).one()
-
-
-@pytest.fixture
-def slack_api() -> Iterator[FakeSlackAPI]:
-    with FakeSlackAPI() as api:
-        yield api
-
-
-@pytest.fixture
-async def telegram_api() -> AsyncIterator[FakeTelegramAPI]:
-    api = FakeTelegramAPI()
-    await api.start()
-    yield api
-    await api.stop()
 
 
 @dataclass
@@ -81,18 +57,10 @@ class Served:
         return httpx.AsyncClient(base_url=self.url, timeout=30)
 
     async def slash(self, text: str, *, user: str, rid: str) -> httpx.Response:
-        body = urlencode({
-            "token": "legacy", "team_id": "T1", "team_domain": "demo", "channel_id": "CTEAM",
-            "channel_name": "cs-team", "user_id": user, "user_name": "someone", "command": "/cs", "text": text,
-            "api_app_id": "A1", "response_url": self.slack.response_url(rid), "trigger_id": "1.2.3",
-        })
-        ts = str(int(time.time()))
-        signature = SignatureVerifier(SIGNING_SECRET).generate_signature(timestamp=ts, body=body)
-        assert signature is not None
+        body = slash_command(text, user=user, channel="CTEAM", response_url=self.slack.response_url(rid),
+                             team_domain="demo", channel_name="cs-team")
         async with self.client() as http:
-            return await http.post("/slack/events", content=body, headers={
-                "Content-Type": "application/x-www-form-urlencoded",
-                "X-Slack-Request-Timestamp": ts, "X-Slack-Signature": signature})
+            return await post_slack(http, body, FORM, secret=SIGNING_SECRET)
 
     async def answer(self, rid: str) -> FakeCall:
         """The slash command's answer at its response URL (it follows the HTTP 200)."""
@@ -112,24 +80,13 @@ def _settings(db_url: str, slack: FakeSlackAPI, telegram: FakeTelegramAPI, **ove
 
 @pytest.fixture
 async def served(
-    engine: Engine, db_url: str, demo: Account, slack_api: FakeSlackAPI, telegram_api: FakeTelegramAPI
+    engine: Engine, db_url: str, demo: Account, fake_slack: FakeSlackAPI, fake_telegram: FakeTelegramAPI
 ) -> AsyncIterator[Served]:
     """`csbot serve` as the CLI runs it: `build_app` under uvicorn, here in a thread on a free port."""
-    asgi = build_app(engine, _settings(db_url, slack_api, telegram_api))
-    server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="csbot-serve", daemon=True)
-    thread.start()
+    asgi = build_app(engine, _settings(db_url, fake_slack, fake_telegram))
     # The lifespan talks to the fake Telegram API, which runs on this loop: wait without blocking it.
-    while not server.started and thread.is_alive():
-        await asyncio.sleep(0.02)
-    assert server.started, "csbot serve did not start"
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield Served(f"http://127.0.0.1:{port}", slack_api, telegram_api)
-    finally:
-        server.should_exit = True
-        while thread.is_alive():
-            await asyncio.sleep(0.02)
+    async with served_on_loop(asgi) as url:
+        yield Served(url, fake_slack, fake_telegram)
 
 
 async def test_slack_and_telegram_both_return_the_account_card(served: Served, demo: Account) -> None:

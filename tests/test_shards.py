@@ -17,7 +17,7 @@ from pgserver import PostgresServer
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
-from bot.jobs import run_job
+from bot.push.jobs import run_job
 from lifecycle import shards
 from lifecycle.config import load_settings
 from lifecycle.db import make_engine, session_scope
@@ -286,7 +286,7 @@ def test_the_nightly_on_postgresql_runs_in_shards_and_reports_a_failed_one(
 
 
 def test_a_replica_helps_with_an_open_run_of_its_own_configuration_only(seeded: Engine, pg_url: str) -> None:
-    from bot.shardwork import help_once
+    from bot.push.shardwork import help_once
 
     plan = _plan(seeded, 3)
     with session_scope(seeded) as s:  # a run planned with another scorecard: not this replica's to help with

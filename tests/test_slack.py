@@ -8,10 +8,9 @@ Block Kit renderer is tested on its own at the end.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -21,7 +20,6 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 import yaml
-from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import Engine
 from sqlmodel import Session
 from starlette.applications import Starlette
@@ -29,12 +27,23 @@ from starlette.applications import Starlette
 from adapters.slack import build_slack_app, slack_routes, to_blocks, to_text
 from adapters.slack.app import SeenEvents, incoming_from_command, strip_mention
 from adapters.slack.render import view_blocks
-from bot.messages import Button, Card, CardField, Image, Reply, Section
-from bot.router import Context, Registry, Router, Services
+from bot.core.messages import Button, Card, CardField, Image, Reply, Section
+from bot.core.router import Context, Registry, Router, Services
 from lifecycle.config import Settings, load_settings
 from lifecycle.errors import ConfigError
 from lifecycle.models import Account, Contact, UsageDaily, User
+from tests.fakes.chat_requests import (
+    FORM,
+    JSON,
+    event_callback,
+    interactive,
+    post_slack,
+    retry_headers,
+    settle,
+    slash_command,
+)
 from tests.fakes.slack_api import BOT_USER_ID, RESPONSE_URL, FakeCall, FakeSlackAPI
+from tests.seeding import recompute_at
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 TOKEN = "xoxb-test-token"
@@ -59,42 +68,19 @@ def portfolio(engine: Engine) -> None:
         s.add_all([UsageDaily(account_id=acme.id or 0, day=TODAY - timedelta(days=d), active_users=30, logins=40,
                               events=500) for d in range(1, 61)])
         s.commit()
-    from lifecycle.health import load_scorecard
-    from lifecycle.recompute import recompute
-    from lifecycle.stages import load_stage_machine
-
-    with Session(engine) as s:
-        recompute(s, as_of=TODAY, scorecard=load_scorecard(None), machine=load_stage_machine(None))
-        s.commit()
+    recompute_at(engine, TODAY)
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeSlackAPI]:
-    with FakeSlackAPI() as api:
-        yield api
-
-
-def _settings(fake: FakeSlackAPI, **overrides: Any) -> Settings:
+def _settings(fake_slack: FakeSlackAPI, **overrides: Any) -> Settings:
     """Settings as the environment would give them (the variable names are the aliases)."""
     values: dict[str, Any] = {
-        "SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_API_URL": fake.api_url,
+        "SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_API_URL": fake_slack.api_url,
     }
     return load_settings(**(values | overrides))
 
 
 def _router(engine: Engine, settings: Settings, registry: Registry | None = None) -> Router:
     return Router(Services(engine=engine, settings=settings, today=lambda: TODAY), registry)
-
-
-async def settle() -> None:
-    """Wait until the app's background work (listeners run after the HTTP 200) has finished."""
-    me = asyncio.current_task()
-    for _ in range(100):
-        pending = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
-        if not pending:
-            return
-        await asyncio.wait(pending, timeout=30)
-    raise AssertionError("background work did not finish")
 
 
 @dataclass
@@ -107,36 +93,21 @@ class SlackClient:
     async def post(self, body: str, content_type: str, *, headers: dict[str, str] | None = None,
                    timestamp: int | None = None, secret: str = SIGNING_SECRET, sent_body: str | None = None,
                    signed: bool = True) -> httpx.Response:
-        ts = str(timestamp if timestamp is not None else int(time.time()))
-        all_headers: dict[str, str] = {"Content-Type": content_type}
-        if signed:
-            signature = SignatureVerifier(secret).generate_signature(timestamp=ts, body=body)
-            assert signature is not None
-            all_headers |= {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": signature}
-        all_headers |= headers or {}
-        response = await self.http.post("/slack/events", content=sent_body or body, headers=all_headers)
+        response = await post_slack(self.http, body, content_type, secret=secret, headers=headers,
+                                    timestamp=timestamp, sent_body=sent_body, signed=signed)
         await settle()
         return response
 
     async def command(self, text: str, *, user: str = "U1", channel: str = "C1", rid: str = "cmd",
                       **kwargs: Any) -> httpx.Response:
-        body = urlencode({
-            "token": "legacy", "team_id": "T1", "team_domain": "acme", "channel_id": channel,
-            "channel_name": "directmessage" if channel.startswith("D") else "general", "user_id": user,
-            "user_name": "maria", "command": "/cs", "text": text, "api_app_id": "A1",
-            "response_url": self.fake.response_url(rid), "trigger_id": "1.2.3",
-        })
-        return await self.post(body, "application/x-www-form-urlencoded", **kwargs)
+        body = slash_command(text, user=user, channel=channel, response_url=self.fake.response_url(rid),
+                             user_name="maria")
+        return await self.post(body, FORM, **kwargs)
 
     async def event(self, event: dict[str, Any], *, event_id: str = "Ev1", retry_num: int | None = None,
                     **kwargs: Any) -> httpx.Response:
-        body = json.dumps({
-            "token": "legacy", "team_id": "T1", "api_app_id": "A1", "event": event, "type": "event_callback",
-            "event_id": event_id, "event_time": 1700000000,
-            "authorizations": [{"team_id": "T1", "user_id": BOT_USER_ID, "is_bot": True}],
-        })
-        headers = {"X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": "http_timeout"}
-        return await self.post(body, "application/json", headers=headers if retry_num else None, **kwargs)
+        body = event_callback(event, event_id=event_id)
+        return await self.post(body, JSON, headers=retry_headers(retry_num), **kwargs)
 
     async def button(self, value: str, *, action_id: str = "cmd:0", user: str = "U1",
                      from_home: bool = False) -> httpx.Response:
@@ -154,23 +125,22 @@ class SlackClient:
                                     "is_ephemeral": True}
             payload["channel"] = {"id": "C1", "name": "general"}
             payload["response_url"] = self.fake.response_url("act")
-        body = urlencode({"payload": json.dumps(payload)})
-        return await self.post(body, "application/x-www-form-urlencoded")
+        return await self.post(interactive(payload), FORM)
 
 
-async def _client(engine: Engine, fake: FakeSlackAPI, registry: Registry | None = None
+async def _client(engine: Engine, fake_slack: FakeSlackAPI, registry: Registry | None = None
                   ) -> AsyncIterator[SlackClient]:
-    settings = _settings(fake)
+    settings = _settings(fake_slack)
     app = build_slack_app(_router(engine, settings, registry), settings)
     asgi = Starlette(routes=slack_routes(app))
     transport = httpx.ASGITransport(app=asgi)
     async with httpx.AsyncClient(transport=transport, base_url="http://csbot.test") as http:
-        yield SlackClient(http, fake)
+        yield SlackClient(http, fake_slack)
 
 
 @pytest.fixture
-async def slack(engine: Engine, portfolio: None, fake: FakeSlackAPI) -> AsyncIterator[SlackClient]:
-    async for client in _client(engine, fake):
+async def slack(engine: Engine, portfolio: None, fake_slack: FakeSlackAPI) -> AsyncIterator[SlackClient]:
+    async for client in _client(engine, fake_slack):
         yield client
 
 
@@ -329,7 +299,7 @@ async def test_button_on_the_app_home_answers_in_the_dm(slack: SlackClient) -> N
 
 
 @pytest.fixture
-async def chart_slack(engine: Engine, portfolio: None, fake: FakeSlackAPI) -> AsyncIterator[SlackClient]:
+async def chart_slack(engine: Engine, portfolio: None, fake_slack: FakeSlackAPI) -> AsyncIterator[SlackClient]:
     registry = Registry()
 
     @registry.command("chart")
@@ -337,7 +307,7 @@ async def chart_slack(engine: Engine, portfolio: None, fake: FakeSlackAPI) -> As
         """A usage chart."""
         return Reply(text="Usage, last 30 days", images=[Image(png=PNG, filename="usage.png", title="Usage")])
 
-    async for client in _client(engine, fake, registry):
+    async for client in _client(engine, fake_slack, registry):
         yield client
 
 
@@ -401,8 +371,8 @@ async def test_unverified_requests_are_rejected_before_anything_runs(slack: Slac
     assert slack.fake.calls == []
 
 
-def test_http_mode_needs_the_signing_secret(engine: Engine, fake: FakeSlackAPI) -> None:
-    settings = _settings(fake, SLACK_SIGNING_SECRET=None)
+def test_http_mode_needs_the_signing_secret(engine: Engine, fake_slack: FakeSlackAPI) -> None:
+    settings = _settings(fake_slack, SLACK_SIGNING_SECRET=None)
     with pytest.raises(ConfigError, match="SLACK_SIGNING_SECRET"):
         build_slack_app(_router(engine, settings), settings)
 
@@ -515,16 +485,16 @@ def test_manifest_points_every_slack_feature_at_the_events_route() -> None:
 
 
 async def test_a_retry_or_replay_reaching_another_replica_has_no_second_effect(
-    slack: SlackClient, engine: Engine, fake: FakeSlackAPI
+    slack: SlackClient, engine: Engine, fake_slack: FakeSlackAPI
 ) -> None:
     # A second replica: its own bolt app and memory, the same database.
-    async for other in _client(engine, fake):
+    async for other in _client(engine, fake_slack):
         await slack.event(dm("account Acme Corp"), event_id="EvTwice")
         response = await other.event(dm("account Acme Corp"), event_id="EvTwice", retry_num=1)
         assert response.status_code == 200
-        assert len(fake.calls_to("chat.postMessage")) == 1
+        assert len(fake_slack.calls_to("chat.postMessage")) == 1
         # The very same signed request replayed to the other replica: answered, no effect.
         ts = int(time.time())
         await slack.command("account Acme Corp", rid="once", timestamp=ts)
         await other.command("account Acme Corp", rid="once", timestamp=ts)
-        assert len([c for c in fake.calls_to("response_url") if c.path_id == "once"]) == 1
+        assert len([c for c in fake_slack.calls_to("response_url") if c.path_id == "once"]) == 1

@@ -11,8 +11,7 @@ duplicate update, a second tap inside and outside the edit window, a forged toke
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -21,7 +20,6 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 from starlette.applications import Starlette
@@ -31,12 +29,13 @@ from adapters.slack import build_slack_app, slack_routes
 from adapters.slack.port import SlackPort, delivery_client
 from adapters.telegram import build_telegram_app, start_telegram, stop_telegram, telegram_routes
 from adapters.telegram.app import AnyApplication, bridge_of
-from bot.notifier import drain_once
-from bot.router import Router, Services
-from bot.surveys import desk_for, enqueue_questions, survey_config
+from bot.core.router import Router, Services
+from bot.push.notifier import drain_once
+from bot.push.surveys import desk_for, enqueue_questions, survey_config
 from lifecycle import surveys as core
 from lifecycle.config import Settings, load_settings
 from lifecycle.models import Account, Alert, Contact, Delivery, NpsResponse, NpsSurvey, User
+from tests.fakes.chat_requests import FORM, interactive, post_slack, post_telegram, retry_headers, settle
 from tests.fakes.slack_api import RESPONSE_URL, FakeSlackAPI
 from tests.fakes.telegram_api import TOKEN as TG_TOKEN
 from tests.fakes.telegram_api import FakeTelegramAPI, callback_update, message_update
@@ -94,11 +93,7 @@ class Slack:
     router: Router
 
     async def post(self, body: str, content_type: str, headers: dict[str, str] | None = None) -> httpx.Response:
-        ts = str(int(time.time()))
-        signature = SignatureVerifier(SIGNING_SECRET).generate_signature(timestamp=ts, body=body)
-        assert signature is not None
-        sent = {"Content-Type": content_type, "X-Slack-Request-Timestamp": ts, "X-Slack-Signature": signature}
-        response = await self.http.post("/slack/events", content=body, headers=sent | (headers or {}))
+        response = await post_slack(self.http, body, content_type, secret=SIGNING_SECRET, headers=headers)
         await settle()
         return response
 
@@ -119,9 +114,7 @@ class Slack:
             "actions": [{"action_id": element["action_id"], "block_id": "b1", "type": "button",
                          "value": element["value"], "text": element["text"], "action_ts": action_ts}],
         }
-        headers = {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"} if retry else None
-        return await self.post(urlencode({"payload": json.dumps(payload)}), "application/x-www-form-urlencoded",
-                               headers)
+        return await self.post(interactive(payload), FORM, retry_headers(retry))
 
     async def submit_comment(self, token: str, text: str, *, user: str) -> httpx.Response:
         payload = {
@@ -130,25 +123,7 @@ class Slack:
             "view": {"id": "VMODAL", "type": "modal", "callback_id": "nps_comment", "private_metadata": token,
                      "state": {"values": {"reason": {"comment": {"type": "plain_text_input", "value": text}}}}},
         }
-        return await self.post(urlencode({"payload": json.dumps(payload)}), "application/x-www-form-urlencoded")
-
-
-async def settle() -> None:
-    import asyncio
-
-    me = asyncio.current_task()
-    for _ in range(100):
-        pending = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
-        if not pending:
-            return
-        await asyncio.wait(pending, timeout=30)
-    raise AssertionError("background work did not finish")
-
-
-@pytest.fixture
-def fake_slack() -> Iterator[FakeSlackAPI]:
-    with FakeSlackAPI() as api:
-        yield api
+        return await self.post(interactive(payload), FORM)
 
 
 @pytest.fixture
@@ -254,31 +229,23 @@ class Telegram:
     settings: Settings
 
     async def post(self, update: dict[str, Any]) -> None:
-        response = await self.client.post("/telegram/webhook", content=json.dumps(update).encode(), headers={
-            "Content-Type": "application/json", "X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET})
+        response = await post_telegram(self.client, update, secret=WEBHOOK_SECRET)
         assert response.status_code == 200
 
 
 @pytest.fixture
-async def fake_tg() -> AsyncIterator[FakeTelegramAPI]:
-    api = FakeTelegramAPI()
-    await api.start()
-    yield api
-    await api.stop()
-
-
-@pytest.fixture
-async def telegram(engine: Engine, db_url: str, portfolio: None, fake_tg: FakeTelegramAPI, surveys_file: Path
+async def telegram(engine: Engine, db_url: str, portfolio: None, fake_telegram: FakeTelegramAPI, surveys_file: Path
                    ) -> AsyncIterator[Telegram]:
-    settings = load_settings(CSBOT_DATABASE_URL=db_url, TELEGRAM_BOT_TOKEN=TG_TOKEN, TELEGRAM_API_URL=fake_tg.api_url,
-                             TELEGRAM_WEBHOOK_SECRET=WEBHOOK_SECRET, CSBOT_SURVEYS_FILE=str(surveys_file))
+    settings = load_settings(CSBOT_DATABASE_URL=db_url, TELEGRAM_BOT_TOKEN=TG_TOKEN,
+                             TELEGRAM_API_URL=fake_telegram.api_url, TELEGRAM_WEBHOOK_SECRET=WEBHOOK_SECRET,
+                             CSBOT_SURVEYS_FILE=str(surveys_file))
     router = Router(Services(engine=engine, settings=settings, today=lambda: TODAY))
     desk_for(router.services).clock = lambda: NOON
     app = build_telegram_app(router, settings, polling=False)
     await start_telegram(app, polling=False)
     asgi = Starlette(routes=telegram_routes(app, WEBHOOK_SECRET))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://csbot.test") as client:
-        yield Telegram(app, client, fake_tg, settings)
+        yield Telegram(app, client, fake_telegram, settings)
     await stop_telegram(app)
 
 

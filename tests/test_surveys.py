@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from bot.surveys import SurveyDesk, dispatch_surveys, enqueue_questions
+from bot.push.surveys import SurveyDesk, dispatch_surveys, enqueue_questions
 from lifecycle import surveys as core
 from lifecycle.alerts import default_alert_config
 from lifecycle.config import load_settings

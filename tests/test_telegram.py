@@ -8,7 +8,6 @@ holds.
 from __future__ import annotations
 
 import html
-import json
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -25,11 +24,13 @@ from starlette.applications import Starlette
 from adapters.telegram import build_telegram_app, send_reply, start_telegram, stop_telegram, telegram_routes
 from adapters.telegram.app import AnyApplication, bridge_of, telegram_urls
 from adapters.telegram.render import CALLBACK_LIMIT, CallbackKeys, split_html, to_html, to_keyboard
-from bot.messages import Button, Card, CardField, Image, Reply, Section
-from bot.router import Router, Services
+from bot.core.messages import Button, Card, CardField, Image, Reply, Section
+from bot.core.router import Router, Services
 from lifecycle.config import Settings
 from lifecycle.models import Account, AuditLog, Note, User
+from tests.fakes.chat_requests import post_telegram
 from tests.fakes.telegram_api import TOKEN, FakeTelegramAPI, callback_update, message_update
+from tests.seeding import recompute_at
 
 SECRET = "s3cret-token_for-webhooks"
 TODAY = date(2025, 3, 14)
@@ -44,34 +45,16 @@ def portfolio(engine: Engine) -> Iterator[None]:
         s.add(Account(external_id="ACC-00012", name="Acme Corp", name_key="acme corp", owner_id=mia.id,
                       arr=120_000, seats=50, renewal_date=TODAY + timedelta(days=75)))
         s.commit()
-    _recompute(engine)
+    recompute_at(engine, TODAY)
     yield
 
 
-def _recompute(engine: Engine) -> None:
-    from lifecycle.health import load_scorecard
-    from lifecycle.recompute import recompute
-    from lifecycle.stages import load_stage_machine
-
-    with Session(engine) as s:
-        recompute(s, as_of=TODAY, scorecard=load_scorecard(None), machine=load_stage_machine(None))
-        s.commit()
-
-
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeTelegramAPI]:
-    api = FakeTelegramAPI()
-    await api.start()
-    yield api
-    await api.stop()
-
-
-@pytest.fixture
-def router(engine: Engine, db_url: str, fake: FakeTelegramAPI, portfolio: None) -> Router:
+def router(engine: Engine, db_url: str, fake_telegram: FakeTelegramAPI, portfolio: None) -> Router:
     settings = Settings.model_validate({
         "CSBOT_DATABASE_URL": db_url,
         "TELEGRAM_BOT_TOKEN": TOKEN,
-        "TELEGRAM_API_URL": fake.api_url,
+        "TELEGRAM_API_URL": fake_telegram.api_url,
         "TELEGRAM_WEBHOOK_SECRET": SECRET,
     })
     return Router(Services(engine=engine, settings=settings, today=lambda: TODAY))
@@ -91,11 +74,7 @@ class Webhook:
     client: httpx.AsyncClient
 
     async def post(self, body: Any, *, secret: str | None = SECRET) -> httpx.Response:
-        headers = {"Content-Type": "application/json"}
-        if secret is not None:
-            headers["X-Telegram-Bot-Api-Secret-Token"] = secret
-        content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return await self.client.post("/telegram/webhook", content=content, headers=headers)
+        return await post_telegram(self.client, body, secret=secret)
 
 
 @pytest.fixture
@@ -119,10 +98,10 @@ def _audit_actions(engine: Engine) -> list[str]:
 
 
 async def test_account_command_gets_an_html_card_with_buttons(
-    fake: FakeTelegramAPI, polling: AnyApplication
+    fake_telegram: FakeTelegramAPI, polling: AnyApplication
 ) -> None:
-    await fake.push_update(message_update(1, "/account Acme Corp"))
-    [sent] = await fake.wait_for("sendMessage")
+    await fake_telegram.push_update(message_update(1, "/account Acme Corp"))
+    [sent] = await fake_telegram.wait_for("sendMessage")
     assert sent.params["chat_id"] == "1001"
     assert sent.params["parse_mode"] == "HTML"
     assert sent.params["text"].startswith("<b>Acme Corp</b> <i>ACC-00012</i>\n<b>Owner</b>: Mia Manager\n")
@@ -133,12 +112,12 @@ async def test_account_command_gets_an_html_card_with_buttons(
 
 
 async def test_button_press_is_answered_and_runs_the_command(
-    fake: FakeTelegramAPI, polling: AnyApplication
+    fake_telegram: FakeTelegramAPI, polling: AnyApplication
 ) -> None:
-    await fake.push_update(callback_update(7, "c:health ACC-00012", message_id=50))
-    [answer] = await fake.wait_for("answerCallbackQuery")
+    await fake_telegram.push_update(callback_update(7, "c:health ACC-00012", message_id=50))
+    [answer] = await fake_telegram.wait_for("answerCallbackQuery")
     assert answer.params["callback_query_id"] == "cbq-7"
-    [sent] = await fake.wait_for("sendMessage")
+    [sent] = await fake_telegram.wait_for("sendMessage")
     assert sent.params["chat_id"] == "1001"
     assert sent.params["text"].startswith("<b>Acme Corp</b> <i>ACC-00012</i>")
     assert _audit_actions(router_engine(polling)) == ["health"]
@@ -149,46 +128,46 @@ def router_engine(app: AnyApplication) -> Engine:
 
 
 async def test_long_button_value_travels_as_a_short_key(
-    fake: FakeTelegramAPI, polling: AnyApplication
+    fake_telegram: FakeTelegramAPI, polling: AnyApplication
 ) -> None:
     note = "Called the CFO about the renewal; they want a multi-year quote with the new analytics add-on"
     data = bridge_of(polling).keys.encode(f"note ACC-00012 {note}")
     assert data.startswith("k:") and len(data.encode()) <= CALLBACK_LIMIT
-    await fake.push_update(callback_update(8, data))
-    [sent] = await fake.wait_for("sendMessage")
+    await fake_telegram.push_update(callback_update(8, data))
+    [sent] = await fake_telegram.wait_for("sendMessage")
     assert sent.params["text"] == "Note saved on Acme Corp."
-    assert len(fake.calls_to("answerCallbackQuery")) == 1
+    assert len(fake_telegram.calls_to("answerCallbackQuery")) == 1
     with Session(router_engine(polling)) as s:
         assert s.exec(select(Note.text)).all() == [note]
 
 
 async def test_expired_button_key_is_answered_with_an_alert(
-    fake: FakeTelegramAPI, polling: AnyApplication
+    fake_telegram: FakeTelegramAPI, polling: AnyApplication
 ) -> None:
-    await fake.push_update(callback_update(9, "k:notAKeyWeKnow"))
-    await fake.push_update(message_update(10, "/help"))
-    await fake.wait_for("sendMessage")  # the help reply comes after the press was handled
-    [answer] = fake.calls_to("answerCallbackQuery")
+    await fake_telegram.push_update(callback_update(9, "k:notAKeyWeKnow"))
+    await fake_telegram.push_update(message_update(10, "/help"))
+    await fake_telegram.wait_for("sendMessage")  # the help reply comes after the press was handled
+    [answer] = fake_telegram.calls_to("answerCallbackQuery")
     assert answer.params["text"] == "This button has expired. Please send the command again."
     assert answer.value("show_alert") is True
-    assert len(fake.calls_to("sendMessage")) == 1
+    assert len(fake_telegram.calls_to("sendMessage")) == 1
 
 
 async def test_at_risk_command_name_maps_to_the_hyphenated_command(
-    fake: FakeTelegramAPI, polling: AnyApplication
+    fake_telegram: FakeTelegramAPI, polling: AnyApplication
 ) -> None:
-    await fake.push_update(message_update(11, "/at_risk"))
-    await fake.push_update(message_update(12, "/start"))
-    sent = await fake.wait_for("sendMessage", 2)
+    await fake_telegram.push_update(message_update(11, "/at_risk"))
+    await fake_telegram.push_update(message_update(12, "/start"))
+    sent = await fake_telegram.wait_for("sendMessage", 2)
     assert "know the command" not in sent[0].params["text"]
     assert _audit_actions(router_engine(polling)) == ["at-risk", "help"]
 
 
 async def test_unknown_telegram_user_gets_the_polite_refusal(
-    fake: FakeTelegramAPI, polling: AnyApplication
+    fake_telegram: FakeTelegramAPI, polling: AnyApplication
 ) -> None:
-    await fake.push_update(message_update(13, "/account Acme Corp", user_id=2002, first_name="Eve"))
-    [sent] = await fake.wait_for("sendMessage")
+    await fake_telegram.push_update(message_update(13, "/account Acme Corp", user_id=2002, first_name="Eve"))
+    [sent] = await fake_telegram.wait_for("sendMessage")
     text = sent.params["text"]
     assert text.startswith("Hi! I don't know you yet, so I can't share account data.")
     assert "Telegram id (2002)" in text
@@ -197,24 +176,24 @@ async def test_unknown_telegram_user_gets_the_polite_refusal(
 
 
 async def test_group_text_is_answered_only_when_addressed_to_the_bot(
-    fake: FakeTelegramAPI, polling: AnyApplication
+    fake_telegram: FakeTelegramAPI, polling: AnyApplication
 ) -> None:
     in_group = partial(message_update, chat_id=-500, chat_type="group")
-    await fake.push_update(in_group(20, "account Acme Corp", message_id=1))
-    await fake.push_update(in_group(21, "/help@SomeOtherBot", message_id=2))
-    await fake.push_update(in_group(22, "@csbot_test_bot account Acme Corp", message_id=3))
-    await fake.push_update(in_group(23, "/account@csbot_test_bot ACC-00012", message_id=4))
-    await fake.push_update(in_group(24, "health Acme Corp", message_id=5, reply_to_bot=True))
-    sent = await fake.wait_for("sendMessage", 3)
+    await fake_telegram.push_update(in_group(20, "account Acme Corp", message_id=1))
+    await fake_telegram.push_update(in_group(21, "/help@SomeOtherBot", message_id=2))
+    await fake_telegram.push_update(in_group(22, "@csbot_test_bot account Acme Corp", message_id=3))
+    await fake_telegram.push_update(in_group(23, "/account@csbot_test_bot ACC-00012", message_id=4))
+    await fake_telegram.push_update(in_group(24, "health Acme Corp", message_id=5, reply_to_bot=True))
+    sent = await fake_telegram.wait_for("sendMessage", 3)
     assert [c.value("reply_parameters")["message_id"] for c in sent] == [3, 4, 5]
     assert all(c.params["chat_id"] == "-500" for c in sent)
     assert _audit_actions(router_engine(polling)) == ["account", "account", "health"]
 
 
 async def test_command_menu_is_registered_in_english_and_chinese(
-    fake: FakeTelegramAPI, polling: AnyApplication
+    fake_telegram: FakeTelegramAPI, polling: AnyApplication
 ) -> None:
-    calls = fake.calls_to("setMyCommands")
+    calls = fake_telegram.calls_to("setMyCommands")
     assert len(calls) == 2
     by_lang = {
         c.params.get("language_code", ""): {x["command"]: x["description"] for x in c.value("commands")}
@@ -230,30 +209,30 @@ async def test_command_menu_is_registered_in_english_and_chinese(
 
 
 async def test_rate_limited_send_is_retried_and_delivered_once(
-    fake: FakeTelegramAPI, polling: AnyApplication
+    fake_telegram: FakeTelegramAPI, polling: AnyApplication
 ) -> None:
-    fake.fail_next("sendMessage", 1, retry_after=1)
-    await fake.push_update(message_update(30, "/account Acme Corp"))
-    [sent] = await fake.wait_for("sendMessage")
-    assert len(fake.attempts_to("sendMessage")) == 2
+    fake_telegram.fail_next("sendMessage", 1, retry_after=1)
+    await fake_telegram.push_update(message_update(30, "/account Acme Corp"))
+    [sent] = await fake_telegram.wait_for("sendMessage")
+    assert len(fake_telegram.attempts_to("sendMessage")) == 2
     assert sent.params["text"].startswith("<b>Acme Corp</b>")
 
 
 async def test_charts_go_as_photos_and_long_replies_as_several_messages(
-    fake: FakeTelegramAPI, polling: AnyApplication
+    fake_telegram: FakeTelegramAPI, polling: AnyApplication
 ) -> None:
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
     lines = "\n".join(f"Account {i:03d} — " + "z" * 80 for i in range(60))  # 60 lines of ~95 chars
     reply = Reply(text=lines, buttons=[Button("More", "cmd", "renewals 120")],
                   images=[Image(png=png, filename="nps.png", title="NPS trend")])
     await send_reply(polling, 1001, reply)
-    messages = fake.calls_to("sendMessage")
+    messages = fake_telegram.calls_to("sendMessage")
     assert len(messages) == 2
     assert "reply_markup" not in messages[0].params
     assert messages[1].value("reply_markup")["inline_keyboard"] == [
         [{"text": "More", "callback_data": "c:renewals 120"}]]
     assert "\n".join(m.params["text"] for m in messages) == html.escape(lines, quote=False)
-    [photo] = fake.calls_to("sendPhoto")
+    [photo] = fake_telegram.calls_to("sendPhoto")
     assert photo.files["photo"] == png
     assert photo.params["caption"] == "NPS trend"
     assert photo.params["chat_id"] == "1001"
@@ -262,21 +241,21 @@ async def test_charts_go_as_photos_and_long_replies_as_several_messages(
 # --- webhook ---
 
 
-async def test_webhook_with_the_right_secret_is_answered(fake: FakeTelegramAPI, webhook: Webhook) -> None:
+async def test_webhook_with_the_right_secret_is_answered(fake_telegram: FakeTelegramAPI, webhook: Webhook) -> None:
     response = await webhook.post(message_update(40, "/account Acme Corp"))
     assert response.status_code == 200
-    [sent] = await fake.wait_for("sendMessage")
+    [sent] = await fake_telegram.wait_for("sendMessage")
     assert sent.params["text"].startswith("<b>Acme Corp</b> <i>ACC-00012</i>")
-    assert not fake.calls_to("getUpdates")
+    assert not fake_telegram.calls_to("getUpdates")
 
 
-async def test_webhook_refuses_a_wrong_or_missing_secret(fake: FakeTelegramAPI, webhook: Webhook) -> None:
+async def test_webhook_refuses_a_wrong_or_missing_secret(fake_telegram: FakeTelegramAPI, webhook: Webhook) -> None:
     forged = "/note ACC-00012 forged"
     assert (await webhook.post(message_update(41, forged), secret="wrong")).status_code == 403
     assert (await webhook.post(message_update(42, forged), secret=None)).status_code == 403
     assert (await webhook.post(message_update(43, "/help"))).status_code == 200
-    await fake.wait_for("sendMessage")
-    assert len(fake.calls_to("sendMessage")) == 1
+    await fake_telegram.wait_for("sendMessage")
+    assert len(fake_telegram.calls_to("sendMessage")) == 1
     assert _audit_actions(router_engine(webhook.app)) == ["help"]
 
 
@@ -287,23 +266,23 @@ async def test_webhook_rejects_malformed_json(webhook: Webhook) -> None:
     assert (await webhook.post({"update_id": 5, "message": "not a message"})).status_code == 400
 
 
-async def test_duplicate_update_has_exactly_one_effect(fake: FakeTelegramAPI, webhook: Webhook) -> None:
+async def test_duplicate_update_has_exactly_one_effect(fake_telegram: FakeTelegramAPI, webhook: Webhook) -> None:
     update = message_update(50, "/note ACC-00012 renewal call booked")
     assert (await webhook.post(update)).status_code == 200
     assert (await webhook.post(update)).status_code == 200  # Telegram retrying the same delivery
     assert (await webhook.post(message_update(51, "/help"))).status_code == 200
-    sent = await fake.wait_for("sendMessage", 2)
+    sent = await fake_telegram.wait_for("sendMessage", 2)
     assert sent[0].params["text"] == "Note saved on Acme Corp."
     assert len(sent) == 2
     with Session(router_engine(webhook.app)) as s:
         assert s.exec(select(func.count()).select_from(Note)).one() == 1
 
 
-async def test_webhook_button_press_is_answered(fake: FakeTelegramAPI, webhook: Webhook) -> None:
+async def test_webhook_button_press_is_answered(fake_telegram: FakeTelegramAPI, webhook: Webhook) -> None:
     assert (await webhook.post(callback_update(60, "c:account ACC-00012"))).status_code == 200
-    [answer] = await fake.wait_for("answerCallbackQuery")
+    [answer] = await fake_telegram.wait_for("answerCallbackQuery")
     assert answer.params["callback_query_id"] == "cbq-60"
-    [sent] = await fake.wait_for("sendMessage")
+    [sent] = await fake_telegram.wait_for("sendMessage")
     assert sent.params["text"].startswith("<b>Acme Corp</b> <i>ACC-00012</i>")
 
 

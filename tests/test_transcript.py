@@ -12,17 +12,14 @@ import asyncio
 import html
 import io
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 import pytest
-from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 from starlette.applications import Starlette
@@ -32,16 +29,14 @@ from telegram.ext import ContextTypes, TypeHandler
 from adapters.console.app import PROMPT, run_console
 from adapters.slack.app import build_slack_app, slack_routes
 from adapters.telegram.app import bridge_of, build_telegram_app, start_telegram, stop_telegram, telegram_routes
-from bot.router import Router, Services
+from bot.core.router import Router, Services
 from lifecycle.config import load_settings
 from lifecycle.db import make_engine
-from lifecycle.demo import seed_demo
-from lifecycle.health import load_scorecard
 from lifecycle.models import Account, User
-from lifecycle.recompute import recompute
-from lifecycle.stages import load_stage_machine
+from tests.fakes.chat_requests import FORM, post_slack, settle, slash_command
 from tests.fakes.slack_api import RESPONSE_URL, FakeSlackAPI
 from tests.fakes.telegram_api import TOKEN, FakeTelegramAPI, message_update
+from tests.seeding import seed_demo_at
 
 TODAY = date(2025, 3, 14)
 ACCOUNT = "Acme Logistics"
@@ -148,12 +143,7 @@ def telegram_content(text: str, keyboard: list[list[dict[str, Any]]], decode: An
 
 def _demo_router(url: str, settings: dict[str, Any]) -> tuple[Router, Engine]:
     engine = make_engine(url)
-    with Session(engine) as s:
-        seed_demo(s, accounts=60, today=TODAY)
-        s.commit()
-    with Session(engine) as s:
-        recompute(s, as_of=TODAY, scorecard=load_scorecard(None), machine=load_stage_machine(None))
-        s.commit()
+    seed_demo_at(engine, TODAY, recomputed=True)
     config = load_settings(database_url=url, **settings)
     return Router(Services(engine=engine, settings=config, today=lambda: TODAY)), engine
 
@@ -166,17 +156,6 @@ def over_console(router: Router, charts: Path) -> list[Content]:
     return [console_content(a.rstrip("\n")) for a in answers]
 
 
-async def _settle() -> None:
-    """Wait until the bolt app's listeners (which run after the HTTP 200) have finished."""
-    me = asyncio.current_task()
-    for _ in range(100):
-        pending = [task for task in asyncio.all_tasks() if task is not me and not task.done()]
-        if not pending:
-            return
-        await asyncio.wait(pending, timeout=30)
-    raise AssertionError("background work did not finish")
-
-
 async def over_slack(router: Router, fake: FakeSlackAPI) -> list[Content]:
     app = build_slack_app(router, router.services.settings)
     transport = httpx.ASGITransport(app=Starlette(routes=slack_routes(app)))
@@ -184,19 +163,11 @@ async def over_slack(router: Router, fake: FakeSlackAPI) -> list[Content]:
     async with httpx.AsyncClient(transport=transport, base_url="http://csbot.test") as http:
         for i, text in enumerate(TRANSCRIPT):
             seen = len(fake.calls)
-            body = urlencode({
-                "token": "legacy", "team_id": "T1", "team_domain": "demo", "channel_id": "DMAYA",
-                "channel_name": "directmessage", "user_id": SLACK_ID, "user_name": "maya", "command": "/cs",
-                "text": text, "api_app_id": "A1", "response_url": fake.response_url(str(i)), "trigger_id": "1.2.3",
-            })
-            ts = str(int(time.time()))
-            signature = SignatureVerifier(SIGNING_SECRET).generate_signature(timestamp=ts, body=body)
-            assert signature is not None
-            response = await http.post("/slack/events", content=body, headers={
-                "Content-Type": "application/x-www-form-urlencoded",
-                "X-Slack-Request-Timestamp": ts, "X-Slack-Signature": signature})
+            body = slash_command(text, user=SLACK_ID, channel="DMAYA", response_url=fake.response_url(str(i)),
+                                 team_domain="demo", user_name="maya")
+            response = await post_slack(http, body, FORM, secret=SIGNING_SECRET)
             assert response.status_code == 200
-            await _settle()
+            await settle()
             calls = fake.calls[seen:]
             [answer] = [c for c in calls if c.method == RESPONSE_URL]
             uploads = [c for c in calls if c.method == "files.completeUploadExternal"]

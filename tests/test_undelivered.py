@@ -6,7 +6,6 @@ routed again by the `deliver` job."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,14 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
-from adapters import cli
+from adapters.cli import deliveries
+from adapters.cli.app import app as cli_app
 from adapters.ports import open_ports
-from bot.jobs import run_job
-from bot.messages import Incoming, Reply
-from bot.notifier import payload_to_reply, reply_to_payload
-from bot.router import Router, Services
-from bot.routing import why_text
+from bot.core.messages import Incoming, Reply
+from bot.core.router import Router, Services
+from bot.push.jobs import run_job
+from bot.push.notifier import payload_to_reply, reply_to_payload
+from bot.push.routing import why_text
 from lifecycle import outbox
 from lifecycle import surveys as core
 from lifecycle.config import Settings, get_settings, load_settings
@@ -94,10 +94,10 @@ def _csbot(monkeypatch: pytest.MonkeyPatch, db_url: str, tmp_path: Path, *args: 
     for name, value in {"CSBOT_DATABASE_URL": db_url, "CSBOT_SURVEYS_FILE": str(tmp_path / "surveys.toml"),
                         **env}.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(cli, "console", Console(width=320))
+    monkeypatch.setattr(deliveries, "console", Console(width=320))
     get_settings.cache_clear()
     try:
-        return CliRunner().invoke(cli.app, list(args))
+        return CliRunner().invoke(cli_app, list(args))
     finally:
         get_settings.cache_clear()
 
@@ -186,14 +186,8 @@ def test_only_telegram_configured_routes_there_or_keeps_it_undeliverable_with_wh
         assert core.verify_token(s, core.survey_secret(both), token).id == ann.id
 
 
-@pytest.fixture
-def slack_api() -> Iterator[FakeSlackAPI]:
-    with FakeSlackAPI() as api:
-        yield api
-
-
 def test_deliver_routes_rows_waiting_for_a_platform_that_is_not_configured(
-    engine: Engine, db_url: str, tmp_path: Path, portfolio: dict[str, int], slack_api: FakeSlackAPI
+    engine: Engine, db_url: str, tmp_path: Path, portfolio: dict[str, int], fake_slack: FakeSlackAPI
 ) -> None:
     with session_scope(engine) as s:
         # Written for Telegram before it was switched off: one to Sam (who has a Slack id too), one to a Telegram
@@ -201,14 +195,14 @@ def test_deliver_routes_rows_waiting_for_a_platform_that_is_not_configured(
         to_sam = outbox.enqueue(s, platform="telegram", target="4242", payload=reply_to_payload(Reply(text="hi")))
         lost = outbox.enqueue(s, platform="telegram", target="999", payload=reply_to_payload(Reply(text="?")))
         ids = (to_sam.id, lost.id)
-    settings = _settings(db_url, tmp_path, slack_bot_token=SLACK_TOKEN, slack_api_url=slack_api.api_url)
+    settings = _settings(db_url, tmp_path, slack_bot_token=SLACK_TOKEN, slack_api_url=fake_slack.api_url)
     result = run_job("deliver", engine, settings, ports=open_ports)
     assert result.status == "ok", result.describe()
     assert result.step("deliver").counts == {"rerouted": 1, "undeliverable": 1, "sent": 1, "retried": 0,
                                              "failed": 0, "reconciled": 0}
     sam, nobody = (_rows(engine, col(Delivery.id) == i)[0] for i in ids)
     assert (sam.status, sam.platform, sam.target) == ("sent", "slack", "USAM")
-    [post] = slack_api.calls_to("chat.postMessage", ok_only=True)
+    [post] = fake_slack.calls_to("chat.postMessage", ok_only=True)
     assert post.params["channel"] == "DUSAM" and post.params["text"] == "hi"
     assert (nobody.status, nobody.platform, nobody.target) == ("undeliverable", "telegram", "999")
     assert nobody.last_error == "Telegram is not configured (TELEGRAM_BOT_TOKEN)"

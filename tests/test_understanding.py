@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 from sqlmodel import Session
 
-from bot.messages import Incoming, Reply
-from bot.router import Router, Services
+from bot.core.messages import Incoming, Reply
+from bot.core.router import Router, Services
 from bot.understanding.entities import AccountIndex
 from bot.understanding.query import Query
 from bot.understanding.when import Between, Until, Within, find_times
@@ -90,7 +90,7 @@ def _help_examples() -> list[str]:
     import re
 
     import bot.commands  # noqa: F401  (registers every command)
-    from bot.router import registry
+    from bot.core.router import registry
 
     found = []
     for spec in registry.commands.values():

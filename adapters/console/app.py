@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TextIO
 
 from adapters.console.render import render_text
-from bot.messages import Image, Incoming
-from bot.router import Router
+from bot.core.messages import Image, Incoming
+from bot.core.router import Router
 
 PROMPT = "csbot> "
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from bot.messages import Card, Reply
+from bot.core.messages import Card, Reply
 
 _BOLD = re.compile(r"\*([^*\n]+)\*")
 

@@ -5,7 +5,7 @@ a chat or a user, reply to a message, update a card in place, upload a chart. Th
 (the token fetch always is), so every call runs in a worker thread (`asyncio.to_thread`), never on the event loop.
 
 A failed call raises `FeishuError` with Feishu's code; a rate limit (HTTP 429, code 99991400) raises
-`bot.notifier.RetryLater` with the wait Feishu gives; an expired or revoked tenant token is dropped from the SDK's
+`bot.push.notifier.RetryLater` with the wait Feishu gives; an expired or revoked tenant token is dropped from the SDK's
 cache, so the next call fetches a new one.
 """
 
@@ -32,7 +32,7 @@ from lark_oapi.api.im.v1 import (
 from lark_oapi.core.token.manager import TokenManager
 
 from adapters.feishu.render import receive_id_type
-from bot.notifier import RetryLater
+from bot.push.notifier import RetryLater
 from lifecycle.config import Settings
 from lifecycle.errors import ConfigError
 

@@ -3,7 +3,7 @@
 It only translates. Text in a private chat with the bot, and group messages that @mention it, go to the router as
 `Incoming` (commands and free text alike, as on the other platforms); a private answer asked for in a group goes to
 the asker's private chat with the bot, and the group sees only a short note without data. Card buttons
-(`card.action.trigger`) run their command for the presser; NPS survey buttons go to `bot.surveys.SurveyDesk`, the
+(`card.action.trigger`) run their command for the presser; NPS survey buttons go to `bot.push.surveys.SurveyDesk`, the
 survey card is updated in place into the confirmation, and a reply to the "main reason" prompt is the comment.
 
 Events arrive over the long connection (`adapters.feishu.longconn`, the default) or on POST /feishu/events
@@ -44,11 +44,11 @@ from starlette.routing import Route
 
 from adapters.feishu.api import BotInfo, FeishuApi, FeishuError
 from adapters.feishu.render import SURVEY_ACTION, ImageRef, button_value, lark_md, mention_md, text_card, to_cards
-from bot.i18n import t
-from bot.messages import Incoming, Reply
-from bot.notifier import RetryLater
-from bot.router import Router
-from bot.surveys import PressOutcome, answer_buttons, desk_for
+from bot.core.i18n import t
+from bot.core.messages import Incoming, Reply
+from bot.core.router import Router
+from bot.push.notifier import RetryLater
+from bot.push.surveys import PressOutcome, answer_buttons, desk_for
 from lifecycle.config import Settings
 from lifecycle.errors import ConfigError
 from lifecycle.idempotency import first_time

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from adapters.feishu.api import FeishuApi
 from adapters.feishu.render import ImageRef, to_cards
-from bot.messages import Reply
+from bot.core.messages import Reply
 
 
 def delivery_uuid(delivery_id: int, part: int) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bot.messages import Button, Card, Reply
+from bot.core.messages import Button, Card, Reply
 
 # Feishu refuses a card whose JSON is over 30 KB; this leaves room for the header, buttons and images.
 CARD_BYTES = 24_000

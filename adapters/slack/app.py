@@ -2,7 +2,7 @@
 
 It listens to the `/cs` slash command, app mentions, direct messages, AI-assistant threads
 (`adapters/slack/assistant.py`), the App Home tab and `cmd` buttons, and to NPS survey buttons (`nps`) and the
-survey comment modal, which it hands to `bot.surveys.SurveyDesk`;
+survey comment modal, which it hands to `bot.push.surveys.SurveyDesk`;
 every answer comes from `Router.handle`, run in a worker thread because it is synchronous and uses the
 database. HTTP mode is served at `POST /slack/events` (Starlette routes below); Socket Mode is started when
 an app-level token is configured. Nothing here decides anything about accounts: it only translates.
@@ -41,10 +41,10 @@ from starlette.routing import Route
 
 from adapters.slack.assistant import build_assistant
 from adapters.slack.render import COMMENT_CALLBACK, prompt_answer, prompt_modal, to_blocks, to_text, view_blocks
-from bot.messages import Image, Incoming, Reply
-from bot.permissions import CUSTOMER_CHANNEL_FLAG
-from bot.router import Router
-from bot.surveys import PressOutcome, SurveyDesk, desk_for
+from bot.core.messages import Image, Incoming, Reply
+from bot.core.permissions import CUSTOMER_CHANNEL_FLAG
+from bot.core.router import Router
+from bot.push.surveys import PressOutcome, SurveyDesk, desk_for
 from lifecycle.config import Settings
 from lifecycle.errors import ConfigError
 from lifecycle.idempotency import first_time

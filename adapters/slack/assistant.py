@@ -6,7 +6,7 @@ polite refusal and no prompts. Each message in the thread shows a "looking that 
 after its first question, and is answered by `Router.handle` in that thread — exactly once: the middleware
 handles assistant-thread messages and never passes them on to the plain `message` listener.
 
-Only presentation lives here. Who the person is comes from `bot.permissions.identify`, every answer from the
+Only presentation lives here. Who the person is comes from `bot.core.permissions.identify`, every answer from the
 router; a prompt is words the person could have typed (its `message` is sent back as theirs and read by the
 understanding layer), never a decision about accounts.
 """
@@ -30,10 +30,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import desc
 from sqlmodel import Session, col, select
 
-from bot.i18n import add_messages, t
-from bot.messages import Incoming, Reply
-from bot.permissions import identify
-from bot.router import Router
+from bot.core.i18n import add_messages, t
+from bot.core.messages import Incoming, Reply
+from bot.core.permissions import identify
+from bot.core.router import Router
 from lifecycle.models import Account
 
 log = logging.getLogger("csbot.slack")

@@ -14,8 +14,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.app import upload_images
 from adapters.slack.render import to_blocks, to_text
-from bot.messages import Reply
-from bot.notifier import RetryLater
+from bot.core.messages import Reply
+from bot.push.notifier import RetryLater
 
 EVENT_TYPE = "csbot_delivery"
 HISTORY_LIMIT = 50  # how far back a retried delivery is looked for in its conversation

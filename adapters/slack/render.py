@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.messages import Button, Card, Reply, Section, TextPrompt
+from bot.core.messages import Button, Card, Reply, Section, TextPrompt
 
 HEADER_MAX = 150
 SECTION_MAX = 3000

@@ -4,7 +4,7 @@ It only translates. Commands (`/account Acme`), private-chat text, and group tex
 bot go to the router; inline-keyboard presses run the button's command for the presser. Telegram has no
 ephemeral messages, so a private answer asked for in a group goes to the asker's private chat with the bot, and
 the group sees only a short note without data. NPS survey buttons (`n:<token>:<score>`) and replies to the survey's
-"main reason" prompt go to `bot.surveys.SurveyDesk`. Updates arrive by long polling or through `telegram_routes`
+"main reason" prompt go to `bot.push.surveys.SurveyDesk`. Updates arrive by long polling or through `telegram_routes`
 (POST /telegram/webhook, guarded by the secret token Telegram echoes back). Each update_id is handled at most
 once, so webhook retries and duplicate deliveries have one effect.
 """
@@ -47,11 +47,12 @@ from telegram.ext import (
     filters,
 )
 
+import bot.commands  # noqa: F401  (registers every command)
 from adapters.telegram.render import SURVEY_PREFIX, CallbackKeys, split_html, to_html, to_keyboard
-from bot.i18n import t
-from bot.messages import Incoming, Reply
-from bot.router import Router, registry
-from bot.surveys import PressOutcome, answer_buttons, desk_for
+from bot.core.i18n import t
+from bot.core.messages import Incoming, Reply
+from bot.core.router import Router, registry
+from bot.push.surveys import PressOutcome, answer_buttons, desk_for
 from lifecycle.config import Settings
 from lifecycle.errors import ConfigError
 from lifecycle.idempotency import first_time
@@ -386,8 +387,6 @@ async def _on_error(update: object, context: CallbackContext) -> None:
 
 def command_menu(lang: str) -> list[BotCommand]:
     """The `/` menu: every registered command whose Telegram name is valid, described in `lang`."""
-    import bot.commands  # noqa: F401  (registers every command)
-
     menu = []
     for name, spec in sorted(registry.commands.items()):
         tname = telegram_name(name)

@@ -15,8 +15,8 @@ from telegram.constants import ParseMode
 from telegram.error import RetryAfter
 
 from adapters.telegram.render import CallbackKeys, split_html, to_html, to_keyboard
-from bot.messages import Reply
-from bot.notifier import RetryLater
+from bot.core.messages import Reply
+from bot.push.notifier import RetryLater
 
 # Seconds. Generous enough that a slow but successful call is not mistaken for a failure (a retry of that one
 # would be a duplicate), short enough that a stalled connection goes back to the outbox.

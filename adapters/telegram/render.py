@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.messages import Button, Card, Reply
+from bot.core.messages import Button, Card, Reply
 
 MESSAGE_LIMIT = 4096
 CALLBACK_LIMIT = 64

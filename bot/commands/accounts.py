@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Annotated
 
-from bot.arguments import extra_word
-from bot.cards import account_card, stage_label
-from bot.charts import health_trend_image
-from bot.commands.analytics import account_kpi_section
-from bot.i18n import t
-from bot.messages import Card, Reply, Section
-from bot.money import reply_rates
-from bot.router import Context, Param, UserError, command
+from bot.core.arguments import extra_word
+from bot.core.i18n import t
+from bot.core.messages import Card, Reply, Section
+from bot.core.money import reply_rates
+from bot.core.router import Context, Param, UserError, command
+from bot.views.cards import account_card, stage_label
+from bot.views.charts import health_trend_image
+from bot.views.readings import account_kpi_section
 from lifecycle.accounts import account_view, add_note
 from lifecycle.cardfacts import card_kpis
 from lifecycle.models import Account

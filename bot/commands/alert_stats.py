@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta
 from typing import Annotated
 
-from bot.messages import Card, Reply, Section
-from bot.router import Context, Param, command
+from bot.core.messages import Card, Reply, Section
+from bot.core.router import Context, Param, command
 from lifecycle.alerts import alert_stats
 
 

@@ -9,10 +9,10 @@ from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import aliased
 from sqlmodel import col
 
-from bot.i18n import t
-from bot.messages import Button, Card, Reply
-from bot.permissions import coverage
-from bot.router import ROLE_RANK, Context, Param, UserError, command
+from bot.core.i18n import t
+from bot.core.messages import Button, Card, Reply
+from bot.core.permissions import coverage
+from bot.core.router import Context, Param, UserError, command
 from lifecycle.models import Account, Alert, User, utcnow
 
 SHOW = 10
@@ -38,9 +38,6 @@ def age(created_at: datetime, now: datetime, lang: str) -> str:
     return t("alert_age_days", lang, n=int(seconds // 86400))
 
 
-def _is_manager(ctx: Context) -> bool:
-    return ROLE_RANK.get(ctx.user.role, -1) >= ROLE_RANK["manager"]
-
 
 @command(
     "alerts",
@@ -56,11 +53,11 @@ def alerts(
 ) -> Reply:
     """Open alerts, most severe and newest first, with buttons to acknowledge or snooze: a CSM's own, a manager's
     team's, an admin's all; `mine` for your own, `all` (managers and admins) for everyone's; a number shows more."""
-    if which == "all" and not _is_manager(ctx):
+    if which == "all" and not ctx.is_manager:
         raise UserError(ctx.t("alerts_all_refused"))
     if not 1 <= show <= MAX_SHOW:
         raise UserError(ctx.t("alerts_bad_count", max=MAX_SHOW))
-    covered = coverage(ctx.session, ctx.user, "own", which if _is_manager(ctx) else "mine")
+    covered = coverage(ctx.session, ctx.user, "own", which if ctx.is_manager else "mine")
     everyone = covered.key != "mine"
     now = utcnow()
     owner = aliased(User)
@@ -117,7 +114,7 @@ def _own_alert(ctx: Context, alert_id: int) -> tuple[Alert, Account]:
     alert = ctx.session.get(Alert, alert_id)
     if alert is None:
         raise UserError(ctx.t("alert_unknown", id=alert_id))
-    if alert.owner_id != ctx.user.id and not _is_manager(ctx):
+    if alert.owner_id != ctx.user.id and not ctx.is_manager:
         raise UserError(ctx.t("alert_not_yours", id=alert_id))
     if alert.status == "resolved":
         raise UserError(ctx.t("alert_resolved", id=alert_id))

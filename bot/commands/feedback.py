@@ -1,14 +1,13 @@
 """Alert feedback from the alert buttons: `useful <id> yes|no` rates an alert, `reassign <id> <user>` hands its
-account to another owner (the `owner` command, reached from the alert)."""
+account to another owner (as the `owner` command does, reached from the alert)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from bot.commands.alerts import _is_manager
-from bot.commands.people import owner
-from bot.messages import Reply
-from bot.router import Context, Param, UserError, command
+from bot.core.handover import hand_over
+from bot.core.messages import Reply
+from bot.core.router import Context, Param, UserError, command
 from lifecycle.models import Account, Alert
 
 USEFUL = {"yes": "useful", "no": "not_useful", "是": "useful", "否": "not_useful"}
@@ -19,7 +18,7 @@ def _alert(ctx: Context, alert_id: int) -> tuple[Alert, Account]:
     alert = ctx.session.get(Alert, alert_id)
     if alert is None:
         raise UserError(ctx.t("alert_unknown", id=alert_id))
-    if alert.owner_id != ctx.user.id and not _is_manager(ctx):
+    if alert.owner_id != ctx.user.id and not ctx.is_manager:
         raise UserError(ctx.t("alert_not_yours", id=alert_id))
     account = ctx.session.get(Account, alert.account_id)
     assert account is not None  # a foreign key guarantees it
@@ -59,4 +58,4 @@ def reassign(
     if not who:
         return Reply(text=ctx.t("fb_reassign_how", id=alert_id, account=account.name))
     ctx.require_write(account)
-    return owner(ctx, account, who)
+    return hand_over(ctx, account, who)

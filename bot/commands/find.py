@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from bot.cards import stage_label
-from bot.format import grade, money
-from bot.i18n import has, t
-from bot.messages import Card, Reply, Section
-from bot.money import reply_rates, total_text, totals_note
-from bot.router import Context, Param, UserError, command
+from bot.core.format import grade, money
+from bot.core.i18n import has, t
+from bot.core.messages import Card, Reply, Section
+from bot.core.money import reply_rates, total_text, totals_note
+from bot.core.router import Context, Param, UserError, command
+from bot.views.cards import stage_label
 from lifecycle.search import FIELDS, Filter, FilterError, FoundAccount, InDays, parse_filters, search
 
 SHOW = 20

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from bot.format import grade, money, signed
-from bot.i18n import t
-from bot.messages import Card, Reply, Section
-from bot.money import reply_rates, total_text, totals_note
-from bot.permissions import coverage
-from bot.router import Context, Param, command
+from bot.core.format import grade, money, signed
+from bot.core.i18n import t
+from bot.core.messages import Card, Reply, Section
+from bot.core.money import reply_rates, total_text, totals_note
+from bot.core.permissions import coverage
+from bot.core.router import Context, Param, command
 from lifecycle.portfolio import PortfolioRow, Scope, at_risk, renewals
 from lifecycle.risk import reasons_text
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from bot.i18n import t
-from bot.messages import Reply
-from bot.router import _NEEDS_RANK, ROLE_RANK, Context, Param, command, registry
+from bot.core.i18n import t
+from bot.core.messages import Reply
+from bot.core.permissions import NEEDS_RANK
+from bot.core.router import ROLE_RANK, Context, Param, command, registry
 
 
 @command("help", aliases=("帮助", "?"), zh="列出我能做的事，或某个命令的用法。", examples=("help", "help renewals"))
@@ -23,7 +24,7 @@ def help_(ctx: Context, topic: Annotated[str | None, Param("command")] = None) -
     rank = ROLE_RANK.get(ctx.user.role, 0)
     lines = [f"*{t('help_title', ctx.lang)}*"]
     for spec in registry.commands.values():
-        if _NEEDS_RANK[spec.needs] <= rank:
+        if NEEDS_RANK[spec.needs] <= rank:
             lines.append(f"• `{spec.usage()}` — {spec.help(ctx.lang)}")
     lines.append(t("help_footer", ctx.lang))
     return Reply(text="\n".join(lines), private=True)

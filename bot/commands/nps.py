@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import pandas as pd
 
-from bot.arguments import (
+from bot.core.arguments import (
     SEGMENT_WORDS,
     SYNONYMS,
     WordError,
@@ -17,12 +17,12 @@ from bot.arguments import (
     named_account,
     near,
 )
-from bot.cards import stage_label
-from bot.charts import chart_lang, has_cjk, nps_trend_png
-from bot.format import signed
-from bot.i18n import t
-from bot.messages import Card, CardField, Image, Reply, Section
-from bot.router import Context, Param, UserError, command
+from bot.core.format import signed
+from bot.core.i18n import t
+from bot.core.messages import Card, CardField, Image, Reply, Section
+from bot.core.router import Context, Param, UserError, command
+from bot.views.cards import stage_label
+from bot.views.charts import chart_lang, has_cjk, nps_trend_png
 from lifecycle.accounts import nps_category, segment_names
 from lifecycle.errors import NotFoundError
 from lifecycle.models import Account

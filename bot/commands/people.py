@@ -5,17 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from bot.arguments import extra_word
-from bot.i18n import t
-from bot.messages import Reply
-from bot.permissions import reports_of
-from bot.router import Context, Param, UserError, command
-from lifecycle.errors import NotFoundError
-from lifecycle.models import Account, Alert, User, utcnow
-from lifecycle.search import find_user
+from bot.core.handover import hand_over
+from bot.core.i18n import t
+from bot.core.messages import Reply
+from bot.core.permissions import reports_of
+from bot.core.router import Context, Param, command
+from lifecycle.models import Account, User, utcnow
 
 LANG_CODES = {"en": "en", "english": "en", "英文": "en", "zh": "zh", "chinese": "zh", "中文": "zh"}
 LANG_NAMES = {"en": "English", "zh": "中文"}
@@ -34,49 +32,7 @@ def owner(
     who: Annotated[str, Param("rest", label="user")],
 ) -> Reply:
     """Give an account to another CS owner (managers and admins); the user by email, name, chat id or @name."""
-    try:
-        new = find_user(ctx.session, who)
-    except NotFoundError as exc:
-        raise UserError(_unknown_user_text(ctx, acct, who, exc)) from None
-    old = ctx.session.get(User, acct.owner_id) if acct.owner_id else None
-    if old is not None and old.id == new.id:
-        return Reply(text=ctx.t("owner_same", account=acct.name, new=new.name))
-    acct.owner_id = new.id
-    acct.updated_at = utcnow()
-    ctx.session.add(acct)
-    # Open and snoozed alerts follow the account: they are the new owner's to handle now.
-    moved = ctx.session.execute(
-        update(Alert)
-        .where(col(Alert.account_id) == acct.id, col(Alert.status).in_(("open", "snoozed")))
-        .values(owner_id=new.id)
-    ).rowcount  # type: ignore[attr-defined]
-    text = ctx.t("owner_changed", account=acct.name, old=old.name if old else ctx.t("nobody"), new=new.name)
-    if moved:
-        text += ctx.t("owner_alerts_moved", count=moved, new=new.name)
-    return Reply(text=text)
-
-
-def _unknown_user_text(ctx: Context, acct: Account, who: str, exc: NotFoundError) -> str:
-    """Why the user is unknown; when the last words do name a user, the first ones were probably a mistyped
-    account name (`owner Acme Crop kim` takes "Acme" as Acme Corp), so say so and show the quoted form."""
-    words = who.split()
-    for i in range(len(words) - 1, 0, -1):  # `owner Acme kim thanks`: a user, then words that are nobody
-        try:
-            find_user(ctx.session, " ".join(words[:i]))
-        except NotFoundError:
-            continue
-        typed = ctx.incoming.text.split()  # `owner <account> <user>` or `reassign <alert id> <user>`, as typed
-        return str(extra_word(ctx, " ".join(typed[:len(typed) - len(words) + i]), words[i], ctx.spec.usage()))
-    for i in range(1, len(words)):
-        try:
-            user = find_user(ctx.session, " ".join(words[i:]))
-        except NotFoundError:
-            continue
-        return ctx.t("owner_split_unclear", account=acct.name, extra=" ".join(words[:i]), user=user.name)
-    text = ctx.t("owner_unknown_user", name=exc.name)
-    if exc.suggestions:
-        text += ctx.t("suggestions", names=", ".join(exc.suggestions))
-    return text
+    return hand_over(ctx, acct, who)
 
 
 @command("lang", aliases=("语言", "language"), zh="查看或设置我回复你的语言：`lang en` 或 `lang zh`。",

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from bot.cards import stage_label
-from bot.charts import chart_lang, stage_distribution_png
-from bot.format import grade
-from bot.i18n import t
-from bot.messages import Card, CardField, Image, Reply, Section
-from bot.money import reply_rates, total_text, totals_note
-from bot.permissions import coverage
-from bot.router import Context, Param, command
+from bot.core.format import grade
+from bot.core.i18n import t
+from bot.core.messages import Card, CardField, Image, Reply, Section
+from bot.core.money import reply_rates, total_text, totals_note
+from bot.core.permissions import coverage
+from bot.core.router import Context, Param, command
+from bot.views.cards import stage_label
+from bot.views.charts import chart_lang, stage_distribution_png
+from lifecycle.churn import default_insight_config, latest_model_info
+from lifecycle.clv import portfolio_value
 from lifecycle.models import Owners
 from lifecycle.money import Rates, Total
 from lifecycle.overview import PortfolioTotals, portfolio_totals, stage_distribution
@@ -45,9 +47,6 @@ def _reading(ctx: Context, totals: PortfolioTotals, red_by_stage: dict[str, int]
 
 def _value_fields(ctx: Context, owner_id: Owners, rates: Rates) -> tuple[list[CardField], tuple[Total, ...]]:
     """ARR at risk and lifetime value from the churn model, each with what it means; and the totals shown."""
-    from lifecycle.churn import default_insight_config, latest_model_info
-    from lifecycle.clv import portfolio_value
-
     info = latest_model_info(ctx.session)
     if info is None:
         return [CardField(ctx.t("pf_arr_at_risk"), ctx.t("pf_no_churn_model"))], ()

@@ -12,11 +12,11 @@ from typing import Annotated
 from sqlalchemy import select
 from sqlmodel import col
 
-from bot.arguments import WordError, did_you_mean, extra_word, near
-from bot.messages import Reply
-from bot.router import Context, Param, UserError, command
-from bot.routing import why_text
-from bot.surveys import contact_reasons, enqueue_questions, survey_config
+from bot.core.arguments import WordError, did_you_mean, extra_word, near
+from bot.core.messages import Reply
+from bot.core.router import Context, Param, UserError, command
+from bot.push.routing import why_text
+from bot.push.surveys import contact_reasons, enqueue_questions, survey_config
 from lifecycle import surveys as core
 from lifecycle.models import Account, Contact, utcnow
 

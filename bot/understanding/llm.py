@@ -25,8 +25,8 @@ from lifecycle.analytics import parse_period
 from lifecycle.errors import CsbotError
 
 if TYPE_CHECKING:
-    from bot.arguments import Arg
-    from bot.router import CommandSpec
+    from bot.core.arguments import Arg
+    from bot.core.router import CommandSpec
     from lifecycle.config import Settings
 
 log = logging.getLogger("csbot.llm")

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
 
-from bot.messages import Incoming
+from bot.core.messages import Incoming
 from lifecycle.models import ConversationState, utcnow
 
 MAX_STATE = 8_000  # characters: a state is a few hundred; anything larger is not ours

@@ -21,8 +21,9 @@ from typing import Any
 from rapidfuzz import fuzz, process
 from sqlmodel import Session
 
-from bot.i18n import t
-from bot.messages import Button
+from bot.core.i18n import t
+from bot.core.messages import Button
+from bot.core.permissions import role_allows
 from bot.understanding.entities import (
     AccountIndex,
     AccountRef,
@@ -34,6 +35,7 @@ from bot.understanding.entities import (
 )
 from bot.understanding.intents import MASKS, IntentModel, intent_model
 from bot.understanding.lexicon import PhraseMatcher, lexicon
+from bot.understanding.llm import LlmFallback, command_line, tool_definitions
 from bot.understanding.query import Query, quote_name
 from bot.understanding.slots import Found, Slot, Vocabulary, find_slots, lexicon_matcher, window_of
 from bot.understanding.text import normal_offsets, normalise, strip_punctuation, words, zh_words
@@ -925,7 +927,7 @@ class _Build:
     # talk
 
     def b_help(self) -> Reading:
-        from bot.router import registry  # the registry imports every command; importing it at the top is a cycle
+        from bot.core.router import registry  # the registry imports every command; importing it at the top is a cycle
 
         for tok in words(self.found.text):
             spec = registry.lookup(tok.text)
@@ -1116,7 +1118,7 @@ class _Build:
 def _talk_words() -> frozenset[str]:
     """Words of the conversation itself ("only", "and", "what about", "好的"), consumed by the memory step, and
     the command words themselves (`account`, `续约`): the reading is the command."""
-    from bot.router import registry  # the registry imports every command; importing it at the top is a cycle
+    from bot.core.router import registry  # the registry imports every command; importing it at the top is a cycle
 
     lex = lexicon()
     out: set[str] = set(registry.commands) | set(registry.aliases)
@@ -1173,9 +1175,6 @@ def llm_chooser(settings: Any, registry: Any) -> Callable[[str, str, str], str |
     it picks is parsed, authorised (and confirmed, for a change) by the router like any typed command."""
     if not settings.llm_base_url:
         return None
-    from bot.permissions import role_allows
-    from bot.understanding.llm import LlmFallback, command_line, tool_definitions
-
     fallback = LlmFallback.from_settings(settings)
     if fallback is None:
         return None

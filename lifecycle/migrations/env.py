@@ -12,7 +12,7 @@ from lifecycle.partitions import PARTITION_NAME
 config = context.config
 target_metadata = SQLModel.metadata
 # Tables that live in the database but not in the models: autogenerate must never emit a DROP for them.
-FOREIGN_TABLES = frozenset({"apscheduler_jobs"})  # APScheduler's persistent job store (bot/jobs.py)
+FOREIGN_TABLES = frozenset({"apscheduler_jobs"})  # APScheduler's persistent job store (bot/push/jobs.py)
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:

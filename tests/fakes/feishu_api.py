@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, WSMsgType, web
 from Crypto.Cipher import AES
+from lark_oapi.core.token.manager import TokenManager
 from lark_oapi.ws.pb.pbbp2_pb2 import Frame
 
 APP_ID = "cli_test_app"
@@ -36,6 +37,11 @@ ENCRYPT_KEY = "test-encrypt-key"
 BOT_OPEN_ID = "ou_bot000000000000000000000000000"
 TENANT_TOKEN = "t-test-tenant-token"
 INVALID_TOKEN = 99991663
+
+
+def forget_tenant_token() -> None:
+    """The SDK caches the tenant token per app id for the whole process: a test forgets it to start without one."""
+    TokenManager.cache.set(f"self_tenant_token:{APP_ID}", "", 0)
 
 
 @dataclass

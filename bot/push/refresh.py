@@ -16,6 +16,7 @@ import contextlib
 import logging
 from datetime import datetime
 from functools import lru_cache
+from pathlib import Path
 
 from sqlalchemy import Engine
 
@@ -30,8 +31,6 @@ log = logging.getLogger("csbot.refresh")
 
 @lru_cache(maxsize=4)
 def _config(scorecard_file: str | None, stages_file: str | None) -> tuple[Scorecard, StageMachine]:
-    from pathlib import Path
-
     return (load_scorecard(Path(scorecard_file) if scorecard_file else None),
             load_stage_machine(Path(stages_file) if stages_file else None))
 

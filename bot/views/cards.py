@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
-from bot.format import money, score_line, signed
-from bot.i18n import has, t
-from bot.messages import Button, Card, CardField, Section
+from bot.core.format import money, score_line, signed
+from bot.core.i18n import has, t
+from bot.core.messages import Button, Card, CardField, Section
 from lifecycle.accounts import AccountInsight, AccountView, nps_category
 from lifecycle.health import Scorecard, explain, measure_lines
 

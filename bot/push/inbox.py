@@ -10,11 +10,11 @@ from collections import Counter
 from sqlalchemy import select
 from sqlmodel import Session, col
 
-from bot.digests import DIGEST_KIND, WEEKLY_KIND
-from bot.i18n import t
-from bot.messages import Reply
-from bot.notifier import payload_to_reply
-from bot.routing import TO_KEY
+from bot.core.i18n import t
+from bot.core.messages import Reply
+from bot.push.digests import DIGEST_KIND, WEEKLY_KIND
+from bot.push.notifier import payload_to_reply
+from bot.push.routing import TO_KEY
 from lifecycle.models import Delivery, User
 from lifecycle.outbox import PENDING, UNDELIVERABLE
 

@@ -23,9 +23,9 @@ from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 from sqlmodel import Session
 
-from bot.format import signed
-from bot.i18n import t
-from bot.messages import Image
+from bot.core.format import signed
+from bot.core.i18n import t
+from bot.core.messages import Image
 from lifecycle.health import Scorecard
 from lifecycle.models import Account
 from lifecycle.overview import health_history
@@ -83,7 +83,7 @@ def chart_lang(lang: str) -> str:
     return "zh" if lang == "zh" and cjk_font() is not None else "en"
 
 
-def _figure(title: str) -> tuple[Figure, Axes]:
+def new_figure(title: str) -> tuple[Figure, Axes]:
     """A chat-sized figure with its title at the top left."""
     fig = Figure(figsize=SIZE_INCHES, dpi=DPI)
     ax = fig.add_subplot()
@@ -91,7 +91,7 @@ def _figure(title: str) -> tuple[Figure, Axes]:
     return fig, ax
 
 
-def _png(fig: Figure, caption: str = "") -> bytes:
+def figure_png(fig: Figure, caption: str = "") -> bytes:
     """The figure as PNG; `caption` is a small line under the plot (what its totals rest on)."""
     if caption:  # chat markup means nothing in a picture
         fig.text(0.01, 0.012, caption.replace("`", ""), fontsize=8, color="#555555", ha="left", va="bottom")
@@ -107,7 +107,7 @@ def _png(fig: Figure, caption: str = "") -> bytes:
     return buf.getvalue()
 
 
-def _empty(ax: Axes, message: str) -> None:
+def mark_empty(ax: Axes, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, fontsize=13, color="#666666")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -118,10 +118,10 @@ def health_trend_png(
 ) -> bytes:
     """Daily health score (`day`, `score`, `grade` columns) as a line over red/yellow/green grade bands."""
     lang = chart_lang(lang)
-    fig, ax = _figure(title)
+    fig, ax = new_figure(title)
     if history.empty:
-        _empty(ax, t("chart_no_history", lang))
-        return _png(fig)
+        mark_empty(ax, t("chart_no_history", lang))
+        return figure_png(fig)
     ax.axhspan(0, red_below, color=COLOURS["red"], alpha=0.12, linewidth=0)
     ax.axhspan(red_below, green_from, color=COLOURS["yellow"], alpha=0.14, linewidth=0)
     ax.axhspan(green_from, 100, color=COLOURS["green"], alpha=0.12, linewidth=0)
@@ -155,7 +155,7 @@ def health_trend_png(
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     ax.set_xlabel(t("chart_day_axis", lang))
     ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def stage_distribution_png(
@@ -173,10 +173,10 @@ def stage_distribution_png(
     `dist` is `lifecycle.overview.stage_distribution`: indexed by stage, with `accounts` and grade columns.
     """
     lang = chart_lang(lang)
-    fig, ax = _figure(title)
+    fig, ax = new_figure(title)
     if dist.empty:
-        _empty(ax, t("chart_no_accounts", lang))
-        return _png(fig)
+        mark_empty(ax, t("chart_no_accounts", lang))
+        return figure_png(fig)
     labels = [(stage_labels or {}).get(str(s), str(s)) for s in dist.index]
     x = np.arange(len(dist))
     bottom = np.zeros(len(dist))
@@ -199,7 +199,7 @@ def stage_distribution_png(
     ax.legend(loc="upper right", fontsize=9, frameon=False, ncols=4)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    return _png(fig, note)
+    return figure_png(fig, note)
 
 
 def nps_trend_png(trend: pd.DataFrame, title: str, *, lang: str = "en") -> bytes:
@@ -208,10 +208,10 @@ def nps_trend_png(trend: pd.DataFrame, title: str, *, lang: str = "en") -> bytes
     The background reads like the NPS meaning in chat: below 0 red (more detractors), 0–50 yellow, 50+ green.
     """
     lang = chart_lang(lang)
-    fig, ax = _figure(title)
+    fig, ax = new_figure(title)
     if trend.empty:
-        _empty(ax, t("chart_no_history", lang))
-        return _png(fig)
+        mark_empty(ax, t("chart_no_history", lang))
+        return figure_png(fig)
     x = np.arange(len(trend))
     months = [pd.Timestamp(m).strftime("%Y-%m") for m in trend.index]
     bars = ax.twinx()
@@ -238,7 +238,7 @@ def nps_trend_png(trend: pd.DataFrame, title: str, *, lang: str = "en") -> bytes
     ax.set_xticks(x, months, fontsize=8, rotation=45 if len(trend) > 8 else 0)
     ax.set_xlabel(t("chart_month_axis", lang))
     ax.set_ylabel(t("chart_nps_axis", lang))
-    return _png(fig)
+    return figure_png(fig)
 
 
 def health_trend_image(

@@ -44,7 +44,7 @@ from lifecycle.models import Delivery, JobRun, utcnow
 if TYPE_CHECKING:
     import pandas as pd
 
-    from bot.notifier import DeliveryPort
+    from bot.push.notifier import DeliveryPort
     from lifecycle.alerts import AlertConfig
     from lifecycle.health import Scorecard
     from lifecycle.stages import StageMachine
@@ -167,7 +167,7 @@ class JobContext:
     @cached_property
     def alert_config(self) -> AlertConfig:
         """The alert rules and routing, routing only to the configured platforms."""
-        from bot.routing import with_platforms
+        from bot.push.routing import with_platforms
         from lifecycle.alerts import load_alert_config
 
         return with_platforms(load_alert_config(self.settings.alerts_file), self.delivery_platforms)
@@ -448,7 +448,7 @@ def nightly(ctx: JobContext) -> None:
         ctx.skip("alerts", "the recompute failed; rules would read stale health")
     else:
         with ctx.step("alerts") as step, session_scope(ctx.engine) as session:
-            from bot.routing import route_alerts
+            from bot.push.routing import route_alerts
 
             # The recompute's signals frame (with today's scores filled in) saves reading the usage a second time.
             raised = run_alert_rules(
@@ -464,12 +464,12 @@ def nightly(ctx: JobContext) -> None:
             step.add(**{key: value for key, value in routed.items() if value})
 
     with ctx.step("renewal_prompts") as step, session_scope(ctx.engine) as session:
-        from bot.renewals import renewal_prompts
+        from bot.push.renewals import renewal_prompts
 
         step.add(prompts=renewal_prompts(session, today=ctx.today, now=ctx.now, config=ctx.alert_config))
 
     with ctx.step("surveys") as step, session_scope(ctx.engine) as session:
-        from bot.surveys import dispatch_surveys, survey_config
+        from bot.push.surveys import dispatch_surveys, survey_config
         from lifecycle.surveys import survey_secret
 
         sent = dispatch_surveys(session, today=ctx.today, now=ctx.now, config=survey_config(ctx.settings),
@@ -480,7 +480,7 @@ def nightly(ctx: JobContext) -> None:
         step.note = ", ".join(f"{trigger} {n}" for trigger, n in sorted(sent.by_trigger.items()))
 
     with ctx.step("digests") as step, session_scope(ctx.engine) as session:
-        from bot.digests import owner_digests
+        from bot.push.digests import owner_digests
 
         step.add(digests=owner_digests(session, now=ctx.now, config=ctx.alert_config))
 
@@ -539,7 +539,7 @@ def deliver(ctx: JobContext) -> None:
             step.note = "no delivery ports given"
             return
         if ctx.delivery_platforms:
-            from bot.undelivered import Routes, reroute_waiting
+            from bot.push.undelivered import Routes, reroute_waiting
 
             routes = Routes.from_settings(ctx.settings, platforms=ctx.delivery_platforms, config=ctx.alert_config)
             with session_scope(ctx.engine) as session:
@@ -560,7 +560,7 @@ def _waiting(engine: Engine) -> int:
 
 
 async def _drain(ports: PortsFactory, engine: Engine, settings: Settings) -> tuple[int, int, int, int, list[str]]:
-    from bot.notifier import default_worker_name, drain_once
+    from bot.push.notifier import default_worker_name, drain_once
 
     worker = f"{default_worker_name()}:deliver-job"
     sent = retried = failed = reconciled = 0
@@ -579,7 +579,7 @@ async def _drain(ports: PortsFactory, engine: Engine, settings: Settings) -> tup
 @job("escalate", cron="*/15 * * * *", help="Escalate critical alerts left unacknowledged to the owner's manager.")
 def escalate_job(ctx: JobContext) -> None:
     with ctx.step("escalate") as step, session_scope(ctx.engine) as session:
-        from bot.routing import escalate
+        from bot.push.routing import escalate
 
         step.add(escalated=escalate(session, now=ctx.now, config=ctx.alert_config))
 
@@ -587,7 +587,7 @@ def escalate_job(ctx: JobContext) -> None:
 @job("digests", cron="*/15 * * * *",
      help="Owner digests at 09:00 local time and the managers' weekly summary (each sent once per period).")
 def digests_job(ctx: JobContext) -> None:
-    from bot.digests import manager_weekly, owner_digests
+    from bot.push.digests import manager_weekly, owner_digests
 
     with ctx.step("owner_digests") as step, session_scope(ctx.engine) as session:
         step.add(digests=owner_digests(session, now=ctx.now, config=ctx.alert_config))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from bot.i18n import t
+from bot.core.i18n import t
 
 _SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "CNY": "¥", "JPY": "¥"}
 GRADE_ICON = {"green": "🟢", "yellow": "🟡", "red": "🔴"}

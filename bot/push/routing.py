@@ -17,7 +17,7 @@
 `escalate` sends a critical alert still `open` after `escalate_after_hours` to the owner's manager, once.
 
 Every routed delivery's payload says whom it was for (`to`: the person and whether the team channel comes next)
-and whom it concerns (`about`: the account and its owner), so `bot.undelivered` can route it again later and the
+and whom it concerns (`about`: the account and its owner), so `bot.push.undelivered` can route it again later and the
 owner's digest can list what could not be delivered.
 """
 
@@ -34,10 +34,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from bot.alert_cards import alert_reply
-from bot.i18n import t
-from bot.messages import Reply
-from bot.notifier import reply_to_payload
+from bot.core.i18n import t
+from bot.core.messages import Reply
+from bot.push.notifier import reply_to_payload
+from bot.views.alert_cards import alert_reply
 from lifecycle.alerts import AlertConfig, RoutingConfig
 from lifecycle.config import PLATFORM_TOKENS
 from lifecycle.models import Account, Alert, Delivery, User
@@ -156,7 +156,7 @@ class Recipient:
     """Whom a message is for, in the order tried: a person (`user_id`), then the team channel (`team`).
 
     `missing` says why there is no person ("no_owner", or "no_manager" with `name` the owner's); `contact_id` is a
-    customer contact (surveys, routed by `bot.surveys`). Stored in the payload (`to`) to route it again later."""
+    customer contact (surveys, routed by `bot.push.surveys`). Stored in the payload (`to`) to route it again later."""
 
     user_id: int | None = None
     team: bool = False

@@ -16,7 +16,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from bot.refresh import _config
+from bot.push.refresh import _config
 from lifecycle.config import Settings
 from lifecycle.recompute import config_digest
 from lifecycle.shards import ShardResult, open_runs, work

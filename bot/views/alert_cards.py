@@ -11,10 +11,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bot.cards import churn_reason_line
-from bot.format import grade, money, score_line, signed
-from bot.i18n import t
-from bot.messages import Button, Card, CardField, Reply, Section
+from bot.core.format import grade, money, score_line, signed
+from bot.core.i18n import t
+from bot.core.messages import Button, Card, CardField, Reply, Section
+from bot.views.cards import churn_reason_line
 from lifecycle.models import Account, Alert
 
 SEVERITY_ICON = {"critical": "🔴", "warning": "🟠", "info": "🔵"}

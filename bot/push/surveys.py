@@ -27,11 +27,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
-from bot.alert_cards import alert_reply
-from bot.i18n import t
-from bot.messages import Button, Card, CardField, Mention, Reply, Section, TextPrompt
-from bot.notifier import SURVEY_ID_KEY, SURVEY_KIND, reply_to_payload
-from bot.routing import (
+from bot.core.i18n import t
+from bot.core.messages import Button, Card, CardField, Mention, Reply, Section, TextPrompt
+from bot.push.notifier import SURVEY_ID_KEY, SURVEY_KIND, reply_to_payload
+from bot.push.routing import (
     ABOUT_KEY,
     TO_KEY,
     Reasons,
@@ -46,6 +45,7 @@ from bot.routing import (
     route_alerts,
     with_platforms,
 )
+from bot.views.alert_cards import alert_reply
 from lifecycle import outbox
 from lifecycle import surveys as core
 from lifecycle.alerts import AlertConfig, load_alert_config

@@ -17,7 +17,7 @@ from typing import Literal
 
 Lang = Literal["en", "zh"]
 LANGS: tuple[Lang, ...] = ("en", "zh")
-LOCALES = Path(__file__).with_name("locales")
+LOCALES = Path(__file__).resolve().parent.parent / "locales"
 
 
 class LocaleError(ValueError):

@@ -13,7 +13,7 @@ from typing import Literal
 from sqlalchemy import false, or_
 from sqlmodel import Session, col, select
 
-from bot.messages import Incoming
+from bot.core.messages import Incoming
 from lifecycle.models import Account, Contact, User
 
 Needs = Literal["read", "write", "manage", "admin"]
@@ -68,6 +68,11 @@ def can_read(user: User, account: Account, csm_read_scope: str) -> bool:
     if user.role == "csm" and csm_read_scope == "own":
         return account.owner_id == user.id
     return ROLE_RANK.get(user.role, -1) >= 0
+
+
+def is_manager(user: User) -> bool:
+    """Managers and admins."""
+    return ROLE_RANK.get(user.role, -1) >= ROLE_RANK["manager"]
 
 
 def can_write(user: User, account: Account) -> bool:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bot.format import money
-from bot.i18n import t
+from bot.core.format import money
+from bot.core.i18n import t
 from lifecycle.money import Basis, Rates, Total, load_rates
 
 if TYPE_CHECKING:
-    from bot.router import Context
+    from bot.core.router import Context
 
 
 def reply_rates(ctx: Context) -> Rates:

@@ -8,7 +8,7 @@ and the dedupe key `{account}:renewal:{renewal date}:{window}`, inserted with ON
 database's unique key holds "once" even when two replicas run the job. Only the current window fires (the
 smallest one at or above the days left): an account that enters the job late is not sent every window it missed.
 A new prompt resolves the account's earlier ones. Everything is gathered for the whole batch with a handful of
-queries; delivery goes through `bot.routing.route_alerts` in the caller's transaction.
+queries; delivery goes through `bot.push.routing.route_alerts` in the caller's transaction.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import pandas as pd
 from sqlalchemy import bindparam, func, select, update
 from sqlmodel import Session, col
 
-from bot.alert_cards import RENEWAL_PROMPT
-from bot.i18n import t
-from bot.routing import RouteStats, route_alerts
+from bot.core.i18n import t
+from bot.push.routing import RouteStats, route_alerts
+from bot.views.alert_cards import RENEWAL_PROMPT
 from lifecycle.alerts import AlertConfig
 from lifecycle.db import upsert
 from lifecycle.health import trends

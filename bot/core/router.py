@@ -2,9 +2,9 @@
 
 Commands are declared once with `@command(...)`: the docstring is the help text, and the handler's annotated
 parameters (`Annotated[Account, Param("account", access="write")]`, `Annotated[int, Param("days")]`, …) say how the
-words after the command are read (`bot.arguments`: every word is used or refused by name), and `examples=` are shown
-by `help <command>`. Every permission check happens before a handler runs, and no error ever shows a stack trace in
-chat: unexpected ones are logged with an id the user can quote.
+words after the command are read (`bot.core.arguments`: every word is used or refused by name), and `examples=` are
+shown by `help <command>`. Every permission check happens before a handler runs, and no error ever shows a stack
+trace in chat: unexpected ones are logged with an id the user can quote.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from bot import permissions
-from bot.arguments import Arg, Param, WordError, did_you_mean, parse_arguments, usage_of
-from bot.arguments import UserError as UserError  # commands import it from here
-from bot.i18n import has, t
-from bot.messages import Incoming, Reply
-from bot.permissions import NEEDS_RANK, Needs, identify
-from bot.permissions import ROLE_RANK as ROLE_RANK  # re-exported: `help` and older callers import it from here
+from bot.core import permissions
+from bot.core.arguments import Arg, Param, WordError, did_you_mean, parse_arguments, usage_of
+from bot.core.arguments import UserError as UserError  # commands import it from here
+from bot.core.i18n import has, t
+from bot.core.messages import Incoming, Reply
+from bot.core.permissions import ROLE_RANK as ROLE_RANK  # re-exported: `help` and older callers import it from here
+from bot.core.permissions import Needs, identify
 from bot.understanding.entities import AccountRef
 from bot.understanding.lexicon import lexicon
 from bot.understanding.memory import conversation_key, pending_elsewhere, recall, remember
@@ -45,11 +45,11 @@ from bot.understanding.pipeline import (
 )
 from lifecycle.config import Settings
 from lifecycle.errors import CsbotError, NotFoundError
+from lifecycle.health import load_scorecard
 from lifecycle.models import Account, Alert, AuditLog, User, utcnow
+from lifecycle.stages import load_stage_machine
 
 log = logging.getLogger("csbot.router")
-
-_NEEDS_RANK = NEEDS_RANK  # the name `help` reads
 
 # Slack caps a slash command at 4,000 characters and Telegram a message at 4,096: anything longer did not come
 # from a person typing, and long enough patterns make the account lookup's LIKE fail on SQLite.
@@ -136,15 +136,11 @@ class Services:
 
     def stage_machine(self) -> Any:
         if "stages" not in self.extras:
-            from lifecycle.stages import load_stage_machine
-
             self.extras["stages"] = load_stage_machine(self.settings.stages_file)
         return self.extras["stages"]
 
     def scorecard(self) -> Any:
         if "scorecard" not in self.extras:
-            from lifecycle.health import load_scorecard
-
             self.extras["scorecard"] = load_scorecard(self.settings.scorecard_file)
         return self.extras["scorecard"]
 
@@ -175,6 +171,11 @@ class Context:
     def can_write(self, account: Account) -> bool:
         return permissions.can_write(self.user, account)
 
+    @property
+    def is_manager(self) -> bool:
+        """Whether the asker is a manager or an admin (sees and handles the team's alerts)."""
+        return permissions.is_manager(self.user)
+
     def require_read(self, account: Account) -> None:
         """Stop the handler with the polite refusal (audited as `denied:<command>`) unless the user may see
         `account`; for accounts a handler finds itself rather than through an `account` parameter."""
@@ -199,7 +200,7 @@ class Router:
     """Turns an `Incoming` into a `Reply`."""
 
     def __init__(self, services: Services, reg: Registry | None = None) -> None:
-        import bot.commands  # noqa: F401  (registers every command)
+        import bot.commands  # noqa: F401  (registers every command; they import this module, so not at the top)
 
         self.services = services
         self.registry = reg or registry

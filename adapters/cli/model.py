@@ -1,7 +1,7 @@
 """`csbot model …`: train and report the churn model, evaluate candidates on any labelled CSV, backtest the scorecard.
 
 Thin wrappers over `lifecycle.churn` and `lifecycle.evaluate` that print rich tables; registered on the main app in
-`adapters/cli.py`.
+`adapters.cli.app`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,24 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import Engine
+from sqlmodel import Session
 
+from adapters.cli.common import load, open_engine
+from lifecycle.churn import (
+    NotEnoughHistory,
+    churn_label_counts,
+    default_insight_config,
+    latest_model_info,
+    load_model,
+    score_portfolio,
+)
+from lifecycle.churn import backtest as run_backtest
+from lifecycle.churn import train as train_model
+from lifecycle.db import session_scope
 from lifecycle.errors import ConfigError, CsbotError
+from lifecycle.evaluate import evaluate_file
+from lifecycle.health import load_scorecard
 
 app = typer.Typer(help="The churn model: train, report, evaluate on a CSV, backtest the health score.",
                   no_args_is_help=True)
@@ -25,16 +41,11 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _engine() -> Any:
-    from adapters.cli import _engine as open_engine
-    from adapters.cli import _settings
-
-    return open_engine(_settings())
+def _engine() -> Engine:
+    return open_engine(load())
 
 
 def _insight() -> Any:
-    from lifecycle.churn import default_insight_config
-
     try:
         return default_insight_config()
     except ConfigError as exc:
@@ -59,13 +70,7 @@ def _scores_row(name: str, scores: Mapping[str, Any] | None, *extra: str) -> lis
 @app.command()
 def train(as_of: str | None = typer.Option(None, help="Day to train as of (YYYY-MM-DD, default today).")) -> None:
     """Train the churn model on the history (time-ordered CV picks the candidate), store it and score every account."""
-    from adapters.cli import _settings
-    from lifecycle.churn import NotEnoughHistory, load_model, score_portfolio
-    from lifecycle.churn import train as train_model
-    from lifecycle.db import session_scope
-    from lifecycle.health import load_scorecard
-
-    settings = _settings()
+    settings = load()
     engine = _engine()
     config = _insight()
     day = date.fromisoformat(as_of) if as_of else date.today()
@@ -95,9 +100,7 @@ def train(as_of: str | None = typer.Option(None, help="Day to train as of (YYYY-
 @app.command()
 def report() -> None:
     """The stored model: ROC AUC, PR AUC, top-decile lift and calibration, next to the health score's figures."""
-    from sqlmodel import Session
 
-    from lifecycle.churn import churn_label_counts, latest_model_info
 
     engine = _engine()
     with Session(engine) as session:
@@ -162,10 +165,6 @@ def evaluate(
 ) -> None:
     """Cross-validate every candidate on a labelled CSV (stratified, shuffled) and print AUC and lift; with
     `--signal`, the health scorecard's own AUC on the same rows too."""
-    from adapters.cli import _settings
-    from lifecycle.evaluate import evaluate_file
-    from lifecycle.health import load_scorecard
-
     signals: dict[str, str] = {}
     for item in signal or []:
         column, sep, name = item.rpartition("=")
@@ -175,7 +174,7 @@ def evaluate(
             raise typer.Exit(2)
         signals[column.strip()] = name.strip()
     try:
-        scorecard = load_scorecard(_settings().scorecard_file) if signals else None
+        scorecard = load_scorecard(load().scorecard_file) if signals else None
         result = evaluate_file(file, target, id_column=id_column, positive=positive, folds=folds,
                                progress=lambda name: err.print(f"cross-validating {name} …"), signals=signals,
                                scorecard=scorecard)
@@ -219,13 +218,9 @@ def evaluate(
 @app.command()
 def backtest(as_of: str | None = typer.Option(None, help="Day to look back from (YYYY-MM-DD, default today).")) -> None:
     """How well the health score ranked accounts that later churned (AUC of 100 − score), and fitted weights."""
-    from sqlmodel import Session
 
-    from adapters.cli import _settings
-    from lifecycle.churn import backtest as run_backtest
-    from lifecycle.health import load_scorecard
 
-    settings = _settings()
+    settings = load()
     engine = _engine()
     config = _insight()
     day = date.fromisoformat(as_of) if as_of else date.today()

@@ -1,8 +1,8 @@
 """PNG charts of the lifecycle analytics: stage KPIs against goals, the funnel, stage distribution over time,
 monthly retention and cohort curves.
 
-Drawn like the other charts (`bot.charts`: one Figure per chart, title at the top left, CJK font fallback, 900×450
-PNG); callers pass titles and labels already in the chart's language (`bot.charts.chart_lang`).
+Drawn like the other charts (`bot.views.charts`: one Figure per chart, title at the top left, CJK font fallback, 900×450
+PNG); callers pass titles and labels already in the chart's language (`bot.views.charts.chart_lang`).
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from bot.charts import COLOURS, LINE, _empty, _figure, _png
-from bot.i18n import t
+from bot.core.i18n import t
+from bot.views.charts import COLOURS, DPI, LINE, SIZE_INCHES, figure_png, mark_empty, new_figure
 from lifecycle.analytics import StageKpi
 
 # Stages without a colour of their own cycle through these; exits are grey.
@@ -25,11 +26,11 @@ _EXIT = "#b5b5b5"
 def kpi_png(kpis: Sequence[StageKpi], title: str, *, lang: str, stage_labels: Mapping[str, str]) -> bytes:
     """One horizontal bar per KPI: the portfolio value as a % of its goal (inverted for lower-is-better KPIs,
     so longer is always better), green when met, red when not, with the goal at 100 %."""
-    fig, ax = _figure(title)
+    fig, ax = new_figure(title)
     shown = [k for k in kpis if k.value is not None]
     if not shown:
-        _empty(ax, t("ac_no_data", lang))
-        return _png(fig)
+        mark_empty(ax, t("ac_no_data", lang))
+        return figure_png(fig)
     labels, scores, colours = [], [], []
     for k in shown:
         value = float(k.value or 0.0)
@@ -54,22 +55,18 @@ def kpi_png(kpis: Sequence[StageKpi], title: str, *, lang: str, stage_labels: Ma
     ax.set_xlabel(t("ac_goal_axis", lang))
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def funnel_png(stages: pd.DataFrame, title: str, *, lang: str, stage_labels: Mapping[str, str]) -> bytes:
     """Per funnel stage: the share that moved on (bars, left) and the median and p90 days in stage (right)."""
-    from matplotlib.figure import Figure
-
-    from bot.charts import DPI, SIZE_INCHES
-
     fig = Figure(figsize=SIZE_INCHES, dpi=DPI)
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
     fig.suptitle(title, fontsize=14, x=0.01, ha="left")
     if stages.empty or not int(stages["accounts"].sum()):
-        _empty(left, t("ac_no_data", lang))
+        mark_empty(left, t("ac_no_data", lang))
         right.set_axis_off()
-        return _png(fig)
+        return figure_png(fig)
     labels = [stage_labels.get(str(s), str(s)) for s in stages.index]
     y = np.arange(len(stages))[::-1]
     rate = 100.0 * stages["rate"].to_numpy(dtype=float)
@@ -89,17 +86,17 @@ def funnel_png(stages: pd.DataFrame, title: str, *, lang: str, stage_labels: Map
     right.set_xlabel(t("ac_days_axis", lang), fontsize=9)
     right.legend(fontsize=8, frameon=False, loc="lower right")
     right.grid(axis="x", alpha=0.3)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def stage_mix_png(
     mix: pd.DataFrame, title: str, *, lang: str, stage_labels: Mapping[str, str], exits: Sequence[str] = ()
 ) -> bytes:
     """Accounts per stage at each month's end, as stacked bars (exit stages such as churned in grey)."""
-    fig, ax = _figure(title)
+    fig, ax = new_figure(title)
     if mix.empty or not int(mix.to_numpy().sum()):
-        _empty(ax, t("ac_no_data", lang))
-        return _png(fig)
+        mark_empty(ax, t("ac_no_data", lang))
+        return figure_png(fig)
     x = np.arange(len(mix))
     bottom = np.zeros(len(mix))
     colour_i = 0
@@ -121,16 +118,16 @@ def stage_mix_png(
     ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def retention_png(monthly: pd.DataFrame, title: str, *, lang: str, note: str = "") -> bytes:
     """Monthly NRR and GRR as lines, with the monthly logo churn rate as bars underneath; `note` says what the
     revenue figures rest on (NRR and GRR are left out where they would mix currencies without a rate)."""
-    fig, ax = _figure(title)
+    fig, ax = new_figure(title)
     if monthly.empty or not int(monthly["logos_start"].sum()):
-        _empty(ax, t("ac_no_data", lang))
-        return _png(fig)
+        mark_empty(ax, t("ac_no_data", lang))
+        return figure_png(fig)
     x = np.arange(len(monthly))
     months = [pd.Timestamp(m).strftime("%Y-%m") for m in monthly.index]
     churn = 100.0 * monthly["logo_churn_rate"].to_numpy(dtype=float)
@@ -152,16 +149,16 @@ def retention_png(monthly: pd.DataFrame, title: str, *, lang: str, note: str = "
     ax.legend(fontsize=8, frameon=False, loc="center left", ncols=3)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    return _png(fig, note)
+    return figure_png(fig, note)
 
 
 def cohorts_png(logos: pd.DataFrame, sizes: pd.Series, title: str, *, lang: str, limit: int = 8) -> bytes:
     """One line per contract-start quarter (the newest `limit`): share of logos still customers by quarter."""
-    fig, ax = _figure(title)
+    fig, ax = new_figure(title)
     rows = logos.dropna(how="all").tail(limit)
     if rows.empty:
-        _empty(ax, t("ac_no_data", lang))
-        return _png(fig)
+        mark_empty(ax, t("ac_no_data", lang))
+        return figure_png(fig)
     for i, (cohort, row) in enumerate(rows.iterrows()):
         values = row.dropna()
         colour = _PALETTE[i % len(_PALETTE)]
@@ -174,4 +171,4 @@ def cohorts_png(logos: pd.DataFrame, sizes: pd.Series, title: str, *, lang: str,
     ax.set_ylabel(t("ac_logos_kept_axis", lang))
     ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return figure_png(fig)

@@ -129,10 +129,10 @@ class Commands(Protocol):
 
 
 class Reader(Protocol):
-    """What reading needs of the handler's context (`bot.router.Context`)."""
+    """What reading needs of the handler's context (`bot.core.router.Context`)."""
 
     session: Session
-    services: Any  # bot.router.Services: the stage machine
+    services: Any  # bot.core.router.Services: the stage machine
     lang: str
     accounts: list[Account]
 

@@ -2,8 +2,8 @@
 
 - `reroute_waiting` (the `deliver` job and the `csbot serve` worker): pending rows for a platform that is not
   configured in this process are routed again exactly like new ones, from the recipient recorded in their payload
-  (`bot.routing.route`; customer contacts by `bot.surveys.contact_target`): to a configured platform the person
-  has an id on, else the team channel; when neither can be reached they become `undeliverable`, with the reason.
+  (`bot.push.routing.route`; customer contacts by `bot.push.surveys.contact_target`): to a configured platform the
+  person has an id on, else the team channel; when neither can be reached they become `undeliverable`, with the reason.
   Rows written before recipients were recorded are matched to a user or the team channel by their target.
 - `requeue` (`csbot deliveries --retry`): undeliverable rows routed again, after a platform was configured or an
   id or a team channel was added; those that still cannot go stay undeliverable, with their reason brought up to
@@ -24,9 +24,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, or_, select
 from sqlmodel import Session, col
 
-from bot.digests import DIGEST_KIND, WEEKLY_KIND
-from bot.notifier import SURVEY_ID_KEY, SURVEY_KIND, reply_to_payload
-from bot.routing import (
+from bot.push.digests import DIGEST_KIND, WEEKLY_KIND
+from bot.push.notifier import SURVEY_ID_KEY, SURVEY_KIND, reply_to_payload
+from bot.push.routing import (
     ABOUT_KEY,
     TO_KEY,
     WHY_KEY,
@@ -39,7 +39,7 @@ from bot.routing import (
     why_text,
     with_platforms,
 )
-from bot.surveys import REMINDER_KIND, contact_target, mention_for, question_reply, survey_config
+from bot.push.surveys import REMINDER_KIND, contact_target, mention_for, question_reply, survey_config
 from lifecycle import outbox
 from lifecycle import surveys as core
 from lifecycle.alerts import AlertConfig, load_alert_config

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
-from bot.messages import Button, Card, CardField, Image, Mention, Reply, Section
+from bot.core.messages import Button, Card, CardField, Image, Mention, Reply, Section
 from lifecycle import outbox
 from lifecycle.db import session_scope
 from lifecycle.models import Delivery, utcnow
@@ -291,7 +291,7 @@ async def run_worker(
 ) -> None:
     """Drain the outbox until `stop_event` is set: again at once after a full batch, else every `interval` s.
     `reroute` (run in a thread at the start and every `reroute_every` s) routes again what waits for a platform
-    this worker has no port for (`bot.undelivered.reroute_waiting`).
+    this worker has no port for (`bot.push.undelivered.reroute_waiting`).
 
     A database error is logged and the loop carries on (the rows stay in the outbox)."""
     name = worker or default_worker_name()

@@ -5,7 +5,7 @@
   budget held back are marked as not sent on their own), the renewals left this month, and the biggest 7-day
   health movers of their accounts, up and down; and, when there are any, the messages that became undeliverable
   since their last digest, sent to them or about their accounts, and why (each in one digest only). A digest
-  that no configured platform can deliver is itself recorded undeliverable (see `bot.routing.route`).
+  that no configured platform can deliver is itself recorded undeliverable (see `bot.push.routing.route`).
 - `manager_weekly`: on `[routing].weekly_day` (Monday) after `digest_at` local, every manager gets the portfolio
   summary of their team (their direct reports and themselves), every admin that of the whole portfolio, with the
   stage-distribution chart, and the lifecycle readings: retention over 12 months and the 90-day funnel, with the
@@ -29,15 +29,26 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from bot.alert_cards import RENEWAL_PROMPT, SEVERITY_ICON, alert_title
-from bot.charts import chart_lang, stage_distribution_png
-from bot.commands.analytics import lifecycle_summary
-from bot.format import grade, money, signed
-from bot.i18n import t
-from bot.messages import Card, CardField, Image, Reply, Section
-from bot.money import total_text, totals_note, with_share
-from bot.notifier import reply_to_payload
-from bot.routing import ABOUT_KEY, TO_KEY, WHY_KEY, Target, has_chat_identity, person, post, route, to_local, why_text
+from bot.core.format import grade, money, signed
+from bot.core.i18n import t
+from bot.core.messages import Card, CardField, Image, Reply, Section
+from bot.core.money import total_text, totals_note, with_share
+from bot.push.notifier import reply_to_payload
+from bot.push.routing import (
+    ABOUT_KEY,
+    TO_KEY,
+    WHY_KEY,
+    Target,
+    has_chat_identity,
+    person,
+    post,
+    route,
+    to_local,
+    why_text,
+)
+from bot.views.alert_cards import RENEWAL_PROMPT, SEVERITY_ICON, alert_title
+from bot.views.charts import chart_lang, stage_distribution_png
+from bot.views.readings import lifecycle_summary
 from lifecycle.alerts import AlertConfig
 from lifecycle.analytics import Slice
 from lifecycle.errors import ConfigError
@@ -46,6 +57,7 @@ from lifecycle.models import Account, Alert, Delivery, User
 from lifecycle.money import Rates, load_rates
 from lifecycle.outbox import UNDELIVERABLE
 from lifecycle.overview import GRADE_COLUMNS, stage_table
+from lifecycle.stages import load_stage_machine
 
 DIGEST_KIND = "digest"
 WEEKLY_KIND = "weekly"
@@ -286,8 +298,6 @@ def _portfolio_frame(session: Session) -> pd.DataFrame:
 
 
 def _stage_machine() -> Any:
-    from lifecycle.stages import load_stage_machine
-
     try:
         return load_stage_machine()
     except ConfigError:
