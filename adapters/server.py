@@ -26,7 +26,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from adapters.ingest_api import usage_routes
+from adapters.ports import open_ports
+from adapters.slack.app import build_slack_app, slack_routes, start_socket_mode
+from adapters.telegram.app import bridge_of, build_telegram_app, start_telegram, stop_telegram, telegram_routes
 from bot.core.router import Router, Services
+from bot.push.jobs import build_scheduler
+from bot.push.notifier import run_worker
+from bot.push.refresh import run_refresher
+from bot.push.shardwork import run_shard_helper
+from bot.push.undelivered import rerouter
 from lifecycle.config import Settings
 from lifecycle.errors import ConfigError
 
@@ -113,19 +121,16 @@ def build_app(
     slack_app = telegram_app = socket_handler = feishu_bridge = feishu_connection = None
 
     if platforms.slack_http or platforms.slack_socket:
-        from adapters.slack.app import build_slack_app, slack_routes
-
         slack_app = build_slack_app(router, settings)
         if platforms.slack_http:
             routes += slack_routes(slack_app)
     if platforms.telegram:
-        from adapters.telegram.app import build_telegram_app, telegram_routes
-
         telegram_app = build_telegram_app(router, settings, polling=platforms.telegram_polling)
         if not platforms.telegram_polling:
             routes += telegram_routes(telegram_app, settings.telegram_webhook_secret or "")
 
     if platforms.feishu:
+        # The Feishu SDK (lark-oapi) loads only when Feishu is configured: it takes seconds to import.
         from adapters.feishu.app import build_feishu, feishu_routes
 
         feishu_bridge = build_feishu(router, settings)
@@ -159,17 +164,13 @@ def build_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         nonlocal socket_handler, feishu_connection
         if telegram_app is not None:
-            from adapters.telegram.app import start_telegram
-
             await start_telegram(telegram_app, platforms.telegram_polling)
         if platforms.slack_socket and slack_app is not None:
-            from adapters.slack.app import start_socket_mode
-
             socket_handler = await start_socket_mode(slack_app, settings.slack_app_token or "")
         if feishu_bridge is not None:
             await feishu_bridge.start()
             if not platforms.feishu_webhook:
-                from adapters.feishu.longconn import LongConnection
+                from adapters.feishu.longconn import LongConnection  # the Feishu SDK, as above
 
                 feishu_connection = LongConnection(feishu_bridge, settings)
                 feishu_connection.start()
@@ -188,8 +189,6 @@ def build_app(
                 if feishu_bridge is not None:
                     await feishu_bridge.drain()
                 if telegram_app is not None:
-                    from adapters.telegram.app import stop_telegram
-
                     await stop_telegram(telegram_app)
 
     async def count_requests(request: Request, call_next: Any) -> Response:
@@ -206,19 +205,11 @@ async def _start_background(
     app: Starlette, stack: contextlib.AsyncExitStack, engine: Engine, settings: Settings, telegram_app: Any
 ) -> None:
     """Start the outbox worker and the scheduler; `stack` stops them (scheduler first, then the worker)."""
-    from adapters.ports import open_ports
-    from bot.push.jobs import build_scheduler
-    from bot.push.notifier import run_worker
-
     keys = None
     if telegram_app is not None:
-        from adapters.telegram.app import bridge_of
-
         keys = bridge_of(telegram_app).keys
     ports = await stack.enter_async_context(open_ports(settings, telegram_keys=keys))
     if ports:
-        from bot.push.undelivered import rerouter
-
         stop = asyncio.Event()
         worker = asyncio.create_task(run_worker(engine, ports, stop, reroute=rerouter(engine, settings, list(ports))),
                                      name="csbot-outbox-worker")
@@ -231,8 +222,6 @@ async def _start_background(
     else:
         log.warning("no chat platform configured: deliveries stay in the outbox (see `csbot deliveries`)")
     if settings.refresh_seconds > 0:
-        from bot.push.refresh import run_refresher
-
         halt = asyncio.Event()
         refresher = asyncio.create_task(run_refresher(engine, settings, halt, settings.refresh_seconds),
                                         name="csbot-refresh")
@@ -243,8 +232,6 @@ async def _start_background(
 
         stack.push_async_callback(stop_refresher)
     if engine.dialect.name == "postgresql" and settings.shard_poll_seconds > 0:
-        from bot.push.shardwork import run_shard_helper
-
         quit_helping = asyncio.Event()
         helper = asyncio.create_task(run_shard_helper(engine, settings, quit_helping, settings.shard_poll_seconds),
                                      name="csbot-shard-helper")

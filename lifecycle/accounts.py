@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from rapidfuzz import fuzz, process, utils
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from lifecycle.churn import churned_with_date, default_insight_config, latest_model_info, standing
+from lifecycle.clv import expected_lifetime_years
 from lifecycle.errors import NotFoundError
 from lifecycle.models import Account, Cohort, HealthSnapshot, Note, NpsResponse, Ticket, User, utcnow
 
@@ -115,8 +117,6 @@ def account_view(session: Session, account: Account, *, notes: int = 3) -> Accou
     latest = _snapshot_on_or_before(session, account.id, date.max)
     delta_7 = delta_30 = None
     if latest is not None:
-        from datetime import timedelta
-
         for days in (7, 30):
             past = _snapshot_on_or_before(session, account.id, latest.day - timedelta(days=days))
             if past is not None:
@@ -207,9 +207,6 @@ class AccountInsight:
 
 def account_insight(session: Session, account: Account) -> AccountInsight:
     """Churn probability with its reasons and standing, cohort with its traits, tier and CLV of one account."""
-    from lifecycle.churn import churned_with_date, default_insight_config, latest_model_info, standing
-    from lifecycle.clv import expected_lifetime_years
-
     config = default_insight_config()
     cohort = session.get(Cohort, account.cohort) if account.cohort is not None else None
     common: dict[str, Any] = {

@@ -33,16 +33,19 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Date, and_, bindparam, case, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col
 
 from lifecycle import risk
+from lifecycle.analytics import stage_p90_days
 from lifecycle.config import CONFIG_DIR, PLATFORM_TOKENS, read_toml, validate_config
 from lifecycle.db import upsert
 from lifecycle.health import Scorecard, critical_frame, default_scorecard, split_measures, value_text
 from lifecycle.models import Account, Alert, HealthSnapshot
 from lifecycle.signals import SIGNAL_COLUMNS, build_signals
-from lifecycle.stages import transition_time
+from lifecycle.stages import load_stage_machine, transition_time
 
 DEFAULT_ALERTS_FILE = CONFIG_DIR / "alerts.toml"
 RULE_NAMES = (
@@ -895,9 +898,6 @@ def run_alert_rules(
         frame = _with_churn_probability(session, frame)
     stuck = config.rules.stuck_in_stage
     if stuck.enabled:
-        from lifecycle.analytics import stage_p90_days
-        from lifecycle.stages import load_stage_machine
-
         stats = stage_p90_days(session, load_stage_machine(), today=as_of, lookback_days=stuck.lookback_days)
         frame = _indexed(frame).drop(columns=list(stats.columns), errors="ignore").join(stats)
     fired = evaluate(frame, previous_health(session, as_of), config, as_of, scorecard)
@@ -991,9 +991,6 @@ def raise_event_alert(
         "title": row.title, "details": {**_details(row, context, config, scorecard), **(extra or {})},
         "created_at": now, "acknowledged_at": None, "snoozed_until": None, "resolved_at": None,
     }
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     table = Alert.__table__  # type: ignore[attr-defined]
     stmt = insert(table).values(**record).on_conflict_do_nothing(index_elements=["dedupe_key"])

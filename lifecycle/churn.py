@@ -53,7 +53,7 @@ from sqlmodel import Session, col
 from threadpoolctl import threadpool_limits
 
 from lifecycle.bulkwrite import update_rows
-from lifecycle.config import CONFIG_DIR, read_toml, validate_config
+from lifecycle.config import CONFIG_DIR, get_settings, read_toml, validate_config
 from lifecycle.errors import ConfigError, CsbotError
 from lifecycle.evaluate import Scores, score_summary
 from lifecycle.health import Scorecard, default_scorecard, score_frame
@@ -143,8 +143,6 @@ def load_insight_config(path: Path | None = None) -> InsightConfig:
 @lru_cache(maxsize=1)
 def default_insight_config() -> InsightConfig:
     """The configured insight file (`CSBOT_INSIGHT_FILE`), else the bundled one."""
-    from lifecycle.config import get_settings
-
     return load_insight_config(get_settings().insight_file)
 
 

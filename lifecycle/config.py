@@ -18,8 +18,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from lifecycle.errors import ConfigError
+from lifecycle.partitions import MIN_RETENTION_MONTHS
 
 CONFIG_DIR = Path(__file__).parent / "config"
 # The chat platforms csbot can post to, in the order it prefers them for a person who has both, each with the
@@ -152,8 +155,6 @@ class Settings(BaseSettings):
     @field_validator("usage_retention_months")
     @classmethod
     def _retention_long_enough(cls, value: int) -> int:
-        from lifecycle.partitions import MIN_RETENTION_MONTHS
-
         if 0 < value < MIN_RETENTION_MONTHS:
             raise ValueError(f"keep at least {MIN_RETENTION_MONTHS} months (the health windows reach 90 days back), "
                              "or 0 to keep everything")
@@ -228,9 +229,6 @@ class Settings(BaseSettings):
             self.feishu_app_secret, self.feishu_verification_token, self.feishu_encrypt_key,
         ]
         if "://" in self.database_url:
-            from sqlalchemy.engine import make_url
-            from sqlalchemy.exc import ArgumentError
-
             with contextlib.suppress(ArgumentError, ValueError):  # an unparsable URL fails later, on its own
                 values.append(make_url(self.database_url).password)
         return [str(v) for v in values if v]

@@ -15,6 +15,8 @@ from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, UniqueConst
 from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel, col
 
+from lifecycle.rollups import refresh_accounts
+
 ROLES = ("admin", "manager", "csm", "viewer")
 ACCOUNT_STATUSES = ("active", "churned")
 TICKET_PRIORITIES = ("low", "normal", "high", "urgent")
@@ -590,8 +592,6 @@ def _refresh_rollups_after_flush(session: Session, _context: Any) -> None:
     touched = {obj.account_id for group in (session.new, session.dirty, session.deleted) for obj in group
                if isinstance(obj, UsageDaily)}
     if touched:
-        from lifecycle.rollups import refresh_accounts
-
         refresh_accounts(session.connection(), touched)
 
 

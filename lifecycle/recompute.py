@@ -41,6 +41,7 @@ import pandas as pd
 from sqlalchemy import Date, bindparam, text
 from sqlmodel import Session
 
+from lifecycle import cardfacts, churn, segments
 from lifecycle.bulkwrite import delete_rows
 from lifecycle.churn import InsightConfig, default_insight_config
 from lifecycle.health import Scorecard, recompute_health
@@ -202,8 +203,6 @@ def refresh_changed(
 def _insight(
     session: Session, as_of: date, signals: object, scorecard: Scorecard, machine: StageMachine, config: InsightConfig
 ) -> str:
-    from lifecycle import cardfacts, churn, segments
-
     assert isinstance(signals, pd.DataFrame)
     try:
         with session.begin_nested():

@@ -56,6 +56,7 @@ from lifecycle.recompute import (
     portfolio_insight,
     recompute,
     record_full_run,
+    refresh_changed,
 )
 from lifecycle.signals import build_signals
 from lifecycle.stages import StageMachine
@@ -510,8 +511,6 @@ def nightly_recompute(
         planned = plan(session, as_of=as_of, scorecard=scorecard, machine=machine, shards=shards)
     status = run_status(engine, planned.key)
     if status.finished:
-        from lifecycle.recompute import refresh_changed
-
         with session_scope(engine) as session:
             summary = refresh_changed(session, as_of=as_of, scorecard=scorecard, machine=machine)
         with session_scope(engine) as session:

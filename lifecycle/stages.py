@@ -39,7 +39,7 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from lifecycle.bulkwrite import insert_rows, update_rows
-from lifecycle.config import CONFIG_DIR, read_toml
+from lifecycle.config import CONFIG_DIR, get_settings, read_toml
 from lifecycle.errors import ConfigError, InvalidTransition, NotFoundError
 from lifecycle.models import Account, AuditLog, StageTransition, utcnow
 
@@ -482,8 +482,6 @@ def load_stage_machine(path: Path | None = None) -> StageMachine:
     Every problem raises ConfigError naming the file and the key.
     """
     if path is None:
-        from lifecycle.config import get_settings
-
         path = get_settings().stages_file or DEFAULT_STAGES_FILE
     path = Path(path)
     raw = read_toml(path, "stage configuration")

@@ -36,9 +36,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col
 
+from lifecycle.alerts import raise_event_alert
 from lifecycle.config import CONFIG_DIR, Settings, read_toml, validate_config
 from lifecycle.errors import CsbotError
+from lifecycle.health import save_snapshots, score_frame, snapshot_rows
 from lifecycle.models import Account, Alert, Contact, NpsResponse, NpsSurvey, User
+from lifecycle.signals import build_signals
 
 log = logging.getLogger("csbot.surveys")
 
@@ -432,8 +435,6 @@ def raise_detractor_alert(
 ) -> tuple[Alert, bool] | None:
     """The `nps_detractor` alert for a detractor's answer (one per survey: its dedupe key names the survey), with
     the score, the respondent and the comment in its details; None when the rule is switched off."""
-    from lifecycle.alerts import raise_event_alert
-
     rule = alert_config.rule(DETRACTOR_RULE)
     if not rule.enabled:
         return None
@@ -462,9 +463,6 @@ def refresh_account_health(session: Session, account_id: int, as_of: date, score
     """Re-score one account for `as_of` so a new answer shows in its NPS measure now rather than at the next
     recompute: the signals pass is the portfolio's (a few aggregate queries), only this account is scored and
     stored. Returns the new score (None when it cannot be scored or the account is not active)."""
-    from lifecycle.health import save_snapshots, score_frame, snapshot_rows
-    from lifecycle.signals import build_signals
-
     signals = build_signals(session, as_of)
     if account_id not in signals.index or signals.at[account_id, "status"] != "active":
         return None

@@ -36,10 +36,24 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from bot.push.digests import manager_weekly, owner_digests
+from bot.push.notifier import default_worker_name, drain_once
+from bot.push.renewals import renewal_prompts
+from bot.push.routing import escalate, route_alerts, with_platforms
+from bot.push.surveys import dispatch_surveys, survey_config
+from bot.push.undelivered import Routes, reroute_waiting
+from bot.understanding.memory import forget_idle
+from lifecycle.alerts import load_alert_config, run_alert_rules
 from lifecycle.config import Settings, cron_trigger
 from lifecycle.db import has_table, session_scope
 from lifecycle.errors import NotFoundError
+from lifecycle.health import load_scorecard
 from lifecycle.models import Delivery, JobRun, utcnow
+from lifecycle.partitions import ensure_partitions, is_partitioned, prune_usage
+from lifecycle.recompute import recompute
+from lifecycle.shards import nightly_recompute, shard_count
+from lifecycle.stages import load_stage_machine
+from lifecycle.surveys import survey_secret
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -154,22 +168,15 @@ class JobContext:
 
     @cached_property
     def scorecard(self) -> Scorecard:
-        from lifecycle.health import load_scorecard
-
         return load_scorecard(self.settings.scorecard_file)
 
     @cached_property
     def machine(self) -> StageMachine:
-        from lifecycle.stages import load_stage_machine
-
         return load_stage_machine(self.settings.stages_file)
 
     @cached_property
     def alert_config(self) -> AlertConfig:
         """The alert rules and routing, routing only to the configured platforms."""
-        from bot.push.routing import with_platforms
-        from lifecycle.alerts import load_alert_config
-
         return with_platforms(load_alert_config(self.settings.alerts_file), self.delivery_platforms)
 
     @contextlib.contextmanager
@@ -428,10 +435,6 @@ def _nightly_cron(settings: Settings) -> str:
 def nightly(ctx: JobContext) -> None:
     """The nightly pipeline. Each step commits on its own, so a failure keeps what earlier steps did; an alert
     and its deliveries commit together (one step), so an alert never exists without its messages."""
-    from lifecycle.alerts import run_alert_rules
-    from lifecycle.recompute import recompute
-    from lifecycle.shards import shard_count
-
     frame = None
     shards = shard_count(ctx.settings.recompute_shards, ctx.engine.dialect.name)
     if shards <= 1:
@@ -448,8 +451,6 @@ def nightly(ctx: JobContext) -> None:
         ctx.skip("alerts", "the recompute failed; rules would read stale health")
     else:
         with ctx.step("alerts") as step, session_scope(ctx.engine) as session:
-            from bot.push.routing import route_alerts
-
             # The recompute's signals frame (with today's scores filled in) saves reading the usage a second time.
             raised = run_alert_rules(
                 session, ctx.today, config=ctx.alert_config, now=ctx.now, scorecard=ctx.scorecard,
@@ -464,14 +465,9 @@ def nightly(ctx: JobContext) -> None:
             step.add(**{key: value for key, value in routed.items() if value})
 
     with ctx.step("renewal_prompts") as step, session_scope(ctx.engine) as session:
-        from bot.push.renewals import renewal_prompts
-
         step.add(prompts=renewal_prompts(session, today=ctx.today, now=ctx.now, config=ctx.alert_config))
 
     with ctx.step("surveys") as step, session_scope(ctx.engine) as session:
-        from bot.push.surveys import dispatch_surveys, survey_config
-        from lifecycle.surveys import survey_secret
-
         sent = dispatch_surveys(session, today=ctx.today, now=ctx.now, config=survey_config(ctx.settings),
                                 secret=survey_secret(ctx.settings), platforms=ctx.alert_config.routing.platforms)
         step.add(sent=sent.sent, held=sent.held, reminders=sent.reminders, expired=sent.expired)
@@ -480,18 +476,12 @@ def nightly(ctx: JobContext) -> None:
         step.note = ", ".join(f"{trigger} {n}" for trigger, n in sorted(sent.by_trigger.items()))
 
     with ctx.step("digests") as step, session_scope(ctx.engine) as session:
-        from bot.push.digests import owner_digests
-
         step.add(digests=owner_digests(session, now=ctx.now, config=ctx.alert_config))
 
     with ctx.step("conversations") as step, session_scope(ctx.engine) as session:
-        from bot.understanding.memory import forget_idle
-
         step.add(forgotten=forget_idle(session, ttl_minutes=ctx.settings.context_ttl_minutes))
 
     with ctx.step("usage_storage") as step, session_scope(ctx.engine) as session:
-        from lifecycle.partitions import ensure_partitions, is_partitioned, prune_usage
-
         # The coming months' partitions (PostgreSQL), then the retention when CSBOT_USAGE_RETENTION_MONTHS is set.
         made = ensure_partitions(session, through=ctx.today)
         step.add(**{key: n for key, n in (("partitions_created", len(made.created)), ("rows_moved", made.moved)) if n})
@@ -511,8 +501,6 @@ def _sharded_recompute(ctx: JobContext, step: StepResult, shards: int) -> pd.Dat
     """The nightly recompute in account-range shards that every replica helps with (`lifecycle.shards`): this
     replica plans the run, works shards, waits for the others' and runs the whole-portfolio step. A failed shard
     fails the step (naming it), so the alert rules do not read stale health."""
-    from lifecycle.shards import nightly_recompute
-
     run = nightly_recompute(
         ctx.engine, as_of=ctx.today, scorecard=ctx.scorecard, machine=ctx.machine, shards=shards,
         lease=timedelta(seconds=ctx.settings.recompute_lease_seconds),
@@ -539,8 +527,6 @@ def deliver(ctx: JobContext) -> None:
             step.note = "no delivery ports given"
             return
         if ctx.delivery_platforms:
-            from bot.push.undelivered import Routes, reroute_waiting
-
             routes = Routes.from_settings(ctx.settings, platforms=ctx.delivery_platforms, config=ctx.alert_config)
             with session_scope(ctx.engine) as session:
                 moved = reroute_waiting(session, routes, now=utcnow())
@@ -560,8 +546,6 @@ def _waiting(engine: Engine) -> int:
 
 
 async def _drain(ports: PortsFactory, engine: Engine, settings: Settings) -> tuple[int, int, int, int, list[str]]:
-    from bot.push.notifier import default_worker_name, drain_once
-
     worker = f"{default_worker_name()}:deliver-job"
     sent = retried = failed = reconciled = 0
     async with ports(settings) as opened:
@@ -579,16 +563,12 @@ async def _drain(ports: PortsFactory, engine: Engine, settings: Settings) -> tup
 @job("escalate", cron="*/15 * * * *", help="Escalate critical alerts left unacknowledged to the owner's manager.")
 def escalate_job(ctx: JobContext) -> None:
     with ctx.step("escalate") as step, session_scope(ctx.engine) as session:
-        from bot.push.routing import escalate
-
         step.add(escalated=escalate(session, now=ctx.now, config=ctx.alert_config))
 
 
 @job("digests", cron="*/15 * * * *",
      help="Owner digests at 09:00 local time and the managers' weekly summary (each sent once per period).")
 def digests_job(ctx: JobContext) -> None:
-    from bot.push.digests import manager_weekly, owner_digests
-
     with ctx.step("owner_digests") as step, session_scope(ctx.engine) as session:
         step.add(digests=owner_digests(session, now=ctx.now, config=ctx.alert_config))
     with ctx.step("manager_weekly") as step, session_scope(ctx.engine) as session:
