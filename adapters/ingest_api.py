@@ -1,4 +1,4 @@
-"""`POST /api/usage`: the HTTP face of the usage ingest; what a payload means lives in `lifecycle.ingest`.
+"""`POST /api/usage`: the HTTP face of the usage ingest; what a payload means lives in `lifecycle.intake.ingest`.
 
 - Authentication: `Authorization: Bearer <CSBOT_INGEST_TOKEN>`, or HTTP Basic with the token as the user name
   (what Segment's webhook destinations send); compared in constant time. Missing or wrong → 401.
@@ -9,7 +9,7 @@
 - Malformed JSON or an invalid call → 400 `{"error": ..., "problems": [...]}`; nothing of the request applied.
 - Success → 200 with what happened: received, accepted, duplicates, unknown (+ unknown_accounts), ignored, events.
 - `?source=name` labels the sender in `csbot ingest status` (else the payload's `context.library.name`).
-- Small requests are applied in groups (`lifecycle.ingest_batch`, window `CSBOT_INGEST_BATCH_WINDOW_MS`); each
+- Small requests are applied in groups (`lifecycle.intake.ingest_batch`, window `CSBOT_INGEST_BATCH_WINDOW_MS`); each
   still gets its own answer.
 """
 
@@ -28,9 +28,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from lifecycle.config import Settings
-from lifecycle.ingest import MAX_SOURCE_LENGTH, IngestOptions, InvalidPayload, parse_payload
-from lifecycle.ingest_batch import IngestBatcher
+from lifecycle.intake.ingest import MAX_SOURCE_LENGTH, IngestOptions, InvalidPayload, parse_payload
+from lifecycle.intake.ingest_batch import IngestBatcher
+from lifecycle.store.settings import Settings
 
 PATH = "/api/usage"
 CHALLENGE = 'Bearer realm="csbot", Basic realm="csbot"'

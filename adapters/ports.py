@@ -18,7 +18,7 @@ from adapters.telegram.app import telegram_urls
 from adapters.telegram.port import TelegramPort
 from adapters.telegram.render import CallbackKeys
 from bot.push.notifier import DeliveryPort
-from lifecycle.config import Settings
+from lifecycle.store.settings import Settings
 
 
 def delivery_ports(settings: Settings, *, telegram_keys: CallbackKeys | None = None) -> dict[str, DeliveryPort]:

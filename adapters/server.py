@@ -35,8 +35,8 @@ from bot.push.notifier import run_worker
 from bot.push.refresh import run_refresher
 from bot.push.shardwork import run_shard_helper
 from bot.push.undelivered import rerouter
-from lifecycle.config import Settings
-from lifecycle.errors import ConfigError
+from lifecycle.store.errors import ConfigError
+from lifecycle.store.settings import Settings
 
 log = logging.getLogger("csbot.server")
 

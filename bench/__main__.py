@@ -8,9 +8,9 @@ Scenarios (`--only` picks some):
 - lookup: `/cs account <name>` through the Slack adapter at each size up to 100,000, p50/p95/p99, against a
   no-op Bolt app measured the same way, and the same lookups with the KPIs computed live (no stored card facts).
 - outbox: delivery to a fake Slack API, unthrottled and with 429 + Retry-After injected.
-- model: churn model training and portfolio scoring (`lifecycle.churn`) at each size up to 100,000, against the
+- model: churn model training and portfolio scoring (`lifecycle.insight.churn`) at each size up to 100,000, against the
   whole-portfolio signal frames they read (one frame timed, times the frames each needs), with peak RSS.
-- ingest: Segment-style usage batches through `lifecycle.ingest.ingest_body`, then resent (idempotency); then 50
+- ingest: Segment-style usage batches through `lifecycle.intake.ingest.ingest_body`, then resent (idempotency); then 50
   concurrent clients sending one event per request to `POST /api/usage` (`bench.scale_io`), with group commit and,
   as the baseline, with the batching window at 0.
 - import: `csbot import usage` of accounts × 60 days (`--import-accounts`, default 10,000 and 100,000) on SQLite,

@@ -1,6 +1,6 @@
 """Benchmark portfolios: demo databases of N accounts × 90 days, seeded once into `bench/.cache/` and copied per run.
 
-A dataset is the deterministic demo portfolio of `lifecycle.demo.seed_demo` at a fixed "today", so every run and
+A dataset is the deterministic demo portfolio of `lifecycle.intake.demo.seed_demo` at a fixed "today", so every run and
 every machine measure the same rows. Seeding 100,000 accounts takes a few minutes, so the database file is kept
 under `bench/.cache/`, keyed by size, days, seed, day, the recipe below and a hash of the generator's source (a
 changed generator seeds afresh); a scenario that writes (recompute) works on a copy, never on the cached file.
@@ -24,12 +24,12 @@ from typing import Any
 
 from sqlmodel import Session
 
-from lifecycle import demo
-from lifecycle.alerts import run_alert_rules
-from lifecycle.db import make_engine, session_scope, upgrade
-from lifecycle.health import Scorecard, default_scorecard
+from lifecycle.intake import demo
 from lifecycle.recompute import backfill_health, recompute
-from lifecycle.stages import StageMachine, load_stage_machine
+from lifecycle.scoring.alerts import run_alert_rules
+from lifecycle.scoring.health import Scorecard, default_scorecard
+from lifecycle.scoring.stages import StageMachine, load_stage_machine
+from lifecycle.store.db import make_engine, session_scope, upgrade
 
 BENCH_DIR = Path(__file__).resolve().parent
 # CSBOT_BENCH_CACHE moves the cache (the tests keep theirs in a temporary directory).

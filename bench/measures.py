@@ -22,11 +22,11 @@ from sqlmodel import Session
 
 from bench import orm_baseline
 from bench.datasets import TODAY, recompute_health_and_stages
-from lifecycle.alerts import run_alert_rules
-from lifecycle.db import make_engine, session_scope, upgrade
-from lifecycle.health import default_scorecard, score_frame
-from lifecycle.signals import USAGE_WINDOW_DAYS, build_signals
-from lifecycle.stages import load_stage_machine
+from lifecycle.scoring.alerts import run_alert_rules
+from lifecycle.scoring.health import default_scorecard, score_frame
+from lifecycle.scoring.signals import USAGE_WINDOW_DAYS, build_signals
+from lifecycle.scoring.stages import load_stage_machine
+from lifecycle.store.db import make_engine, session_scope, upgrade
 
 # --------------------------------------------------------------------------------------------------- recompute
 
@@ -59,13 +59,13 @@ def nightly(url: str) -> dict[str, Any]:
 
 def incremental(url: str, share: float = 0.01) -> dict[str, Any]:
     """After the nightly run: `share` of the active accounts get a new day of usage (through the import's roll-up
-    path, `lifecycle.rollups.apply_usage`), then the incremental recompute of the same day (`recompute_changed`)
+    path, `lifecycle.scoring.rollups.apply_usage`), then the incremental recompute of the same day (`recompute_changed`)
     is timed against a full recompute of the same day in the same process (its baseline); then one account's usage
     posted through the ingest path and the server's refresh tick (`bot.push.refresh.refresh_once`): ingest-to-fresh."""
-    from lifecycle import rollups
-    from lifecycle.db import upsert
-    from lifecycle.models import UsageDaily
     from lifecycle.recompute import recompute_changed
+    from lifecycle.scoring import rollups
+    from lifecycle.store.db import upsert
+    from lifecycle.store.models import UsageDaily
 
     engine = make_engine(url)
     scorecard, machine = default_scorecard(), load_stage_machine()
@@ -103,8 +103,8 @@ def _ingest_to_fresh(engine: Any, url: str) -> dict[str, Any]:
     from datetime import UTC, datetime
 
     from bot.push.refresh import refresh_once
-    from lifecycle.config import load_settings
-    from lifecycle.ingest import ingest_body
+    from lifecycle.intake.ingest import ingest_body
+    from lifecycle.store.settings import load_settings
 
     settings = load_settings(database_url=url)
     today = datetime.now(settings.tz).date()
@@ -156,7 +156,7 @@ def signals_read(url: str) -> dict[str, Any]:
 def floor_sql(dialect: str) -> str:
     """The floor: one bare GROUP BY over the usage rows the recompute reads, with the window sums the scorecard
     needs (events, logins, peak active users and days with data, over the last 30 days and the 30 before), read
-    through the same covering index (the `CROSS JOIN` fixes SQLite's join order, as in `lifecycle.signals`)."""
+    through the same covering index (the `CROSS JOIN` fixes SQLite's join order, as in `lifecycle.scoring.signals`)."""
     del dialect  # the statement is portable; kept as a parameter so a dialect-specific form can be added
     return """
         SELECT a.id,
@@ -261,8 +261,8 @@ def lookup(url: str, requests: int, warmup: int = 10) -> dict[str, Any]:
     """p50/p95/p99 of `/cs account <name>` through the Slack adapter, and of a no-op Bolt app measured the same
     way (same signing, same response-URL answer to the same fake Slack), in one process.
 
-    First the card facts are stored for the day, as tonight's recompute does (`lifecycle.cardfacts.store`, timed);
-    the app is then measured with them ("app") and, as the baseline of what they save, with them deleted so that
+    First the card facts are stored for the day, as tonight's recompute does (`lifecycle.reports.cardfacts.store`,
+    timed); the app is then measured with them ("app") and, as the baseline of what they save, with them deleted so that
     every lookup computes its KPIs live ("live")."""
     from urllib.parse import urlencode
 
@@ -272,8 +272,8 @@ def lookup(url: str, requests: int, warmup: int = 10) -> dict[str, Any]:
 
     from adapters.slack import build_slack_app, slack_routes
     from bot.core.router import Router, Services
-    from lifecycle import cardfacts
-    from lifecycle.config import load_settings
+    from lifecycle.reports import cardfacts
+    from lifecycle.store.settings import load_settings
     from tests.fakes.slack_api import FakeSlackAPI
 
     engine = make_engine(url)
@@ -350,7 +350,7 @@ def lookup(url: str, requests: int, warmup: int = 10) -> dict[str, Any]:
 def _enqueue(engine: Any, n: int) -> list[int]:
     from bot.core.messages import Button, Card, CardField, Reply, Section
     from bot.push.notifier import reply_to_payload
-    from lifecycle import outbox
+    from lifecycle.store import outbox
 
     ids: list[int] = []
     with Session(engine, expire_on_commit=False) as session:
@@ -377,7 +377,7 @@ def outbox_delivery(messages: int, throttle_every: int = 0) -> dict[str, Any]:
     the fake received per delivery id: lost and duplicated messages."""
     from adapters.slack.port import SlackPort, delivery_client
     from bot.push.notifier import drain_once
-    from lifecycle.models import utcnow
+    from lifecycle.store.models import utcnow
     from tests.fakes.slack_api import FakeSlackAPI
 
     with tempfile.TemporaryDirectory(prefix="csbot-bench-") as tmp:
@@ -431,11 +431,11 @@ MODEL_HORIZON_DAYS = 30  # the datasets hold 90 days of usage: room for 30-day l
 
 
 def model(url: str) -> dict[str, Any]:
-    """Churn model training (`lifecycle.churn.train`) and portfolio scoring (`score_portfolio`) on the dataset.
+    """Churn model training (`lifecycle.insight.churn.train`) and portfolio scoring (`score_portfolio`) on the dataset.
 
     The default 90-day label horizon needs more than 90 + 30 days of usage history; the benchmark datasets have
     90, so training uses a 30-day horizon (observation dates every 7 days), which the result says."""
-    from lifecycle import churn
+    from lifecycle.insight import churn
 
     engine = make_engine(url)
     settings = churn.default_insight_config().churn.model_copy(
@@ -468,11 +468,11 @@ def model(url: str) -> dict[str, Any]:
 
 
 def ingest(url: str, requests: int, calls_per_request: int) -> dict[str, Any]:
-    """Segment-style batches through `lifecycle.ingest.ingest_body` (what `POST /api/usage` runs), one committed
+    """Segment-style batches through `lifecycle.intake.ingest.ingest_body` (what `POST /api/usage` runs), one committed
     transaction each: calls/s and per-request latency; then every request is sent again and must change nothing."""
     import json as json_module
 
-    from lifecycle.ingest import ingest_body
+    from lifecycle.intake.ingest import ingest_body
 
     engine = make_engine(url)
     with engine.connect() as conn:

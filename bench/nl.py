@@ -35,10 +35,10 @@ from bot.core.messages import Incoming
 from bot.core.router import Router, Services
 from bot.understanding.lexicon import load_words
 from bot.understanding.pipeline import Asker
-from lifecycle.config import load_settings
-from lifecycle.db import make_engine, upgrade
-from lifecycle.demo import account_names, seed_demo
-from lifecycle.models import Account, User
+from lifecycle.intake.demo import account_names, seed_demo
+from lifecycle.store.db import make_engine, upgrade
+from lifecycle.store.models import Account, User
+from lifecycle.store.settings import load_settings
 
 TODAY = date(2026, 12, 7)
 ROOT = Path(__file__).resolve().parent.parent

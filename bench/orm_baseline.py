@@ -2,11 +2,12 @@
 
 This is the straightforward implementation a first version would have: for each account, load it, query its
 usage rows of the window, its last usage day, its tickets, its latest NPS answer and its latest note (one query
-each), derive the same facts as `lifecycle.signals` in plain Python, score them with the same scorecard, and add a
+each), derive the same facts as `lifecycle.scoring.signals` in plain Python, score them with the same scorecard, and
+add a
 `HealthSnapshot` and the account's new score through the session. It exists only to be timed and to check that the
 vectorised recompute gives exactly the same scores; nothing in csbot uses it.
 
-The arithmetic follows `lifecycle.health.score_frame` operation for operation (same divisions, NumPy's `nansum`
+The arithmetic follows `lifecycle.scoring.health.score_frame` operation for operation (same divisions, NumPy's `nansum`
 and `round` for the total, then the critical signals' caps), so the scores compare for equality rather than within
 a tolerance.
 """
@@ -23,9 +24,9 @@ from datetime import date, datetime, timedelta
 import numpy as np
 from sqlmodel import Session, col, func, select
 
-from lifecycle.health import Scorecard
-from lifecycle.models import Account, HealthSnapshot, Note, NpsResponse, Ticket, UsageDaily, utcnow
-from lifecycle.signals import NO_LOGIN_IN_WINDOW, NPS_RECENT_DAYS, RECENT_DAYS, USAGE_WINDOW_DAYS
+from lifecycle.scoring.health import Scorecard
+from lifecycle.scoring.signals import NO_LOGIN_IN_WINDOW, NPS_RECENT_DAYS, RECENT_DAYS, USAGE_WINDOW_DAYS
+from lifecycle.store.models import Account, HealthSnapshot, Note, NpsResponse, Ticket, UsageDaily, utcnow
 
 Facts = dict[str, float | None]
 

@@ -1,6 +1,6 @@
 """Measurements of data coming in: CSV usage import and concurrent single-event ingest (run by `bench.child`).
 
-- `import_usage`: `csbot import usage` (`lifecycle.importers.import_csv`) of accounts × days rows into an empty
+- `import_usage`: `csbot import usage` (`lifecycle.intake.importers.import_csv`) of accounts × days rows into an empty
   usage table, against the floor of the same rows sent straight into the same table by the driver (a bare
   `executemany` of plain INSERTs on SQLite, a bare COPY on PostgreSQL), measured in the same run (in a process of
   its own, so that its rows in memory do not count in the import's peak memory); then the same
@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from lifecycle.db import make_engine, session_scope, upgrade
+from lifecycle.store.db import make_engine, session_scope, upgrade
 
 START_DAY = date(2025, 1, 1)
 
@@ -51,7 +51,7 @@ def _write_files(folder: Path, accounts: int, days: int) -> tuple[Path, Path, li
 
 def _floor(engine: Any, rows: list[tuple[Any, ...]]) -> float:
     """The same rows straight into usage_daily through the driver, in one transaction: the database's own speed."""
-    from lifecycle.bulkwrite import SQLITE_BULK_CACHE_KIB
+    from lifecycle.store.bulkwrite import SQLITE_BULK_CACHE_KIB
 
     columns = "account_id, feature, day, active_users, logins, events"
     raw = engine.raw_connection()
@@ -82,7 +82,7 @@ def _floor(engine: Any, rows: list[tuple[Any, ...]]) -> float:
 def import_prepare(url: str, folder: str, accounts: int, days: int) -> dict[str, Any]:
     """Migrate the empty database, write the files, import the accounts (timed) and measure the floor (in a
     process of its own: the floor's rows in memory must not count in the import's peak memory)."""
-    from lifecycle.importers import import_csv
+    from lifecycle.intake.importers import import_csv
 
     engine = make_engine(url)
     upgrade(engine)
@@ -102,7 +102,7 @@ def import_prepare(url: str, folder: str, accounts: int, days: int) -> dict[str,
 
 def import_usage(url: str, folder: str, accounts: int, days: int) -> dict[str, Any]:
     """`import_csv` of the usage file into the prepared database, then the same file again."""
-    from lifecycle.importers import import_csv
+    from lifecycle.intake.importers import import_csv
 
     usage_file = Path(folder) / "usage.csv"
     engine = make_engine(url)
@@ -137,7 +137,7 @@ def _serve(url: str, window_ms: float, ports: Any) -> None:
     import uvicorn
 
     from adapters.server import build_app
-    from lifecycle.config import load_settings
+    from lifecycle.store.settings import load_settings
 
     logging.disable(logging.WARNING)
     settings = load_settings(database_url=url, ingest_token=TOKEN, ingest_batch_window_ms=window_ms)

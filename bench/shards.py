@@ -23,11 +23,12 @@ from typing import Any
 from sqlalchemy import text
 
 from bench.datasets import DAYS, TODAY
-from lifecycle import rollups, shards
-from lifecycle.db import make_engine, session_scope, upgrade
-from lifecycle.health import default_scorecard
+from lifecycle import shards
 from lifecycle.recompute import recompute
-from lifecycle.stages import load_stage_machine
+from lifecycle.scoring import rollups
+from lifecycle.scoring.health import default_scorecard
+from lifecycle.scoring.stages import load_stage_machine
+from lifecycle.store.db import make_engine, session_scope, upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -24,7 +24,7 @@ The insight step (churn model, cohorts, tiers) runs with full recomputes only.
 
 Insight comes last: the churn model is trained when there is none (or it is older than `retrain_days`), every active
 account is scored with its probability and reasons, cohorts and tiers are refreshed, and what the account card
-shows is stored for the day (`lifecycle.cardfacts`). It runs inside a savepoint:
+shows is stored for the day (`lifecycle.reports.cardfacts`). It runs inside a savepoint:
 a failure there is reported in the summary and rolls back only the insight, never the health and stage results.
 """
 
@@ -41,13 +41,14 @@ import pandas as pd
 from sqlalchemy import Date, bindparam, text
 from sqlmodel import Session
 
-from lifecycle import cardfacts, churn, segments
-from lifecycle.bulkwrite import delete_rows
-from lifecycle.churn import InsightConfig, default_insight_config
-from lifecycle.health import Scorecard, recompute_health
-from lifecycle.models import AccountChange, RecomputeState, utcnow
-from lifecycle.signals import build_signals, refresh_stages
-from lifecycle.stages import StageMachine, apply_automatic_rules
+from lifecycle.insight import churn, segments
+from lifecycle.insight.churn import InsightConfig, default_insight_config
+from lifecycle.reports import cardfacts
+from lifecycle.scoring.health import Scorecard, recompute_health
+from lifecycle.scoring.signals import build_signals, refresh_stages
+from lifecycle.scoring.stages import StageMachine, apply_automatic_rules
+from lifecycle.store.bulkwrite import delete_rows
+from lifecycle.store.models import AccountChange, RecomputeState, utcnow
 
 # The longest trend window: "down N points in 30 days" needs a snapshot 30 days back.
 BACKFILL_DAYS = 30
@@ -161,7 +162,7 @@ def read_marks(session: Session, accounts: Iterable[int] | None = None) -> list[
 
 def clear_marks(session: Session, marks: Iterable[tuple[int, int]]) -> None:
     """Remove the marks a run has dealt with, unless their account changed again since (a higher version): one
-    staged DELETE (`lifecycle.bulkwrite.delete_rows`) on (account, version)."""
+    staged DELETE (`lifecycle.store.bulkwrite.delete_rows`) on (account, version)."""
     delete_rows(session, AccountChange.__table__, ("account_id", "version"), list(marks))  # type: ignore[attr-defined]
 
 

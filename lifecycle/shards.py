@@ -46,10 +46,7 @@ import pandas as pd
 from sqlalchemy import Date, DateTime, Engine, bindparam, text
 from sqlmodel import Session
 
-from lifecycle.churn import InsightConfig
-from lifecycle.db import session_scope
-from lifecycle.health import Scorecard
-from lifecycle.models import RecomputeShard, utcnow
+from lifecycle.insight.churn import InsightConfig
 from lifecycle.recompute import (
     RecomputeSummary,
     config_digest,
@@ -58,8 +55,11 @@ from lifecycle.recompute import (
     record_full_run,
     refresh_changed,
 )
-from lifecycle.signals import build_signals
-from lifecycle.stages import StageMachine
+from lifecycle.scoring.health import Scorecard
+from lifecycle.scoring.signals import build_signals
+from lifecycle.scoring.stages import StageMachine
+from lifecycle.store.db import session_scope
+from lifecycle.store.models import RecomputeShard, utcnow
 
 log = logging.getLogger("csbot.shards")
 

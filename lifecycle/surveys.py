@@ -36,12 +36,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col
 
-from lifecycle.alerts import raise_event_alert
-from lifecycle.config import CONFIG_DIR, Settings, read_toml, validate_config
-from lifecycle.errors import CsbotError
-from lifecycle.health import save_snapshots, score_frame, snapshot_rows
-from lifecycle.models import Account, Alert, Contact, NpsResponse, NpsSurvey, User
-from lifecycle.signals import build_signals
+from lifecycle.scoring.alerts import raise_event_alert
+from lifecycle.scoring.health import save_snapshots, score_frame, snapshot_rows
+from lifecycle.scoring.signals import build_signals
+from lifecycle.store.errors import CsbotError
+from lifecycle.store.models import Account, Alert, Contact, NpsResponse, NpsSurvey, User
+from lifecycle.store.settings import CONFIG_DIR, Settings, read_toml, validate_config
 
 log = logging.getLogger("csbot.surveys")
 

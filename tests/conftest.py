@@ -23,7 +23,7 @@ from conftest_pg import PG_FIXTURES
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from lifecycle.db import ensure_schema, make_engine
+from lifecycle.store.db import ensure_schema, make_engine
 from tests.fakes.feishu_api import FakeFeishu, forget_tenant_token
 from tests.fakes.slack_api import FakeSlackAPI
 from tests.fakes.telegram_api import FakeTelegramAPI

@@ -16,7 +16,7 @@ import pytest
 from pgserver import PostgresServer, PostgresUnavailable, find_pg_bindir
 from sqlalchemy import Engine
 
-from lifecycle.db import ensure_schema, make_engine
+from lifecycle.store.db import ensure_schema, make_engine
 
 _TEMPLATE_DB = "csbot_template"
 PG_FIXTURES = {"pg_server", "pg_url", "pg_engine"}

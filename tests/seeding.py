@@ -7,10 +7,10 @@ from datetime import date
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from lifecycle.demo import seed_demo
-from lifecycle.health import load_scorecard
+from lifecycle.intake.demo import seed_demo
 from lifecycle.recompute import recompute
-from lifecycle.stages import load_stage_machine
+from lifecycle.scoring.health import load_scorecard
+from lifecycle.scoring.stages import load_stage_machine
 
 
 def recompute_at(engine: Engine, today: date) -> None:

@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 from sqlmodel import Session, col, select
 
-from lifecycle.alerts import (
+from lifecycle.intake.demo import seed_demo
+from lifecycle.recompute import recompute
+from lifecycle.scoring.alerts import (
     DEFAULT_ALERTS_FILE,
     RULE_NAMES,
     AlertConfig,
@@ -26,12 +28,10 @@ from lifecycle.alerts import (
     raise_alerts,
     run_alert_rules,
 )
-from lifecycle.demo import seed_demo
-from lifecycle.errors import ConfigError
-from lifecycle.health import default_scorecard
-from lifecycle.models import Account, Alert, HealthSnapshot, User
-from lifecycle.recompute import recompute
-from lifecycle.stages import load_stage_machine
+from lifecycle.scoring.health import default_scorecard
+from lifecycle.scoring.stages import load_stage_machine
+from lifecycle.store.errors import ConfigError
+from lifecycle.store.models import Account, Alert, HealthSnapshot, User
 
 AS_OF = date(2026, 3, 10)
 PREVIOUS_KEYS = ("score_7", "score_30", "prev_grade")

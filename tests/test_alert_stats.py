@@ -11,10 +11,10 @@ from sqlmodel import Session
 
 from bot.core.messages import Incoming
 from bot.core.router import Router, Services
-from lifecycle.alerts import alert_stats
-from lifecycle.config import load_settings
-from lifecycle.errors import ConfigError
-from lifecycle.models import Account, Alert, User
+from lifecycle.scoring.alerts import alert_stats
+from lifecycle.store.errors import ConfigError
+from lifecycle.store.models import Account, Alert, User
+from lifecycle.store.settings import load_settings
 
 TODAY = date(2026, 6, 30)
 

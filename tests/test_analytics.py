@@ -12,8 +12,7 @@ import pandas as pd
 import pytest
 from sqlmodel import Session, col, select
 
-from lifecycle.alerts import evaluate, load_alert_config, parse_alert_config
-from lifecycle.analytics import (
+from lifecycle.reports.analytics import (
     Period,
     Slice,
     account_kpis,
@@ -26,10 +25,11 @@ from lifecycle.analytics import (
     stage_kpis,
     stage_p90_days,
 )
-from lifecycle.errors import CsbotError
-from lifecycle.models import Account, ArrChange, Note, NpsResponse, StageTransition, UsageDaily, User
-from lifecycle.revenue import ArrUpdate, record_arr_changes, revenue_events, state_at
-from lifecycle.stages import DEFAULT_STAGES_FILE, StageMachine, load_stage_machine
+from lifecycle.scoring.alerts import evaluate, load_alert_config, parse_alert_config
+from lifecycle.scoring.revenue import ArrUpdate, record_arr_changes, revenue_events, state_at
+from lifecycle.scoring.stages import DEFAULT_STAGES_FILE, StageMachine, load_stage_machine
+from lifecycle.store.errors import CsbotError
+from lifecycle.store.models import Account, ArrChange, Note, NpsResponse, StageTransition, UsageDaily, User
 
 TODAY = date(2025, 3, 14)
 

@@ -20,10 +20,10 @@ from sqlmodel import Session, select
 
 from bot.core.messages import Card, Incoming, Reply
 from bot.core.router import Router, Services
-from lifecycle.config import load_settings
-from lifecycle.demo import seed_demo
-from lifecycle.models import Account, ArrChange, StageTransition, User
-from lifecycle.stages import DEFAULT_STAGES_FILE, load_stage_machine
+from lifecycle.intake.demo import seed_demo
+from lifecycle.scoring.stages import DEFAULT_STAGES_FILE, load_stage_machine
+from lifecycle.store.models import Account, ArrChange, StageTransition, User
+from lifecycle.store.settings import load_settings
 
 TODAY = date(2025, 6, 15)
 MAYA = "maya.chen@csbot-demo.example"
@@ -296,7 +296,7 @@ def test_kpis_for_a_stage_without_kpis_says_so(book: Engine) -> None:
 
 def test_the_account_card_section_of_stage_kpis(book: Engine) -> None:
     from bot.views.readings import account_kpi_section
-    from lifecycle.analytics import account_kpis
+    from lifecycle.reports.analytics import account_kpis
 
     machine = load_stage_machine(DEFAULT_STAGES_FILE)
     with Session(book) as session:

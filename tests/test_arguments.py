@@ -21,10 +21,10 @@ from sqlmodel import Session, col, select
 from bot.core.arguments import SEGMENT_WORDS, SYNONYMS, UNIT_WORDS, near
 from bot.core.messages import Incoming, Reply
 from bot.core.router import CommandSpec, Router, Services, registry
-from lifecycle.accounts import segment_names
-from lifecycle.config import load_settings
-from lifecycle.demo import seed_demo
-from lifecycle.models import Account, Alert, AuditLog, Contact, Note, StageTransition, User
+from lifecycle.intake.demo import seed_demo
+from lifecycle.reports.accounts import segment_names
+from lifecycle.store.models import Account, Alert, AuditLog, Contact, Note, StageTransition, User
+from lifecycle.store.settings import load_settings
 
 TODAY = date(2026, 12, 7)
 MAYA = "maya.chen@csbot-demo.example"  # a manager: every command is hers to run
@@ -35,7 +35,7 @@ _CASES = itertools.count()
 @pytest.fixture(scope="module")
 def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One demo portfolio for the module, with one open alert on Northwind Traders for the alert commands."""
-    from lifecycle.db import make_engine, upgrade
+    from lifecycle.store.db import make_engine, upgrade
 
     path = tmp_path_factory.mktemp("words") / "demo.db"
     engine = make_engine(f"sqlite:///{path}")
@@ -53,7 +53,7 @@ def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def copy(demo_db: Path, tmp_path: Path) -> Iterator[Engine]:
-    from lifecycle.db import make_engine
+    from lifecycle.store.db import make_engine
 
     target = tmp_path / "demo.db"
     shutil.copy(demo_db, target)

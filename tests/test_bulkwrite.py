@@ -1,5 +1,5 @@
-"""The bulk write helpers (lifecycle/bulkwrite.py) on SQLite and, with `--db postgres`, on PostgreSQL: values stored
-as the ORM stores them, the caller's transaction respected, and a whole recompute storing exactly the rows that
+"""The bulk write helpers (lifecycle/store/bulkwrite.py) on SQLite and, with `--db postgres`, on PostgreSQL: values
+stored as the ORM stores them, the caller's transaction respected, and a whole recompute storing exactly the rows that
 per-row statements store."""
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
-from lifecycle import bulkwrite, models
-from lifecycle.bulkwrite import delete_rows, insert_rows, update_rows, upsert_rows
-from lifecycle.churn import ChurnSettings, InsightConfig
-from lifecycle.db import make_engine
-from lifecycle.demo import seed_demo
-from lifecycle.health import default_scorecard
-from lifecycle.models import Account, AccountCardFact, AccountChange, HealthSnapshot, StageTransition
+from lifecycle.insight.churn import ChurnSettings, InsightConfig
+from lifecycle.intake.demo import seed_demo
 from lifecycle.recompute import recompute
-from lifecycle.stages import load_stage_machine
+from lifecycle.scoring.health import default_scorecard
+from lifecycle.scoring.stages import load_stage_machine
+from lifecycle.store import bulkwrite, models
+from lifecycle.store.bulkwrite import delete_rows, insert_rows, update_rows, upsert_rows
+from lifecycle.store.db import make_engine
+from lifecycle.store.models import Account, AccountCardFact, AccountChange, HealthSnapshot, StageTransition
 
 TODAY = date(2026, 11, 23)
 TRICKY = "tab\there\nnew line\\back\\slash \\N \"quoted\" ünï"
@@ -272,8 +272,10 @@ def test_a_full_recompute_stores_the_same_rows_as_per_row_statements(
 
     note = _recompute(bulk)
     assert "scored" in note and "cohorts" in note and "card facts" in note, note
-    from lifecycle import cardfacts, churn, health, segments, stages
     from lifecycle import recompute as recompute_module
+    from lifecycle.insight import churn, segments
+    from lifecycle.reports import cardfacts
+    from lifecycle.scoring import health, stages
 
     for module in (health, stages, churn, segments, cardfacts, recompute_module):
         for name, reference in (("update_rows", _per_row_update), ("insert_rows", _per_row_insert),

@@ -1,5 +1,5 @@
-"""The account card's stored facts (lifecycle/cardfacts.py): the same KPIs as the live computation, used only while
-nothing they came from has changed, and the same card text either way."""
+"""The account card's stored facts (lifecycle/reports/cardfacts.py): the same KPIs as the live computation, used only
+while nothing they came from has changed, and the same card text either way."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from sqlmodel import Session
 from adapters.console.render import render_card
 from bot.core.messages import Incoming
 from bot.core.router import Router, Services
-from lifecycle import cardfacts
-from lifecycle.accounts import add_note
-from lifecycle.analytics import account_kpis, portfolio_account_kpis
-from lifecycle.config import load_settings
-from lifecycle.demo import seed_demo
-from lifecycle.health import default_scorecard
-from lifecycle.models import Account
-from lifecycle.money import load_rates
+from lifecycle.intake.demo import seed_demo
 from lifecycle.recompute import recompute
-from lifecycle.stages import StageMachine, load_stage_machine, move_stage
+from lifecycle.reports import cardfacts
+from lifecycle.reports.accounts import add_note
+from lifecycle.reports.analytics import account_kpis, portfolio_account_kpis
+from lifecycle.reports.money import load_rates
+from lifecycle.scoring.health import default_scorecard
+from lifecycle.scoring.stages import StageMachine, load_stage_machine, move_stage
+from lifecycle.store.models import Account
+from lifecycle.store.settings import load_settings
 
 TODAY = date(2025, 6, 15)
 MANAGER = "U0DEMO01"  # the demo's CS manager, who sees every account

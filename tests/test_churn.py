@@ -19,14 +19,14 @@ from typer.testing import CliRunner
 from bot.core.messages import Incoming
 from bot.core.router import Router, Services
 from bot.views.alert_cards import alert_reply
-from lifecycle import churn
-from lifecycle.config import get_settings, load_settings
-from lifecycle.db import make_engine, upgrade
-from lifecycle.demo import seed_demo
-from lifecycle.health import default_scorecard
-from lifecycle.models import Account, Alert, ChurnModel, Note, NpsResponse, StageTransition, Ticket, UsageDaily
+from lifecycle.insight import churn
+from lifecycle.intake.demo import seed_demo
 from lifecycle.recompute import recompute
-from lifecycle.stages import load_stage_machine
+from lifecycle.scoring.health import default_scorecard
+from lifecycle.scoring.stages import load_stage_machine
+from lifecycle.store.db import make_engine, upgrade
+from lifecycle.store.models import Account, Alert, ChurnModel, Note, NpsResponse, StageTransition, Ticket, UsageDaily
+from lifecycle.store.settings import get_settings, load_settings
 
 TODAY = date(2026, 6, 1)
 CONFIG = churn.ChurnSettings()
@@ -243,7 +243,7 @@ def test_account_card_shows_probability_with_three_reasons_cohort_tier_and_clv(d
 def test_account_card_without_a_model_says_why(session: Session, engine: Engine) -> None:
     session.add(Account(external_id="A1", name="Acme", name_key="acme"))
     session.commit()
-    from lifecycle.models import User
+    from lifecycle.store.models import User
 
     session.add(User(email="maya@example.com", name="Maya", role="manager"))
     session.commit()
@@ -272,7 +272,7 @@ def test_churn_risk_alert_card_lists_the_models_reasons() -> None:
 
 
 def test_churn_risk_rule_fires_from_the_stored_probability(demo: Engine) -> None:
-    from lifecycle.alerts import default_alert_config, run_alert_rules
+    from lifecycle.scoring.alerts import default_alert_config, run_alert_rules
 
     with Session(demo) as s:
         s.execute(text("UPDATE account SET churn_probability = 0.9 WHERE external_id = 'ACC-00001'"))
@@ -304,8 +304,8 @@ def test_model_report_and_backtest_commands_on_the_demo(demo: Engine, monkeypatc
 
 
 def test_portfolio_shows_arr_at_risk_and_lifetime_value_with_their_meaning(demo: Engine) -> None:
-    from lifecycle.clv import portfolio_value
-    from lifecycle.money import load_rates
+    from lifecycle.insight.clv import portfolio_value
+    from lifecycle.reports.money import load_rates
 
     with Session(demo) as s:
         value = portfolio_value(s, horizon_days=90, config=churn.ValueSettings())

@@ -15,8 +15,8 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from lifecycle.db import alembic_config, ensure_schema, make_engine
-from lifecycle.ingest import ingest_body
+from lifecycle.intake.ingest import ingest_body
+from lifecycle.store.db import alembic_config, ensure_schema, make_engine
 
 USERS = """email,name,role,slack_user_id,telegram_user_id,timezone,manager_email
 maya@example.com,Maya Chen,manager,UMAYA,,Europe/Berlin,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sqlmodel import Session
 
-from lifecycle.churn import ValueSettings
-from lifecycle.clv import annual_churn_rate, expected_lifetime_years, lifetime_value, portfolio_value
-from lifecycle.models import Account
+from lifecycle.insight.churn import ValueSettings
+from lifecycle.insight.clv import annual_churn_rate, expected_lifetime_years, lifetime_value, portfolio_value
+from lifecycle.store.models import Account
 
 VALUE = ValueSettings(gross_margin=0.8, max_lifetime_years=10)
 

@@ -12,8 +12,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
-from lifecycle.db import make_engine
-from lifecycle.demo import (
+from lifecycle.intake.demo import (
     CHURN_REASONS,
     DEMO_USERS,
     FEATURES,
@@ -23,7 +22,8 @@ from lifecycle.demo import (
     is_empty,
     seed_demo,
 )
-from lifecycle.errors import CsbotError
+from lifecycle.store.db import make_engine
+from lifecycle.store.errors import CsbotError
 
 TODAY = date(2025, 6, 15)
 TABLES = ("user", "account", "contact", "stage_transition", "usage_daily", "ticket", "nps_response", "note")

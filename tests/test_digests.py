@@ -11,8 +11,8 @@ from sqlmodel import Session, col, select
 from bot.core.messages import Reply
 from bot.push.digests import manager_weekly, owner_digests
 from bot.push.notifier import payload_to_reply
-from lifecycle.alerts import default_alert_config
-from lifecycle.models import Account, Alert, Delivery, HealthSnapshot, User
+from lifecycle.scoring.alerts import default_alert_config
+from lifecycle.store.models import Account, Alert, Delivery, HealthSnapshot, User
 
 CONFIG = default_alert_config()
 MONDAY = date(2026, 6, 1)
@@ -139,7 +139,7 @@ def test_manager_weekly_not_before_nine_local(session: Session, world: dict[str,
 
 
 def test_manager_weekly_carries_retention_and_funnel_readings(session: Session, world: dict[str, int]) -> None:
-    from lifecycle.models import ArrChange
+    from lifecycle.store.models import ArrChange
 
     # Sam's "Falling" account signed in 2025 at 10k and lost 4k of it in May 2026: NRR 60 % over 12 months.
     for name in ("Rising", "Steady"):  # no revenue history: counted from their contract start, in January

@@ -11,7 +11,7 @@ import pytest
 from sklearn.model_selection import train_test_split
 from typer.testing import CliRunner
 
-from lifecycle.evaluate import (
+from lifecycle.insight.evaluate import (
     CANDIDATES,
     EvaluationError,
     evaluate_frame,
@@ -95,8 +95,8 @@ QWE_SIGNALS = {"Days.Since.Last.Login": "days_since_last_login"}
 
 @needs_qwe
 def test_the_health_scorecard_ranks_a_labelled_file_from_its_mapped_columns() -> None:
-    from lifecycle.evaluate import health_scores
-    from lifecycle.health import default_scorecard
+    from lifecycle.insight.evaluate import health_scores
+    from lifecycle.scoring.health import default_scorecard
 
     frame = pd.read_csv(QWE)
     health = health_scores(frame, frame["Churn"].to_numpy(), QWE_SIGNALS, default_scorecard())

@@ -28,9 +28,9 @@ from adapters.feishu.render import receive_id_type, to_cards
 from bot.core.messages import Button, Card, CardField, Image, Reply, Section
 from bot.core.router import Router, Services
 from bot.push.notifier import RetryLater, drain_once, reply_to_payload
-from lifecycle import outbox
-from lifecycle.config import Settings, load_settings
-from lifecycle.models import Account, AuditLog, Contact, Delivery, Note, NpsResponse, NpsSurvey, User
+from lifecycle.store import outbox
+from lifecycle.store.models import Account, AuditLog, Contact, Delivery, Note, NpsResponse, NpsSurvey, User
+from lifecycle.store.settings import Settings, load_settings
 from tests.fakes.feishu_api import (
     APP_ID,
     APP_SECRET,
@@ -271,7 +271,7 @@ async def test_rate_limit_is_retry_later_and_the_outbox_delivers_once(fake_feish
     fake_feishu.fail_next("send", reset=1)
     first = await drain_once(engine, {"feishu": port})
     assert (first.sent, first.retried) == (0, 1)
-    from lifecycle.models import utcnow
+    from lifecycle.store.models import utcnow
 
     later = utcnow() + timedelta(minutes=5)
     second = await drain_once(engine, {"feishu": port}, now=later)
@@ -489,7 +489,7 @@ async def test_survey_card_in_the_group_one_answer_only_from_the_contact(
 
 
 def test_csv_import_reads_the_feishu_columns(engine: Engine, tmp_path: Path) -> None:
-    from lifecycle.importers import import_csv
+    from lifecycle.intake.importers import import_csv
 
     users = tmp_path / "users.csv"
     users.write_text("email,name,role,feishu_open_id,feishu_union_id\n"
@@ -515,7 +515,7 @@ def test_a_delivery_for_feishu_when_it_is_not_configured_becomes_undeliverable_w
     engine: Engine, db_url: str, portfolio: None
 ) -> None:
     from bot.push.undelivered import Routes, reroute_waiting
-    from lifecycle.models import utcnow
+    from lifecycle.store.models import utcnow
 
     settings = load_settings(CSBOT_DATABASE_URL=db_url, SLACK_BOT_TOKEN="xoxb-only-slack")
     with Session(engine) as s:
@@ -553,7 +553,7 @@ def test_serve_starts_feishu_on_the_long_connection_or_the_webhook(db_url: str) 
 
 
 def test_feishu_domain_names_and_urls() -> None:
-    from lifecycle.errors import ConfigError
+    from lifecycle.store.errors import ConfigError
 
     assert load_settings(FEISHU_DOMAIN="Lark").feishu_base_url == "https://open.larksuite.com"
     assert load_settings().feishu_base_url == "https://open.feishu.cn"

@@ -11,12 +11,12 @@ from sqlmodel import Session, select
 
 from bot.core.messages import Incoming, Reply
 from bot.core.router import Router, Services
-from lifecycle.config import load_settings
-from lifecycle.db import upsert
-from lifecycle.errors import NotFoundError
-from lifecycle.models import Account, ExchangeRate, User
-from lifecycle.search import Filter, FilterError, InDays, match_user, parse_filters, search
-from lifecycle.stages import StageMachine, load_stage_machine
+from lifecycle.reports.search import Filter, FilterError, InDays, match_user, parse_filters, search
+from lifecycle.scoring.stages import StageMachine, load_stage_machine
+from lifecycle.store.db import upsert
+from lifecycle.store.errors import NotFoundError
+from lifecycle.store.models import Account, ExchangeRate, User
+from lifecycle.store.settings import load_settings
 
 TODAY = date(2026, 6, 1)
 

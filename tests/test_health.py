@@ -14,8 +14,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from lifecycle.errors import ConfigError
-from lifecycle.health import (
+from lifecycle.scoring.health import (
     DEFAULT_SCORECARD,
     Scorecard,
     explain,
@@ -27,7 +26,8 @@ from lifecycle.health import (
     snapshot_rows,
     trends,
 )
-from lifecycle.models import Account, HealthSnapshot, UsageDaily
+from lifecycle.store.errors import ConfigError
+from lifecycle.store.models import Account, HealthSnapshot, UsageDaily
 
 AS_OF = date(2025, 3, 31)
 

@@ -15,9 +15,9 @@ from sqlalchemy import func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from lifecycle.errors import ImportFailed
-from lifecycle.importers import import_csv
-from lifecycle.models import Account, UsageDaily
+from lifecycle.intake.importers import import_csv
+from lifecycle.store.errors import ImportFailed
+from lifecycle.store.models import Account, UsageDaily
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = "account_external_id,date,feature,active_users,logins,events\n"

@@ -10,9 +10,10 @@ from sqlalchemy import Engine, func, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, SQLModel, col, select
 
-from lifecycle.errors import ImportFailed
-from lifecycle.importers import KINDS, MAX_PROBLEMS, ImportReport, NpsCounts, import_csv
-from lifecycle.models import (
+from lifecycle.intake.importers import KINDS, MAX_PROBLEMS, ImportReport, NpsCounts, import_csv
+from lifecycle.reports.nps import nps_summary
+from lifecycle.store.errors import ImportFailed
+from lifecycle.store.models import (
     Account,
     Contact,
     NpsResponse,
@@ -21,7 +22,6 @@ from lifecycle.models import (
     UsageDaily,
     User,
 )
-from lifecycle.nps import nps_summary
 
 USERS = """email,name,role,slack_user_id,telegram_user_id,timezone,manager_email
 li.wei@example.com,李伟,CSM,U1,,Asia/Shanghai,boss@example.com
@@ -600,7 +600,7 @@ def test_a_date_column_given_a_date_time_keeps_its_day(seeded: Session, tmp_path
 
 
 def test_account_imports_record_the_arr_history(session: Session, tmp_path: Path) -> None:
-    from lifecycle.models import ArrChange
+    from lifecycle.store.models import ArrChange
 
     def history() -> list[tuple[str, float, float]]:
         rows = session.exec(select(ArrChange).order_by(col(ArrChange.id))).all()

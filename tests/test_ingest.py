@@ -14,9 +14,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from bot.views.cards import usage_age
-from lifecycle.alerts import evaluate, load_alert_config
-from lifecycle.db import session_scope
-from lifecycle.ingest import (
+from lifecycle.intake.ingest import (
     IngestOptions,
     IngestResult,
     InvalidPayload,
@@ -26,8 +24,10 @@ from lifecycle.ingest import (
     source_status,
     stale_accounts,
 )
-from lifecycle.models import Account, IngestMessage, IngestSource, IngestUser, UsageDaily, UsageUserDay, User
-from lifecycle.signals import build_signals
+from lifecycle.scoring.alerts import evaluate, load_alert_config
+from lifecycle.scoring.signals import build_signals
+from lifecycle.store.db import session_scope
+from lifecycle.store.models import Account, IngestMessage, IngestSource, IngestUser, UsageDaily, UsageUserDay, User
 
 NOW = datetime(2026, 3, 5, 12, 0)
 Usage = dict[tuple[str, str, date], tuple[int, int, int]]

@@ -16,10 +16,10 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from adapters.server import build_app
-from lifecycle.config import load_settings
-from lifecycle.db import session_scope
-from lifecycle.ingest import source_status
-from lifecycle.models import Account, UsageDaily
+from lifecycle.intake.ingest import source_status
+from lifecycle.store.db import session_scope
+from lifecycle.store.models import Account, UsageDaily
+from lifecycle.store.settings import load_settings
 from tests.fakes.serving import served_in_thread
 
 TOKEN = "ingest-test-token-0123456789"

@@ -21,11 +21,11 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col
 
 from adapters.server import build_app
-from lifecycle.config import load_settings
-from lifecycle.db import session_scope
-from lifecycle.ingest import IngestOptions, IngestRequest, ingest_group, parse_payload
-from lifecycle.ingest_batch import IngestBatcher
-from lifecycle.models import Account, IngestMessage, UsageDaily
+from lifecycle.intake.ingest import IngestOptions, IngestRequest, ingest_group, parse_payload
+from lifecycle.intake.ingest_batch import IngestBatcher
+from lifecycle.store.db import session_scope
+from lifecycle.store.models import Account, IngestMessage, UsageDaily
+from lifecycle.store.settings import load_settings
 from tests.fakes.serving import served_in_thread
 
 TOKEN = "ingest-group-token-0123456789"

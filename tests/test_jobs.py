@@ -26,12 +26,12 @@ from adapters.telegram.port import TelegramPort
 from bot.core.messages import Reply
 from bot.push.jobs import JOBS, JOBSTORE_TABLE, JobContext, build_scheduler, job, list_jobs, lock_key, run_job
 from bot.push.notifier import reply_to_payload
-from lifecycle import outbox
-from lifecycle.config import Settings, load_settings
-from lifecycle.db import alembic_config, has_table, make_engine, session_scope
-from lifecycle.demo import seed_demo
-from lifecycle.errors import ConfigError, NotFoundError
-from lifecycle.models import Account, Alert, Delivery, HealthSnapshot, User
+from lifecycle.intake.demo import seed_demo
+from lifecycle.store import outbox
+from lifecycle.store.db import alembic_config, has_table, make_engine, session_scope
+from lifecycle.store.errors import ConfigError, NotFoundError
+from lifecycle.store.models import Account, Alert, Delivery, HealthSnapshot, User
+from lifecycle.store.settings import Settings, load_settings
 from tests.fakes.slack_api import FakeSlackAPI
 from tests.test_cli import csbot
 

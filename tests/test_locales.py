@@ -22,9 +22,9 @@ import pytest
 from bot.core.i18n import LANGS, LOCALES, LocaleError, load_messages, messages, read_locales, t
 from bot.core.permissions import ROLE_RANK, Coverage
 from bot.views.alert_cards import SEVERITY_ICON
-from lifecycle.churn import FEATURES, ChurnStanding
-from lifecycle.search import FIELDS, Problem
-from lifecycle.segments import BEHAVIOUR_FEATURES
+from lifecycle.insight.churn import FEATURES, ChurnStanding
+from lifecycle.insight.segments import BEHAVIOUR_FEATURES
+from lifecycle.reports.search import FIELDS, Problem
 from lifecycle.surveys import SurveyRefused
 
 ROOT = Path(__file__).resolve().parents[1]

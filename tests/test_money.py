@@ -18,15 +18,15 @@ from bot.core.format import money
 from bot.core.messages import Card, Incoming
 from bot.core.router import Router, Services
 from bot.push.digests import weekly_reply
-from lifecycle.analytics import Period, retention
-from lifecycle.config import load_settings
-from lifecycle.errors import ImportFailed
-from lifecycle.importers import import_csv
-from lifecycle.models import Account, ExchangeRate
-from lifecycle.money import Rates, builtin_rates, load_rates
-from lifecycle.overview import portfolio_totals
-from lifecycle.portfolio import Scope, at_risk, renewals
-from lifecycle.search import parse_filters, search
+from lifecycle.intake.importers import import_csv
+from lifecycle.reports.analytics import Period, retention
+from lifecycle.reports.money import Rates, builtin_rates, load_rates
+from lifecycle.reports.overview import portfolio_totals
+from lifecycle.reports.portfolio import Scope, at_risk, renewals
+from lifecycle.reports.search import parse_filters, search
+from lifecycle.store.errors import ImportFailed
+from lifecycle.store.models import Account, ExchangeRate
+from lifecycle.store.settings import load_settings
 
 TODAY = date(2026, 12, 5)
 MANAGER = "maya@example.com"

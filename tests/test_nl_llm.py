@@ -24,9 +24,9 @@ from bot.core.messages import Incoming
 from bot.core.router import Context, Router, Services, _split, registry
 from bot.understanding import llm
 from bot.understanding.llm import SYSTEM_PROMPT, LlmChoice, LlmFallback, command_line, tool_definitions
-from lifecycle.analytics import Period
-from lifecycle.config import load_settings
-from lifecycle.models import Account, User
+from lifecycle.reports.analytics import Period
+from lifecycle.store.models import Account, User
+from lifecycle.store.settings import load_settings
 
 KEY = "sk-test-0123456789abcdef"
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -418,7 +418,7 @@ PRIYA = "priya.raman@csbot-demo.example"
 
 @pytest.fixture
 def demo_router(engine: Engine, fake: FakeLlm) -> Router:
-    from lifecycle.demo import seed_demo
+    from lifecycle.intake.demo import seed_demo
 
     with Session(engine) as session:
         seed_demo(session, accounts=60, today=ROUTER_DAY)
@@ -470,7 +470,7 @@ def test_a_malicious_pick_of_a_command_the_user_may_not_run_is_refused(
 
 
 def test_a_change_the_model_picks_is_asked_about_first(demo_router: Router, fake: FakeLlm, engine: Engine) -> None:
-    from lifecycle.models import Note
+    from lifecycle.store.models import Note
 
     fake.reply = tool_reply("note", {"acct": "Northwind Traders", "text": "sso rollout agreed"})
     with Session(engine) as session:

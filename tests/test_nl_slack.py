@@ -27,8 +27,8 @@ from adapters.slack.assistant import PROMPTS, TITLE_MAX, prompt, thread_title
 from bot.core.messages import Incoming, Reply
 from bot.core.router import Router, Services
 from bot.understanding.memory import conversation_key
-from lifecycle.config import load_settings
-from lifecycle.models import AuditLog, Note, SeenKey, User
+from lifecycle.store.models import AuditLog, Note, SeenKey, User
+from lifecycle.store.settings import load_settings
 from tests.fakes.chat_requests import FORM, JSON, RecordingRouter, event_callback, interactive, post_slack, settle
 from tests.fakes.slack_api import BOT_ID, BOT_USER_ID, RESPONSE_URL, FakeCall, FakeSlackAPI
 from tests.seeding import seed_demo_at

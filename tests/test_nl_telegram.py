@@ -22,8 +22,8 @@ from adapters.telegram.render import to_html
 from bot.core.messages import Button, Incoming, Reply
 from bot.core.router import Router, Services
 from bot.understanding.memory import conversation_key
-from lifecycle.config import Settings
-from lifecycle.models import Note
+from lifecycle.store.models import Note
+from lifecycle.store.settings import Settings
 from tests.fakes.chat_requests import RecordingRouter
 from tests.fakes.telegram_api import TOKEN, ApiCall, FakeTelegramAPI, callback_update, message_update
 from tests.seeding import seed_demo_at

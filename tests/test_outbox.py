@@ -35,9 +35,9 @@ from bot.push.notifier import (
     reply_to_payload,
     run_worker,
 )
-from lifecycle import outbox
-from lifecycle.db import make_engine
-from lifecycle.models import Account, Alert, Delivery, utcnow
+from lifecycle.store import outbox
+from lifecycle.store.db import make_engine
+from lifecycle.store.models import Account, Alert, Delivery, utcnow
 from tests.fakes.slack_api import FakeSlackAPI
 from tests.fakes.telegram_api import TOKEN, FakeTelegramAPI
 
@@ -384,7 +384,7 @@ from pathlib import Path
 
 from adapters.slack.port import SlackPort, delivery_client
 from bot.push.notifier import drain_once
-from lifecycle.db import make_engine
+from lifecycle.store.db import make_engine
 
 db_url, api_url, hang_after, marker, limit = sys.argv[1:6]
 

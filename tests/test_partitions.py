@@ -1,5 +1,5 @@
-"""Raw usage by month on PostgreSQL (migration 0014, `lifecycle.partitions`): the migration keeps every row and every
-write and read path, DEFAULT catches months without a partition until `ensure_partitions` makes one, replicas may
+"""Raw usage by month on PostgreSQL (migration 0014, `lifecycle.store.partitions`): the migration keeps every row and
+every write and read path, DEFAULT catches months without a partition until `ensure_partitions` makes one, replicas may
 run it at once, and the retention drops whole old months without changing today's health. On SQLite (and on a
 plain table) the retention is a DELETE of the old rows."""
 
@@ -19,15 +19,16 @@ from pgserver import PostgresServer
 from sqlalchemy import Engine, text
 from sqlmodel import Session, select
 
-from lifecycle import rollups
-from lifecycle.config import Settings
-from lifecycle.db import alembic_config, session_scope, upgrade, upsert
-from lifecycle.errors import ConfigError
-from lifecycle.health import default_scorecard
-from lifecycle.importers import import_csv
-from lifecycle.ingest import ingest_body
-from lifecycle.models import Account, HealthSnapshot, UsageDaily
-from lifecycle.partitions import (
+from lifecycle.intake.importers import import_csv
+from lifecycle.intake.ingest import ingest_body
+from lifecycle.recompute import recompute
+from lifecycle.scoring import rollups
+from lifecycle.scoring.health import default_scorecard
+from lifecycle.scoring.stages import load_stage_machine
+from lifecycle.store.db import alembic_config, session_scope, upgrade, upsert
+from lifecycle.store.errors import ConfigError
+from lifecycle.store.models import Account, HealthSnapshot, UsageDaily
+from lifecycle.store.partitions import (
     DEFAULT_PARTITION,
     describe_partitions,
     ensure_partitions,
@@ -36,8 +37,7 @@ from lifecycle.partitions import (
     prune_usage,
     retention_cutoff,
 )
-from lifecycle.recompute import recompute
-from lifecycle.stages import load_stage_machine
+from lifecycle.store.settings import Settings
 
 TODAY = date(2025, 9, 20)
 SCORECARD, MACHINE = default_scorecard(), load_stage_machine()
@@ -105,7 +105,7 @@ def _rollups(engine: Engine) -> list[tuple[Any, ...]]:
 @pytest.fixture
 def bare_pg(pg_server: PostgresServer) -> Iterator[Engine]:
     """A PostgreSQL database without any schema yet (so a test can stop the migrations where it likes)."""
-    from lifecycle.db import make_engine
+    from lifecycle.store.db import make_engine
 
     name = f"csbot_partitions_{id(object())}"
     engine = make_engine(pg_server.create_database(name))
@@ -312,7 +312,7 @@ def test_usage_commands_list_and_prune(engine: Engine) -> None:
     from typer.testing import CliRunner
 
     from adapters.cli import app
-    from lifecycle.config import get_settings
+    from lifecycle.store.settings import get_settings
 
     with session_scope(engine) as s:
         s.add(Account(external_id="A1", name="Account 1", name_key="account 1"))

@@ -11,8 +11,8 @@ from sqlmodel import Session, col, select
 from bot.commands.alerts import age
 from bot.core.messages import Incoming, Reply
 from bot.core.router import Router, Services
-from lifecycle.config import load_settings
-from lifecycle.models import Account, Alert, AuditLog, User, utcnow
+from lifecycle.store.models import Account, Alert, AuditLog, User, utcnow
+from lifecycle.store.settings import load_settings
 
 TODAY = date(2026, 6, 1)
 

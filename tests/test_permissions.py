@@ -29,8 +29,8 @@ from bot.core.i18n import t
 from bot.core.messages import Incoming, Platform, Reply
 from bot.core.permissions import carries_account_data
 from bot.core.router import Router, Services, registry
-from lifecycle.config import load_settings
-from lifecycle.models import Account, Alert, AuditLog, Contact, User
+from lifecycle.store.models import Account, Alert, AuditLog, Contact, User
+from lifecycle.store.settings import load_settings
 from tests.fakes.telegram_api import BOT_USERNAME, TOKEN, ApiCall, FakeTelegramAPI, message_update
 from tests.security_counts import SecurityCount
 

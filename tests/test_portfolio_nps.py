@@ -22,10 +22,10 @@ from sqlmodel import Session, select
 
 from bot.core.messages import Card, Incoming, Reply
 from bot.core.router import Router, Services
-from lifecycle.config import load_settings
-from lifecycle.models import Account, HealthSnapshot, NpsResponse, NpsSurvey, User
-from lifecycle.nps import latest_comments, month_start, nps_by, nps_summary, nps_trend
-from lifecycle.overview import health_history, portfolio_totals, stage_distribution
+from lifecycle.reports.nps import latest_comments, month_start, nps_by, nps_summary, nps_trend
+from lifecycle.reports.overview import health_history, portfolio_totals, stage_distribution
+from lifecycle.store.models import Account, HealthSnapshot, NpsResponse, NpsSurvey, User
+from lifecycle.store.settings import load_settings
 
 TODAY = date(2026, 6, 1)
 SINCE = date(2025, 7, 1)  # first day of the 12-month window ending in June 2026

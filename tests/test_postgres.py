@@ -10,8 +10,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, func, inspect
 from sqlmodel import SQLModel, select
 
-from lifecycle.db import alembic_config, current_revision, ensure_schema, session_scope, upsert
-from lifecycle.models import Account, HealthSnapshot, UsageDaily, User, utcnow
+from lifecycle.store.db import alembic_config, current_revision, ensure_schema, session_scope, upsert
+from lifecycle.store.models import Account, HealthSnapshot, UsageDaily, User, utcnow
 
 pytestmark = pytest.mark.postgres
 

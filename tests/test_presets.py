@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, col, select
 
-from lifecycle.errors import ConfigError, ImportFailed
-from lifecycle.importers import MissingColumns, import_csv, load_presets, parse_column_map
-from lifecycle.models import Account, Contact, User
+from lifecycle.intake.importers import MissingColumns, import_csv, load_presets, parse_column_map
+from lifecycle.store.errors import ConfigError, ImportFailed
+from lifecycle.store.models import Account, Contact, User
 
 HUBSPOT_COMPANIES = """\
 Record ID,Company name,Company owner,Create Date,Phone Number,Industry,Annual Revenue,Number of Employees,\

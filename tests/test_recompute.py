@@ -13,13 +13,13 @@ from sqlmodel import Session, col, select
 
 from adapters.console import run_console
 from bot.core.router import Router, Services
-from lifecycle.config import load_settings
-from lifecycle.demo import seed_demo
-from lifecycle.health import default_scorecard
-from lifecycle.importers import import_csv
-from lifecycle.models import Account, HealthSnapshot, StageTransition
+from lifecycle.intake.demo import seed_demo
+from lifecycle.intake.importers import import_csv
 from lifecycle.recompute import backfill_health, recompute
-from lifecycle.stages import load_stage_machine
+from lifecycle.scoring.health import default_scorecard
+from lifecycle.scoring.stages import load_stage_machine
+from lifecycle.store.models import Account, HealthSnapshot, StageTransition
+from lifecycle.store.settings import load_settings
 
 TODAY = date(2026, 11, 23)
 
@@ -58,7 +58,7 @@ def test_recompute_keeps_a_manual_stage(session: Session) -> None:
     seed_demo(session, accounts=60, today=TODAY)
     session.commit()
     _run(session)
-    from lifecycle.stages import move_stage
+    from lifecycle.scoring.stages import move_stage
 
     account = session.exec(select(Account).where(Account.stage == "renewal")).first()
     assert account is not None

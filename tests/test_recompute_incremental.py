@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlmodel import Session
 
-from lifecycle import rollups
-from lifecycle.db import upsert
-from lifecycle.health import default_scorecard
-from lifecycle.models import Account, Note, NpsResponse, Ticket, UsageDaily
 from lifecycle.recompute import read_marks, recompute, recompute_changed
-from lifecycle.stages import load_stage_machine, move_stage
+from lifecycle.scoring import rollups
+from lifecycle.scoring.health import default_scorecard
+from lifecycle.scoring.stages import load_stage_machine, move_stage
+from lifecycle.store.db import upsert
+from lifecycle.store.models import Account, Note, NpsResponse, Ticket, UsageDaily
 
 AS_OF = date(2025, 3, 31)
 NOW = datetime(2025, 3, 31, 12)

@@ -16,12 +16,12 @@ from adapters.console.render import render_text
 from bot.core.messages import Incoming
 from bot.core.router import Router, Services
 from bot.push.refresh import refresh_once
-from lifecycle.config import load_settings
-from lifecycle.db import session_scope
-from lifecycle.health import default_scorecard
-from lifecycle.models import Account, User
 from lifecycle.recompute import read_marks, recompute
-from lifecycle.stages import load_stage_machine
+from lifecycle.scoring.health import default_scorecard
+from lifecycle.scoring.stages import load_stage_machine
+from lifecycle.store.db import session_scope
+from lifecycle.store.models import Account, User
+from lifecycle.store.settings import load_settings
 from tests.test_ingest_api import BEARER, TOKEN, serve
 
 TODAY = datetime.now(UTC).date()

@@ -12,8 +12,8 @@ from sqlmodel import Session, col, select
 from bot.push.notifier import payload_to_reply
 from bot.push.renewals import due_prompts, renewal_prompts
 from bot.views.alert_cards import alert_reply
-from lifecycle.alerts import AlertConfig, RenewalPromptConfig, default_alert_config
-from lifecycle.models import Account, Alert, Delivery, HealthSnapshot, NpsResponse, Ticket, UsageDaily, User
+from lifecycle.scoring.alerts import AlertConfig, RenewalPromptConfig, default_alert_config
+from lifecycle.store.models import Account, Alert, Delivery, HealthSnapshot, NpsResponse, Ticket, UsageDaily, User
 
 START = date(2026, 1, 1)
 

@@ -28,11 +28,11 @@ from sqlmodel import Session, select
 from bot.core.messages import Reply
 from bot.push.jobs import JOBSTORE_TABLE, build_scheduler, occurrence, run_job
 from bot.push.notifier import reply_to_payload
-from lifecycle import outbox
-from lifecycle.config import cron_trigger, load_settings
-from lifecycle.db import has_table, make_engine, session_scope
-from lifecycle.demo import seed_demo
-from lifecycle.models import Delivery, JobRun, utcnow
+from lifecycle.intake.demo import seed_demo
+from lifecycle.store import outbox
+from lifecycle.store.db import has_table, make_engine, session_scope
+from lifecycle.store.models import Delivery, JobRun, utcnow
+from lifecycle.store.settings import cron_trigger, load_settings
 from tests.fakes.slack_api import RESPONSE_URL, FakeSlackAPI
 
 ROOT = Path(__file__).resolve().parents[1]

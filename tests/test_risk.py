@@ -17,9 +17,8 @@ from sqlmodel import Session, col, select
 from bot.core.messages import Incoming, Reply
 from bot.core.router import Router, Services
 from bot.push.jobs import run_job
-from lifecycle.config import load_settings
-from lifecycle.errors import ConfigError
-from lifecycle.health import (
+from lifecycle.intake.importers import import_csv
+from lifecycle.scoring.health import (
     CRITICAL_KEY,
     DEFAULT_SCORECARD,
     default_scorecard,
@@ -27,9 +26,10 @@ from lifecycle.health import (
     load_scorecard,
     score_frame,
 )
-from lifecycle.importers import import_csv
-from lifecycle.models import Account, Alert, HealthSnapshot, User
-from lifecycle.risk import RiskReason, reasons, reasons_text
+from lifecycle.scoring.risk import RiskReason, reasons, reasons_text
+from lifecycle.store.errors import ConfigError
+from lifecycle.store.models import Account, Alert, HealthSnapshot, User
+from lifecycle.store.settings import load_settings
 
 TODAY = date(2026, 11, 23)
 NIGHTLY_AT = datetime(2026, 11, 23, 2, 0)
@@ -178,7 +178,7 @@ def test_each_critical_signal_caps_the_grade_and_is_named_first(
     assert scored.loc[2, "score"] == card.ceiling(cap)  # 49 (red) or 74 (yellow)
     assert scored.loc[2, "uncapped_score"] > card.grades.green_from  # what the weighted mean alone said
 
-    from lifecycle.health import snapshot_rows
+    from lifecycle.scoring.health import snapshot_rows
 
     measures = snapshot_rows(scored.loc[[2]], TODAY, card)[0]["measures"]
     sentence = explain(scored.loc[2, "score"], cap, measures, scorecard=card)
@@ -253,7 +253,7 @@ def test_at_risk_reasons_red_critical_falling_and_churn() -> None:
 
 def test_the_at_risk_list_reads_the_stored_critical_signals_on_postgresql(pg_engine: Engine) -> None:
     """The list reads each account's critical signals out of its snapshot's JSON: the same on PostgreSQL."""
-    from lifecycle.portfolio import Scope, at_risk
+    from lifecycle.reports.portfolio import Scope, at_risk
 
     with Session(pg_engine) as s:
         quiet = Account(external_id="Q-1", name="Quiet", name_key="quiet", arr=50_000, health_score=70.0,

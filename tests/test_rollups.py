@@ -17,10 +17,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
-from lifecycle import rollups
-from lifecycle.db import upsert
-from lifecycle.models import Account, Note, NpsResponse, Ticket, UsageDaily
-from lifecycle.signals import build_signals
+from lifecycle.scoring import rollups
+from lifecycle.scoring.signals import build_signals
+from lifecycle.store.db import upsert
+from lifecycle.store.models import Account, Note, NpsResponse, Ticket, UsageDaily
 
 AS_OF = date(2025, 3, 31)
 FEATURES = ("", "", "", "reports", "api")
@@ -167,7 +167,7 @@ def test_migration_fills_the_rollups_and_rebuild_command_agrees(engine: Engine, 
     from typer.testing import CliRunner
 
     from adapters.cli.app import app
-    from lifecycle.config import get_settings
+    from lifecycle.store.settings import get_settings
 
     get_settings.cache_clear()  # the command reads the settings (and so the database URL) from the environment
     try:

@@ -11,8 +11,8 @@ from sqlmodel import Session, select
 
 from bot.core.messages import Incoming, Reply
 from bot.core.router import Router, Services, registry
-from lifecycle.config import load_settings
-from lifecycle.models import Account, AuditLog, Contact, Note, StageTransition, User
+from lifecycle.store.models import Account, AuditLog, Contact, Note, StageTransition, User
+from lifecycle.store.settings import load_settings
 
 TODAY = date(2026, 6, 1)
 

@@ -17,10 +17,10 @@ from bot.push.notifier import payload_to_reply
 from bot.push.routing import escalate, in_quiet_hours, person, release_time, route, route_alerts, with_platforms, zone
 from bot.push.undelivered import Routes, requeue
 from bot.views.alert_cards import alert_reply
-from lifecycle.alerts import AlertConfig, RoutingConfig, default_alert_config
-from lifecycle.config import load_settings
-from lifecycle.models import Account, Alert, Delivery, User
-from lifecycle.outbox import enqueue
+from lifecycle.scoring.alerts import AlertConfig, RoutingConfig, default_alert_config
+from lifecycle.store.models import Account, Alert, Delivery, User
+from lifecycle.store.outbox import enqueue
+from lifecycle.store.settings import load_settings
 from lifecycle.surveys import default_survey_config
 
 NOON = datetime(2026, 6, 1, 12, 0)  # naive UTC, as stored

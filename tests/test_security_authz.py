@@ -35,8 +35,8 @@ from bot.core.i18n import t
 from bot.core.messages import Incoming, Platform, Reply
 from bot.core.permissions import carries_account_data, role_allows
 from bot.core.router import Router, Services, registry
-from lifecycle.config import load_settings
-from lifecycle.models import AuditLog, User
+from lifecycle.store.models import AuditLog, User
+from lifecycle.store.settings import load_settings
 from tests import test_permissions as matrix
 from tests.fakes.chat_requests import JSON, event_callback, post_slack, settle
 from tests.fakes.slack_api import RESPONSE_URL, FakeCall, FakeSlackAPI
@@ -341,7 +341,7 @@ async def test_a_removed_user_loses_access_on_the_next_request(
     cases += 2
 
     # Deleted: Cam's accounts and alerts move to Max first, and the audit rows keep Cam's e-mail as the actor.
-    from lifecycle.models import Account, Alert
+    from lifecycle.store.models import Account, Alert
 
     maxi = world.users["max@example.com"]
     change(

@@ -27,12 +27,12 @@ from adapters.slack.port import SlackPort
 from adapters.telegram.port import TelegramPort
 from bot.push.jobs import run_job
 from bot.push.notifier import DeliveryPort, DrainStats, drain_once
-from lifecycle import outbox
-from lifecycle.config import load_settings
-from lifecycle.db import ensure_schema, make_engine
-from lifecycle.demo import seed_demo
-from lifecycle.errors import ConfigError
-from lifecycle.models import Delivery, JobRun, utcnow
+from lifecycle.intake.demo import seed_demo
+from lifecycle.store import outbox
+from lifecycle.store.db import ensure_schema, make_engine
+from lifecycle.store.errors import ConfigError
+from lifecycle.store.models import Delivery, JobRun, utcnow
+from lifecycle.store.settings import load_settings
 from tests.fakes.slack_api import FakeSlackAPI
 from tests.fakes.telegram_api import TOKEN, FakeTelegramAPI
 from tests.pgserver import PostgresServer, free_port

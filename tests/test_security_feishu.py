@@ -32,8 +32,8 @@ from bot.core.messages import Reply
 from bot.core.permissions import carries_account_data
 from bot.core.router import Router, Services
 from lifecycle import surveys as core
-from lifecycle.config import Settings, load_settings
-from lifecycle.models import Account, AuditLog, Contact, Note, NpsResponse, NpsSurvey, User, utcnow
+from lifecycle.store.models import Account, AuditLog, Contact, Note, NpsResponse, NpsSurvey, User, utcnow
+from lifecycle.store.settings import Settings, load_settings
 from tests import test_permissions as matrix
 from tests.fakes.chat_requests import settle
 from tests.fakes.feishu_api import (

@@ -39,11 +39,11 @@ from adapters.telegram.render import split_html, to_html
 from bot.core.i18n import t
 from bot.core.messages import Card, CardField, Incoming, Reply, Section
 from bot.core.router import Router, Services, registry
-from lifecycle.config import load_settings
-from lifecycle.db import session_scope
-from lifecycle.errors import ImportFailed
-from lifecycle.importers import KINDS, import_csv
-from lifecycle.models import Account, Alert, Contact, Note, User
+from lifecycle.intake.importers import KINDS, import_csv
+from lifecycle.store.db import session_scope
+from lifecycle.store.errors import ImportFailed
+from lifecycle.store.models import Account, Alert, Contact, Note, User
+from lifecycle.store.settings import load_settings
 from tests.fakes.chat_requests import FORM, interactive, post_slack, settle
 from tests.fakes.slack_api import FakeSlackAPI
 from tests.fakes.telegram_api import TOKEN, FakeTelegramAPI, callback_update

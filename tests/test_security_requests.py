@@ -24,8 +24,8 @@ from starlette.applications import Starlette
 from adapters.server import build_app
 from adapters.slack.render import COMMENT_ACTION, COMMENT_BLOCK, COMMENT_CALLBACK
 from lifecycle import surveys as core
-from lifecycle.config import Settings, load_settings
-from lifecycle.models import Account, AuditLog, Contact, Note, NpsResponse, User, utcnow
+from lifecycle.store.models import Account, AuditLog, Contact, Note, NpsResponse, User, utcnow
+from lifecycle.store.settings import Settings, load_settings
 from tests.fakes.chat_requests import (
     FORM,
     JSON,

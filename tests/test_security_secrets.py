@@ -29,9 +29,9 @@ from adapters.server import build_app
 from bot.core.messages import Reply
 from bot.core.router import Context, registry
 from bot.push.notifier import reply_to_payload
-from lifecycle import outbox
-from lifecycle.config import Settings, load_settings
-from lifecycle.models import Account, User
+from lifecycle.store import outbox
+from lifecycle.store.models import Account, User
+from lifecycle.store.settings import Settings, load_settings
 from tests.fakes.chat_requests import FORM, post_slack, post_telegram, slash_command
 from tests.fakes.serving import served_on_loop
 from tests.fakes.slack_api import RESPONSE_URL, FakeSlackAPI

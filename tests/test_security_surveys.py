@@ -20,9 +20,9 @@ from sqlmodel import Session, SQLModel, col
 
 from bot.push.surveys import SurveyDesk
 from lifecycle import surveys as core
-from lifecycle.alerts import default_alert_config
-from lifecycle.config import load_settings
-from lifecycle.models import AuditLog, NpsSurvey
+from lifecycle.scoring.alerts import default_alert_config
+from lifecycle.store.models import AuditLog, NpsSurvey
+from lifecycle.store.settings import load_settings
 from tests import test_surveys as surveys_tests
 from tests.security_counts import SecurityCount
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 from sqlmodel import Session, select
 
-from lifecycle.churn import SegmentSettings, TierSettings
-from lifecycle.models import Account, Cohort
-from lifecycle.segments import BEHAVIOUR_FEATURES, save_segmentation, segment, tiers
+from lifecycle.insight.churn import SegmentSettings, TierSettings
+from lifecycle.insight.segments import BEHAVIOUR_FEATURES, save_segmentation, segment, tiers
+from lifecycle.store.models import Account, Cohort
 
 SETTINGS = SegmentSettings(min_k=2, max_k=5, seed=7)
 

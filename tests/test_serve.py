@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 from adapters.cli.app import app as cli
 from adapters.server import build_app
-from lifecycle.config import Settings, get_settings, load_settings
-from lifecycle.errors import ConfigError
-from lifecycle.models import Account
+from lifecycle.store.errors import ConfigError
+from lifecycle.store.models import Account
+from lifecycle.store.settings import Settings, get_settings, load_settings
 from tests.fakes.chat_requests import FORM, post_slack, slash_command
 from tests.fakes.serving import served_on_loop
 from tests.fakes.slack_api import RESPONSE_URL, FakeCall, FakeSlackAPI

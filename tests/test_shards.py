@@ -19,13 +19,13 @@ from sqlmodel import Session
 
 from bot.push.jobs import run_job
 from lifecycle import shards
-from lifecycle.config import load_settings
-from lifecycle.db import make_engine, session_scope
-from lifecycle.demo import seed_demo
-from lifecycle.health import default_scorecard
-from lifecycle.models import utcnow
+from lifecycle.intake.demo import seed_demo
 from lifecycle.recompute import recompute
-from lifecycle.stages import load_stage_machine
+from lifecycle.scoring.health import default_scorecard
+from lifecycle.scoring.stages import load_stage_machine
+from lifecycle.store.db import make_engine, session_scope
+from lifecycle.store.models import utcnow
+from lifecycle.store.settings import load_settings
 
 TODAY = date(2025, 3, 14)
 NIGHTLY_AT = datetime(2025, 3, 14, 2, 0)

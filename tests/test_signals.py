@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from lifecycle.models import Account, Note, NpsResponse, Ticket, UsageDaily
-from lifecycle.signals import SIGNAL_COLUMNS, build_signals
+from lifecycle.scoring.signals import SIGNAL_COLUMNS, build_signals
+from lifecycle.store.models import Account, Note, NpsResponse, Ticket, UsageDaily
 
 AS_OF = date(2025, 3, 31)
 

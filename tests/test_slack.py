@@ -29,9 +29,9 @@ from adapters.slack.app import SeenEvents, incoming_from_command, strip_mention
 from adapters.slack.render import view_blocks
 from bot.core.messages import Button, Card, CardField, Image, Reply, Section
 from bot.core.router import Context, Registry, Router, Services
-from lifecycle.config import Settings, load_settings
-from lifecycle.errors import ConfigError
-from lifecycle.models import Account, Contact, UsageDaily, User
+from lifecycle.store.errors import ConfigError
+from lifecycle.store.models import Account, Contact, UsageDaily, User
+from lifecycle.store.settings import Settings, load_settings
 from tests.fakes.chat_requests import (
     FORM,
     JSON,

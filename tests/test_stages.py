@@ -12,9 +12,7 @@ import pandas as pd
 import pytest
 from sqlmodel import Session, select
 
-from lifecycle.errors import ConfigError, InvalidTransition, NotFoundError
-from lifecycle.models import Account, AuditLog, StageTransition, utcnow
-from lifecycle.stages import (
+from lifecycle.scoring.stages import (
     B2C_STAGES_FILE,
     DEFAULT_STAGES_FILE,
     StageMachine,
@@ -28,6 +26,8 @@ from lifecycle.stages import (
     transition_time,
     unpin,
 )
+from lifecycle.store.errors import ConfigError, InvalidTransition, NotFoundError
+from lifecycle.store.models import Account, AuditLog, StageTransition, utcnow
 
 # A quiet, established adoption account that no default rule moves.
 BASE: dict[str, Any] = {

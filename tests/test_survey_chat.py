@@ -33,8 +33,8 @@ from bot.core.router import Router, Services
 from bot.push.notifier import drain_once
 from bot.push.surveys import desk_for, enqueue_questions, survey_config
 from lifecycle import surveys as core
-from lifecycle.config import Settings, load_settings
-from lifecycle.models import Account, Alert, Contact, Delivery, NpsResponse, NpsSurvey, User
+from lifecycle.store.models import Account, Alert, Contact, Delivery, NpsResponse, NpsSurvey, User
+from lifecycle.store.settings import Settings, load_settings
 from tests.fakes.chat_requests import FORM, interactive, post_slack, post_telegram, retry_headers, settle
 from tests.fakes.slack_api import RESPONSE_URL, FakeSlackAPI
 from tests.fakes.telegram_api import TOKEN as TG_TOKEN

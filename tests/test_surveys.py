@@ -15,11 +15,10 @@ from sqlmodel import Session, col, select
 
 from bot.push.surveys import SurveyDesk, dispatch_surveys, enqueue_questions
 from lifecycle import surveys as core
-from lifecycle.alerts import default_alert_config
-from lifecycle.config import load_settings
-from lifecycle.errors import ConfigError
-from lifecycle.health import load_scorecard
-from lifecycle.models import (
+from lifecycle.scoring.alerts import default_alert_config
+from lifecycle.scoring.health import load_scorecard
+from lifecycle.store.errors import ConfigError
+from lifecycle.store.models import (
     Account,
     Alert,
     Contact,
@@ -30,6 +29,7 @@ from lifecycle.models import (
     StageTransition,
     User,
 )
+from lifecycle.store.settings import load_settings
 
 TODAY = date(2025, 3, 14)
 NOW = datetime(2025, 3, 14, 12, 0)  # noon UTC: outside the default quiet hours

@@ -26,8 +26,8 @@ from adapters.telegram.app import AnyApplication, bridge_of, telegram_urls
 from adapters.telegram.render import CALLBACK_LIMIT, CallbackKeys, split_html, to_html, to_keyboard
 from bot.core.messages import Button, Card, CardField, Image, Reply, Section
 from bot.core.router import Router, Services
-from lifecycle.config import Settings
-from lifecycle.models import Account, AuditLog, Note, User
+from lifecycle.store.models import Account, AuditLog, Note, User
+from lifecycle.store.settings import Settings
 from tests.fakes.chat_requests import post_telegram
 from tests.fakes.telegram_api import TOKEN, FakeTelegramAPI, callback_update, message_update
 from tests.seeding import recompute_at

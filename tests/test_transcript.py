@@ -30,9 +30,9 @@ from adapters.console.app import PROMPT, run_console
 from adapters.slack.app import build_slack_app, slack_routes
 from adapters.telegram.app import bridge_of, build_telegram_app, start_telegram, stop_telegram, telegram_routes
 from bot.core.router import Router, Services
-from lifecycle.config import load_settings
-from lifecycle.db import make_engine
-from lifecycle.models import Account, User
+from lifecycle.store.db import make_engine
+from lifecycle.store.models import Account, User
+from lifecycle.store.settings import load_settings
 from tests.fakes.chat_requests import FORM, post_slack, settle, slash_command
 from tests.fakes.slack_api import RESPONSE_URL, FakeSlackAPI
 from tests.fakes.telegram_api import TOKEN, FakeTelegramAPI, message_update

@@ -25,12 +25,12 @@ from bot.core.router import Router, Services
 from bot.push.jobs import run_job
 from bot.push.notifier import payload_to_reply, reply_to_payload
 from bot.push.routing import why_text
-from lifecycle import outbox
 from lifecycle import surveys as core
-from lifecycle.config import Settings, get_settings, load_settings
-from lifecycle.db import session_scope
-from lifecycle.importers import import_csv
-from lifecycle.models import Account, Alert, Delivery, NpsSurvey, User
+from lifecycle.intake.importers import import_csv
+from lifecycle.store import outbox
+from lifecycle.store.db import session_scope
+from lifecycle.store.models import Account, Alert, Delivery, NpsSurvey, User
+from lifecycle.store.settings import Settings, get_settings, load_settings
 from tests.fakes.slack_api import FakeSlackAPI
 
 TODAY = date(2026, 6, 1)

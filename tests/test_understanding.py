@@ -14,9 +14,9 @@ from bot.core.router import Router, Services
 from bot.understanding.entities import AccountIndex
 from bot.understanding.query import Query
 from bot.understanding.when import Between, Until, Within, find_times
-from lifecycle.config import load_settings
-from lifecycle.demo import seed_demo
-from lifecycle.models import Account, ConversationState, Note, User, utcnow
+from lifecycle.intake.demo import seed_demo
+from lifecycle.store.models import Account, ConversationState, Note, User, utcnow
+from lifecycle.store.settings import load_settings
 
 TODAY = date(2026, 12, 7)
 MAYA = "maya.chen@csbot-demo.example"
@@ -26,7 +26,7 @@ DANIEL = "daniel.okafor@csbot-demo.example"
 
 @pytest.fixture(scope="module")
 def demo_db(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from lifecycle.db import make_engine, upgrade
+    from lifecycle.store.db import make_engine, upgrade
 
     path = tmp_path_factory.mktemp("nl") / "demo.db"
     engine = make_engine(f"sqlite:///{path}")
@@ -43,7 +43,7 @@ def demo(demo_db: str, tmp_path: object) -> Engine:
     import shutil
     from pathlib import Path
 
-    from lifecycle.db import make_engine
+    from lifecycle.store.db import make_engine
 
     target = Path(str(tmp_path)) / "demo.db"
     shutil.copy(demo_db, target)

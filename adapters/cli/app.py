@@ -14,7 +14,7 @@ import typer
 
 from adapters.cli import chat, data, db, deliveries, ingest, jobs, model, serve, usage
 from adapters.cli.common import err
-from lifecycle.errors import ConfigError
+from lifecycle.store.errors import ConfigError
 
 app = typer.Typer(
     help="csbot — the chat-first customer-success assistant.", no_args_is_help=True, pretty_exceptions_enable=False

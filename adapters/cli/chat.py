@@ -15,10 +15,10 @@ from bot.core.messages import Incoming
 from bot.core.router import Router, Services
 from bot.push.inbox import waiting_for
 from bot.push.jobs import run_job
-from lifecycle.config import Settings
-from lifecycle.db import session_scope
-from lifecycle.demo import is_empty, seed_demo
-from lifecycle.models import Account, User
+from lifecycle.intake.demo import is_empty, seed_demo
+from lifecycle.store.db import session_scope
+from lifecycle.store.models import Account, User
+from lifecycle.store.settings import Settings
 
 
 def _chat(engine: Engine, settings: Settings, as_email: str | None) -> int:

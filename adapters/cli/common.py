@@ -13,13 +13,13 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from adapters.logsafe import install_redaction
-from lifecycle.config import Settings, get_settings
-from lifecycle.db import ensure_schema, make_engine, session_scope
-from lifecycle.errors import ConfigError
-from lifecycle.health import load_scorecard
-from lifecycle.models import User
 from lifecycle.recompute import recompute, recompute_changed
-from lifecycle.stages import load_stage_machine
+from lifecycle.scoring.health import load_scorecard
+from lifecycle.scoring.stages import load_stage_machine
+from lifecycle.store.db import ensure_schema, make_engine, session_scope
+from lifecycle.store.errors import ConfigError
+from lifecycle.store.models import User
+from lifecycle.store.settings import Settings, get_settings
 
 console = Console()
 err = Console(stderr=True)

@@ -13,12 +13,12 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from adapters.cli.common import console, err, load, open_engine, progress_bar, recompute_and_report, signed
-from lifecycle.db import session_scope
-from lifecycle.errors import CsbotError, ImportFailed
-from lifecycle.importers import MissingColumns, import_csv, parse_column_map
-from lifecycle.models import Account, User
-from lifecycle.money import load_rates
-from lifecycle.rollups import rebuild
+from lifecycle.intake.importers import MissingColumns, import_csv, parse_column_map
+from lifecycle.reports.money import load_rates
+from lifecycle.scoring.rollups import rebuild
+from lifecycle.store.db import session_scope
+from lifecycle.store.errors import CsbotError, ImportFailed
+from lifecycle.store.models import Account, User
 
 SHOWN_ROWS = 50  # skipped row numbers listed after an import
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from adapters.cli.common import console, err, load
-from lifecycle.db import make_engine, upgrade
-from lifecycle.errors import ConfigError
+from lifecycle.store.db import make_engine, upgrade
+from lifecycle.store.errors import ConfigError
 
 app = typer.Typer(help="Database schema.", no_args_is_help=True)
 

@@ -12,10 +12,10 @@ from sqlmodel import Session, col, select
 
 from adapters.cli.common import console, err, load, local_time, open_engine
 from bot.push.undelivered import Routes, requeue
-from lifecycle import outbox
-from lifecycle.config import Settings
-from lifecycle.db import session_scope
-from lifecycle.models import Delivery, utcnow
+from lifecycle.store import outbox
+from lifecycle.store.db import session_scope
+from lifecycle.store.models import Delivery, utcnow
+from lifecycle.store.settings import Settings
 
 
 class DeliveryStatus(StrEnum):

@@ -9,10 +9,10 @@ from rich.table import Table
 from sqlmodel import Session
 
 from adapters.cli.common import console, err, load, local_time, open_engine
-from lifecycle.alerts import load_alert_config
-from lifecycle.db import session_scope
-from lifecycle.errors import ConfigError
-from lifecycle.ingest import prune, source_status, stale_accounts
+from lifecycle.intake.ingest import prune, source_status, stale_accounts
+from lifecycle.scoring.alerts import load_alert_config
+from lifecycle.store.db import session_scope
+from lifecycle.store.errors import ConfigError
 
 app = typer.Typer(help="Usage ingest (POST /api/usage): data freshness and upkeep.", no_args_is_help=True)
 

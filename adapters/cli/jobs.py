@@ -11,8 +11,8 @@ from rich.table import Table
 from adapters.cli.common import console, err, load, local_time, open_engine
 from adapters.ports import open_ports
 from bot.push.jobs import JOBS, list_jobs, run_job
-from lifecycle.errors import NotFoundError
 from lifecycle.shards import latest_key, run_status
+from lifecycle.store.errors import NotFoundError
 
 app = typer.Typer(help="Scheduled jobs: list them, or run one now (cron users, checks).", no_args_is_help=True)
 

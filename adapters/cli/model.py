@@ -1,6 +1,7 @@
 """`csbot model …`: train and report the churn model, evaluate candidates on any labelled CSV, backtest the scorecard.
 
-Thin wrappers over `lifecycle.churn` and `lifecycle.evaluate` that print rich tables; registered on the main app in
+Thin wrappers over `lifecycle.insight.churn` and `lifecycle.insight.evaluate` that print rich tables; registered on the
+main app in
 `adapters.cli.app`.
 """
 
@@ -20,7 +21,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from adapters.cli.common import load, open_engine
-from lifecycle.churn import (
+from lifecycle.insight.churn import (
     NotEnoughHistory,
     churn_label_counts,
     default_insight_config,
@@ -28,12 +29,12 @@ from lifecycle.churn import (
     load_model,
     score_portfolio,
 )
-from lifecycle.churn import backtest as run_backtest
-from lifecycle.churn import train as train_model
-from lifecycle.db import session_scope
-from lifecycle.errors import ConfigError, CsbotError
-from lifecycle.evaluate import evaluate_file
-from lifecycle.health import load_scorecard
+from lifecycle.insight.churn import backtest as run_backtest
+from lifecycle.insight.churn import train as train_model
+from lifecycle.insight.evaluate import evaluate_file
+from lifecycle.scoring.health import load_scorecard
+from lifecycle.store.db import session_scope
+from lifecycle.store.errors import ConfigError, CsbotError
 
 app = typer.Typer(help="The churn model: train, report, evaluate on a CSV, backtest the health score.",
                   no_args_is_help=True)

@@ -10,7 +10,7 @@ import uvicorn
 
 from adapters.cli.common import err, load, open_engine
 from adapters.server import build_app
-from lifecycle.errors import ConfigError
+from lifecycle.store.errors import ConfigError
 
 
 def serve(

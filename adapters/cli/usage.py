@@ -9,9 +9,9 @@ from rich.table import Table
 from sqlmodel import Session
 
 from adapters.cli.common import console, err, load, open_engine
-from lifecycle.db import session_scope
-from lifecycle.errors import ConfigError
-from lifecycle.partitions import describe_partitions, prune_usage
+from lifecycle.store.db import session_scope
+from lifecycle.store.errors import ConfigError
+from lifecycle.store.partitions import describe_partitions, prune_usage
 
 app = typer.Typer(help="Raw usage storage: monthly partitions (PostgreSQL) and retention.", no_args_is_help=True)
 

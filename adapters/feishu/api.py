@@ -33,8 +33,8 @@ from lark_oapi.core.token.manager import TokenManager
 
 from adapters.feishu.render import receive_id_type
 from bot.push.notifier import RetryLater
-from lifecycle.config import Settings
-from lifecycle.errors import ConfigError
+from lifecycle.store.errors import ConfigError
+from lifecycle.store.settings import Settings
 
 log = logging.getLogger("csbot.feishu")
 

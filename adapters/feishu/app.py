@@ -49,9 +49,9 @@ from bot.core.messages import Incoming, Reply
 from bot.core.router import Router
 from bot.push.notifier import RetryLater
 from bot.push.surveys import PressOutcome, answer_buttons, desk_for
-from lifecycle.config import Settings
-from lifecycle.errors import ConfigError
-from lifecycle.idempotency import first_time
+from lifecycle.store.errors import ConfigError
+from lifecycle.store.idempotency import first_time
+from lifecycle.store.settings import Settings
 
 log = logging.getLogger("csbot.feishu")
 

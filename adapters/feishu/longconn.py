@@ -19,7 +19,7 @@ import lark_oapi as lark
 import lark_oapi.ws.client as ws_client
 
 from adapters.feishu.app import FeishuBridge, build_dispatcher
-from lifecycle.config import Settings
+from lifecycle.store.settings import Settings
 
 log = logging.getLogger("csbot.feishu")
 

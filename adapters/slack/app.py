@@ -45,9 +45,9 @@ from bot.core.messages import Image, Incoming, Reply
 from bot.core.permissions import CUSTOMER_CHANNEL_FLAG
 from bot.core.router import Router
 from bot.push.surveys import PressOutcome, SurveyDesk, desk_for
-from lifecycle.config import Settings
-from lifecycle.errors import ConfigError
-from lifecycle.idempotency import first_time
+from lifecycle.store.errors import ConfigError
+from lifecycle.store.idempotency import first_time
+from lifecycle.store.settings import Settings
 
 log = logging.getLogger("csbot.slack")
 

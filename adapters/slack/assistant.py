@@ -34,7 +34,7 @@ from bot.core.i18n import add_messages, t
 from bot.core.messages import Incoming, Reply
 from bot.core.permissions import identify
 from bot.core.router import Router
-from lifecycle.models import Account
+from lifecycle.store.models import Account
 
 log = logging.getLogger("csbot.slack")
 

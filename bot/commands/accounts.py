@@ -13,10 +13,10 @@ from bot.core.router import Context, Param, UserError, command
 from bot.views.cards import account_card, stage_label
 from bot.views.charts import health_trend_image
 from bot.views.readings import account_kpi_section
-from lifecycle.accounts import account_view, add_note
-from lifecycle.cardfacts import card_kpis
-from lifecycle.models import Account
-from lifecycle.stages import StageVisit, move_stage, stage_history, unpin
+from lifecycle.reports.accounts import account_view, add_note
+from lifecycle.reports.cardfacts import card_kpis
+from lifecycle.scoring.stages import StageVisit, move_stage, stage_history, unpin
+from lifecycle.store.models import Account
 
 
 @command("account", aliases=("客户", "acct"), zh="客户卡片：负责人、ARR、阶段、健康度及原因、续约、NPS、工单。",

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from bot.core.messages import Card, Reply, Section
 from bot.core.router import Context, Param, command
-from lifecycle.alerts import alert_stats
+from lifecycle.scoring.alerts import alert_stats
 
 
 def _percent(useful: int, rated: int, ctx: Context) -> str:

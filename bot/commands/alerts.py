@@ -13,7 +13,7 @@ from bot.core.i18n import t
 from bot.core.messages import Button, Card, Reply
 from bot.core.permissions import coverage
 from bot.core.router import Context, Param, UserError, command
-from lifecycle.models import Account, Alert, User, utcnow
+from lifecycle.store.models import Account, Alert, User, utcnow
 
 SHOW = 10
 MAX_SHOW = 50

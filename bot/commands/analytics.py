@@ -37,7 +37,7 @@ from bot.views.readings import (
     retention_reading,
     revenue_parts,
 )
-from lifecycle.analytics import (
+from lifecycle.reports.analytics import (
     Period,
     Slice,
     cohorts,
@@ -47,7 +47,7 @@ from lifecycle.analytics import (
     stage_distribution_monthly,
     stage_kpis,
 )
-from lifecycle.stages import StageMachine
+from lifecycle.scoring.stages import StageMachine
 
 MIX_MONTHS = 12
 STUCK_LINES = 8

@@ -8,7 +8,7 @@ from typing import Annotated
 from bot.core.handover import hand_over
 from bot.core.messages import Reply
 from bot.core.router import Context, Param, UserError, command
-from lifecycle.models import Account, Alert
+from lifecycle.store.models import Account, Alert
 
 USEFUL = {"yes": "useful", "no": "not_useful", "是": "useful", "否": "not_useful"}
 

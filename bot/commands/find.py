@@ -10,7 +10,7 @@ from bot.core.messages import Card, Reply, Section
 from bot.core.money import reply_rates, total_text, totals_note
 from bot.core.router import Context, Param, UserError, command
 from bot.views.cards import stage_label
-from lifecycle.search import FIELDS, Filter, FilterError, FoundAccount, InDays, parse_filters, search
+from lifecycle.reports.search import FIELDS, Filter, FilterError, FoundAccount, InDays, parse_filters, search
 
 SHOW = 20
 

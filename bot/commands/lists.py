@@ -10,8 +10,8 @@ from bot.core.messages import Card, Reply, Section
 from bot.core.money import reply_rates, total_text, totals_note
 from bot.core.permissions import coverage
 from bot.core.router import Context, Param, command
-from lifecycle.portfolio import PortfolioRow, Scope, at_risk, renewals
-from lifecycle.risk import reasons_text
+from lifecycle.reports.portfolio import PortfolioRow, Scope, at_risk, renewals
+from lifecycle.scoring.risk import reasons_text
 
 SHOW = 15
 

@@ -23,10 +23,10 @@ from bot.core.messages import Card, CardField, Image, Reply, Section
 from bot.core.router import Context, Param, UserError, command
 from bot.views.cards import stage_label
 from bot.views.charts import chart_lang, has_cjk, nps_trend_png
-from lifecycle.accounts import nps_category, segment_names
-from lifecycle.errors import NotFoundError
-from lifecycle.models import Account
-from lifecycle.nps import NpsComment, NpsSummary, latest_comments, month_start, nps_by, nps_summary, nps_trend
+from lifecycle.reports.accounts import nps_category, segment_names
+from lifecycle.reports.nps import NpsComment, NpsSummary, latest_comments, month_start, nps_by, nps_summary, nps_trend
+from lifecycle.store.errors import NotFoundError
+from lifecycle.store.models import Account
 
 MONTHS = 12  # the headline NPS and the trend cover the same window
 BREAKDOWN_ROWS = 8

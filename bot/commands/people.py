@@ -13,7 +13,7 @@ from bot.core.i18n import t
 from bot.core.messages import Reply
 from bot.core.permissions import reports_of
 from bot.core.router import Context, Param, command
-from lifecycle.models import Account, User, utcnow
+from lifecycle.store.models import Account, User, utcnow
 
 LANG_CODES = {"en": "en", "english": "en", "英文": "en", "zh": "zh", "chinese": "zh", "中文": "zh"}
 LANG_NAMES = {"en": "English", "zh": "中文"}

@@ -12,11 +12,11 @@ from bot.core.permissions import coverage
 from bot.core.router import Context, Param, command
 from bot.views.cards import stage_label
 from bot.views.charts import chart_lang, stage_distribution_png
-from lifecycle.churn import default_insight_config, latest_model_info
-from lifecycle.clv import portfolio_value
-from lifecycle.models import Owners
-from lifecycle.money import Rates, Total
-from lifecycle.overview import PortfolioTotals, portfolio_totals, stage_distribution
+from lifecycle.insight.churn import default_insight_config, latest_model_info
+from lifecycle.insight.clv import portfolio_value
+from lifecycle.reports.money import Rates, Total
+from lifecycle.reports.overview import PortfolioTotals, portfolio_totals, stage_distribution
+from lifecycle.store.models import Owners
 
 # The stage whose red accounts matter most to read out first: money is about to be decided there.
 URGENT_STAGE = "renewal"

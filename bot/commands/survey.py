@@ -18,7 +18,7 @@ from bot.core.router import Context, Param, UserError, command
 from bot.push.routing import why_text
 from bot.push.surveys import contact_reasons, enqueue_questions, survey_config
 from lifecycle import surveys as core
-from lifecycle.models import Account, Contact, utcnow
+from lifecycle.store.models import Account, Contact, utcnow
 
 
 def _contact(ctx: Context, account: Account, name: str) -> Contact:

@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from rapidfuzz.distance import OSA
 
-from lifecycle.accounts import find_account, find_account_prefix, segment_names
-from lifecycle.analytics import Period, parse_period
-from lifecycle.errors import CsbotError, NotFoundError
+from lifecycle.reports.accounts import find_account, find_account_prefix, segment_names
+from lifecycle.reports.analytics import Period, parse_period
+from lifecycle.store.errors import CsbotError, NotFoundError
 
 if TYPE_CHECKING:
     from sqlmodel import Session
 
-    from lifecycle.models import Account
+    from lifecycle.store.models import Account
 
 Kind = Literal["account", "word", "int", "days", "period", "segment", "stage", "command", "text", "rest"]
 
@@ -45,7 +45,7 @@ Kind = Literal["account", "word", "int", "days", "period", "segment", "stage", "
 SYNONYMS = {"my": "mine", "我的": "mine", "我负责的": "mine", "everyone": "all", "全部": "all", "所有": "all",
             "是": "yes", "否": "no"}
 SEGMENT_WORDS = ("segment", "细分")
-# The unit words of a period (as `lifecycle.analytics.parse_period` reads them), for "Did you mean `months`?".
+# The unit words of a period (as `lifecycle.reports.analytics.parse_period` reads them), for "Did you mean `months`?".
 UNIT_WORDS = ("days", "day", "weeks", "week", "months", "month", "years", "year")
 # How many words a multi-word stage label or segment name may have (`win back`, `mid market`).
 MAX_NAME_WORDS = 3

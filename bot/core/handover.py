@@ -10,9 +10,9 @@ from sqlmodel import col
 from bot.core.arguments import UserError, extra_word
 from bot.core.messages import Reply
 from bot.core.router import Context
-from lifecycle.errors import NotFoundError
-from lifecycle.models import Account, Alert, User, utcnow
-from lifecycle.search import find_user
+from lifecycle.reports.search import find_user
+from lifecycle.store.errors import NotFoundError
+from lifecycle.store.models import Account, Alert, User, utcnow
 
 
 def hand_over(ctx: Context, acct: Account, who: str) -> Reply:

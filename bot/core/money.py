@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from bot.core.format import money
 from bot.core.i18n import t
-from lifecycle.money import Basis, Rates, Total, load_rates
+from lifecycle.reports.money import Basis, Rates, Total, load_rates
 
 if TYPE_CHECKING:
     from bot.core.router import Context

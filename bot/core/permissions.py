@@ -14,7 +14,7 @@ from sqlalchemy import false, or_
 from sqlmodel import Session, col, select
 
 from bot.core.messages import Incoming
-from lifecycle.models import Account, Contact, User
+from lifecycle.store.models import Account, Contact, User
 
 Needs = Literal["read", "write", "manage", "admin"]
 ROLE_RANK: dict[str, int] = {"viewer": 0, "csm": 1, "manager": 2, "admin": 3}

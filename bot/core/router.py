@@ -43,11 +43,11 @@ from bot.understanding.pipeline import (
     remembered,
     warm_up,
 )
-from lifecycle.config import Settings
-from lifecycle.errors import CsbotError, NotFoundError
-from lifecycle.health import load_scorecard
-from lifecycle.models import Account, Alert, AuditLog, User, utcnow
-from lifecycle.stages import load_stage_machine
+from lifecycle.scoring.health import load_scorecard
+from lifecycle.scoring.stages import load_stage_machine
+from lifecycle.store.errors import CsbotError, NotFoundError
+from lifecycle.store.models import Account, Alert, AuditLog, User, utcnow
+from lifecycle.store.settings import Settings
 
 log = logging.getLogger("csbot.router")
 

@@ -49,15 +49,15 @@ from bot.push.routing import (
 from bot.views.alert_cards import RENEWAL_PROMPT, SEVERITY_ICON, alert_title
 from bot.views.charts import chart_lang, stage_distribution_png
 from bot.views.readings import lifecycle_summary
-from lifecycle.alerts import AlertConfig
-from lifecycle.analytics import Slice
-from lifecycle.errors import ConfigError
-from lifecycle.health import trends
-from lifecycle.models import Account, Alert, Delivery, User
-from lifecycle.money import Rates, load_rates
-from lifecycle.outbox import UNDELIVERABLE
-from lifecycle.overview import GRADE_COLUMNS, stage_table
-from lifecycle.stages import load_stage_machine
+from lifecycle.reports.analytics import Slice
+from lifecycle.reports.money import Rates, load_rates
+from lifecycle.reports.overview import GRADE_COLUMNS, stage_table
+from lifecycle.scoring.alerts import AlertConfig
+from lifecycle.scoring.health import trends
+from lifecycle.scoring.stages import load_stage_machine
+from lifecycle.store.errors import ConfigError
+from lifecycle.store.models import Account, Alert, Delivery, User
+from lifecycle.store.outbox import UNDELIVERABLE
 
 DIGEST_KIND = "digest"
 WEEKLY_KIND = "weekly"

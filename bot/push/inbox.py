@@ -15,8 +15,8 @@ from bot.core.messages import Reply
 from bot.push.digests import DIGEST_KIND, WEEKLY_KIND
 from bot.push.notifier import payload_to_reply
 from bot.push.routing import TO_KEY
-from lifecycle.models import Delivery, User
-from lifecycle.outbox import PENDING, UNDELIVERABLE
+from lifecycle.store.models import Delivery, User
+from lifecycle.store.outbox import PENDING, UNDELIVERABLE
 
 RECENT = 2_000  # the newest rows looked at: what waits for one person is among them
 

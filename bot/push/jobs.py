@@ -43,25 +43,25 @@ from bot.push.routing import escalate, route_alerts, with_platforms
 from bot.push.surveys import dispatch_surveys, survey_config
 from bot.push.undelivered import Routes, reroute_waiting
 from bot.understanding.memory import forget_idle
-from lifecycle.alerts import load_alert_config, run_alert_rules
-from lifecycle.config import Settings, cron_trigger
-from lifecycle.db import has_table, session_scope
-from lifecycle.errors import NotFoundError
-from lifecycle.health import load_scorecard
-from lifecycle.models import Delivery, JobRun, utcnow
-from lifecycle.partitions import ensure_partitions, is_partitioned, prune_usage
 from lifecycle.recompute import recompute
+from lifecycle.scoring.alerts import load_alert_config, run_alert_rules
+from lifecycle.scoring.health import load_scorecard
+from lifecycle.scoring.stages import load_stage_machine
 from lifecycle.shards import nightly_recompute, shard_count
-from lifecycle.stages import load_stage_machine
+from lifecycle.store.db import has_table, session_scope
+from lifecycle.store.errors import NotFoundError
+from lifecycle.store.models import Delivery, JobRun, utcnow
+from lifecycle.store.partitions import ensure_partitions, is_partitioned, prune_usage
+from lifecycle.store.settings import Settings, cron_trigger
 from lifecycle.surveys import survey_secret
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from bot.push.notifier import DeliveryPort
-    from lifecycle.alerts import AlertConfig
-    from lifecycle.health import Scorecard
-    from lifecycle.stages import StageMachine
+    from lifecycle.scoring.alerts import AlertConfig
+    from lifecycle.scoring.health import Scorecard
+    from lifecycle.scoring.stages import StageMachine
 
 log = logging.getLogger("csbot.jobs")
 

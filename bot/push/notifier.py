@@ -1,4 +1,4 @@
-"""The outbox worker: drains `lifecycle.outbox` through one `DeliveryPort` per chat platform.
+"""The outbox worker: drains `lifecycle.store.outbox` through one `DeliveryPort` per chat platform.
 
 Each claimed row is already committed as `sending` before its port is called, and its outcome is committed right
 after, one row at a time, so a crash loses at most the knowledge of one in-flight message. A row that has been
@@ -29,9 +29,9 @@ from typing import Any, Protocol
 from sqlalchemy import Engine
 
 from bot.core.messages import Button, Card, CardField, Image, Mention, Reply, Section
-from lifecycle import outbox
-from lifecycle.db import session_scope
-from lifecycle.models import Delivery, utcnow
+from lifecycle.store import outbox
+from lifecycle.store.db import session_scope
+from lifecycle.store.models import Delivery, utcnow
 from lifecycle.surveys import mark_sent as mark_survey_sent
 
 log = logging.getLogger("csbot.notifier")

@@ -1,8 +1,8 @@
 """Fresh within seconds: the server's debounced refresh of accounts whose data just changed.
 
-Every write of recompute inputs marks its account (`lifecycle.rollups`, triggers on tickets, notes, NPS and account
-fields); `csbot serve` (with its scheduler) runs `refresh_once` every `CSBOT_REFRESH_SECONDS` (default 2 s; 0 turns
-it off), which recomputes the health, snapshot and stage of the marked accounts only, as of today in
+Every write of recompute inputs marks its account (`lifecycle.scoring.rollups`, triggers on tickets, notes, NPS and
+account fields); `csbot serve` (with its scheduler) runs `refresh_once` every `CSBOT_REFRESH_SECONDS` (default 2 s; 0
+turns it off), which recomputes the health, snapshot and stage of the marked accounts only, as of today in
 `CSBOT_TIMEZONE` (`lifecycle.recompute.refresh_changed`). A burst of ingest calls for one account in that interval
 costs one recompute of that account; the account's card shows the new health after the next tick. The alert rules
 and the churn model still run with the nightly job. Several replicas may tick at once: each computes the same
@@ -20,11 +20,11 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from lifecycle.config import Settings
-from lifecycle.db import session_scope
-from lifecycle.health import Scorecard, load_scorecard
 from lifecycle.recompute import RecomputeSummary, refresh_changed
-from lifecycle.stages import StageMachine, load_stage_machine
+from lifecycle.scoring.health import Scorecard, load_scorecard
+from lifecycle.scoring.stages import StageMachine, load_stage_machine
+from lifecycle.store.db import session_scope
+from lifecycle.store.settings import Settings
 
 log = logging.getLogger("csbot.refresh")
 

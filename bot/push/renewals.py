@@ -27,10 +27,10 @@ from sqlmodel import Session, col
 from bot.core.i18n import t
 from bot.push.routing import RouteStats, route_alerts
 from bot.views.alert_cards import RENEWAL_PROMPT
-from lifecycle.alerts import AlertConfig
-from lifecycle.db import upsert
-from lifecycle.health import trends
-from lifecycle.models import Account, Alert, NpsResponse, Ticket, UsageDaily
+from lifecycle.scoring.alerts import AlertConfig
+from lifecycle.scoring.health import trends
+from lifecycle.store.db import upsert
+from lifecycle.store.models import Account, Alert, NpsResponse, Ticket, UsageDaily
 
 PROMOTER_MIN = 9
 FIRST_MONTH = timedelta(days=30)

@@ -38,10 +38,10 @@ from bot.core.i18n import t
 from bot.core.messages import Reply
 from bot.push.notifier import reply_to_payload
 from bot.views.alert_cards import alert_reply
-from lifecycle.alerts import AlertConfig, RoutingConfig
-from lifecycle.config import PLATFORM_TOKENS
-from lifecycle.models import Account, Alert, Delivery, User
-from lifecycle.outbox import UNDELIVERABLE, enqueue
+from lifecycle.scoring.alerts import AlertConfig, RoutingConfig
+from lifecycle.store.models import Account, Alert, Delivery, User
+from lifecycle.store.outbox import UNDELIVERABLE, enqueue
+from lifecycle.store.settings import PLATFORM_TOKENS
 
 log = logging.getLogger("csbot.routing")
 

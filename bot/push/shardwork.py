@@ -17,9 +17,9 @@ from datetime import timedelta
 from sqlalchemy import Engine
 
 from bot.push.refresh import _config
-from lifecycle.config import Settings
 from lifecycle.recompute import config_digest
 from lifecycle.shards import ShardResult, open_runs, work
+from lifecycle.store.settings import Settings
 
 log = logging.getLogger("csbot.shards")
 

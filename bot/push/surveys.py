@@ -46,13 +46,13 @@ from bot.push.routing import (
     with_platforms,
 )
 from bot.views.alert_cards import alert_reply
-from lifecycle import outbox
 from lifecycle import surveys as core
-from lifecycle.alerts import AlertConfig, load_alert_config
-from lifecycle.config import Settings
-from lifecycle.db import session_scope
-from lifecycle.models import Account, Alert, AuditLog, Contact, Delivery, NpsResponse, NpsSurvey, User, utcnow
-from lifecycle.outbox import enqueue
+from lifecycle.scoring.alerts import AlertConfig, load_alert_config
+from lifecycle.store import outbox
+from lifecycle.store.db import session_scope
+from lifecycle.store.models import Account, Alert, AuditLog, Contact, Delivery, NpsResponse, NpsSurvey, User, utcnow
+from lifecycle.store.outbox import enqueue
+from lifecycle.store.settings import Settings
 
 log = logging.getLogger("csbot.surveys")
 

@@ -40,12 +40,12 @@ from bot.push.routing import (
     with_platforms,
 )
 from bot.push.surveys import REMINDER_KIND, contact_target, mention_for, question_reply, survey_config
-from lifecycle import outbox
 from lifecycle import surveys as core
-from lifecycle.alerts import AlertConfig, load_alert_config
-from lifecycle.config import Settings
-from lifecycle.db import session_scope
-from lifecycle.models import Account, Alert, Contact, Delivery, NpsSurvey, User, utcnow
+from lifecycle.scoring.alerts import AlertConfig, load_alert_config
+from lifecycle.store import outbox
+from lifecycle.store.db import session_scope
+from lifecycle.store.models import Account, Alert, Contact, Delivery, NpsSurvey, User, utcnow
+from lifecycle.store.settings import Settings
 
 SURVEY_KINDS = (SURVEY_KIND, REMINDER_KIND)
 PERSONAL_KINDS = (DIGEST_KIND, WEEKLY_KIND)  # for one person only: no team channel after them

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, func, select
 from sqlmodel import Session, col
 
 from bot.understanding.text import CJK_RUN, Token, words
-from lifecycle.models import Account, User
+from lifecycle.store.models import Account, User
 
 REFRESH_SECONDS = 15.0
 # A word shared by more accounts than this is too common to name one ("group", "inc"): it only counts beside

@@ -21,13 +21,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lifecycle.analytics import parse_period
-from lifecycle.errors import CsbotError
+from lifecycle.reports.analytics import parse_period
+from lifecycle.store.errors import CsbotError
 
 if TYPE_CHECKING:
     from bot.core.arguments import Arg
     from bot.core.router import CommandSpec
-    from lifecycle.config import Settings
+    from lifecycle.store.settings import Settings
 
 log = logging.getLogger("csbot.llm")
 

@@ -19,7 +19,7 @@ from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
 
 from bot.core.messages import Incoming
-from lifecycle.models import ConversationState, utcnow
+from lifecycle.store.models import ConversationState, utcnow
 
 MAX_STATE = 8_000  # characters: a state is a few hundred; anything larger is not ours
 _UPSERTS: dict[str, Any] = {"sqlite": sqlite_insert, "postgresql": pg_insert}

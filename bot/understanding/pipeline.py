@@ -40,7 +40,7 @@ from bot.understanding.query import Query, quote_name
 from bot.understanding.slots import Found, Slot, Vocabulary, find_slots, lexicon_matcher, window_of
 from bot.understanding.text import normal_offsets, normalise, strip_punctuation, words, zh_words
 from bot.understanding.when import Between, Until, Within, window_days
-from lifecycle.models import User
+from lifecycle.store.models import User
 
 # How sure the classifier must be to act without asking.
 CONFIDENT = 0.50

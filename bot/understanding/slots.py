@@ -19,7 +19,7 @@ from bot.understanding.intents import MASKS
 from bot.understanding.lexicon import Match, PhraseMatcher, lexicon
 from bot.understanding.text import language
 from bot.understanding.when import TimeSlot, find_times
-from lifecycle.models import User
+from lifecycle.store.models import User
 
 _AMOUNT = r"([$€£¥]?\s?\d+(?:[.,]\d+)*\s?(?:k|m|mm|bn|thousand|million|千|万|w|百万|亿)?\s?%?)"
 _ALERT_ID = re.compile(r"(?:alert|alerts|告警|提醒|警报|#)\s*(?:no\.?|number|id|编号|号)?\s*#?\s*(\d{1,9})(?!\d)"

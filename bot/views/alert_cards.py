@@ -15,7 +15,7 @@ from bot.core.format import grade, money, score_line, signed
 from bot.core.i18n import t
 from bot.core.messages import Button, Card, CardField, Reply, Section
 from bot.views.cards import churn_reason_line
-from lifecycle.models import Account, Alert
+from lifecycle.store.models import Account, Alert
 
 SEVERITY_ICON = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
 RENEWAL_PROMPT = "renewal_prompt"

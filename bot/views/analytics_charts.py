@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from bot.core.i18n import t
 from bot.views.charts import COLOURS, DPI, LINE, SIZE_INCHES, figure_png, mark_empty, new_figure
-from lifecycle.analytics import StageKpi
+from lifecycle.reports.analytics import StageKpi
 
 # Stages without a colour of their own cycle through these; exits are grey.
 _PALETTE = ("#1f4e79", "#2e86c1", "#48c9b0", "#3fa34d", "#f2b632", "#e67e22", "#8e44ad", "#c0392b", "#7f8c8d")

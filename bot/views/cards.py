@@ -10,8 +10,8 @@ from typing import Any
 from bot.core.format import money, score_line, signed
 from bot.core.i18n import has, t
 from bot.core.messages import Button, Card, CardField, Section
-from lifecycle.accounts import AccountInsight, AccountView, nps_category
-from lifecycle.health import Scorecard, explain, measure_lines
+from lifecycle.reports.accounts import AccountInsight, AccountView, nps_category
+from lifecycle.scoring.health import Scorecard, explain, measure_lines
 
 
 def _reason_text(feature: str, value: Any, lang: str, machine: object, currency: str) -> str:

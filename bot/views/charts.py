@@ -26,9 +26,9 @@ from sqlmodel import Session
 from bot.core.format import signed
 from bot.core.i18n import t
 from bot.core.messages import Image
-from lifecycle.health import Scorecard
-from lifecycle.models import Account
-from lifecycle.overview import health_history
+from lifecycle.reports.overview import health_history
+from lifecycle.scoring.health import Scorecard
+from lifecycle.store.models import Account
 
 SIZE_INCHES = (9.0, 4.5)
 DPI = 100
@@ -170,7 +170,7 @@ def stage_distribution_png(
     """Accounts per stage as bars stacked by grade, each bar topped with its count and its ARR as written in
     `arr_labels` (by stage); `note` says what the ARR totals rest on.
 
-    `dist` is `lifecycle.overview.stage_distribution`: indexed by stage, with `accounts` and grade columns.
+    `dist` is `lifecycle.reports.overview.stage_distribution`: indexed by stage, with `accounts` and grade columns.
     """
     lang = chart_lang(lang)
     fig, ax = new_figure(title)
@@ -203,7 +203,7 @@ def stage_distribution_png(
 
 
 def nps_trend_png(trend: pd.DataFrame, title: str, *, lang: str = "en") -> bytes:
-    """Monthly NPS as a line over the number of responses as bars (`lifecycle.nps.nps_trend`).
+    """Monthly NPS as a line over the number of responses as bars (`lifecycle.reports.nps.nps_trend`).
 
     The background reads like the NPS meaning in chat: below 0 red (more detractors), 0–50 yellow, 50+ green.
     """

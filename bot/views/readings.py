@@ -16,7 +16,7 @@ from bot.core.messages import Image, Section
 from bot.core.money import basis_note
 from bot.views.analytics_charts import retention_png
 from bot.views.charts import chart_lang
-from lifecycle.analytics import (
+from lifecycle.reports.analytics import (
     CohortTable,
     FunnelReport,
     KpiResult,
@@ -29,8 +29,8 @@ from lifecycle.analytics import (
     retention,
     retention_monthly,
 )
-from lifecycle.money import Rates
-from lifecycle.stages import StageMachine
+from lifecycle.reports.money import Rates
+from lifecycle.scoring.stages import StageMachine
 
 DEFAULT_FUNNEL = Period(90, "d")
 DEFAULT_RETENTION = Period(12, "m")

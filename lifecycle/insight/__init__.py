@@ -1,0 +1,1 @@
+"""Insight: the churn model and its evaluation, lifetime value, cohorts and tiers."""
