@@ -311,7 +311,7 @@ def test_the_retention_setting_is_off_by_default_and_never_shorter_than_the_heal
 def test_usage_commands_list_and_prune(engine: Engine) -> None:
     from typer.testing import CliRunner
 
-    from adapters.cli import app
+    from adapters.cli.app import app
     from lifecycle.store.settings import get_settings
 
     with session_scope(engine) as s:

@@ -203,7 +203,8 @@ def test_a_database_that_comes_up_during_the_retry_is_used(pg_server: PostgresSe
 def test_connections_dropped_mid_job_fail_the_job_cleanly_and_the_next_run_succeeds(
     pg_server: PostgresServer, pg_engine: Engine, pg_url: str, security_count: SecurityCount
 ) -> None:
-    """The database server terminates every connection while the nightly job writes health snapshots."""
+    """The database server terminates every connection while the nightly job recomputes (one shard: the plain
+    recompute; the health writes go through the driver's COPY, so the fault is injected at its first read)."""
     with Session(pg_engine) as s:
         seed_demo(s, accounts=20, today=utcnow().date())
         s.commit()
@@ -211,14 +212,14 @@ def test_connections_dropped_mid_job_fail_the_job_cleanly_and_the_next_run_succe
     dropped: list[str] = []
 
     def drop_connections_once(conn: object, cursor: object, statement: str, *args: object) -> None:
-        if dropped or not statement.lstrip().upper().startswith("INSERT INTO HEALTH_SNAPSHOT"):
+        if dropped or not statement.lstrip().upper().startswith("SELECT ACCOUNT_ID, VERSION FROM ACCOUNT_CHANGE"):
             return
         dropped.append(statement[:40])
         with pg_server.connect() as admin:
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                           "WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
 
-    settings = load_settings(database_url=pg_url)
+    settings = load_settings(database_url=pg_url, recompute_shards=1)
     event.listen(pg_engine, "before_cursor_execute", drop_connections_once)
     try:
         failed = run_job("nightly", pg_engine, settings)

@@ -12,6 +12,7 @@ the hash of the data files, so a restart loads it in milliseconds.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import logging
 import os
 import pickle
@@ -25,10 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sklearn
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import FeatureUnion, make_pipeline
 
 from bot.understanding.lexicon import DATA, lexicon, load_words
 from bot.understanding.text import WORD, normalise, zh_words
@@ -92,6 +89,12 @@ def expand(phrasing: str, lang: str, rng: random.Random, fills: dict[str, list[s
 
 
 def _model() -> Any:
+    # scikit-learn takes seconds to import: loaded when the classifier is trained or loaded, not by every
+    # command that imports this module.
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import FeatureUnion, make_pipeline
+
     features = FeatureUnion([
         ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True, min_df=1)),
         ("words", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True,
@@ -140,7 +143,7 @@ class IntentModel:
 
 
 def _digest() -> str:
-    h = hashlib.sha256(sklearn.__version__.encode())
+    h = hashlib.sha256(importlib.metadata.version("scikit-learn").encode())
     for path in [*phrasing_files(), DATA / "lexicon.yaml"]:
         h.update(path.read_bytes())
     return h.hexdigest()[:16]

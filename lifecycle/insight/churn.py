@@ -34,20 +34,15 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import joblib
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn.base import clone
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+
+if TYPE_CHECKING:
+    from sklearn.calibration import CalibratedClassifierCV
 from sqlalchemy import func, select, text, update
 from sqlmodel import Session, col
 from threadpoolctl import threadpool_limits
@@ -454,6 +449,13 @@ def fit_encoding(features: pd.DataFrame) -> Encoding:
 
 def candidate(name: Candidate) -> Any:
     """An unfitted candidate estimator on the encoded matrix (missing values handled inside)."""
+    # scikit-learn takes seconds to import: loaded when a model is fitted or scored, not by every
+    # command that imports this module.
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
     if name == "logistic":
         return Pipeline([
             ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
@@ -467,6 +469,11 @@ def candidate(name: Candidate) -> Any:
 
 def calibrated(estimator: Any, y: np.ndarray) -> CalibratedClassifierCV:
     """Sigmoid calibration over stratified folds (as many as the rarer class allows, at most 3)."""
+    # scikit-learn takes seconds to import: loaded when a model is fitted or scored, not by every
+    # command that imports this module.
+    from sklearn.base import clone
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.model_selection import StratifiedKFold
     minority = int(min(np.sum(y == 1), np.sum(y == 0)))
     folds = max(2, min(3, minority))
     return CalibratedClassifierCV(clone(estimator), method="sigmoid",
@@ -635,6 +642,9 @@ def train(
 
 def _train(session: Session, *, today: date, config: ChurnSettings, scorecard: Scorecard | None,
            builder: FeatureBuilder | None, now: datetime | None, started: float) -> TrainResult:
+    # scikit-learn takes seconds to import: loaded when a model is fitted or scored, not by every
+    # command that imports this module.
+    from sklearn.base import clone
     data = training_set(session, today=today, config=config, scorecard=scorecard, builder=builder)
     if data.churned_accounts < config.min_churned_accounts or data.positives < config.min_churn_labels:
         raise NotEnoughHistory(data.churned_accounts, data.positives, config)
@@ -922,6 +932,9 @@ def suggest_weights(points: pd.DataFrame, label: np.ndarray, current: Mapping[st
 
     Points share one 0–100 scale, so raw coefficients compare directly; a measure whose higher points do not go
     with less churn gets 0. Empty when nothing could be fitted."""
+    # scikit-learn takes seconds to import: loaded when a model is fitted or scored, not by every
+    # command that imports this module.
+    from sklearn.linear_model import LogisticRegression
     if len(np.unique(label)) < 2 or points.empty:
         return {}
     filled = points.apply(lambda c: c.fillna(c.mean() if c.notna().any() else 50.0)) / 100.0

@@ -29,18 +29,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score, roc_auc_score
-from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, SplineTransformer, StandardScaler
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from lifecycle.scoring.health import Scorecard, default_scorecard, measure_values, score_frame
@@ -84,6 +79,9 @@ def top_decile_lift(y: np.ndarray, p: np.ndarray) -> float:
 
 def score_summary(y: np.ndarray, p: np.ndarray) -> Scores:
     """ROC AUC, PR AUC and top-decile lift of probabilities `p` for labels `y` (AUCs NaN with one class only)."""
+    # scikit-learn takes seconds to import: loaded when a model is fitted or scored, not by every
+    # command that imports this module.
+    from sklearn.metrics import average_precision_score, roc_auc_score
     y = np.asarray(y, dtype=int)
     p = np.asarray(p, dtype=float)
     both = len(np.unique(y)) == 2
@@ -194,6 +192,13 @@ def _signed_log(values: np.ndarray) -> np.ndarray:
 
 
 def logistic_candidate(numeric: list[str], categorical: list[str], C: float = 0.3) -> Pipeline:
+    # scikit-learn takes seconds to import: loaded when a model is fitted or scored, not by every
+    # command that imports this module.
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline, make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, SplineTransformer, StandardScaler
     parts: list[tuple[str, Any, list[str]]] = []
     if numeric:
         parts.append(("log", make_pipeline(SimpleImputer(strategy="median", add_indicator=True),
@@ -209,6 +214,12 @@ def logistic_candidate(numeric: list[str], categorical: list[str], C: float = 0.
 
 
 def boosting_candidate(numeric: list[str], categorical: list[str]) -> Pipeline:
+    # scikit-learn takes seconds to import: loaded when a model is fitted or scored, not by every
+    # command that imports this module.
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OrdinalEncoder
     parts: list[tuple[str, Any, list[str]]] = []
     if numeric:
         parts.append(("numbers", "passthrough", numeric))
@@ -333,6 +344,9 @@ class Evaluation:
 def cross_validate(data: Dataset, *, folds: int = 5, seed: int = 0,
                    progress: Callable[[str], None] | None = None) -> list[CandidateScore]:
     """Out-of-fold probabilities of every candidate over stratified shuffled folds, and their figures."""
+    # scikit-learn takes seconds to import: loaded when a model is fitted or scored, not by every
+    # command that imports this module.
+    from sklearn.model_selection import StratifiedKFold
     minority = int(min(data.y.sum(), len(data.y) - data.y.sum()))
     if minority < folds:
         raise EvaluationError(f"{folds}-fold cross-validation needs at least {folds} rows of each class "

@@ -18,8 +18,6 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
-from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
 from sqlalchemy import delete, update
 from sqlmodel import Session
 from threadpoolctl import threadpool_limits
@@ -82,6 +80,10 @@ class Segmentation:
 
 def segment(behaviour: pd.DataFrame, config: SegmentSettings) -> Segmentation | None:
     """Cluster the accounts; None when there are too few accounts (or no varying feature) to form cohorts."""
+    # scikit-learn takes seconds to import: loaded when a model is fitted or scored, not by every
+    # command that imports this module.
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
     usable = [c for c in behaviour.columns if behaviour[c].notna().any()]
     frame = behaviour[usable]
     medians = frame.median()
