@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,25 +222,11 @@ async def _start_background(
     else:
         log.warning("no chat platform configured: deliveries stay in the outbox (see `csbot deliveries`)")
     if settings.refresh_seconds > 0:
-        halt = asyncio.Event()
-        refresher = asyncio.create_task(run_refresher(engine, settings, halt, settings.refresh_seconds),
-                                        name="csbot-refresh")
-
-        async def stop_refresher() -> None:
-            halt.set()
-            await refresher
-
-        stack.push_async_callback(stop_refresher)
+        _run_until_shutdown(stack, "csbot-refresh",
+                            lambda halt: run_refresher(engine, settings, halt, settings.refresh_seconds))
     if engine.dialect.name == "postgresql" and settings.shard_poll_seconds > 0:
-        quit_helping = asyncio.Event()
-        helper = asyncio.create_task(run_shard_helper(engine, settings, quit_helping, settings.shard_poll_seconds),
-                                     name="csbot-shard-helper")
-
-        async def stop_helper() -> None:
-            quit_helping.set()
-            await helper
-
-        stack.push_async_callback(stop_helper)
+        _run_until_shutdown(stack, "csbot-shard-helper",
+                            lambda halt: run_shard_helper(engine, settings, halt, settings.shard_poll_seconds))
     sched = build_scheduler(engine, settings, ports=open_ports, exclude={"deliver"} if ports else set())
     sched.start()
     app.state.scheduler = sched
@@ -252,3 +238,17 @@ async def _start_background(
 
     stack.push_async_callback(stop_scheduler)
     log.info("scheduler started: %s", ", ".join(job.id for job in sched.get_jobs()))
+
+
+def _run_until_shutdown(
+    stack: contextlib.AsyncExitStack, name: str, loop: Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+) -> None:
+    """Start a background loop that runs until its halt event is set; `stack` sets it and waits on shutdown."""
+    halt = asyncio.Event()
+    task = asyncio.create_task(loop(halt), name=name)
+
+    async def stop() -> None:
+        halt.set()
+        await task
+
+    stack.push_async_callback(stop)

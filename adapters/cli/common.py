@@ -111,3 +111,12 @@ def recompute_and_report(engine: Engine, settings: Settings, as_of: date | None 
         f"{summary.stage_moves} stage move(s){backfilled}; {summary.seconds:.2f} s ({steps}); "
         f"peak memory {peak_mb:,.0f} MB."
     )
+
+
+def as_of_day(as_of: str | None) -> date | None:
+    """The `--as-of` option as a day (None when not given); exit 1 with a clear message when it is not a date."""
+    try:
+        return date.fromisoformat(as_of) if as_of else None
+    except ValueError:
+        err.print(f"[red]--as-of: not a date (YYYY-MM-DD): {as_of}[/red]")
+        raise typer.Exit(1) from None

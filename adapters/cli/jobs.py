@@ -3,12 +3,10 @@ the scheduler would."""
 
 from __future__ import annotations
 
-from datetime import date
-
 import typer
 from rich.table import Table
 
-from adapters.cli.common import console, err, load, local_time, open_engine
+from adapters.cli.common import as_of_day, console, err, load, local_time, open_engine
 from adapters.ports import open_ports
 from bot.push.jobs import JOBS, list_jobs, run_job
 from lifecycle.shards import latest_key, run_status
@@ -34,11 +32,7 @@ def jobs_run(
 ) -> None:
     """Run one job now, exactly as the scheduler would (with its lock on PostgreSQL); exit 1 when it fails."""
     settings = load()
-    try:
-        day = date.fromisoformat(as_of) if as_of else None
-    except ValueError:
-        err.print(f"[red]--as-of: not a date (YYYY-MM-DD): {as_of}[/red]")
-        raise typer.Exit(1) from None
+    day = as_of_day(as_of)
     engine = open_engine(settings)
     try:
         result = run_job(name, engine, settings, today=day, ports=open_ports)
@@ -56,11 +50,7 @@ def jobs_shards(
 ) -> None:
     """The nightly recompute's shards (newest run): range, status, worker, attempts, accounts, time, error."""
     settings = load()
-    try:
-        day = date.fromisoformat(as_of) if as_of else None
-    except ValueError:
-        err.print(f"[red]--as-of: not a date (YYYY-MM-DD): {as_of}[/red]")
-        raise typer.Exit(1) from None
+    day = as_of_day(as_of)
     engine = open_engine(settings)
     key = latest_key(engine, day)
     if key is None:
